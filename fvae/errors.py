@@ -1,0 +1,21 @@
+"""Errors a user can cause. The CLI prints them on one line and exits with code 2."""
+
+
+class FvaeError(Exception):
+    """Base class of every error caused by input, files or settings rather than a bug."""
+
+
+class DataError(FvaeError, ValueError):
+    """A data source is missing, malformed or not what the command needs."""
+
+
+class InputError(FvaeError, ValueError):
+    """Arrays passed to an estimator have the wrong shape, type or values."""
+
+
+class ModelFileError(FvaeError):
+    """A saved model cannot be read: corrupt, edited, newer format, or another method."""
+
+
+class OutputExistsError(FvaeError, FileExistsError):
+    """An output file exists already and ``force`` was not given."""

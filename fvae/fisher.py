@@ -1,0 +1,630 @@
+r"""Fisher Vectors: diagonal GMM fit and the batched Fisher Vector computation.
+
+The math (Perronnin et al. 2010, Sánchez et al. 2013). An image has T local descriptors
+:math:`x_t \in R^D`; the GMM has weights :math:`w_k`, means :math:`\mu_k` and standard deviations
+:math:`\sigma_k` (diagonal); :math:`\gamma_t(k)` is the posterior of component k for descriptor t.
+
+.. math::
+
+    G^\alpha_k  &= \frac{1}{T\sqrt{w_k}}  \sum_t (\gamma_t(k) - w_k)                          \\
+    G^\mu_k     &= \frac{1}{T\sqrt{w_k}}  \sum_t \gamma_t(k) \frac{x_t - \mu_k}{\sigma_k}      \\
+    G^\sigma_k  &= \frac{1}{T\sqrt{2w_k}} \sum_t \gamma_t(k) \left[\frac{(x_t-\mu_k)^2}{\sigma_k^2} - 1\right]
+
+Sign convention: fvae follows Perronnin/VLFeat for :math:`G^\sigma`. ``skimage.feature.fisher_vector``
+returns its negative; its :math:`G^\alpha` and :math:`G^\mu` are the same as ours.
+
+Layout of one spatial cell: ``[G_alpha (K, only with weight gradients), G_mu (K x D), G_sigma (K x D)]``,
+component-major inside each block (``G_mu[k, d]`` at ``k * D + d``) — the layout of scikit-image.
+With a spatial pyramid the cells are: whole image, then top-left, top-right, bottom-left, bottom-right.
+Dimension: ``n_cells * (2 K D + K * weight_gradients)``.
+
+Normalization, in this order: signed power ``sign(z)|z|^alpha`` (improved FV), optional
+intra-normalization (each component's ``[G_alpha_k, G_mu_k, G_sigma_k]`` within a cell divided by
+``max(its L2 norm, 1e-3)``, so that components with no posterior mass stay near zero instead of
+being blown up to unit length), then L2 of the whole vector (improved FV), its norm clamped at 1e-12.
+
+How it is computed: many images per BLAS call. Log-likelihoods of all descriptors against all
+components are one matrix product ``[x**2, x] @ [-1/(2 sigma^2); mu/sigma^2]``; posteriors are a
+log-sum-exp softmax; the zeroth, first and second order statistics of every image are one batched
+product ``gamma^T [x**2, x]``. The expanded forms cancel catastrophically in float32 for components
+whose mean is far from the origin relative to their width (the tight "blank patch" modes), so those
+few components (``max_d mu^2 / sigma^2 > 1e3``) get their log-likelihood and statistics computed
+centred, ``x - mu_k``, which is exact. Log-posteriors below -60 are clipped (posterior < 1e-26):
+float32 denormals are two orders of magnitude slower on x86 and change nothing at that size.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from joblib import Parallel, delayed
+from numpy.lib.stride_tricks import sliding_window_view
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
+
+from .data import check_image_batch, to_unit_float
+from .descriptors import PATCH_NORMALIZATIONS, PatchLayout, dense_patches, fit_pca, normalize_patches, patch_layout, project
+from .errors import InputError
+from .persist import load_model, save_model
+
+log = logging.getLogger("fvae")
+
+#: Components with ``max_d mu^2 / sigma^2`` above this are computed centred (see module docstring).
+CENTRED_RISK = 1e3
+#: Log-posterior floor relative to the best component of a descriptor.
+LOG_POSTERIOR_FLOOR = -60.0
+#: Intra-normalization divides a component's block by max(norm, this): a component with almost no
+#: posterior mass in a cell has a block of rounding noise, which plain normalization would blow up
+#: to unit length.
+INTRA_NORM_FLOOR = 1e-3
+#: Descriptors per block: keeps the working set of one block in the CPU cache.
+BLOCK_DESCRIPTORS = 4096
+
+
+@dataclass(frozen=True)
+class GmmTerms:
+    """The diagonal GMM with everything the batched FV needs precomputed (float32 unless noted).
+
+    The first ``n_features - n_positions`` dimensions vary per image; the last ``n_positions`` are
+    patch positions, the same for every image, whose terms are computed exactly from constants.
+    """
+
+    weights: np.ndarray  # (K,) float64
+    means: np.ndarray  # (K, D)
+    variances: np.ndarray  # (K, D)
+    n_positions: int
+    loglik_matrix: np.ndarray  # (2V, K): [-1/(2 var); mu/var] of the V varying dimensions
+    loglik_offset: np.ndarray  # (K,): log w - sum(log(2 pi var))/2 - sum_V(mu^2/(2 var))
+    centred: np.ndarray  # indices of components whose varying dimensions are computed centred
+    centred_half_precision: np.ndarray  # (r, V): -1/(2 var) of those
+    centred_offset: np.ndarray  # (r,): log w - sum(log(2 pi var))/2 of those
+
+    @property
+    def n_components(self) -> int:
+        return len(self.weights)
+
+    @property
+    def n_features(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def n_varying(self) -> int:
+        return self.n_features - self.n_positions
+
+
+def gmm_terms(weights, means, variances, n_positions: int = 0) -> GmmTerms:
+    """Precompute the GMM terms of the batched Fisher Vector.
+
+    Parameters
+    ----------
+    weights : array-like of shape (n_components,)
+    means, variances : array-like of shape (n_components, n_features)
+    n_positions : int, default=0
+        How many trailing dimensions are patch positions (given to :func:`fisher_vectors` as
+        ``positions`` rather than inside the descriptors).
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    means = np.asarray(means, dtype=np.float64)
+    variances = np.asarray(variances, dtype=np.float64)
+    if means.ndim != 2 or means.shape != variances.shape or weights.shape != (means.shape[0],):
+        raise InputError("GMM shapes disagree: weights (K,), means and variances (K, D)")
+    if (variances <= 0).any() or (weights <= 0).any():
+        raise InputError("GMM variances and weights must be positive")
+    v = means.shape[1] - n_positions
+    mu, precision = means[:, :v], 1.0 / variances[:, :v]
+    log_norm = np.log(weights) - 0.5 * np.log(2 * np.pi * variances).sum(axis=1)
+    centred = np.flatnonzero((mu**2 * precision).max(axis=1, initial=0.0) > CENTRED_RISK)
+    return GmmTerms(
+        weights=weights,
+        means=means.astype(np.float32),
+        variances=variances.astype(np.float32),
+        n_positions=n_positions,
+        loglik_matrix=np.concatenate([-0.5 * precision, mu * precision], axis=1).T.astype(np.float32),
+        loglik_offset=(log_norm - 0.5 * (mu**2 * precision).sum(axis=1)).astype(np.float32),
+        centred=centred,
+        centred_half_precision=(-0.5 * precision[centred]).astype(np.float32),
+        centred_offset=log_norm[centred].astype(np.float32),
+    )
+
+
+def fisher_vector_dim(n_components: int, n_features: int, n_cells: int = 1, weight_gradients: bool = False) -> int:
+    """Length of a Fisher Vector: ``n_cells * (2 K D + K * weight_gradients)``."""
+    return n_cells * n_components * (2 * n_features + int(weight_gradients))
+
+
+def fisher_vectors(
+    descriptors: np.ndarray,
+    gmm: GmmTerms,
+    *,
+    positions: np.ndarray | None = None,
+    cells: list | None = None,
+    improved: bool = True,
+    alpha: float = 0.5,
+    weight_gradients: bool = False,
+    intra_normalization: bool = False,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Fisher Vectors of a batch of images.
+
+    Parameters
+    ----------
+    descriptors : ndarray of shape (n_images, n_descriptors, n_varying)
+        Local descriptors of each image, float32.
+    gmm : GmmTerms
+        From :func:`gmm_terms`.
+    positions : ndarray of shape (n_descriptors, gmm.n_positions), default=None
+        Per-descriptor features shared by all images (patch xy), appended to every descriptor.
+    cells : list of slice, default=None
+        Contiguous ranges of the descriptor axis forming spatial cells. ``None`` is one cell, the
+        whole image. With more than one cell the whole image is added as the first cell (the
+        pyramid's level 0), computed as the sum of the cells' statistics.
+    improved : bool, default=True
+        Signed power normalization with ``alpha``, then L2 normalization.
+    alpha : float, default=0.5
+    weight_gradients : bool, default=False
+        Include the K gradients with respect to the mixture weights.
+    intra_normalization : bool, default=False
+        Divide each component's gradients within each cell by their L2 norm (floored, see above).
+    out : ndarray of shape (n_images, dim), default=None
+        Where to write the result.
+
+    Returns
+    -------
+    ndarray of shape (n_images, dim), float32
+        ``dim = fisher_vector_dim(K, D, n_cells, weight_gradients)``; see the module docstring for
+        the layout.
+    """
+    descriptors = np.asarray(descriptors, dtype=np.float32)
+    n_images, n_descriptors, n_varying = descriptors.shape
+    if n_varying != gmm.n_varying:
+        raise InputError(f"descriptors have {n_varying} features but the GMM expects {gmm.n_varying}")
+    if gmm.n_positions and (positions is None or positions.shape != (n_descriptors, gmm.n_positions)):
+        raise InputError(f"the GMM expects positions of shape ({n_descriptors}, {gmm.n_positions})")
+    const = _position_terms(gmm, positions) if gmm.n_positions else None
+    cells = cells or [slice(0, n_descriptors)]
+    n_cells = len(cells) + (len(cells) > 1)
+    dim = fisher_vector_dim(gmm.n_components, gmm.n_features, n_cells, weight_gradients)
+    if out is None:
+        out = np.empty((n_images, dim), dtype=np.float32)
+    counts = np.array([c.stop - c.start for c in cells], dtype=np.float32)
+    if len(cells) > 1:
+        counts = np.concatenate([[counts.sum()], counts])
+    step = max(1, BLOCK_DESCRIPTORS // n_descriptors)
+    for start in range(0, n_images, step):
+        block = descriptors[start : start + step]
+        s0, s1, s2 = _cell_statistics(block, gmm, cells, const)
+        if len(cells) > 1:
+            s0, s1, s2 = (np.concatenate([s.sum(axis=1, keepdims=True), s], axis=1) for s in (s0, s1, s2))
+        view = out[start : start + len(block)].reshape(len(block), n_cells, -1)
+        _gradients(s0, s1, s2, counts, gmm, weight_gradients, view)
+        _normalize(view, gmm.n_components, improved, alpha, intra_normalization)
+    return out
+
+
+@dataclass(frozen=True)
+class _PositionTerms:
+    loglik: np.ndarray  # (T, K): -1/2 sum_p (pos - mu)^2 / var over the position dimensions
+    centred: np.ndarray  # (K, T, 2P): [(pos - mu)^2, pos - mu]
+
+
+def _position_terms(gmm: GmmTerms, positions: np.ndarray) -> _PositionTerms:
+    """Exact terms of the position dimensions: they are constants, so nothing cancels."""
+    v = gmm.n_varying
+    diff = positions[None, :, :].astype(np.float64) - gmm.means[:, None, v:]  # (K, T, P)
+    sq = diff**2
+    loglik = -0.5 * (sq / gmm.variances[:, None, v:]).sum(axis=2).T
+    return _PositionTerms(loglik.astype(np.float32), np.concatenate([sq, diff], axis=2).astype(np.float32))
+
+
+def _cell_statistics(x: np.ndarray, gmm: GmmTerms, cells: list, const: _PositionTerms | None):
+    """Posterior-weighted statistics of each image and cell.
+
+    Returns
+    -------
+    s0 : (B, C, K) sum_t gamma
+    s1 : (B, C, K, D) sum_t gamma (x - mu)
+    s2 : (B, C, K, D) sum_t gamma (x - mu)^2
+    """
+    n_images, n_descriptors, v = x.shape
+    k, p = gmm.n_components, gmm.n_positions
+    both = np.empty((n_images, n_descriptors, 2 * v), dtype=np.float32)  # [x^2, x]
+    np.multiply(x, x, out=both[..., :v])
+    both[..., v:] = x
+
+    loglik = both.reshape(-1, 2 * v) @ gmm.loglik_matrix
+    loglik += gmm.loglik_offset
+    centred = _centred_terms(x, gmm)
+    for j, comp in enumerate(gmm.centred):
+        loglik[:, comp] = centred[j, ..., :v].reshape(-1, v) @ gmm.centred_half_precision[j]
+        loglik[:, comp] += gmm.centred_offset[j]
+    if const is not None:
+        loglik.reshape(n_images, n_descriptors, k)[:] += const.loglik
+    posteriors = _softmax_rows(loglik).reshape(n_images, n_descriptors, k)
+    posteriors_t = np.ascontiguousarray(posteriors.transpose(0, 2, 1))  # (B, K, T)
+
+    s0 = np.empty((n_images, len(cells), k), dtype=np.float32)
+    raw = np.empty((n_images, len(cells), k, 2 * v), dtype=np.float32)  # [S2, S1] of varying dims
+    s1 = np.empty((n_images, len(cells), k, v + p), dtype=np.float32)
+    s2 = np.empty_like(s1)
+    for c, cell in enumerate(cells):
+        gamma = posteriors_t[:, :, cell]
+        s0[:, c] = gamma.sum(axis=2)
+        raw[:, c] = np.matmul(gamma, both[:, cell])
+        for j, comp in enumerate(gmm.centred):
+            raw[:, c, comp] = np.matmul(gamma[:, comp : comp + 1], centred[j][:, cell])[:, 0]
+        if const is not None:
+            pos = np.matmul(gamma.transpose(1, 0, 2), const.centred[:, cell])  # (K, B, 2P)
+            s2[:, c, :, v:] = pos[..., :p].transpose(1, 0, 2)
+            s1[:, c, :, v:] = pos[..., p:].transpose(1, 0, 2)
+    mu = gmm.means[:, :v]
+    generic = np.ones(k, dtype=bool)
+    generic[gmm.centred] = False
+    # sum g (x-mu)^2 = S2 - 2 mu S1 + mu^2 S0 and sum g (x-mu) = S1 - mu S0, for the well-conditioned ones
+    s0g = s0[..., generic, None]
+    raw_s2, raw_s1 = raw[..., :v], raw[..., v:]
+    raw_s2[..., generic, :] += (mu[generic] ** 2) * s0g - 2 * mu[generic] * raw_s1[..., generic, :]
+    raw_s1[..., generic, :] -= mu[generic] * s0g
+    s2[..., :v] = raw_s2
+    s1[..., :v] = raw_s1
+    return s0, s1, s2
+
+
+def _centred_terms(x: np.ndarray, gmm: GmmTerms) -> np.ndarray:
+    """``[(x - mu_k)^2, x - mu_k]`` of the varying dimensions for the centred components: (r, B, T, 2V)."""
+    n_features = x.shape[-1]
+    terms = np.empty((len(gmm.centred),) + x.shape[:2] + (2 * n_features,), dtype=np.float32)
+    for j, comp in enumerate(gmm.centred):
+        diff = terms[j, ..., n_features:]
+        np.subtract(x, gmm.means[comp, :n_features], out=diff)
+        np.multiply(diff, diff, out=terms[j, ..., :n_features])
+    return terms
+
+
+def _softmax_rows(loglik: np.ndarray) -> np.ndarray:
+    """Posteriors from log-likelihoods, in place: log-sum-exp per row with a floor (no denormals)."""
+    loglik -= loglik.max(axis=1, keepdims=True)
+    np.maximum(loglik, LOG_POSTERIOR_FLOOR, out=loglik)
+    np.exp(loglik, out=loglik)
+    loglik *= 1.0 / loglik.sum(axis=1, keepdims=True)
+    return loglik
+
+
+def _gradients(s0, s1, s2, counts, gmm: GmmTerms, weight_gradients: bool, out: np.ndarray) -> None:
+    """Write the unnormalized gradients of each cell into ``out`` (B, C, dim_per_cell)."""
+    n_images, n_cells, k = s0.shape
+    d = gmm.n_features
+    w = gmm.weights.astype(np.float32)
+    inv_t = (1.0 / counts)[None, :, None]  # (1, C, 1)
+    offset = 0
+    if weight_gradients:
+        out[..., :k] = (s0 * inv_t - w) / np.sqrt(w)
+        offset = k
+    mu_block = out[..., offset : offset + k * d].reshape(n_images, n_cells, k, d)
+    sigma_block = out[..., offset + k * d :].reshape(n_images, n_cells, k, d)
+    scale_mu = 1.0 / (np.sqrt(w)[:, None] * np.sqrt(gmm.variances))  # (K, D)
+    np.multiply(s1, scale_mu, out=mu_block)
+    mu_block *= inv_t[..., None]
+    np.multiply(s2, 1.0 / gmm.variances, out=sigma_block)
+    sigma_block -= s0[..., None]
+    sigma_block *= (inv_t / np.sqrt(2 * w))[..., None]
+
+
+def _normalize(fv: np.ndarray, k: int, improved: bool, alpha: float, intra: bool) -> None:
+    """Power, intra and L2 normalization of ``fv`` (B, C, dim_per_cell) in place."""
+    if improved:
+        magnitude = np.sqrt(np.abs(fv)) if alpha == 0.5 else np.power(np.abs(fv), alpha)
+        np.copysign(magnitude, fv, out=fv)
+    if intra:
+        per_cell = fv.shape[-1]
+        has_alpha = per_cell % (2 * k) != 0
+        d = (per_cell - k * has_alpha) // (2 * k)
+        alpha_part = fv[..., :k] if has_alpha else None
+        body = fv[..., k * has_alpha :].reshape(fv.shape[0], fv.shape[1], 2, k, d)
+        sq = (body**2).sum(axis=(2, 4))  # (B, C, K)
+        if alpha_part is not None:
+            sq += alpha_part**2
+        scale = 1.0 / np.maximum(np.sqrt(sq), INTRA_NORM_FLOOR)
+        body *= scale[:, :, None, :, None]
+        if alpha_part is not None:
+            alpha_part *= scale
+    if improved:
+        flat = fv.reshape(fv.shape[0], -1)
+        flat /= np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+
+
+def fit_gmm(samples: np.ndarray, n_components: int, *, reg_covar: float, max_iter: int, tol: float, random_state):
+    """Fit a diagonal GMM with scikit-learn on a sample of descriptors.
+
+    ``reg_covar`` is relative: the variance floor is ``reg_covar`` times the mean per-dimension
+    variance of ``samples``, so it means the same with or without whitening.
+
+    Returns
+    -------
+    weights : (K,), means : (K, D), variances : (K, D), all float64
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    if len(samples) < n_components:
+        raise InputError(f"{len(samples)} descriptors are too few to fit {n_components} GMM components")
+    floor = reg_covar * float(samples.var(axis=0).mean())
+    gmm = GaussianMixture(
+        n_components=n_components,
+        covariance_type="diag",
+        reg_covar=max(floor, 1e-10),
+        max_iter=max_iter,
+        tol=tol,
+        random_state=random_state,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        gmm.fit(samples)
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        log.warning("GMM did not converge in %d EM iterations (tol %g); using it as it is", max_iter, tol)
+    return gmm.weights_.astype(np.float64), gmm.means_.astype(np.float64), gmm.covariances_.astype(np.float64)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the estimator
+
+
+class FisherVectorEncoder(TransformerMixin, BaseEstimator):
+    """Encode images as improved Fisher Vectors of dense patches.
+
+    Pipeline: dense ``patch_size`` patches every ``stride`` pixels -> optional per-patch
+    normalization -> PCA (fitted on a random sample of descriptors) -> optional xy position ->
+    diagonal GMM -> Fisher Vector (optionally over a 1x1 + 2x2 spatial pyramid) -> normalization.
+
+    Parameters
+    ----------
+    n_components : int, default=64
+        GMM components K.
+    pca_components : int, default=32
+        Dimension of the PCA-reduced patch descriptor (D is this, plus 2 with ``xy``).
+    patch_size : int, default=7
+    stride : int, default=2
+    patch_normalization : {"none", "center", "standardize", "l2"}, default="none"
+    whiten : bool, default=False
+        Whiten the PCA output.
+    xy : bool, default=True
+        Append each patch's centre (x, y), scaled to [-0.5, 0.5], to its descriptor.
+    spatial_pyramid : bool, default=True
+        Fisher Vectors of the whole image and of its four quadrants, concatenated.
+    improved : bool, default=True
+        Signed power normalization with ``alpha``, then L2 normalization.
+    alpha : float, default=0.5
+    weight_gradients : bool, default=False
+        Include gradients with respect to the mixture weights (scikit-image's 2KD + K layout).
+    intra_normalization : bool, default=False
+        L2-normalize each component's block within each cell.
+    n_descriptor_samples : int, default=50_000
+        Descriptors sampled at random from the training images to fit the PCA and the GMM.
+    reg_covar : float, default=1e-3
+        GMM variance floor, relative to the mean variance of the descriptors.
+    max_iter : int, default=100
+        EM iterations of the GMM.
+    tol : float, default=1e-3
+        EM convergence threshold on the per-descriptor log-likelihood.
+    image_shape : tuple of (h, w), default=None
+        Needed when images are passed flat, as (n, h * w).
+    n_jobs : int, default=None
+        Threads encoding blocks of images in parallel (None or 1: one).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the descriptor sample, the PCA and the GMM.
+
+    Attributes
+    ----------
+    image_shape_ : tuple of (h, w)
+    n_features_in_ : int
+        Pixels per image.
+    pca_projection_ : ndarray of shape (patch_size**2, pca_components)
+    weights_ : ndarray of shape (n_components,)
+    means_, covariances_ : ndarray of shape (n_components, n_features)
+    n_features_out_ : int
+        Length of a Fisher Vector, see :func:`fisher_vector_dim`.
+    checksum_ : str
+        Only on a loaded encoder: the model file's checksum.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_components=64,
+        pca_components=32,
+        patch_size=7,
+        stride=2,
+        patch_normalization="none",
+        whiten=False,
+        xy=True,
+        spatial_pyramid=True,
+        improved=True,
+        alpha=0.5,
+        weight_gradients=False,
+        intra_normalization=False,
+        n_descriptor_samples=50_000,
+        reg_covar=1e-3,
+        max_iter=100,
+        tol=1e-3,
+        image_shape=None,
+        n_jobs=None,
+        random_state=None,
+    ):
+        self.n_components = n_components
+        self.pca_components = pca_components
+        self.patch_size = patch_size
+        self.stride = stride
+        self.patch_normalization = patch_normalization
+        self.whiten = whiten
+        self.xy = xy
+        self.spatial_pyramid = spatial_pyramid
+        self.improved = improved
+        self.alpha = alpha
+        self.weight_gradients = weight_gradients
+        self.intra_normalization = intra_normalization
+        self.n_descriptor_samples = n_descriptor_samples
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.tol = tol
+        self.image_shape = image_shape
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def fit(self, X, y=None):
+        """Fit the PCA and the GMM on a random sample of patches of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, h, w) or (n_images, h * w)
+            uint8 pixels (0..255) or floats in [0, 1].
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        images = check_image_batch(X, self.image_shape, "fit")
+        layout = self._layout(images.shape[1:])
+        rng = check_random_state(self.random_state)
+        n_total = len(images) * layout.n_patches
+        n_samples = min(self.n_descriptor_samples, n_total)
+        picks = np.sort(rng.choice(n_total, size=n_samples, replace=False))
+        image_idx, patch_idx = np.divmod(picks, layout.n_patches)
+        windows = sliding_window_view(images, (self.patch_size,) * 2, axis=(1, 2))[:, :: self.stride, :: self.stride]
+        patches = windows[image_idx, layout.rows[patch_idx], layout.cols[patch_idx]]
+        patches = to_unit_float(patches.reshape(n_samples, -1), "fit")
+        normalize_patches(patches, self.patch_normalization)
+        self.pca_projection_ = fit_pca(patches, self.pca_components, self.whiten, rng)
+        descriptors = project(patches, self.pca_projection_)
+        if self.xy:
+            descriptors = np.concatenate([descriptors, layout.xy[patch_idx]], axis=1)
+        self.weights_, self.means_, self.covariances_ = fit_gmm(
+            descriptors,
+            self.n_components,
+            reg_covar=self.reg_covar,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            random_state=rng,
+        )
+        self.image_shape_ = tuple(int(s) for s in images.shape[1:])
+        self.n_features_in_ = int(np.prod(self.image_shape_))
+        return self
+
+    def transform(self, X):
+        """Fisher Vectors of images.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, h, w) or (n_images, h * w)
+            Same size as the training images.
+
+        Returns
+        -------
+        ndarray of shape (n_images, n_features_out_), float32
+        """
+        check_is_fitted(self, "means_")
+        images = check_image_batch(X, self.image_shape_, "transform")
+        layout = self._layout(self.image_shape_)
+        gmm = gmm_terms(self.weights_, self.means_, self.covariances_, n_positions=2 if self.xy else 0)
+        out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
+        step = max(1, BLOCK_DESCRIPTORS // layout.n_patches)
+        starts = range(0, len(images), step)
+
+        def encode(start):
+            block = slice(start, start + step)
+            out[block] = self._encode_block(images[block], layout, gmm)
+
+        n_jobs = self.n_jobs or 1
+        if n_jobs == 1 or len(starts) == 1:
+            for start in starts:
+                encode(start)
+        else:
+            # numpy and BLAS release the GIL: threads share `out` and scale without pickling.
+            with threadpool_limits(1, user_api="blas"):
+                Parallel(n_jobs=n_jobs, prefer="threads")(delayed(encode)(s) for s in starts)
+        return out
+
+    def _encode_block(self, images: np.ndarray, layout: PatchLayout, gmm: GmmTerms) -> np.ndarray:
+        pixels = to_unit_float(images, "transform")
+        patches = dense_patches(pixels, layout, self.patch_size, self.stride)
+        normalize_patches(patches, self.patch_normalization)
+        return fisher_vectors(
+            project(patches, self.pca_projection_),
+            gmm,
+            positions=layout.xy if self.xy else None,
+            cells=layout.regions if self.spatial_pyramid else None,
+            improved=self.improved,
+            alpha=self.alpha,
+            weight_gradients=self.weight_gradients,
+            intra_normalization=self.intra_normalization,
+        )
+
+    def descriptors(self, X) -> np.ndarray:
+        """The PCA-reduced (and xy-augmented) local descriptors, ``(n_images, n_patches, D)``."""
+        check_is_fitted(self, "means_")
+        images = check_image_batch(X, self.image_shape_, "descriptors")
+        layout = self._layout(self.image_shape_)
+        patches = dense_patches(to_unit_float(images), layout, self.patch_size, self.stride)
+        descriptors = project(normalize_patches(patches, self.patch_normalization), self.pca_projection_)
+        if self.xy:
+            descriptors = np.concatenate([descriptors, np.broadcast_to(layout.xy, descriptors.shape[:2] + (2,))], axis=2)
+        return descriptors
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self, "means_")
+        return np.asarray([f"fisher{i}" for i in range(self.n_features_out_)], dtype=object)
+
+    def _layout(self, image_shape) -> PatchLayout:
+        return patch_layout(image_shape, self.patch_size, self.stride, self.spatial_pyramid)
+
+    @property
+    def n_features_out_(self) -> int:
+        """Length of the Fisher Vectors ``transform`` returns with the current parameters."""
+        check_is_fitted(self, "means_")
+        n_cells = 5 if self.spatial_pyramid else 1
+        return fisher_vector_dim(len(self.weights_), self.means_.shape[1], n_cells, self.weight_gradients)
+
+    def _check_params(self) -> None:
+        if self.patch_normalization not in PATCH_NORMALIZATIONS:
+            raise InputError(f"patch_normalization must be one of {PATCH_NORMALIZATIONS}, got {self.patch_normalization!r}")
+        for name in ("n_components", "pca_components", "patch_size", "stride", "n_descriptor_samples", "max_iter"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 < self.alpha <= 1:
+            raise InputError(f"alpha must be in (0, 1], got {self.alpha}")
+        if self.reg_covar < 0 or self.tol <= 0:
+            raise InputError("reg_covar must be >= 0 and tol > 0")
+
+    # persistence -------------------------------------------------------------------------------
+
+    _fitted_arrays = ("pca_projection_", "weights_", "means_", "covariances_")
+
+    def save(self, path, *, force: bool = False) -> str:
+        """Save the fitted encoder (arrays in .npz, JSON header; no pickle). Returns the checksum."""
+        check_is_fitted(self, "means_")
+        return save_model(
+            path,
+            method="fisher",
+            params=self.get_params(),
+            arrays={name: getattr(self, name) for name in self._fitted_arrays},
+            input_shape=self.image_shape_,
+            force=force,
+        )
+
+    @classmethod
+    def load(cls, path) -> "FisherVectorEncoder":
+        """Load an encoder saved by :meth:`save`; its output is bit-identical to the saved one's."""
+        header, arrays = load_model(path, method="fisher")
+        encoder = cls(**header["params"])
+        for name in cls._fitted_arrays:
+            setattr(encoder, name, arrays[name])
+        encoder.image_shape_ = tuple(header["input_shape"])
+        encoder.n_features_in_ = int(np.prod(encoder.image_shape_))
+        encoder.checksum_ = header["checksum"]
+        return encoder

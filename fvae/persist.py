@@ -1,0 +1,191 @@
+"""Saving and loading models as data, never code, and writing any output file atomically.
+
+A model file is a zip archive (readable by ``numpy.load`` for its arrays) holding:
+
+- ``header.json``: format version, fvae version, method, hyper-parameters, input shape, checksum;
+- ``<name>.npy`` for every fitted array, read back with ``allow_pickle=False``;
+- optionally other members (the VAE stores its Keras ``.keras`` file there).
+
+The checksum is SHA-256 over the method, the parameters (canonical JSON), the input shape and every
+member's bytes; loading verifies it, so a corrupt or edited file is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelFileError, OutputExistsError
+
+FORMAT_VERSION = 1
+HEADER = "header.json"
+
+
+def fvae_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+@contextlib.contextmanager
+def atomic_output(path, *, force: bool = False):
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``path`` exists and ``force`` is false (checked before any work).
+    """
+    path = Path(path)
+    refuse_overwrite(path, force=force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def refuse_overwrite(*paths, force: bool = False) -> None:
+    """Raise :class:`OutputExistsError` for the first of ``paths`` that exists, unless ``force``."""
+    if force:
+        return
+    for path in paths:
+        if Path(path).exists():
+            raise OutputExistsError(f"{path} exists; pass --force (force=True) to overwrite it")
+
+
+def _checksum(method: str, params: dict, input_shape, members: dict[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([method, params, list(input_shape)], sort_keys=True).encode())
+    for name in sorted(members):
+        digest.update(name.encode())
+        digest.update(members[name])
+    return digest.hexdigest()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def save_model(path, *, method: str, params: dict, arrays: dict, input_shape, force: bool = False,
+               files: dict[str, bytes] | None = None) -> str:
+    """Write a model file atomically and return its checksum.
+
+    Parameters
+    ----------
+    path : path-like
+    method : str
+        ``"fisher"`` or ``"vae"``.
+    params : dict
+        JSON-serializable hyper-parameters.
+    arrays : dict of str to ndarray
+    input_shape : tuple
+    force : bool, default=False
+        Overwrite an existing file.
+    files : dict of str to bytes, default=None
+        Extra members stored as they are.
+    """
+    members = {f"{name}.npy": _npy_bytes(np.asarray(value)) for name, value in arrays.items()}
+    members.update(files or {})
+    params = json.loads(json.dumps(params, default=_jsonable))
+    header = {
+        "format_version": FORMAT_VERSION,
+        "fvae_version": fvae_version(),
+        "method": method,
+        "params": params,
+        "input_shape": list(input_shape),
+        "arrays": sorted(arrays),
+        "checksum": _checksum(method, params, input_shape, members),
+    }
+    with atomic_output(path, force=force) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+            archive.writestr(HEADER, json.dumps(header, indent=2, sort_keys=True))
+            for name, payload in members.items():
+                archive.writestr(name, payload)
+    return header["checksum"]
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, np.ndarray)):
+        return list(value)
+    raise TypeError(f"parameter value {value!r} cannot be saved as JSON (use an int seed, not a RandomState)")
+
+
+def read_header(path) -> dict:
+    """The JSON header of a model file.
+
+    Raises
+    ------
+    ModelFileError
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read(HEADER))
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such model file") from None
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as exc:
+        raise ModelFileError(f"{path}: not an fvae model file ({exc})") from None
+
+
+def load_model(path, *, method: str | None = None) -> tuple[dict, dict]:
+    """Read and verify a model file.
+
+    Parameters
+    ----------
+    path : path-like
+    method : str, default=None
+        If given, the file must hold a model of this method.
+
+    Returns
+    -------
+    header : dict
+    members : dict
+        Arrays by name (``"means_"``) and the raw bytes of other members by file name.
+
+    Raises
+    ------
+    ModelFileError
+        Newer format version, another method, or a checksum mismatch.
+    """
+    path = Path(path)
+    header = read_header(path)
+    version = header.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: written in model format {version} by fvae {header.get('fvae_version')}; this fvae "
+            f"({fvae_version()}) reads formats up to {FORMAT_VERSION}: upgrade fvae"
+        )
+    if method is not None and header.get("method") != method:
+        raise ModelFileError(f"{path}: holds a {header.get('method')!r} model, not a {method!r} model")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            raw = {name: archive.read(name) for name in archive.namelist() if name != HEADER}
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelFileError(f"{path}: cannot read ({exc})") from None
+    expected = _checksum(header["method"], header["params"], header["input_shape"], raw)
+    if expected != header.get("checksum"):
+        raise ModelFileError(f"{path}: checksum mismatch: the file is corrupt or was modified")
+    members = {}
+    for name, payload in raw.items():
+        if name.endswith(".npy"):
+            members[name[:-4]] = np.lib.format.read_array(io.BytesIO(payload), allow_pickle=False)
+        else:
+            members[name] = payload
+    return header, members

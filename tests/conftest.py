@@ -1,0 +1,46 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST_TEST = ROOT.parent / "shared" / "data" / "mnist-test"
+
+# Tests never touch the network: the real download path is exercised only with a stub.
+os.environ["FVAE_OFFLINE"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path, monkeypatch):
+    """No test sees the developer's ./data, $FVAE_DATA_DIR or Keras cache."""
+    monkeypatch.delenv("FVAE_DATA_DIR", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    import fvae
+
+    return fvae.load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def mnist_test_images():
+    """300 real MNIST test images from ../shared (blank borders: the numerically hard case)."""
+    from fvae.data import read_idx
+
+    path = SHARED_MNIST_TEST / "t10k-images-idx3-ubyte.gz"
+    if not path.exists():
+        pytest.skip(f"{path} is missing: the shared MNIST test set is not beside this checkout")
+    images = read_idx(path)
+    labels = read_idx(SHARED_MNIST_TEST / "t10k-labels-idx1-ubyte.gz")
+    return np.asarray(images[:300]), np.asarray(labels[:300], dtype=np.int64)
+
+
+def relative_error(a, b):
+    """Largest per-row ||a - b|| / ||b||."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return float(np.max(np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-300)))

@@ -1,0 +1,223 @@
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+from conftest import relative_error
+from fvae import FisherVectorEncoder, InputError, ModelFileError
+from fvae.fisher import fisher_vector_dim, fisher_vectors, gmm_terms
+import reference
+
+SMALL = dict(n_components=8, pca_components=6, patch_size=3, stride=1, n_descriptor_samples=5000, random_state=0)
+NORMALIZATIONS = list(itertools.product([False, True], [False, True], [False, True]))  # improved, wg, intra
+
+
+def reference_batch(encoder, images):
+    descriptors = encoder.descriptors(images).astype(np.float64)
+    cells = encoder._layout(encoder.image_shape_).regions if encoder.spatial_pyramid else None
+    return np.stack([
+        reference.fisher_vector(
+            d, encoder.weights_, encoder.means_, encoder.covariances_, cells=cells,
+            improved=encoder.improved, alpha=encoder.alpha, weight_gradients=encoder.weight_gradients,
+            intra_normalization=encoder.intra_normalization,
+        )
+        for d in descriptors
+    ])
+
+
+@pytest.mark.parametrize("xy,pyramid", list(itertools.product([False, True], [False, True])))
+def test_batched_fv_matches_float64_reference_for_every_option(digits, xy, pyramid):
+    encoder = FisherVectorEncoder(xy=xy, spatial_pyramid=pyramid, **SMALL).fit(digits.train.images)
+    images = digits.test.images[:40]
+    for improved, weight_gradients, intra in NORMALIZATIONS:
+        encoder.set_params(improved=improved, weight_gradients=weight_gradients, intra_normalization=intra)
+        fast = encoder.transform(images)
+        assert fast.dtype == np.float32
+        assert fast.shape == (len(images), encoder.n_features_out_)
+        err = relative_error(fast, reference_batch(encoder, images))
+        assert err < 1e-4, (improved, weight_gradients, intra, err)
+
+
+def test_real_mnist_defaults_match_reference_including_centred_components(mnist_test_images):
+    images, _ = mnist_test_images
+    encoder = FisherVectorEncoder(random_state=0, n_descriptor_samples=20000).fit(images)
+    # The hard case is present: tight blank-patch components whose variance sits at the floor.
+    floor = encoder.covariances_.min()
+    assert (encoder.covariances_[:, :-2].max(axis=1) < 20 * floor).any()
+    err = relative_error(encoder.transform(images[:25]), reference_batch(encoder, images[:25]))
+    assert err < 1e-4
+
+
+def test_tight_far_component_stays_exact():
+    """A component 1e3 standard deviations from the origin: the expanded float32 form fails here."""
+    rng = np.random.default_rng(1)
+    means = rng.normal(size=(4, 5))
+    means[0] = 3.0
+    variances = np.full((4, 5), 0.5)
+    variances[0] = 1e-5
+    weights = np.array([0.4, 0.2, 0.2, 0.2])
+    x = rng.normal(size=(6, 30, 5)).astype(np.float32)
+    x[:, :15] = (means[0] + rng.normal(scale=3e-3, size=(6, 15, 5))).astype(np.float32)
+    terms = gmm_terms(weights, means, variances)
+    assert list(terms.centred) == [0]
+    fast = fisher_vectors(x, terms, improved=False)
+    ref = np.stack([reference.fisher_vector(xi, weights, means, variances, improved=False) for xi in x])
+    assert relative_error(fast, ref) < 1e-4
+
+
+def test_matches_skimage_with_weight_gradients_and_opposite_sigma_sign(digits):
+    from skimage.feature import fisher_vector as skimage_fisher_vector
+    from sklearn.mixture import GaussianMixture
+
+    encoder = FisherVectorEncoder(spatial_pyramid=False, weight_gradients=True, **SMALL).fit(digits.train.images)
+    gm = GaussianMixture(n_components=encoder.n_components, covariance_type="diag")
+    gm.weights_, gm.means_, gm.covariances_ = encoder.weights_, encoder.means_, encoder.covariances_
+    gm.precisions_cholesky_ = 1 / np.sqrt(encoder.covariances_)
+    descriptors = encoder.descriptors(digits.test.images[:20]).astype(np.float64)
+    K, D = encoder.means_.shape
+    for improved in (False, True):
+        encoder.set_params(improved=improved)
+        ours = encoder.transform(digits.test.images[:20])
+        theirs = np.stack([skimage_fisher_vector(d, gm, improved=improved) for d in descriptors])
+        theirs[:, K + K * D :] *= -1  # skimage's G_sigma is the negative of Perronnin/VLFeat's
+        assert relative_error(ours, theirs) < 1e-4
+        # and the sign really differs: without the flip the variance blocks disagree
+        raw = np.stack([skimage_fisher_vector(d, gm, improved=improved) for d in descriptors])
+        assert relative_error(ours[:, K + K * D :], raw[:, K + K * D :]) > 1.0
+
+
+@pytest.mark.parametrize("intra", [False, True])
+def test_improved_fv_has_unit_norm(digits, intra):
+    encoder = FisherVectorEncoder(intra_normalization=intra, **SMALL).fit(digits.train.images)
+    norms = np.linalg.norm(encoder.transform(digits.test.images), axis=1)
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_images=st.integers(1, 9), n_desc=st.integers(4, 40))
+def test_descriptor_order_and_batch_split_do_not_change_the_fv(seed, n_images, n_desc):
+    rng = np.random.default_rng(seed)
+    K, D = 5, 4
+    terms = gmm_terms(rng.dirichlet(np.ones(K)) + 1e-3, rng.normal(size=(K, D)), rng.uniform(0.1, 2, (K, D)))
+    x = rng.normal(size=(n_images, n_desc, D)).astype(np.float32)
+    together = fisher_vectors(x, terms, weight_gradients=True)
+    permuted = fisher_vectors(x[:, rng.permutation(n_desc)], terms, weight_gradients=True)
+    split = rng.integers(0, n_images + 1)
+    pieces = np.concatenate([fisher_vectors(x[:split], terms, weight_gradients=True),
+                             fisher_vectors(x[split:], terms, weight_gradients=True)])
+    assert relative_error(permuted, together) < 1e-4  # summation order only changes rounding
+    np.testing.assert_array_equal(pieces, together)
+
+
+def test_transform_is_independent_of_threads_and_batch(digits):
+    images = digits.test.images
+    encoder = FisherVectorEncoder(**SMALL).fit(digits.train.images)
+    one = encoder.transform(images)
+    two = clone(encoder).set_params(n_jobs=2).fit(digits.train.images).transform(images)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(encoder.transform(images[:7]), one[:7])
+
+
+def test_output_dimension_formula(digits):
+    for pyramid, wg in itertools.product([False, True], [False, True]):
+        enc = FisherVectorEncoder(spatial_pyramid=pyramid, weight_gradients=wg, **SMALL).fit(digits.train.images)
+        D = SMALL["pca_components"] + 2
+        assert enc.n_features_out_ == (5 if pyramid else 1) * (2 * 8 * D + 8 * wg)
+        assert enc.n_features_out_ == fisher_vector_dim(8, D, 5 if pyramid else 1, wg)
+        assert enc.transform(digits.test.images[:2]).shape[1] == enc.n_features_out_
+
+
+def test_same_seed_same_model(digits):
+    a = FisherVectorEncoder(**SMALL).fit(digits.train.images)
+    b = FisherVectorEncoder(**SMALL).fit(digits.train.images)
+    np.testing.assert_array_equal(a.means_, b.means_)
+    np.testing.assert_array_equal(a.transform(digits.test.images), b.transform(digits.test.images))
+
+
+def test_sklearn_conventions(digits):
+    encoder = FisherVectorEncoder(**SMALL)
+    assert encoder.get_params()["n_components"] == 8
+    with pytest.raises(NotFittedError):
+        encoder.transform(digits.test.images)
+    flat = digits.train.images.reshape(len(digits.train.images), -1)
+    pipe = make_pipeline(FisherVectorEncoder(image_shape=(8, 8), **SMALL), LogisticRegression(C=10, max_iter=2000))
+    pipe.fit(flat, digits.train.labels)
+    accuracy = pipe.score(digits.test.images.reshape(len(digits.test.images), -1), digits.test.labels)
+    assert accuracy > 0.9
+    assert clone(pipe).get_params()["fishervectorencoder__n_components"] == 8
+
+
+def test_bad_inputs_raise_clear_errors(digits):
+    encoder = FisherVectorEncoder(**SMALL).fit(digits.train.images)
+    with pytest.raises(InputError, match="model expects 8x8"):
+        encoder.transform(np.zeros((2, 9, 9), np.uint8))
+    nan = digits.test.images[:2].astype(np.float32) / 255
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        encoder.transform(nan)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        encoder.transform(digits.test.images[:2].astype(np.float32))
+    with pytest.raises(InputError, match="image_shape"):
+        FisherVectorEncoder(**SMALL).fit(digits.train.images.reshape(len(digits.train.images), -1))
+    with pytest.raises(InputError, match="quadrants"):
+        FisherVectorEncoder(patch_size=7, stride=2).fit(digits.train.images)
+    with pytest.raises(InputError, match="patch_normalization"):
+        FisherVectorEncoder(patch_normalization="zca").fit(digits.train.images)
+
+
+def test_save_load_round_trip_is_bit_identical(digits, tmp_path):
+    encoder = FisherVectorEncoder(**SMALL).fit(digits.train.images)
+    path = tmp_path / "model.npz"
+    checksum = encoder.save(path)
+    loaded = FisherVectorEncoder.load(path)
+    assert loaded.checksum_ == checksum
+    assert loaded.get_params() == encoder.get_params()
+    np.testing.assert_array_equal(loaded.transform(digits.test.images), encoder.transform(digits.test.images))
+    # the arrays are plain .npy members: numpy reads them without pickle
+    with np.load(path, allow_pickle=False) as archive:
+        np.testing.assert_array_equal(archive["means_"], encoder.means_)
+
+
+def test_load_refuses_modified_newer_or_foreign_files(digits, tmp_path):
+    import json
+    import zipfile
+
+    encoder = FisherVectorEncoder(**SMALL).fit(digits.train.images)
+    path = tmp_path / "model.npz"
+    encoder.save(path)
+    with pytest.raises(FileExistsError, match="--force"):
+        encoder.save(path)
+
+    def rewrite(target, edit=lambda header: None, corrupt_means=False):
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(target, "w") as dst:
+            for name in src.namelist():
+                data = src.read(name)
+                if name == "header.json":
+                    header = json.loads(data)
+                    edit(header)
+                    data = json.dumps(header)
+                elif name == "means_.npy" and corrupt_means:
+                    data = data[:-8] + np.float64(1.5).tobytes()
+                dst.writestr(name, data)
+
+    rewrite(tmp_path / "newer.npz", lambda h: h.update(format_version=99))
+    with pytest.raises(ModelFileError, match="upgrade fvae"):
+        FisherVectorEncoder.load(tmp_path / "newer.npz")
+    rewrite(tmp_path / "vae.npz", lambda h: h.update(method="vae"))
+    with pytest.raises(ModelFileError, match="not a 'fisher' model"):
+        FisherVectorEncoder.load(tmp_path / "vae.npz")
+    rewrite(tmp_path / "params.npz", lambda h: h["params"].update(n_components=9))
+    with pytest.raises(ModelFileError, match="checksum"):
+        FisherVectorEncoder.load(tmp_path / "params.npz")
+    rewrite(tmp_path / "bitrot.npz", corrupt_means=True)
+    with pytest.raises(ModelFileError, match="checksum"):
+        FisherVectorEncoder.load(tmp_path / "bitrot.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ModelFileError, match="not an fvae model"):
+        FisherVectorEncoder.load(tmp_path / "junk.npz")
