@@ -1,4 +1,4 @@
 """Run fvae from a checkout without installing: ``python cli.py --help``."""
-from fvae.cli import app
+from fvae.cli import run
 
-app()
+run()

@@ -1,22 +1,43 @@
 """fvae: encode images as Fisher Vectors or VAE latent codes, and compare them honestly.
 
-TensorFlow is imported only when a VAE is built or loaded, so ``import fvae`` and the Fisher path
-start fast.
+Public names are imported on first use, so ``fvae --help`` starts fast and TensorFlow is loaded
+only when a VAE is built or loaded.
 """
 
 __version__ = "0.1.0"
 
-from .data import Dataset, Split, load_dataset  # noqa: E402
 from .errors import DataError, FvaeError, InputError, ModelFileError, OutputExistsError  # noqa: E402
-from .fisher import FisherVectorEncoder  # noqa: E402
+
+_LAZY = {
+    "Dataset": "data",
+    "Split": "data",
+    "load_dataset": "data",
+    "FisherVectorEncoder": "fisher",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'fvae' has no attribute {name!r}")
 
 
 def load(path):
-    """Load any saved fvae encoder; the file's header says which kind it is."""
+    """Load any saved fvae encoder; the file's header says which kind it is.
+
+    Raises
+    ------
+    ModelFileError
+        If the file is not an fvae model, or holds a method this version does not know.
+    """
     from .persist import read_header
 
     method = read_header(path).get("method")
     if method == "fisher":
+        from .fisher import FisherVectorEncoder
+
         return FisherVectorEncoder.load(path)
     raise ModelFileError(f"{path}: unknown model method {method!r}")
 

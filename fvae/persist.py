@@ -63,7 +63,7 @@ def refuse_overwrite(*paths, force: bool = False) -> None:
         return
     for path in paths:
         if Path(path).exists():
-            raise OutputExistsError(f"{path} exists; pass --force (force=True) to overwrite it")
+            raise OutputExistsError(f"{path} exists; pass --force to overwrite it")
 
 
 def _checksum(method: str, params: dict, input_shape, members: dict[str, bytes]) -> str:

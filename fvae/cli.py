@@ -1,0 +1,246 @@
+"""The ``fvae`` command line: parse, call the library, print. Errors: one line, exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .errors import FvaeError
+
+app = typer.Typer(
+    help="Encode images as Fisher Vectors or VAE latent codes, and compare them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+fit_app = typer.Typer(help="Fit an encoder on a dataset's train split and save it.", no_args_is_help=True)
+app.add_typer(fit_app, name="fit")
+
+
+class Method(str, Enum):
+    fisher = "fisher"
+
+
+class SplitName(str, Enum):
+    train = "train"
+    test = "test"
+    all = "all"
+
+
+class PatchNorm(str, Enum):
+    none = "none"
+    center = "center"
+    standardize = "standardize"
+    l2 = "l2"
+
+
+DataOpt = Annotated[str, typer.Option("--data", "-d", help="mnist, mnist-5k, fashion-mnist, digits, or a path.")]
+DataDirOpt = Annotated[Optional[Path], typer.Option(help="Extra folder searched for named datasets.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed: same seed, same output.")]
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"fvae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+):
+    """fvae: Fisher Vectors and VAE codes for images, side by side."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("fvae: %(levelname)s: %(message)s"))
+    logger = logging.getLogger("fvae")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _user_errors(command):
+    """Turn the errors a user can cause into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except FvaeError as exc:
+            typer.echo(f"fvae: error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.echo(f"fvae: error: {where}{exc.strerror or exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("fvae: interrupted; no partial output was kept", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _progress_bar(total: int, label: str, quiet: bool):
+    """A rich progress bar on a terminal; nothing when quiet or piped. Returns (context, advance)."""
+    import contextlib
+
+    if quiet or not sys.stderr.isatty():
+        return contextlib.nullcontext(), None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=True,
+    )
+    task = progress.add_task(label, total=total)
+    return progress, lambda n: progress.advance(task, n)
+
+
+@app.command()
+@_user_errors
+def datasets(data_dir: DataDirOpt = None):
+    """List the named datasets: available here or not, where, and their sizes."""
+    from .data import describe_sources
+
+    for row in describe_sources(data_dir):
+        if row["available"]:
+            h, w = row["image_shape"]
+            typer.echo(f"{row['name']:<14} yes  train {row['train']:>6}  test {row['test']:>6}  {h}x{w}  {row['location']}")
+        else:
+            typer.echo(f"{row['name']:<14} no   {row['note']}")
+
+
+def _fisher_encoder(**params):
+    from .fisher import FisherVectorEncoder
+
+    return FisherVectorEncoder(**params)
+
+
+@fit_app.command("fisher")
+@_user_errors
+def fit_fisher(
+    data: DataOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.npz).")],
+    components: Annotated[int, typer.Option(help="GMM components K.")] = 64,
+    pca: Annotated[int, typer.Option(help="PCA dimension of the patch descriptors.")] = 32,
+    patch_size: Annotated[int, typer.Option(help="Patch side in pixels.")] = 7,
+    stride: Annotated[int, typer.Option(help="Step between patches in pixels.")] = 2,
+    patch_norm: Annotated[PatchNorm, typer.Option(help="Per-patch normalization.")] = PatchNorm.none,
+    whiten: Annotated[bool, typer.Option(help="Whiten the PCA output.")] = False,
+    xy: Annotated[bool, typer.Option(help="Append patch positions to descriptors.")] = True,
+    pyramid: Annotated[bool, typer.Option(help="Spatial pyramid 1x1 + 2x2.")] = True,
+    improved: Annotated[bool, typer.Option(help="Power + L2 normalization.")] = True,
+    alpha: Annotated[float, typer.Option(help="Power normalization exponent.")] = 0.5,
+    weight_gradients: Annotated[bool, typer.Option(help="Add mixture-weight gradients.")] = False,
+    intra_norm: Annotated[bool, typer.Option(help="Intra-normalize per component.")] = False,
+    samples: Annotated[int, typer.Option(help="Descriptors sampled to fit PCA and GMM.")] = 50_000,
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    force: ForceOpt = False,
+):
+    """Fit a Fisher Vector encoder (PCA + GMM) on the train split of --data and save it."""
+    import time
+
+    from .data import load_dataset
+    from .persist import refuse_overwrite
+
+    refuse_overwrite(output, force=force)
+    dataset = load_dataset(data, data_dir)
+    train = dataset.split("train")
+    encoder = _fisher_encoder(
+        n_components=components, pca_components=pca, patch_size=patch_size, stride=stride,
+        patch_normalization=patch_norm.value, whiten=whiten, xy=xy, spatial_pyramid=pyramid,
+        improved=improved, alpha=alpha, weight_gradients=weight_gradients, intra_normalization=intra_norm,
+        n_descriptor_samples=samples, random_state=seed,
+    )
+    started = time.perf_counter()
+    encoder.fit(train.images)
+    checksum = encoder.save(output, force=force)
+    typer.echo(
+        f"fitted fisher on {len(train)} {dataset.name} train images in {time.perf_counter() - started:.1f} s; "
+        f"{encoder.n_features_out_} dims; wrote {output} (checksum {checksum[:12]})"
+    )
+
+
+@app.command()
+@_user_errors
+def encode(
+    data: DataOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Features file to write (.npy).")],
+    method: Annotated[Method, typer.Option(help="Encoding method.")] = Method.fisher,
+    model: Annotated[Optional[Path], typer.Option(help="Saved model; without it, fit on the train split first.")] = None,
+    split: Annotated[SplitName, typer.Option(help="Which split to encode.")] = SplitName.test,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 1024,
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Encode a split of --data and write float32 features, labels and a JSON sidecar.
+
+    Writes OUTPUT (.npy), OUTPUT-stem.labels.npy, OUTPUT-stem.json, and without --model also the
+    fitted model as OUTPUT-stem.model.npz.
+    """
+    import time
+
+    from . import load
+    from .data import load_dataset
+    from .extract import extract_features, output_paths
+    from .persist import refuse_overwrite
+
+    if output.suffix != ".npy":
+        raise typer.BadParameter(f"{output}: the features file must end in .npy", param_hint="--output")
+    paths = output_paths(output)
+    refuse_overwrite(paths["features"], paths["labels"], paths["sidecar"], force=force)
+    if model is None:
+        refuse_overwrite(paths["model"], force=force)
+    dataset = load_dataset(data, data_dir)
+    images = dataset.split(split.value)
+    if model is not None:
+        encoder = load(model)
+        checksum = encoder.checksum_
+    else:
+        train = dataset.split("train")
+        started = time.perf_counter()
+        encoder = _fisher_encoder(random_state=seed).fit(train.images)
+        checksum = encoder.save(paths["model"], force=force)
+        typer.echo(f"fitted fisher on {len(train)} train images in {time.perf_counter() - started:.1f} s; wrote {paths['model']}")
+        model = paths["model"]
+    context, advance = _progress_bar(len(images), f"encoding {split.value}", quiet)
+    with context:
+        sidecar = extract_features(
+            encoder, images, output, batch_size=batch_size, force=force, progress=advance,
+            metadata={"method": method.value, "model": str(model), "model_checksum": checksum,
+                      "source": dataset.name, "source_location": dataset.location, "split": split.value},
+        )
+    typer.echo(
+        f"encoded {sidecar['n_images']} images -> {sidecar['shape'][1]} dims in {sidecar['encode_seconds']:.1f} s "
+        f"({sidecar['images_per_second']:.0f} img/s); wrote {output}"
+    )
+
+
+def run() -> None:
+    """Console entry point: like ``app()``, but usage errors are one line too (exit code 2)."""
+    try:  # typer >= 0.24 vendors click; older releases depend on it
+        from typer._click.exceptions import UsageError
+    except ImportError:
+        from click import UsageError
+    try:
+        code = app(standalone_mode=False)
+    except UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx and exc.ctx.parent else ""
+        typer.echo(f"fvae: error: {exc.format_message()}{hint}", err=True)
+        code = 2
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("fvae: interrupted", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,124 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import fvae
+from conftest import ROOT, SHARED_MNIST_TEST
+from fvae.cli import app
+
+runner = CliRunner()
+SMALL_FIT = ["--patch-size", "3", "--stride", "1", "--components", "8", "--pca", "6", "--samples", "4000"]
+
+
+def fvae_cli(*args, cwd):
+    """The installed console script, as a user runs it."""
+    exe = os.path.join(os.path.dirname(sys.executable), "fvae")
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "FVAE_OFFLINE": "1"})
+
+
+def test_end_to_end_fit_then_encode_in_a_subprocess(tmp_path):
+    fit = fvae_cli("fit", "fisher", "--data", "digits", "-o", "model.npz", *SMALL_FIT, cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    assert "wrote model.npz" in fit.stdout
+    enc = fvae_cli("encode", "--method", "fisher", "--model", "model.npz", "--data", "digits",
+                   "--split", "all", "-o", "out/feats.npy", "--quiet", cwd=tmp_path)
+    assert enc.returncode == 0, enc.stderr
+    features = np.load(tmp_path / "out" / "feats.npy")
+    labels = np.load(tmp_path / "out" / "feats.labels.npy")
+    sidecar = json.loads((tmp_path / "out" / "feats.json").read_text())
+    assert features.dtype == np.float32 and features.shape == (1797, 5 * 2 * 8 * 8)
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
+    digits = fvae.load_dataset("digits")
+    np.testing.assert_array_equal(labels, digits.split("all").labels)
+    model = fvae.load(tmp_path / "model.npz")
+    assert sidecar["model_checksum"] == model.checksum_
+    assert sidecar["shape"] == [1797, 640] and sidecar["split"] == "all" and sidecar["source"] == "digits"
+    # the CLI output equals the library's
+    np.testing.assert_array_equal(features, model.transform(digits.split("all").images))
+    assert not list((tmp_path / "out").glob("*.part"))
+
+
+def test_encode_without_model_fits_and_saves_it(tmp_path):
+    result = runner.invoke(app, ["encode", "--data", "digits", "-o", str(tmp_path / "f.npy")])
+    assert result.exit_code == 2  # digits' 8x8 images are too small for the default 7x7 pyramid
+    assert "quadrants" in result.output
+    assert not (tmp_path / "f.npy").exists() and not (tmp_path / "f.model.npz").exists()
+
+
+def test_encode_without_model_on_mnist_5k(tmp_path):
+    result = runner.invoke(app, ["encode", "--data", "mnist-5k", "--split", "test", "-o", str(tmp_path / "f.npy"), "-q"])
+    assert result.exit_code == 0, result.output
+    model = fvae.load(tmp_path / "f.model.npz")
+    features = np.load(tmp_path / "f.npy")
+    assert features.shape == (1000, model.n_features_out_)
+    assert json.loads((tmp_path / "f.json").read_text())["model_checksum"] == model.checksum_
+
+
+def test_existing_outputs_are_not_overwritten_without_force(tmp_path):
+    model = tmp_path / "m.npz"
+    assert runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(model), *SMALL_FIT]).exit_code == 0
+    before = model.read_bytes()
+    again = runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(model), *SMALL_FIT, "--seed", "3"])
+    assert again.exit_code == 2 and "--force" in again.output
+    assert model.read_bytes() == before
+    forced = runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(model), *SMALL_FIT, "--seed", "3", "--force"])
+    assert forced.exit_code == 0 and model.read_bytes() != before
+    out = tmp_path / "f.npy"
+    out.write_bytes(b"precious")
+    result = runner.invoke(app, ["encode", "--data", "digits", "--model", str(model), "-o", str(out)])
+    assert result.exit_code == 2 and out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["encode", "--data", "no/such/dir", "-o", "f.npy"], "no such file or folder"),
+    (["encode", "--data", "digits", "--model", "missing.npz", "-o", "f.npy"], "no such model file"),
+    (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--components", "0"], "n_components must be a positive integer"),
+])
+def test_user_errors_are_one_line_exit_2_no_output(tmp_path, args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fvae: error:") and message in lines[0]
+    assert "Traceback" not in result.output
+    assert not any(p.name in ("f.npy", "m.npz") for p in tmp_path.iterdir())
+
+
+def test_wrong_image_size_and_test_only_source_in_a_subprocess(tmp_path):
+    if not SHARED_MNIST_TEST.exists():
+        pytest.skip(f"{SHARED_MNIST_TEST} is missing: the shared MNIST test set is not beside this checkout")
+    assert fvae_cli("fit", "fisher", "--data", "digits", "-o", "m.npz", *SMALL_FIT, cwd=tmp_path).returncode == 0
+    mismatch = fvae_cli("encode", "--model", "m.npz", "--data", str(SHARED_MNIST_TEST), "-o", "f.npy", cwd=tmp_path)
+    assert mismatch.returncode == 2
+    assert mismatch.stderr.strip() == "fvae: error: transform: images are 28x28 but the model expects 8x8"
+    no_train = fvae_cli("encode", "--data", str(SHARED_MNIST_TEST), "-o", "f.npy", cwd=tmp_path)
+    assert no_train.returncode == 2 and "needs a train split" in no_train.stderr
+    usage = fvae_cli("encode", "--data", "digits", "--method", "nope", "-o", "f.npy", cwd=tmp_path)
+    assert usage.returncode == 2 and len(usage.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "f.npy").exists()
+
+
+def test_corrupt_input_file_fails_cleanly_in_a_subprocess(tmp_path):
+    import gzip
+
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 8)[:-6])
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x00"))
+    assert fvae_cli("fit", "fisher", "--data", "digits", "-o", "m.npz", *SMALL_FIT, cwd=tmp_path).returncode == 0
+    result = fvae_cli("encode", "--model", "m.npz", "--data", str(folder), "-o", "f.npy", cwd=tmp_path)
+    assert result.returncode == 2 and "truncated or corrupt gzip" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "f.npy").exists()
+
+
+def test_datasets_command_and_checkout_shim(tmp_path):
+    result = runner.invoke(app, ["datasets"])
+    assert result.exit_code == 0
+    assert "digits" in result.output and "mnist-5k       yes" in result.output
+    shim = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--version"], capture_output=True, text=True)
+    assert shim.returncode == 0 and shim.stdout.strip() == f"fvae {fvae.__version__}"

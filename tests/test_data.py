@@ -1,0 +1,245 @@
+import gzip
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fvae
+from conftest import SHARED_MNIST_TEST
+from fvae import DataError, InputError
+from fvae.data import check_image_batch, describe_sources, read_idx, to_unit_float
+
+
+def write_idx(path, array, compress=True):
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    payload = header + array.tobytes()
+    if compress:
+        path.write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+def write_idx_split(folder, prefix, images, labels, compress=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = ".gz" if compress else ""
+    write_idx(folder / f"{prefix}-images-idx3-ubyte{ext}", images, compress)
+    write_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}", labels, compress)
+
+
+@pytest.fixture
+def tiny():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (12, 5, 6), dtype=np.uint8), np.arange(12) % 3
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_folder_round_trip(tmp_path, tiny, compress):
+    images, labels = tiny
+    write_idx_split(tmp_path / "d", "train", images, labels, compress)
+    write_idx_split(tmp_path / "d", "t10k", images[:4], labels[:4], compress)
+    ds = fvae.load_dataset(tmp_path / "d")
+    np.testing.assert_array_equal(ds.train.images, images)
+    np.testing.assert_array_equal(ds.train.labels, labels)
+    assert ds.train.labels.dtype == np.int64
+    assert len(ds.test) == 4 and ds.image_shape == (5, 6)
+    assert len(ds.split("all")) == 16
+
+
+def test_shared_mnist_test_folder_is_test_only():
+    if not SHARED_MNIST_TEST.exists():
+        pytest.skip(f"{SHARED_MNIST_TEST} is missing: the shared MNIST test set is not beside this checkout")
+    ds = fvae.load_dataset(SHARED_MNIST_TEST)
+    assert ds.train is None
+    assert ds.test.images.shape == (10000, 28, 28) and ds.test.images.dtype == np.uint8
+    assert np.bincount(ds.test.labels).tolist()[:3] == [980, 1135, 1032]  # the official class counts
+    with pytest.raises(DataError, match="needs a train split"):
+        ds.split("train")
+
+
+def test_corrupt_idx_files_name_the_file_and_problem(tmp_path, tiny):
+    images, labels = tiny
+    good = write_idx(tmp_path / "good.gz", images)
+    raw = gzip.decompress(good.read_bytes())
+    (tmp_path / "magic").write_bytes(b"\x12\x34" + raw[2:])
+    with pytest.raises(DataError, match=r"magic.*bad magic number 0x1234|magic"):
+        read_idx(tmp_path / "magic")
+    (tmp_path / "short").write_bytes(raw[:-7])
+    with pytest.raises(DataError, match=r"short: header says 12x5x6 \(360 bytes.*353 bytes"):
+        read_idx(tmp_path / "short")
+    (tmp_path / "trunc.gz").write_bytes(good.read_bytes()[:-20])
+    with pytest.raises(DataError, match="trunc.gz: truncated or corrupt gzip"):
+        read_idx(tmp_path / "trunc.gz")
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(DataError, match="not an idx file"):
+        read_idx(tmp_path / "empty")
+
+
+def test_idx_count_mismatch_and_missing_labels(tmp_path, tiny):
+    images, labels = tiny
+    write_idx_split(tmp_path / "a", "t10k", images, labels[:-1])
+    with pytest.raises(DataError, match="12 images but t10k-labels-idx1-ubyte.gz has 11 labels"):
+        fvae.load_dataset(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    write_idx(tmp_path / "b" / "t10k-images-idx3-ubyte.gz", images)
+    with pytest.raises(DataError, match="labels missing"):
+        fvae.load_dataset(tmp_path / "b")
+
+
+def test_keras_npz(tmp_path, tiny):
+    images, labels = tiny
+    np.savez(tmp_path / "k.npz", x_train=images, y_train=labels, x_test=images[:3], y_test=labels[:3])
+    ds = fvae.load_dataset(tmp_path / "k.npz")
+    np.testing.assert_array_equal(ds.test.images, images[:3])
+    np.savez(tmp_path / "nolabels.npz", x_train=images)
+    with pytest.raises(DataError, match="labels missing: has x_train but no y_train"):
+        fvae.load_dataset(tmp_path / "nolabels.npz")
+    np.savez(tmp_path / "floats.npz", x_test=images / 255.0, y_test=labels)
+    np.testing.assert_array_equal(fvae.load_dataset(tmp_path / "floats.npz").test.images, images)
+    bad = (images / 255.0).astype(np.float32)
+    bad[0, 0, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", x_test=bad, y_test=labels)
+    with pytest.raises(DataError, match="NaN"):
+        fvae.load_dataset(tmp_path / "nan.npz")
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(DataError, match="broken.npz: not a readable .npz"):
+        fvae.load_dataset(tmp_path / "broken.npz")
+
+
+def test_npy_is_unlabelled_test_only(tmp_path, tiny):
+    np.save(tmp_path / "x.npy", tiny[0])
+    ds = fvae.load_dataset(tmp_path / "x.npy")
+    assert ds.train is None and ds.test.labels is None
+    np.testing.assert_array_equal(ds.test.images, tiny[0])
+
+
+def test_image_folder_classes_split_and_grayscale(tmp_path, tiny):
+    images, labels = tiny
+    for i, (img, lab) in enumerate(zip(images, labels)):
+        (tmp_path / "imgs" / f"class{lab}").mkdir(parents=True, exist_ok=True)
+        rgb = np.stack([img] * 3, axis=-1)
+        Image.fromarray(rgb).save(tmp_path / "imgs" / f"class{lab}" / f"{i}.png")
+    ds = fvae.load_dataset(tmp_path / "imgs")
+    assert ds.class_names == ("class0", "class1", "class2")
+    assert len(ds.train) + len(ds.test) == 12 and ds.image_shape == (5, 6)
+    everything = ds.split("all")
+    # grey RGB converts back to the same grey levels
+    assert {img.tobytes() for img in everything.images} == {img.tobytes() for img in images}
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(tmp_path / "imgs" / "class0" / "odd.png")
+    with pytest.raises(DataError, match="odd.png: size 3x3 differs"):
+        fvae.load_dataset(tmp_path / "imgs")
+    (tmp_path / "imgs" / "class0" / "odd.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="odd.png: cannot read image"):
+        fvae.load_dataset(tmp_path / "imgs")
+
+
+def test_image_folder_with_train_and_test_subfolders(tmp_path, tiny):
+    images, _ = tiny
+    for split, n in (("train", 4), ("test", 2)):
+        for cls in ("a", "b"):
+            folder = tmp_path / "f" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(images[i]).save(folder / f"{i}.png")
+    ds = fvae.load_dataset(tmp_path / "f")
+    assert (len(ds.train), len(ds.test)) == (8, 4)
+    assert ds.train.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_named_sources():
+    digits = fvae.load_dataset("digits")
+    assert digits.image_shape == (8, 8) and (len(digits.train), len(digits.test)) == (1437, 360)
+    assert digits.train.images.max() == 255
+    small = fvae.load_dataset("mnist-5k")
+    assert (len(small.train), len(small.test)) == (4000, 1000)
+    assert np.bincount(small.test.labels).tolist() == [100] * 10  # stratified
+    again = fvae.load_dataset("mnist-5k")
+    np.testing.assert_array_equal(small.test.images, again.test.images)  # deterministic
+
+
+def test_mnist_offline_falls_back_to_mnist_5k_and_says_so(caplog):
+    with caplog.at_level(logging.WARNING, logger="fvae"):
+        ds = fvae.load_dataset("mnist")
+    assert ds.name == "mnist-5k"
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "using mnist-5k" in messages[0] and "\n" not in messages[0]
+
+
+def test_mnist_prefers_data_dir_then_keras_cache(tmp_path, tiny, monkeypatch):
+    images, labels = tiny
+    write_idx_split(tmp_path / "mine" / "mnist", "train", images, labels)
+    assert len(fvae.load_dataset("mnist", data_dir=tmp_path / "mine").train) == 12
+    cache = tmp_path / "keras-home" / "datasets"
+    cache.mkdir(parents=True)
+    np.savez(cache / "mnist.npz", x_train=images[:5], y_train=labels[:5], x_test=images[:2], y_test=labels[:2])
+    ds = fvae.load_dataset("mnist")
+    assert ds.name == "mnist" and len(ds.train) == 5
+
+
+def test_mnist_download_path_is_used_when_reachable(tmp_path, tiny, monkeypatch):
+    """The real download code, with the network replaced by a local payload of the right hash."""
+    import hashlib
+    import io
+
+    import fvae.data as data
+
+    images, labels = tiny
+    buffer = io.BytesIO()
+    np.savez(buffer, x_train=images, y_train=labels, x_test=images[:2], y_test=labels[:2])
+    payload = buffer.getvalue()
+
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.delenv("FVAE_OFFLINE")
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: Response(payload))
+    monkeypatch.setattr(data, "MNIST_SHA256", hashlib.sha256(payload).hexdigest())
+    ds = fvae.load_dataset("mnist")
+    assert ds.name == "mnist" and len(ds.train) == 12
+    assert (tmp_path / "keras-home" / "datasets" / "mnist.npz").is_file()
+    monkeypatch.setattr(data, "MNIST_SHA256", "0" * 64)
+    (tmp_path / "keras-home" / "datasets" / "mnist.npz").unlink()
+    with pytest.raises(OSError, match="checksum mismatch"):
+        data.download_mnist()
+
+
+def test_fashion_mnist_from_data_dir(tmp_path, tiny, monkeypatch):
+    images, labels = tiny
+    monkeypatch.setattr("fvae.data.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    with pytest.raises(DataError, match="dataset-fashion-mnist"):
+        fvae.load_dataset("fashion-mnist")
+    write_idx_split(tmp_path / "data" / "fashion-mnist", "t10k", images, labels)
+    ds = fvae.load_dataset("fashion-mnist")  # ./data is searched (tests run in tmp_path)
+    assert ds.name == "fashion-mnist" and len(ds.test) == 12
+
+
+def test_describe_sources_reports_availability(tmp_path, tiny):
+    images, labels = tiny
+    write_idx_split(tmp_path / "dd" / "mnist", "train", images, labels)
+    rows = {r["name"]: r for r in describe_sources(tmp_path / "dd")}
+    assert rows["mnist"]["available"] and rows["mnist"]["train"] == 12 and rows["mnist"]["image_shape"] == (5, 6)
+    assert rows["digits"]["available"] and rows["digits"]["test"] == 360
+
+
+def test_missing_or_unknown_source():
+    with pytest.raises(DataError, match="not a named dataset"):
+        fvae.load_dataset("imagenet-21k")
+
+
+def test_estimator_input_validation():
+    with pytest.raises(InputError, match="need image_shape"):
+        check_image_batch(np.zeros((2, 64)))
+    assert check_image_batch(np.zeros((2, 64)), (8, 8)).shape == (2, 8, 8)
+    with pytest.raises(InputError, match="no images"):
+        check_image_batch(np.zeros((0, 8, 8)))
+    with pytest.raises(InputError, match="numeric"):
+        check_image_batch(np.array([["a"]]))
+    np.testing.assert_allclose(to_unit_float(np.array([[[0, 255]]], np.uint8)), [[[0.0, 1.0]]])
+    with pytest.raises(InputError, match=r"\[0, 255\]"):
+        to_unit_float(np.array([[[0, 256]]]))
