@@ -232,20 +232,21 @@ def _cell_statistics(x: np.ndarray, gmm: GmmTerms, cells: list, const: _Position
     """
     n_images, n_descriptors, v = x.shape
     k, p = gmm.n_components, gmm.n_positions
-    both = np.empty((n_images, n_descriptors, 2 * v), dtype=np.float32)  # [x^2, x]
+    both = np.empty((n_images, n_descriptors, 2 * v + 1), dtype=np.float32)  # [x^2, x, 1]: S0 comes free
     np.multiply(x, x, out=both[..., :v])
-    both[..., v:] = x
+    both[..., v : 2 * v] = x
+    both[..., 2 * v] = 1.0
 
-    loglik = both.reshape(-1, 2 * v) @ gmm.loglik_matrix
-    loglik += gmm.loglik_offset
+    # Log-likelihoods in (B, K, T) layout: the softmax then reduces across rows (SIMD) and the
+    # posteriors are already the left operand of the statistics product.
+    loglik = np.matmul(gmm.loglik_matrix.T, both[..., : 2 * v].transpose(0, 2, 1))
+    loglik += gmm.loglik_offset[:, None]
     centred = _centred_terms(x, gmm)
     for j, comp in enumerate(gmm.centred):
-        loglik[:, comp] = centred[j, ..., :v].reshape(-1, v) @ gmm.centred_half_precision[j]
-        loglik[:, comp] += gmm.centred_offset[j]
+        loglik[:, comp] = centred[j, ..., :v] @ gmm.centred_half_precision[j] + gmm.centred_offset[j]
     if const is not None:
-        loglik.reshape(n_images, n_descriptors, k)[:] += const.loglik
-    posteriors = _softmax_rows(loglik).reshape(n_images, n_descriptors, k)
-    posteriors_t = np.ascontiguousarray(posteriors.transpose(0, 2, 1))  # (B, K, T)
+        loglik += const.loglik.T
+    posteriors_t = _softmax_components(loglik)  # (B, K, T)
 
     s0 = np.empty((n_images, len(cells), k), dtype=np.float32)
     raw = np.empty((n_images, len(cells), k, 2 * v), dtype=np.float32)  # [S2, S1] of varying dims
@@ -253,8 +254,9 @@ def _cell_statistics(x: np.ndarray, gmm: GmmTerms, cells: list, const: _Position
     s2 = np.empty_like(s1)
     for c, cell in enumerate(cells):
         gamma = posteriors_t[:, :, cell]
-        s0[:, c] = gamma.sum(axis=2)
-        raw[:, c] = np.matmul(gamma, both[:, cell])
+        stats = np.matmul(gamma, both[:, cell])
+        raw[:, c] = stats[..., : 2 * v]
+        s0[:, c] = stats[..., 2 * v]
         for j, comp in enumerate(gmm.centred):
             raw[:, c, comp] = np.matmul(gamma[:, comp : comp + 1], centred[j][:, cell])[:, 0]
         if const is not None:
@@ -285,8 +287,8 @@ def _centred_terms(x: np.ndarray, gmm: GmmTerms) -> np.ndarray:
     return terms
 
 
-def _softmax_rows(loglik: np.ndarray) -> np.ndarray:
-    """Posteriors from log-likelihoods, in place: log-sum-exp per row with a floor (no denormals)."""
+def _softmax_components(loglik: np.ndarray) -> np.ndarray:
+    """Posteriors from (B, K, T) log-likelihoods, in place: log-sum-exp over K, with a floor."""
     loglik -= loglik.max(axis=1, keepdims=True)
     np.maximum(loglik, LOG_POSTERIOR_FLOOR, out=loglik)
     np.exp(loglik, out=loglik)

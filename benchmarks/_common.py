@@ -1,0 +1,32 @@
+"""Helpers shared by the benchmark scripts (not part of the library)."""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST_TEST = ROOT.parent / "shared" / "data" / "mnist-test"
+
+
+def best_of(fn, repeats=3):
+    """Smallest wall time of ``repeats`` calls, and the last result."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def matmul_gflops(n=4096, repeats=3):
+    """NumPy float32 n x n matmul throughput under the current thread limits."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    seconds, _ = best_of(lambda: a @ a, repeats)
+    return 2 * n**3 / seconds / 1e9
+
+
+def print_json(figures: dict):
+    """The last line of every benchmark: its figures as one JSON object."""
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}))
