@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -81,17 +82,12 @@ def _user_errors(command):
             where = f"{exc.filename}: " if exc.filename else ""
             typer.echo(f"fvae: error: {where}{exc.strerror or exc}", err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("fvae: interrupted; no partial output was kept", err=True)
-            raise typer.Exit(130) from None
 
     return wrapper
 
 
 def _progress_bar(total: int, label: str, quiet: bool):
     """A rich progress bar on a terminal; nothing when quiet or piped. Returns (context, advance)."""
-    import contextlib
-
     if quiet or not sys.stderr.isatty():
         return contextlib.nullcontext(), None
     from rich.console import Console
@@ -200,9 +196,8 @@ def encode(
     if output.suffix != ".npy":
         raise typer.BadParameter(f"{output}: the features file must end in .npy", param_hint="--output")
     paths = output_paths(output)
-    refuse_overwrite(paths["features"], paths["labels"], paths["sidecar"], force=force)
-    if model is None:
-        refuse_overwrite(paths["model"], force=force)
+    # Checked before loading or fitting anything, so a refusal costs nothing.
+    refuse_overwrite(*(path for name, path in paths.items() if name != "model" or model is None), force=force)
     dataset = load_dataset(data, data_dir)
     images = dataset.split(split.value)
     if model is not None:
@@ -241,6 +236,6 @@ def run() -> None:
         typer.echo(f"fvae: error: {exc.format_message()}{hint}", err=True)
         code = 2
     except (typer.Abort, KeyboardInterrupt):
-        typer.echo("fvae: interrupted", err=True)
+        typer.echo("fvae: interrupted; no partial output was kept", err=True)
         code = 130
     sys.exit(code if isinstance(code, int) else 0)

@@ -65,16 +65,15 @@ def extract_features(
     n = len(split)
     started = time.perf_counter()
     with atomic_output(paths["features"], force=force) as tmp:
-        first = np.asarray(encoder.transform(split.images[: min(batch_size, n)]), dtype=np.float32)
-        features = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, first.shape[1]))
-        features[: len(first)] = first
-        if progress:
-            progress(len(first))
-        for start in range(len(first), n, batch_size):
+        features = None  # allocated once the first batch tells the dimension
+        for start in range(0, n, batch_size):
             batch = encoder.transform(split.images[start : start + batch_size])
+            if features is None:
+                features = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, batch.shape[1]))
             features[start : start + len(batch)] = batch
             if progress:
                 progress(len(batch))
+        dim = features.shape[1]
         features.flush()
         del features
     seconds = time.perf_counter() - started
@@ -84,7 +83,7 @@ def extract_features(
     sidecar = {
         **metadata,
         "n_images": n,
-        "shape": [n, int(first.shape[1])],
+        "shape": [n, int(dim)],
         "dtype": "float32",
         "features": paths["features"].name,
         "labels": paths["labels"].name if split.labels is not None else None,

@@ -70,19 +70,20 @@ BLOCK_DESCRIPTORS = 4096
 class GmmTerms:
     """The diagonal GMM with everything the batched FV needs precomputed (float32 unless noted).
 
-    The first ``n_features - n_positions`` dimensions vary per image; the last ``n_positions`` are
-    patch positions, the same for every image, whose terms are computed exactly from constants.
+    The first ``n_varying`` dimensions vary per image; the last ``n_positions`` are patch positions,
+    the same for every image, so their terms are precomputed exactly (nothing to cancel).
     """
 
     weights: np.ndarray  # (K,) float64
     means: np.ndarray  # (K, D)
     variances: np.ndarray  # (K, D)
-    n_positions: int
     loglik_matrix: np.ndarray  # (2V, K): [-1/(2 var); mu/var] of the V varying dimensions
     loglik_offset: np.ndarray  # (K,): log w - sum(log(2 pi var))/2 - sum_V(mu^2/(2 var))
     centred: np.ndarray  # indices of components whose varying dimensions are computed centred
     centred_half_precision: np.ndarray  # (r, V): -1/(2 var) of those
     centred_offset: np.ndarray  # (r,): log w - sum(log(2 pi var))/2 of those
+    position_loglik: np.ndarray | None  # (T, K): -1/2 sum_p (pos - mu)^2 / var, exact
+    position_centred: np.ndarray | None  # (K, T, 2P): [(pos - mu)^2, pos - mu], exact
 
     @property
     def n_components(self) -> int:
@@ -93,20 +94,24 @@ class GmmTerms:
         return self.means.shape[1]
 
     @property
+    def n_positions(self) -> int:
+        return 0 if self.position_loglik is None else self.position_centred.shape[2] // 2
+
+    @property
     def n_varying(self) -> int:
         return self.n_features - self.n_positions
 
 
-def gmm_terms(weights, means, variances, n_positions: int = 0) -> GmmTerms:
+def gmm_terms(weights, means, variances, positions: np.ndarray | None = None) -> GmmTerms:
     """Precompute the GMM terms of the batched Fisher Vector.
 
     Parameters
     ----------
     weights : array-like of shape (n_components,)
     means, variances : array-like of shape (n_components, n_features)
-    n_positions : int, default=0
-        How many trailing dimensions are patch positions (given to :func:`fisher_vectors` as
-        ``positions`` rather than inside the descriptors).
+    positions : ndarray of shape (n_descriptors, n_positions), default=None
+        Features shared by every image (patch xy), one row per descriptor: the GMM's last
+        ``n_positions`` dimensions. :func:`fisher_vectors` then takes descriptors without them.
     """
     weights = np.asarray(weights, dtype=np.float64)
     means = np.asarray(means, dtype=np.float64)
@@ -115,20 +120,27 @@ def gmm_terms(weights, means, variances, n_positions: int = 0) -> GmmTerms:
         raise InputError("GMM shapes disagree: weights (K,), means and variances (K, D)")
     if (variances <= 0).any() or (weights <= 0).any():
         raise InputError("GMM variances and weights must be positive")
+    n_positions = 0 if positions is None else positions.shape[1]
     v = means.shape[1] - n_positions
     mu, precision = means[:, :v], 1.0 / variances[:, :v]
     log_norm = np.log(weights) - 0.5 * np.log(2 * np.pi * variances).sum(axis=1)
     centred = np.flatnonzero((mu**2 * precision).max(axis=1, initial=0.0) > CENTRED_RISK)
+    position_loglik = position_centred = None
+    if n_positions:
+        diff = np.asarray(positions, dtype=np.float64)[None] - means[:, None, v:]  # (K, T, P)
+        position_loglik = (-0.5 * (diff**2 / variances[:, None, v:]).sum(axis=2).T).astype(np.float32)
+        position_centred = np.concatenate([diff**2, diff], axis=2).astype(np.float32)
     return GmmTerms(
         weights=weights,
         means=means.astype(np.float32),
         variances=variances.astype(np.float32),
-        n_positions=n_positions,
         loglik_matrix=np.concatenate([-0.5 * precision, mu * precision], axis=1).T.astype(np.float32),
         loglik_offset=(log_norm - 0.5 * (mu**2 * precision).sum(axis=1)).astype(np.float32),
         centred=centred,
         centred_half_precision=(-0.5 * precision[centred]).astype(np.float32),
         centred_offset=log_norm[centred].astype(np.float32),
+        position_loglik=position_loglik,
+        position_centred=position_centred,
     )
 
 
@@ -141,7 +153,6 @@ def fisher_vectors(
     descriptors: np.ndarray,
     gmm: GmmTerms,
     *,
-    positions: np.ndarray | None = None,
     cells: list | None = None,
     improved: bool = True,
     alpha: float = 0.5,
@@ -153,12 +164,10 @@ def fisher_vectors(
 
     Parameters
     ----------
-    descriptors : ndarray of shape (n_images, n_descriptors, n_varying)
-        Local descriptors of each image, float32.
+    descriptors : ndarray of shape (n_images, n_descriptors, gmm.n_varying)
+        Local descriptors of each image, float32, without the position features held by ``gmm``.
     gmm : GmmTerms
         From :func:`gmm_terms`.
-    positions : ndarray of shape (n_descriptors, gmm.n_positions), default=None
-        Per-descriptor features shared by all images (patch xy), appended to every descriptor.
     cells : list of slice, default=None
         Contiguous ranges of the descriptor axis forming spatial cells. ``None`` is one cell, the
         whole image. With more than one cell the whole image is added as the first cell (the
@@ -183,9 +192,8 @@ def fisher_vectors(
     n_images, n_descriptors, n_varying = descriptors.shape
     if n_varying != gmm.n_varying:
         raise InputError(f"descriptors have {n_varying} features but the GMM expects {gmm.n_varying}")
-    if gmm.n_positions and (positions is None or positions.shape != (n_descriptors, gmm.n_positions)):
-        raise InputError(f"the GMM expects positions of shape ({n_descriptors}, {gmm.n_positions})")
-    const = _position_terms(gmm, positions) if gmm.n_positions else None
+    if gmm.n_positions and gmm.position_loglik.shape[0] != n_descriptors:
+        raise InputError(f"{n_descriptors} descriptors per image, but the GMM's positions are for {gmm.position_loglik.shape[0]}")
     cells = cells or [slice(0, n_descriptors)]
     n_cells = len(cells) + (len(cells) > 1)
     dim = fisher_vector_dim(gmm.n_components, gmm.n_features, n_cells, weight_gradients)
@@ -197,31 +205,16 @@ def fisher_vectors(
     step = max(1, BLOCK_DESCRIPTORS // n_descriptors)
     for start in range(0, n_images, step):
         block = descriptors[start : start + step]
-        s0, s1, s2 = _cell_statistics(block, gmm, cells, const)
+        s0, s1, s2 = _cell_statistics(block, gmm, cells)
         if len(cells) > 1:
             s0, s1, s2 = (np.concatenate([s.sum(axis=1, keepdims=True), s], axis=1) for s in (s0, s1, s2))
         view = out[start : start + len(block)].reshape(len(block), n_cells, -1)
         _gradients(s0, s1, s2, counts, gmm, weight_gradients, view)
-        _normalize(view, gmm.n_components, improved, alpha, intra_normalization)
+        _normalize(view, gmm.n_components, weight_gradients, improved, alpha, intra_normalization)
     return out
 
 
-@dataclass(frozen=True)
-class _PositionTerms:
-    loglik: np.ndarray  # (T, K): -1/2 sum_p (pos - mu)^2 / var over the position dimensions
-    centred: np.ndarray  # (K, T, 2P): [(pos - mu)^2, pos - mu]
-
-
-def _position_terms(gmm: GmmTerms, positions: np.ndarray) -> _PositionTerms:
-    """Exact terms of the position dimensions: they are constants, so nothing cancels."""
-    v = gmm.n_varying
-    diff = positions[None, :, :].astype(np.float64) - gmm.means[:, None, v:]  # (K, T, P)
-    sq = diff**2
-    loglik = -0.5 * (sq / gmm.variances[:, None, v:]).sum(axis=2).T
-    return _PositionTerms(loglik.astype(np.float32), np.concatenate([sq, diff], axis=2).astype(np.float32))
-
-
-def _cell_statistics(x: np.ndarray, gmm: GmmTerms, cells: list, const: _PositionTerms | None):
+def _cell_statistics(x: np.ndarray, gmm: GmmTerms, cells: list):
     """Posterior-weighted statistics of each image and cell.
 
     Returns
@@ -244,8 +237,8 @@ def _cell_statistics(x: np.ndarray, gmm: GmmTerms, cells: list, const: _Position
     centred = _centred_terms(x, gmm)
     for j, comp in enumerate(gmm.centred):
         loglik[:, comp] = centred[j, ..., :v] @ gmm.centred_half_precision[j] + gmm.centred_offset[j]
-    if const is not None:
-        loglik += const.loglik.T
+    if p:
+        loglik += gmm.position_loglik.T
     posteriors_t = _softmax_components(loglik)  # (B, K, T)
 
     s0 = np.empty((n_images, len(cells), k), dtype=np.float32)
@@ -259,8 +252,8 @@ def _cell_statistics(x: np.ndarray, gmm: GmmTerms, cells: list, const: _Position
         s0[:, c] = stats[..., 2 * v]
         for j, comp in enumerate(gmm.centred):
             raw[:, c, comp] = np.matmul(gamma[:, comp : comp + 1], centred[j][:, cell])[:, 0]
-        if const is not None:
-            pos = np.matmul(gamma.transpose(1, 0, 2), const.centred[:, cell])  # (K, B, 2P)
+        if p:
+            pos = np.matmul(gamma.transpose(1, 0, 2), gmm.position_centred[:, cell])  # (K, B, 2P)
             s2[:, c, :, v:] = pos[..., :p].transpose(1, 0, 2)
             s1[:, c, :, v:] = pos[..., p:].transpose(1, 0, 2)
     mu = gmm.means[:, :v]
@@ -316,17 +309,15 @@ def _gradients(s0, s1, s2, counts, gmm: GmmTerms, weight_gradients: bool, out: n
     sigma_block *= (inv_t / np.sqrt(2 * w))[..., None]
 
 
-def _normalize(fv: np.ndarray, k: int, improved: bool, alpha: float, intra: bool) -> None:
+def _normalize(fv: np.ndarray, k: int, weight_gradients: bool, improved: bool, alpha: float, intra: bool) -> None:
     """Power, intra and L2 normalization of ``fv`` (B, C, dim_per_cell) in place."""
     if improved:
         magnitude = np.sqrt(np.abs(fv)) if alpha == 0.5 else np.power(np.abs(fv), alpha)
         np.copysign(magnitude, fv, out=fv)
     if intra:
-        per_cell = fv.shape[-1]
-        has_alpha = per_cell % (2 * k) != 0
-        d = (per_cell - k * has_alpha) // (2 * k)
-        alpha_part = fv[..., :k] if has_alpha else None
-        body = fv[..., k * has_alpha :].reshape(fv.shape[0], fv.shape[1], 2, k, d)
+        offset = k if weight_gradients else 0
+        alpha_part = fv[..., :k] if weight_gradients else None
+        body = fv[..., offset:].reshape(fv.shape[0], fv.shape[1], 2, k, -1)
         sq = (body**2).sum(axis=(2, 4))  # (B, C, K)
         if alpha_part is not None:
             sq += alpha_part**2
@@ -499,8 +490,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         image_idx, patch_idx = np.divmod(picks, layout.n_patches)
         windows = sliding_window_view(images, (self.patch_size,) * 2, axis=(1, 2))[:, :: self.stride, :: self.stride]
         patches = windows[image_idx, layout.rows[patch_idx], layout.cols[patch_idx]]
-        patches = to_unit_float(patches.reshape(n_samples, -1), "fit")
-        normalize_patches(patches, self.patch_normalization)
+        patches = normalize_patches(to_unit_float(patches.reshape(n_samples, -1), "fit"), self.patch_normalization)
         self.pca_projection_ = fit_pca(patches, self.pca_components, self.whiten, rng)
         descriptors = project(patches, self.pca_projection_)
         if self.xy:
@@ -532,14 +522,14 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "means_")
         images = check_image_batch(X, self.image_shape_, "transform")
         layout = self._layout(self.image_shape_)
-        gmm = gmm_terms(self.weights_, self.means_, self.covariances_, n_positions=2 if self.xy else 0)
+        gmm = gmm_terms(self.weights_, self.means_, self.covariances_, positions=layout.xy if self.xy else None)
         out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
         step = max(1, BLOCK_DESCRIPTORS // layout.n_patches)
         starts = range(0, len(images), step)
 
         def encode(start):
             block = slice(start, start + step)
-            out[block] = self._encode_block(images[block], layout, gmm)
+            self._encode_block(images[block], layout, gmm, out[block])
 
         n_jobs = self.n_jobs or 1
         if n_jobs == 1 or len(starts) == 1:
@@ -551,19 +541,21 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
                 Parallel(n_jobs=n_jobs, prefer="threads")(delayed(encode)(s) for s in starts)
         return out
 
-    def _encode_block(self, images: np.ndarray, layout: PatchLayout, gmm: GmmTerms) -> np.ndarray:
-        pixels = to_unit_float(images, "transform")
-        patches = dense_patches(pixels, layout, self.patch_size, self.stride)
-        normalize_patches(patches, self.patch_normalization)
-        return fisher_vectors(
-            project(patches, self.pca_projection_),
+    def _patch_descriptors(self, images: np.ndarray, layout: PatchLayout) -> np.ndarray:
+        """PCA-reduced patch descriptors without positions: ``(n_images, n_patches, pca_components)``."""
+        patches = dense_patches(to_unit_float(images, "transform"), layout, self.patch_size, self.stride)
+        return project(normalize_patches(patches, self.patch_normalization), self.pca_projection_)
+
+    def _encode_block(self, images: np.ndarray, layout: PatchLayout, gmm: GmmTerms, out: np.ndarray) -> None:
+        fisher_vectors(
+            self._patch_descriptors(images, layout),
             gmm,
-            positions=layout.xy if self.xy else None,
             cells=layout.regions if self.spatial_pyramid else None,
             improved=self.improved,
             alpha=self.alpha,
             weight_gradients=self.weight_gradients,
             intra_normalization=self.intra_normalization,
+            out=out,
         )
 
     def descriptors(self, X) -> np.ndarray:
@@ -571,8 +563,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "means_")
         images = check_image_batch(X, self.image_shape_, "descriptors")
         layout = self._layout(self.image_shape_)
-        patches = dense_patches(to_unit_float(images), layout, self.patch_size, self.stride)
-        descriptors = project(normalize_patches(patches, self.patch_normalization), self.pca_projection_)
+        descriptors = self._patch_descriptors(images, layout)
         if self.xy:
             descriptors = np.concatenate([descriptors, np.broadcast_to(layout.xy, descriptors.shape[:2] + (2,))], axis=2)
         return descriptors

@@ -27,15 +27,20 @@ def digits():
 
 
 @pytest.fixture(scope="session")
-def mnist_test_images():
+def shared_mnist_test():
+    """The official MNIST test set in ../shared (an idx folder with only t10k files)."""
+    if not (SHARED_MNIST_TEST / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"{SHARED_MNIST_TEST} is missing: the shared MNIST test set is not beside this checkout")
+    return SHARED_MNIST_TEST
+
+
+@pytest.fixture(scope="session")
+def mnist_test_images(shared_mnist_test):
     """300 real MNIST test images from ../shared (blank borders: the numerically hard case)."""
     from fvae.data import read_idx
 
-    path = SHARED_MNIST_TEST / "t10k-images-idx3-ubyte.gz"
-    if not path.exists():
-        pytest.skip(f"{path} is missing: the shared MNIST test set is not beside this checkout")
-    images = read_idx(path)
-    labels = read_idx(SHARED_MNIST_TEST / "t10k-labels-idx1-ubyte.gz")
+    images = read_idx(shared_mnist_test / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(shared_mnist_test / "t10k-labels-idx1-ubyte.gz")
     return np.asarray(images[:300]), np.asarray(labels[:300], dtype=np.int64)
 
 

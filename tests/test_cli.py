@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 import fvae
-from conftest import ROOT, SHARED_MNIST_TEST
+from conftest import ROOT
 from fvae.cli import app
 
 runner = CliRunner()
@@ -89,14 +89,12 @@ def test_user_errors_are_one_line_exit_2_no_output(tmp_path, args, message):
     assert not any(p.name in ("f.npy", "m.npz") for p in tmp_path.iterdir())
 
 
-def test_wrong_image_size_and_test_only_source_in_a_subprocess(tmp_path):
-    if not SHARED_MNIST_TEST.exists():
-        pytest.skip(f"{SHARED_MNIST_TEST} is missing: the shared MNIST test set is not beside this checkout")
+def test_wrong_image_size_and_test_only_source_in_a_subprocess(tmp_path, shared_mnist_test):
     assert fvae_cli("fit", "fisher", "--data", "digits", "-o", "m.npz", *SMALL_FIT, cwd=tmp_path).returncode == 0
-    mismatch = fvae_cli("encode", "--model", "m.npz", "--data", str(SHARED_MNIST_TEST), "-o", "f.npy", cwd=tmp_path)
+    mismatch = fvae_cli("encode", "--model", "m.npz", "--data", str(shared_mnist_test), "-o", "f.npy", cwd=tmp_path)
     assert mismatch.returncode == 2
     assert mismatch.stderr.strip() == "fvae: error: transform: images are 28x28 but the model expects 8x8"
-    no_train = fvae_cli("encode", "--data", str(SHARED_MNIST_TEST), "-o", "f.npy", cwd=tmp_path)
+    no_train = fvae_cli("encode", "--data", str(shared_mnist_test), "-o", "f.npy", cwd=tmp_path)
     assert no_train.returncode == 2 and "needs a train split" in no_train.stderr
     usage = fvae_cli("encode", "--data", "digits", "--method", "nope", "-o", "f.npy", cwd=tmp_path)
     assert usage.returncode == 2 and len(usage.stderr.strip().splitlines()) == 1

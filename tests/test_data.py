@@ -6,7 +6,6 @@ import pytest
 from PIL import Image
 
 import fvae
-from conftest import SHARED_MNIST_TEST
 from fvae import DataError, InputError
 from fvae.data import check_image_batch, describe_sources, read_idx, to_unit_float
 
@@ -48,10 +47,8 @@ def test_idx_folder_round_trip(tmp_path, tiny, compress):
     assert len(ds.split("all")) == 16
 
 
-def test_shared_mnist_test_folder_is_test_only():
-    if not SHARED_MNIST_TEST.exists():
-        pytest.skip(f"{SHARED_MNIST_TEST} is missing: the shared MNIST test set is not beside this checkout")
-    ds = fvae.load_dataset(SHARED_MNIST_TEST)
+def test_shared_mnist_test_folder_is_test_only(shared_mnist_test):
+    ds = fvae.load_dataset(shared_mnist_test)
     assert ds.train is None
     assert ds.test.images.shape == (10000, 28, 28) and ds.test.images.dtype == np.uint8
     assert np.bincount(ds.test.labels).tolist()[:3] == [980, 1135, 1032]  # the official class counts
