@@ -20,6 +20,22 @@ def best_of(fn, repeats=3):
     return best, result
 
 
+def interleaved_best(fns: dict, rounds=3):
+    """Best wall time of each function over ``rounds`` rounds that run them in turn.
+
+    Interleaving makes the ratio of two timings robust to a noisy machine: both sides see the
+    same slow and fast periods. Returns ``{name: (seconds, last result)}``.
+    """
+    results = {name: (float("inf"), None) for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            value = fn()
+            elapsed = time.perf_counter() - start
+            results[name] = (min(results[name][0], elapsed), value)
+    return results
+
+
 def matmul_gflops(n=4096, repeats=3):
     """NumPy float32 n x n matmul throughput under the current thread limits."""
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)

@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
-from _common import MNIST_TEST, best_of, matmul_gflops, print_json
+from _common import MNIST_TEST, interleaved_best, matmul_gflops, print_json
 from fvae import FisherVectorEncoder, load_dataset
 
 
@@ -45,8 +45,8 @@ def main():
     for threads in (1, 2):
         with threadpool_limits(threads):
             encoder.set_params(n_jobs=threads)
-            fvae_s, ours = best_of(lambda: encoder.transform(images), repeats=5)
-            sk_s, theirs = best_of(skimage_all, repeats=1)
+            timings = interleaved_best({"fvae": lambda: encoder.transform(images), "skimage": skimage_all}, rounds=4)
+            (fvae_s, ours), (sk_s, theirs) = timings["fvae"], timings["skimage"]
             mm = matmul_gflops()
         flops = 8 * n_images * n_desc * 64 * dim
         figures.update({
