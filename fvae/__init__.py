@@ -13,6 +13,7 @@ _LAZY = {
     "Split": "data",
     "load_dataset": "data",
     "FisherVectorEncoder": "fisher",
+    "VAEEncoder": "vae",
 }
 
 
@@ -24,22 +25,35 @@ def __getattr__(name):
     raise AttributeError(f"module 'fvae' has no attribute {name!r}")
 
 
-def load(path):
+def load(path, method=None):
     """Load any saved fvae encoder; the file's header says which kind it is.
+
+    Parameters
+    ----------
+    path : path-like
+    method : {"fisher", "vae"}, default=None
+        If given, the file must hold this kind of model.
 
     Raises
     ------
     ModelFileError
-        If the file is not an fvae model, or holds a method this version does not know.
+        If the file is not an fvae model, holds another method than ``method``, or a method this
+        version does not know.
     """
     from .persist import read_header
 
-    method = read_header(path).get("method")
-    if method == "fisher":
+    found = read_header(path).get("method")
+    if method is not None and found != method:
+        raise ModelFileError(f"{path}: holds a {found!r} model, not a {method!r} model")
+    if found == "fisher":
         from .fisher import FisherVectorEncoder
 
         return FisherVectorEncoder.load(path)
-    raise ModelFileError(f"{path}: unknown model method {method!r}")
+    if found == "vae":
+        from .vae import VAEEncoder
+
+        return VAEEncoder.load(path)
+    raise ModelFileError(f"{path}: unknown model method {found!r}")
 
 
 __all__ = [
@@ -48,6 +62,7 @@ __all__ = [
     "load_dataset",
     "load",
     "FisherVectorEncoder",
+    "VAEEncoder",
     "FvaeError",
     "DataError",
     "InputError",

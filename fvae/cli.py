@@ -27,6 +27,23 @@ app.add_typer(fit_app, name="fit")
 
 class Method(str, Enum):
     fisher = "fisher"
+    vae = "vae"
+
+
+class Arch(str, Enum):
+    conv = "conv"
+    mlp = "mlp"
+
+
+class Likelihood(str, Enum):
+    bernoulli = "bernoulli"
+    gaussian = "gaussian"
+
+
+class Binarization(str, Enum):
+    dynamic = "dynamic"
+    threshold = "threshold"
+    none = "none"
 
 
 class SplitName(str, Enum):
@@ -121,6 +138,15 @@ def _fisher_encoder(**params):
     return FisherVectorEncoder(**params)
 
 
+def _default_encoder(method: str, seed: int):
+    """The encoder ``fvae encode`` fits when it is given no model: the method's defaults."""
+    if method == "vae":
+        from .vae import VAEEncoder
+
+        return VAEEncoder(random_state=seed)
+    return _fisher_encoder(random_state=seed)
+
+
 @fit_app.command("fisher")
 @_user_errors
 def fit_fisher(
@@ -167,6 +193,109 @@ def fit_fisher(
     )
 
 
+def _hidden_sizes(text: str) -> tuple:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise typer.BadParameter(f"{text!r}: expected positive sizes separated by commas, e.g. 512,256",
+                                 param_hint="--hidden")
+    return sizes
+
+
+@fit_app.command("vae")
+@_user_errors
+def fit_vae(
+    data: DataOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.npz).")],
+    arch: Annotated[Arch, typer.Option(help="Encoder/decoder architecture.")] = Arch.conv,
+    latent_dim: Annotated[int, typer.Option(min=1, help="Latent dimensions.")] = 32,
+    hidden: Annotated[str, typer.Option(help="MLP hidden sizes, comma-separated.")] = "512,256",
+    likelihood: Annotated[Likelihood, typer.Option(help="Decoder likelihood.")] = Likelihood.bernoulli,
+    binarization: Annotated[Binarization, typer.Option(help="Bernoulli targets: dynamic, threshold 0.5, or grey.")] = Binarization.dynamic,
+    gaussian_variance: Annotated[Optional[float], typer.Option(help="Fixed Gaussian variance (default: learned).")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="At most this many epochs (early stopping ends sooner).")] = 200,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per training step.")] = 128,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    beta: Annotated[float, typer.Option(help="KL weight in the loss.")] = 1.0,
+    warmup: Annotated[int, typer.Option(min=0, help="KL warm-up epochs.")] = 0,
+    dropout: Annotated[float, typer.Option(help="Dropout after MLP hidden layers.")] = 0.0,
+    conditional: Annotated[bool, typer.Option(help="Condition on the labels (conditional VAE).")] = False,
+    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.")] = 10,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Stop training after this many seconds.")] = None,
+    figures: Annotated[Optional[Path], typer.Option(help="Folder for samples, reconstructions, latent plots, GIF.")] = None,
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Train a VAE on the train split of --data, save it with its history, and report test numbers."""
+    import time
+
+    from .data import load_dataset
+    from .persist import refuse_overwrite
+
+    sizes = _hidden_sizes(hidden)
+    refuse_overwrite(output, force=force)
+    dataset = load_dataset(data, data_dir)
+    train = dataset.split("train")
+    from .vae.encoder import VAEEncoder, fit_and_save
+
+    encoder = VAEEncoder(
+        latent_dim=latent_dim, arch=arch.value, hidden=sizes, likelihood=likelihood.value,
+        binarization=binarization.value, gaussian_variance=gaussian_variance, beta=beta, warmup_epochs=warmup,
+        dropout=dropout, conditional=conditional, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, patience=patience, max_seconds=max_seconds, random_state=seed,
+        verbose=0 if quiet else (1 if sys.stderr.isatty() else 2),
+    )
+    started = time.perf_counter()
+    result = fit_and_save(encoder, train, dataset.test, output, figures_dir=figures, force=force)
+    history = encoder.history_
+    best = history["best_epoch"]
+    typer.echo(
+        f"trained vae on {len(train)} {dataset.name} train images in {time.perf_counter() - started:.1f} s: "
+        f"{history['epochs_run']} epochs ({history['stopped_by']}), best epoch {best + 1}"
+        + (f", validation ELBO {history['val_elbo'][best]:.2f} nats" if "val_elbo" in history else "")
+    )
+    if result["test"]:
+        t = result["test"]
+        typer.echo(
+            f"test: ELBO {t['elbo']:.2f} nats (reconstruction {t['reconstruction']:.2f}, KL {t['kl']:.2f}), "
+            f"IWAE bound (k={t['iwae_k']}) {t['iwae_bound']:.2f}, active units {t['active_units']}/{t['latent_dim']}"
+        )
+    typer.echo(f"wrote {output} (checksum {result['checksum'][:12]}), {result['history']['json']}, {result['history']['csv']}")
+    if result["figures"]:
+        typer.echo(f"figures: {', '.join(str(p) for p in result['figures'])}")
+
+
+@app.command()
+@_user_errors
+def sample(
+    model: Annotated[Path, typer.Option(help="A saved VAE model.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Image grid to write (.png).")],
+    n: Annotated[int, typer.Option("-n", min=1, max=10_000, help="How many samples.")] = 64,
+    label: Annotated[Optional[int], typer.Option(help="Class to generate (conditional VAE).")] = None,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+):
+    """Draw images from a VAE's prior and save them as a PNG grid."""
+    from .persist import refuse_overwrite
+
+    if output.suffix.lower() != ".png":
+        raise typer.BadParameter(f"{output}: the sample grid is written as .png", param_hint="--output")
+    refuse_overwrite(output, force=force)
+    from .report import save_grid
+    from .vae.encoder import VAEEncoder
+
+    encoder = VAEEncoder.load(model)
+    if label is not None and encoder.conditional and not 0 <= label < encoder.n_classes_:
+        raise typer.BadParameter(f"{label}: this model knows classes 0..{encoder.n_classes_ - 1}", param_hint="--label")
+    images = encoder.sample(n, label=label, random_state=seed)
+    save_grid(images, output, title=None if label is None else f"class {label}", force=force)
+    typer.echo(f"wrote {n} samples to {output}")
+
+
 @app.command()
 @_user_errors
 def encode(
@@ -201,14 +330,14 @@ def encode(
     dataset = load_dataset(data, data_dir)
     images = dataset.split(split.value)
     if model is not None:
-        encoder = load(model)
+        encoder = load(model, method=method.value)
         checksum = encoder.checksum_
     else:
         train = dataset.split("train")
         started = time.perf_counter()
-        encoder = _fisher_encoder(random_state=seed).fit(train.images)
+        encoder = _default_encoder(method.value, seed).fit(train.images)
         checksum = encoder.save(paths["model"], force=force)
-        typer.echo(f"fitted fisher on {len(train)} train images in {time.perf_counter() - started:.1f} s; wrote {paths['model']}")
+        typer.echo(f"fitted {method.value} on {len(train)} train images in {time.perf_counter() - started:.1f} s; wrote {paths['model']}")
         model = paths["model"]
     context, advance = _progress_bar(len(images), f"encoding {split.value}", quiet)
     with context:

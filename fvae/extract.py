@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from .data import Split
+from .errors import InputError
 from .persist import atomic_output, fvae_version, refuse_overwrite
 
 
@@ -62,12 +63,16 @@ def extract_features(
     """
     paths = output_paths(out)
     refuse_overwrite(paths["features"], paths["labels"], paths["sidecar"], force=force)
+    needs_labels = bool(getattr(encoder, "conditional", False))  # a conditional VAE encodes (image, label)
+    if needs_labels and split.labels is None:
+        raise InputError("this conditional VAE needs labels, and the split has none")
     n = len(split)
     started = time.perf_counter()
     with atomic_output(paths["features"], force=force) as tmp:
         features = None  # allocated once the first batch tells the dimension
         for start in range(0, n, batch_size):
-            batch = encoder.transform(split.images[start : start + batch_size])
+            rows = slice(start, start + batch_size)
+            batch = encoder.transform(split.images[rows], split.labels[rows]) if needs_labels else encoder.transform(split.images[rows])
             if features is None:
                 features = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, batch.shape[1]))
             features[start : start + len(batch)] = batch

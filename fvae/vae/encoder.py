@@ -1,0 +1,364 @@
+"""``VAEEncoder``: the VAE as a scikit-learn transformer, with saving and loading."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ..data import check_image_batch, to_unit_float
+from ..errors import InputError, ModelFileError
+from ..persist import load_model, save_model
+from .model import ARCHITECTURES, BINARIZATIONS, LIKELIHOODS
+
+KERAS_MEMBER = "model.keras"
+
+
+class VAEEncoder(TransformerMixin, BaseEstimator):
+    """Encode images as the posterior mean of a variational autoencoder.
+
+    Parameters
+    ----------
+    latent_dim : int, default=32
+    arch : {"mlp", "conv"}, default="conv"
+        ``conv`` is the TensorFlow tutorial's convolutional VAE; ``mlp`` uses ``hidden``.
+    hidden : tuple of int, default=(512, 256)
+    likelihood : {"bernoulli", "gaussian"}, default="bernoulli"
+    binarization : {"none", "threshold", "dynamic"}, default="dynamic"
+        Bernoulli targets: grey pixels (cross-entropy), thresholded at 0.5, or re-drawn every batch.
+    gaussian_variance : float or None, default=None
+        Fixed variance of the Gaussian likelihood; None learns one per pixel.
+    beta : float, default=1.0
+    warmup_epochs : int, default=0
+        Epochs over which the KL weight ramps up to ``beta``.
+    dropout : float, default=0.0
+    conditional : bool, default=False
+        Condition encoder and decoder on the labels (``fit``, ``transform`` and ``sample`` take them).
+    epochs : int, default=200
+        Upper bound; early stopping usually ends training sooner.
+    batch_size : int, default=128
+    learning_rate : float, default=1e-3
+    validation_fraction : float, default=0.1
+        Held-out share of the training images for early stopping.
+    patience : int, default=10
+        Epochs without a better validation ELBO before stopping.
+    max_seconds : float, default=None
+        Stop training after this long (the best weights so far are kept).
+    return_log_var : bool, default=False
+        ``transform`` returns ``[mean, log_var]`` (2 x latent_dim columns) instead of the mean.
+    image_shape : tuple of (h, w), default=None
+        Needed when images are passed flat.
+    random_state : int, default=0
+        Seeds the weights, the shuffling and the sampling noise: same seed, same model on CPU.
+    verbose : int, default=0
+        Keras' training output: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
+
+    Attributes
+    ----------
+    model_ : fvae.vae.model.VAE
+    history_ : dict
+        Per-epoch training and validation numbers (see :func:`fvae.vae.train.train`).
+    image_shape_ : tuple of (h, w)
+    n_features_in_ : int
+    n_classes_ : int
+        Only for a conditional VAE.
+    checksum_ : str
+        Only on a loaded encoder.
+    """
+
+    def __init__(self, *, latent_dim=32, arch="conv", hidden=(512, 256), likelihood="bernoulli",
+                 binarization="dynamic", gaussian_variance=None, beta=1.0, warmup_epochs=0, dropout=0.0,
+                 conditional=False, epochs=200, batch_size=128, learning_rate=1e-3, validation_fraction=0.1,
+                 patience=10, max_seconds=None, return_log_var=False, image_shape=None, random_state=0,
+                 verbose=0):
+        self.latent_dim = latent_dim
+        self.arch = arch
+        self.hidden = hidden
+        self.likelihood = likelihood
+        self.binarization = binarization
+        self.gaussian_variance = gaussian_variance
+        self.beta = beta
+        self.warmup_epochs = warmup_epochs
+        self.dropout = dropout
+        self.conditional = conditional
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.max_seconds = max_seconds
+        self.return_log_var = return_log_var
+        self.image_shape = image_shape
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- fitting --------------------------------------------------------------------------------
+
+    def fit(self, X, y=None, *, callbacks=()):
+        """Train the VAE on images ``X`` (labels ``y`` only for a conditional VAE).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, h, w) or (n_images, h * w)
+            uint8 pixels (0..255) or floats in [0, 1].
+        y : array-like of shape (n_images,), default=None
+        callbacks : sequence of keras.callbacks.Callback
+            Extra callbacks for Keras' ``fit`` (figures, for instance).
+
+        Returns
+        -------
+        self
+        """
+        import keras
+
+        from .model import VAE
+        from .train import train
+
+        self._check_params()
+        images = to_unit_float(check_image_batch(X, self.image_shape, "fit"), "fit")
+        labels = self._check_labels(y, len(images), "fit", fitting=True)
+        keras.utils.set_random_seed(self.random_state)
+        self.image_shape_ = tuple(int(s) for s in images.shape[1:])
+        self.n_features_in_ = int(np.prod(self.image_shape_))
+        self.model_ = VAE(
+            self.image_shape_, latent_dim=self.latent_dim, arch=self.arch, hidden=tuple(self.hidden),
+            likelihood=self.likelihood, binarization=self.binarization, gaussian_variance=self.gaussian_variance,
+            beta=self.beta, dropout=self.dropout, n_classes=self.n_classes_ if self.conditional else 0,
+            seed=self.random_state,
+        )
+        self.history_ = train(
+            self.model_, images, labels, epochs=self.epochs, batch_size=self.batch_size,
+            learning_rate=self.learning_rate, validation_fraction=self.validation_fraction,
+            patience=self.patience, warmup_epochs=self.warmup_epochs, max_seconds=self.max_seconds,
+            seed=self.random_state, callbacks=list(callbacks), verbose=self.verbose,
+        )
+        return self
+
+    def _check_params(self):
+        if self.arch not in ARCHITECTURES:
+            raise InputError(f"arch must be one of {ARCHITECTURES}, got {self.arch!r}")
+        if self.likelihood not in LIKELIHOODS:
+            raise InputError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.binarization not in BINARIZATIONS:
+            raise InputError(f"binarization must be one of {BINARIZATIONS}, got {self.binarization!r}")
+        for name in ("latent_dim", "epochs", "batch_size", "patience"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.validation_fraction < 1:
+            raise InputError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if not 0 <= self.dropout < 1:
+            raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.beta < 0 or self.learning_rate <= 0:
+            raise InputError("beta must be >= 0 and learning_rate > 0")
+        if self.gaussian_variance is not None and self.gaussian_variance <= 0:
+            raise InputError(f"gaussian_variance must be positive, got {self.gaussian_variance}")
+
+    def _check_labels(self, y, n, where, fitting=False):
+        if not self.conditional:
+            return None
+        if y is None:
+            raise InputError(f"{where}: a conditional VAE needs labels")
+        labels = np.asarray(y)
+        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+            raise InputError(f"{where}: labels must be {n} integers, got shape {labels.shape} dtype {labels.dtype}")
+        if fitting:
+            if labels.min() < 0:
+                raise InputError(f"{where}: labels must be >= 0")
+            self.n_classes_ = int(labels.max()) + 1
+        elif labels.min() < 0 or labels.max() >= self.n_classes_:
+            raise InputError(f"{where}: labels must lie in [0, {self.n_classes_ - 1}]")
+        return labels.astype(np.int32)
+
+    # -- using ----------------------------------------------------------------------------------
+
+    def transform(self, X, y=None, *, batch_size=1024):
+        """Posterior means (or ``[mean, log_var]``), float32 of shape (n_images, latent_dim[*2]).
+
+        Deterministic: no sampling. A conditional VAE needs the labels ``y``.
+        """
+        from keras import ops
+
+        check_is_fitted(self, "model_")
+        images = to_unit_float(check_image_batch(X, self.image_shape_, "transform"), "transform")
+        labels = self._check_labels(y, len(images), "transform")
+        out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            s = slice(start, start + batch_size)
+            mean, log_var = self.model_.encode(images[s], None if labels is None else labels[s])
+            parts = [mean, log_var] if self.return_log_var else [mean]
+            out[s] = np.concatenate([ops.convert_to_numpy(p) for p in parts], axis=1)
+        return out
+
+    def fit_transform(self, X, y=None, **fit_params):
+        return self.fit(X, y, **fit_params).transform(X, y)
+
+    def inverse_transform(self, Z, y=None, *, batch_size=1024):
+        """Decode latent codes to images: pixel means in [0, 1], float32 of shape (n, h, w)."""
+        from keras import ops
+
+        check_is_fitted(self, "model_")
+        Z = np.asarray(Z, dtype=np.float32)
+        if Z.ndim != 2 or Z.shape[1] not in (self.latent_dim, 2 * self.latent_dim):
+            raise InputError(f"inverse_transform: codes must have shape (n, {self.latent_dim}), got {Z.shape}")
+        Z = Z[:, : self.latent_dim]
+        labels = self._check_labels(y, len(Z), "inverse_transform")
+        out = np.empty((len(Z),) + self.image_shape_, dtype=np.float32)
+        for start in range(0, len(Z), batch_size):
+            s = slice(start, start + batch_size)
+            decoded = self.model_.decode(Z[s], None if labels is None else labels[s])
+            out[s] = ops.convert_to_numpy(self.model_.mean_image(decoded))
+        return out
+
+    def sample(self, n, label=None, *, random_state=None, z=None):
+        """Draw ``n`` images from the prior: decode z ~ N(0, I) (or the given ``z``).
+
+        Parameters
+        ----------
+        n : int
+        label : int, default=None
+            The class to generate; required for a conditional VAE, refused otherwise.
+        random_state : int, default=None
+            Seeds z; None uses the encoder's ``random_state``.
+        z : ndarray of shape (n, latent_dim), default=None
+        """
+        check_is_fitted(self, "model_")
+        if (label is None) == bool(self.conditional):
+            raise InputError("a conditional VAE samples a given label (--label); an unconditional one takes none")
+        if z is None:
+            seed = self.random_state if random_state is None else random_state
+            z = np.random.default_rng(seed).standard_normal((n, self.latent_dim)).astype(np.float32)
+        labels = None if label is None else np.full(len(z), label, dtype=np.int64)
+        return self.inverse_transform(z, labels)
+
+    def evaluate(self, X, y=None, *, iwae_k=64, seed=0):
+        """ELBO, reconstruction term, KL, active units and the IWAE bound (nats per image) on ``X``."""
+        from .train import evaluate
+
+        check_is_fitted(self, "model_")
+        images = to_unit_float(check_image_batch(X, self.image_shape_, "evaluate"), "evaluate")
+        labels = self._check_labels(y, len(images), "evaluate")
+        return evaluate(self.model_, images, labels, iwae_k=iwae_k, seed=seed)
+
+    @property
+    def n_features_out_(self) -> int:
+        return self.latent_dim * (2 if self.return_log_var else 1)
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self, "model_")
+        names = [f"z{i}" for i in range(self.latent_dim)]
+        if self.return_log_var:
+            names += [f"log_var{i}" for i in range(self.latent_dim)]
+        return np.asarray(names, dtype=object)
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, path, *, force: bool = False) -> str:
+        """Save as an fvae model file: the JSON header plus the Keras ``.keras`` archive. Returns
+        the checksum."""
+        check_is_fitted(self, "model_")
+        with tempfile.TemporaryDirectory() as tmp:
+            keras_path = Path(tmp) / KERAS_MEMBER
+            self.model_.save(keras_path)
+            payload = keras_path.read_bytes()
+        params = self.get_params()
+        params["hidden"] = list(params["hidden"])
+        arrays = {"n_classes_": np.asarray(getattr(self, "n_classes_", 0))}
+        return save_model(path, method="vae", params=params, arrays=arrays, input_shape=self.image_shape_,
+                          force=force, files={KERAS_MEMBER: payload})
+
+    @classmethod
+    def load(cls, path) -> "VAEEncoder":
+        """Load an encoder saved by :meth:`save` (Keras safe mode: no code is deserialized)."""
+        import keras
+
+        from . import model as _registers_vae  # noqa: F401  (the VAE class must be registered)
+
+        header, members = load_model(path, method="vae")
+        if KERAS_MEMBER not in members:
+            raise ModelFileError(f"{path}: the Keras model is missing from the file")
+        params = dict(header["params"])
+        params["hidden"] = tuple(params["hidden"])
+        encoder = cls(**params)
+        fd, tmp = tempfile.mkstemp(suffix=".keras")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(members[KERAS_MEMBER])
+            encoder.model_ = keras.saving.load_model(tmp, safe_mode=True, compile=False)
+        except Exception as exc:  # Keras raises many types for a damaged archive
+            raise ModelFileError(f"{path}: cannot load the Keras model ({exc})") from None
+        finally:
+            os.unlink(tmp)
+        encoder.image_shape_ = tuple(header["input_shape"])
+        encoder.n_features_in_ = int(np.prod(encoder.image_shape_))
+        if encoder.conditional:
+            encoder.n_classes_ = int(members["n_classes_"])
+        encoder.history_ = None
+        encoder.checksum_ = header["checksum"]
+        return encoder
+
+
+def history_paths(model_path) -> dict[str, Path]:
+    """Where the training history of a model file goes: ``<stem>.history.json`` and ``.csv``."""
+    model_path = Path(model_path)
+    stem = model_path.with_suffix("")
+    return {"json": stem.with_name(stem.name + ".history.json"), "csv": stem.with_name(stem.name + ".history.csv")}
+
+
+def write_history(history: dict, model_path, *, force: bool = False) -> dict[str, Path]:
+    """Write the per-epoch history as JSON (everything) and CSV (one row per epoch)."""
+    import csv
+    import io
+    import json
+
+    from ..persist import atomic_output
+
+    paths = history_paths(model_path)
+    per_epoch = {k: v for k, v in history.items() if isinstance(v, list)}
+    with atomic_output(paths["json"], force=force) as tmp:
+        tmp.write_text(json.dumps(history, indent=2) + "\n")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    columns = sorted(per_epoch)
+    writer.writerow(["epoch", *columns])
+    for i in range(max((len(v) for v in per_epoch.values()), default=0)):
+        writer.writerow([i + 1, *(per_epoch[c][i] if i < len(per_epoch[c]) else "" for c in columns)])
+    with atomic_output(paths["csv"], force=force) as tmp:
+        tmp.write_text(buffer.getvalue())
+    return paths
+
+
+def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=None, force=False, iwae_k=16) -> dict:
+    """Fit ``encoder`` on a train split, save it with its history, evaluate it on the test split
+    (when there is one) and draw the figures. The library side of ``fvae fit vae``.
+
+    Returns
+    -------
+    dict
+        ``checksum``, ``history`` paths, ``test`` numbers (or None), ``figures`` paths.
+    """
+    from ..persist import refuse_overwrite
+    from .train import progress_frames
+
+    refuse_overwrite(model_path, *history_paths(model_path).values(), force=force)
+    callbacks = []
+    if figures_dir is not None:
+        n_classes = int(np.max(train.labels)) + 1 if encoder.conditional and train.labels is not None else 0
+        callbacks.append(progress_frames(encoder.latent_dim, n_classes))
+    encoder.fit(train.images, train.labels if encoder.conditional else None, callbacks=callbacks)
+    checksum = encoder.save(model_path, force=force)
+    history = write_history(encoder.history_, model_path, force=force)
+    scores = None
+    if test is not None and len(test):
+        scores = encoder.evaluate(test.images, test.labels if encoder.conditional else None, iwae_k=iwae_k)
+    figures = []
+    if figures_dir is not None:
+        from ..report import vae_figures
+
+        shown = test if test is not None and len(test) else train
+        figures = vae_figures(encoder, shown.images, shown.labels, figures_dir, frames=callbacks[0].frames, force=True)
+    return {"checksum": checksum, "history": history, "test": scores, "figures": figures}

@@ -1,0 +1,291 @@
+r"""The VAE as a Keras 3 model.
+
+Encoder :math:`q(z|x) = N(\mu(x), \mathrm{diag}\,\sigma^2(x))` with a log-variance head, prior
+:math:`N(0, I)`, reparameterized sample :math:`z = \mu + \sigma \epsilon`. Per image, in nats:
+
+.. math::
+
+    \mathrm{ELBO}(x) = \log p(x|z) - \mathrm{KL}(q(z|x)\,\|\,p(z)), \qquad
+    \mathrm{KL} = \tfrac12 \sum_j \left(\mu_j^2 + \sigma_j^2 - 1 - \log \sigma_j^2\right)
+
+Likelihoods: ``bernoulli`` (logits; the targets are the binarized or the grey pixels) and
+``gaussian`` (sigmoid mean, fixed or learned per-pixel variance):
+:math:`\log p(x|z) = -\tfrac12 \sum_i [(x_i - m_i)^2/s_i^2 + \log 2\pi s_i^2]`.
+Training minimizes :math:`-(\log p(x|z) - \beta_t \mathrm{KL})`, where :math:`\beta_t` ramps
+linearly from 0 to ``beta`` over the warm-up epochs.
+
+Architectures: ``mlp`` (Dense hidden layers) and ``conv``, the TensorFlow tutorial's
+(Conv2D 32 and 64 with stride 2, Dense; decoder Dense -> (h/4, w/4, 32) -> Conv2DTranspose 64
+and 32 with stride 2 -> a 3x3 Conv2DTranspose to one channel), cropped to any image size.
+A conditional VAE feeds the one-hot label to both the encoder and the decoder.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+ARCHITECTURES = ("mlp", "conv")
+LIKELIHOODS = ("bernoulli", "gaussian")
+BINARIZATIONS = ("none", "threshold", "dynamic")
+LOG_2PI = math.log(2 * math.pi)
+
+
+def binarize(images, mode: str, seed_generator=None):
+    """Binarize pixels in [0, 1]: ``threshold`` at 0.5, or ``dynamic`` (Bernoulli draw per pixel)."""
+    if mode == "threshold":
+        return ops.cast(images > 0.5, "float32")
+    if mode == "dynamic":
+        noise = keras.random.uniform(ops.shape(images), seed=seed_generator)
+        return ops.cast(noise < images, "float32")
+    return images
+
+
+def kl_divergence(mean, log_var):
+    """Closed-form KL(N(mean, exp(log_var)) || N(0, I)) per row, in nats."""
+    return 0.5 * ops.sum(ops.square(mean) + ops.exp(log_var) - 1.0 - log_var, axis=-1)
+
+
+def gaussian_log_density(z, mean, log_var):
+    """log N(z; mean, exp(log_var)) summed over the last axis."""
+    return -0.5 * ops.sum(LOG_2PI + log_var + ops.square(z - mean) * ops.exp(-log_var), axis=-1)
+
+
+def _build_encoder(image_shape, arch, hidden, latent_dim, n_classes, dropout):
+    h, w = image_shape
+    images = keras.Input(shape=(h, w), name="images")
+    inputs = [images]
+    if arch == "conv":
+        x = layers.Reshape((h, w, 1))(images)
+        padding = "valid" if min(h, w) >= 7 else "same"  # the tutorial's valid padding where it fits
+        x = layers.Conv2D(32, 3, strides=2, padding=padding, activation="relu")(x)
+        x = layers.Conv2D(64, 3, strides=2, padding=padding, activation="relu")(x)
+        x = layers.Flatten()(x)
+    else:
+        x = layers.Flatten()(images)
+    if n_classes:
+        labels = keras.Input(shape=(n_classes,), name="labels")
+        inputs.append(labels)
+        x = layers.Concatenate()([x, labels])
+    if arch == "mlp":
+        for units in hidden:
+            x = layers.Dense(units, activation="relu")(x)
+            if dropout:
+                x = layers.Dropout(dropout)(x)
+    mean = layers.Dense(latent_dim, name="mean")(x)
+    log_var = layers.Dense(latent_dim, name="log_var")(x)
+    return keras.Model(inputs, [mean, log_var], name="encoder")
+
+
+def _build_decoder(image_shape, arch, hidden, latent_dim, n_classes, dropout):
+    h, w = image_shape
+    z = keras.Input(shape=(latent_dim,), name="z")
+    inputs = [z]
+    x = z
+    if n_classes:
+        labels = keras.Input(shape=(n_classes,), name="labels")
+        inputs.append(labels)
+        x = layers.Concatenate()([z, labels])
+    if arch == "conv":
+        base_h, base_w = -(-h // 4), -(-w // 4)
+        x = layers.Dense(base_h * base_w * 32, activation="relu")(x)
+        x = layers.Reshape((base_h, base_w, 32))(x)
+        x = layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(x)
+        x = layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(x)
+        x = layers.Conv2DTranspose(1, 3, strides=1, padding="same")(x)
+        if (4 * base_h, 4 * base_w) != (h, w):
+            x = layers.Cropping2D(((0, 4 * base_h - h), (0, 4 * base_w - w)))(x)
+        logits = layers.Reshape((h, w))(x)
+    else:
+        for units in reversed(hidden):
+            x = layers.Dense(units, activation="relu")(x)
+            if dropout:
+                x = layers.Dropout(dropout)(x)
+        logits = layers.Reshape((h, w))(layers.Dense(h * w)(x))
+    return keras.Model(inputs, logits, name="decoder")
+
+
+@keras.saving.register_keras_serializable(package="fvae")
+class VAE(keras.Model):
+    """Variational autoencoder for (h, w) images with pixels in [0, 1].
+
+    Parameters
+    ----------
+    image_shape : tuple of (h, w)
+    latent_dim : int, default=32
+    arch : {"mlp", "conv"}, default="mlp"
+    hidden : tuple of int, default=(512, 256)
+        Hidden layer sizes of the MLP encoder (the decoder mirrors them).
+    likelihood : {"bernoulli", "gaussian"}, default="bernoulli"
+    binarization : {"none", "threshold", "dynamic"}, default="dynamic"
+        How Bernoulli targets are made from grey pixels: kept grey (``none``, cross-entropy),
+        thresholded at 0.5, or drawn afresh for every batch (``dynamic``).
+    gaussian_variance : float or None, default=None
+        Fixed output variance of the Gaussian likelihood; ``None`` learns one per pixel.
+    beta : float, default=1.0
+        Weight of the KL term in the training loss.
+    dropout : float, default=0.0
+        Dropout after each hidden layer of the MLP.
+    n_classes : int, default=0
+        Above 0, a conditional VAE: one-hot labels go into the encoder and the decoder.
+    seed : int, default=0
+        Seeds the sampling noise.
+    """
+
+    def __init__(self, image_shape, latent_dim=32, arch="mlp", hidden=(512, 256), likelihood="bernoulli",
+                 binarization="dynamic", gaussian_variance=None, beta=1.0, dropout=0.0, n_classes=0, seed=0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.latent_dim = int(latent_dim)
+        self.arch = arch
+        self.hidden = tuple(int(u) for u in hidden)
+        self.likelihood = likelihood
+        self.binarization = binarization
+        self.gaussian_variance = gaussian_variance
+        self.beta = float(beta)
+        self.dropout = float(dropout)
+        self.n_classes = int(n_classes)
+        self.seed = int(seed)
+        args = (self.image_shape, arch, self.hidden, self.latent_dim, self.n_classes, self.dropout)
+        self.encoder = _build_encoder(*args)
+        self.decoder = _build_decoder(*args)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        n_pixels = self.image_shape[0] * self.image_shape[1]
+        learned = likelihood == "gaussian" and gaussian_variance is None
+        self.output_log_var = self.add_weight(
+            shape=(n_pixels,), initializer="zeros", trainable=learned, name="output_log_var"
+        ) if likelihood == "gaussian" else None
+        if likelihood == "gaussian" and not learned:
+            self.output_log_var.assign(np.full(n_pixels, math.log(gaussian_variance), dtype=np.float32))
+        # KL weight of the loss, stepped by the warm-up callback; not the ELBO's.
+        self.kl_weight = self.add_weight(shape=(), initializer="ones", trainable=False, name="kl_weight")
+        self.kl_weight.assign(self.beta)
+        self.built = True  # every weight exists now: saving and loading need no sample call
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "elbo", "reconstruction", "kl")}
+
+    # -- pieces -------------------------------------------------------------------------------
+
+    def _one_hot(self, labels):
+        return ops.one_hot(ops.cast(labels, "int32"), self.n_classes)
+
+    def _inputs(self, images, one_hot):
+        # Keras refuses a list mixing NumPy arrays and tensors.
+        images = ops.convert_to_tensor(images, "float32")
+        return [images, one_hot] if self.n_classes else [images]
+
+    def encode(self, images, labels=None, training=False):
+        """Posterior mean and log-variance, each (n, latent_dim)."""
+        one_hot = self._one_hot(labels) if self.n_classes else None
+        return self.encoder(self._inputs(images, one_hot), training=training)
+
+    def decode(self, z, labels=None, training=False):
+        """Decoder output before the link: logits (bernoulli) or pre-sigmoid means (gaussian)."""
+        one_hot = self._one_hot(labels) if self.n_classes else None
+        return self.decoder(self._inputs(z, one_hot), training=training)
+
+    def mean_image(self, decoded):
+        """Pixel means in [0, 1] from the decoder output."""
+        return ops.sigmoid(decoded)
+
+    def log_likelihood(self, targets, decoded):
+        """log p(x|z) per image, in nats."""
+        n = ops.shape(targets)[0]
+        targets = ops.reshape(targets, (n, -1))
+        decoded = ops.reshape(decoded, (n, -1))
+        if self.likelihood == "bernoulli":
+            # -BCE with logits, stable form: t*l - softplus(l)
+            return ops.sum(targets * decoded - ops.softplus(decoded), axis=-1)
+        mean = ops.sigmoid(decoded)
+        log_var = self.output_log_var
+        return -0.5 * ops.sum(LOG_2PI + log_var + ops.square(targets - mean) * ops.exp(-log_var), axis=-1)
+
+    def targets(self, images, training=False):
+        """What the likelihood scores: binarized pixels for a binarized Bernoulli VAE."""
+        if self.likelihood != "bernoulli":
+            return images
+        mode = self.binarization
+        return binarize(images, mode, self.seed_generator)
+
+    def elbo_terms(self, images, labels=None, eps=None, training=False):
+        """Per-image reconstruction term log p(x|z) and KL, with z = mu + sigma * eps.
+
+        Parameters
+        ----------
+        images : tensor of shape (n, h, w), float32 in [0, 1]
+            Already-binary images are left as they are by every binarization.
+        labels : tensor of shape (n,), int, only for a conditional VAE
+        eps : tensor of shape (n, latent_dim), default=None
+            The standard normal noise; drawn from the model's seed generator when None.
+        """
+        mean, log_var = self.encode(images, labels, training=training)
+        if eps is None:
+            eps = keras.random.normal(ops.shape(mean), seed=self.seed_generator)
+        z = mean + ops.exp(0.5 * log_var) * eps
+        decoded = self.decode(z, labels, training=training)
+        reconstruction = self.log_likelihood(self.targets(images, training), decoded)
+        return reconstruction, kl_divergence(mean, log_var)
+
+    # -- Keras protocol -----------------------------------------------------------------------
+
+    def _unpack(self, data):
+        if isinstance(data, (tuple, list)):
+            images = data[0]
+            labels = data[1] if len(data) > 1 else None
+        else:
+            images, labels = data, None
+        if self.n_classes and labels is None:
+            raise ValueError("a conditional VAE needs labels with its images")
+        return images, labels
+
+    def call(self, inputs, training=False):
+        """Reconstruction (pixel means) from the posterior mean; ``inputs`` is images or (images, labels)."""
+        images, labels = self._unpack(inputs)
+        mean, _ = self.encode(images, labels, training=training)
+        return self.mean_image(self.decode(mean, labels, training=training))
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def _update_trackers(self, loss, reconstruction, kl):
+        self.trackers["loss"].update_state(loss)
+        self.trackers["elbo"].update_state(ops.mean(reconstruction - kl))
+        self.trackers["reconstruction"].update_state(ops.mean(reconstruction))
+        self.trackers["kl"].update_state(ops.mean(kl))
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def train_step(self, data):
+        images, labels = self._unpack(data)
+        with tf.GradientTape() as tape:
+            reconstruction, kl = self.elbo_terms(images, labels, training=True)
+            loss = -ops.mean(reconstruction - self.kl_weight * kl)
+        gradients = tape.gradient(loss, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+        return self._update_trackers(loss, reconstruction, kl)
+
+    def test_step(self, data):
+        images, labels = self._unpack(data)
+        reconstruction, kl = self.elbo_terms(images, labels, training=False)
+        loss = -ops.mean(reconstruction - self.kl_weight * kl)
+        return self._update_trackers(loss, reconstruction, kl)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "image_shape": list(self.image_shape),
+            "latent_dim": self.latent_dim,
+            "arch": self.arch,
+            "hidden": list(self.hidden),
+            "likelihood": self.likelihood,
+            "binarization": self.binarization,
+            "gaussian_variance": self.gaussian_variance,
+            "beta": self.beta,
+            "dropout": self.dropout,
+            "n_classes": self.n_classes,
+            "seed": self.seed,
+        }

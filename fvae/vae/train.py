@@ -1,0 +1,219 @@
+"""Training and evaluating a :class:`~fvae.vae.model.VAE`: tf.data input, Adam, KL warm-up,
+early stopping on the validation ELBO with the best weights restored, and the evaluation
+numbers (ELBO and its terms, active units, the importance-weighted bound)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from .model import gaussian_log_density
+
+
+def fixed_binarization(images: np.ndarray, mode: str, seed: int) -> np.ndarray:
+    """Evaluation data for a binarized VAE: one fixed Bernoulli draw for ``dynamic`` (seeded),
+    the threshold for ``threshold``; the model leaves binary pixels as they are."""
+    if mode == "dynamic":
+        return (np.random.default_rng(seed).random(images.shape, dtype=np.float32) < images).astype(np.float32)
+    if mode == "threshold":
+        return (images > 0.5).astype(np.float32)
+    return images
+
+
+def make_dataset(images, labels, batch_size: int, *, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """A batched, prefetched tf.data pipeline of (images) or (images, labels)."""
+    items = images if labels is None else (images, labels)
+    data = tf.data.Dataset.from_tensor_slices(items)
+    if shuffle:
+        data = data.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+class KLWarmup(keras.callbacks.Callback):
+    """Ramp the loss's KL weight linearly from beta/warmup to beta over ``warmup_epochs`` epochs."""
+
+    def __init__(self, beta: float, warmup_epochs: int):
+        super().__init__()
+        self.beta, self.warmup_epochs = beta, warmup_epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        fraction = min(1.0, (epoch + 1) / self.warmup_epochs) if self.warmup_epochs else 1.0
+        self.model.kl_weight.assign(self.beta * fraction)
+
+
+class BestOnValidationElbo(keras.callbacks.Callback):
+    """Stop when the validation ELBO has not improved for ``patience`` epochs, or when
+    ``max_seconds`` have passed, and always end with the weights of the best epoch."""
+
+    def __init__(self, patience: int, max_seconds: float | None = None):
+        super().__init__()
+        self.patience, self.max_seconds = patience, max_seconds
+
+    def on_train_begin(self, logs=None):
+        self.best, self.best_epoch, self.best_weights = -math.inf, -1, None
+        self.started = time.perf_counter()
+        self.stop_reason = "epochs"
+
+    def on_epoch_end(self, epoch, logs=None):
+        elbo = (logs or {}).get("val_elbo")
+        if elbo is not None and np.isfinite(elbo) and elbo > self.best:
+            self.best, self.best_epoch, self.best_weights = float(elbo), epoch, self.model.get_weights()
+        if elbo is not None and epoch - self.best_epoch >= self.patience:
+            self.model.stop_training, self.stop_reason = True, "early stopping"
+        if self.max_seconds is not None and time.perf_counter() - self.started >= self.max_seconds:
+            self.model.stop_training, self.stop_reason = True, "time limit"
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_rate: float,
+          validation_fraction: float, patience: int, warmup_epochs: int, max_seconds: float | None,
+          seed: int, callbacks=(), verbose: int = 0, jit_compile=False, steps_per_execution: int = 1) -> dict:
+    """Train ``model`` on float32 images in [0, 1] and return the history.
+
+    A ``validation_fraction`` of the images (seeded permutation) is held out for early stopping;
+    binarized models see it with one fixed binarization so that epochs compare fairly.
+
+    Returns
+    -------
+    dict
+        Per-epoch lists (``loss``, ``elbo``, ``reconstruction``, ``kl`` and their ``val_``
+        versions, ``seconds``), plus ``best_epoch`` (0-based), ``stopped_by`` and ``epochs_run``.
+    """
+    order = np.random.default_rng(seed).permutation(len(images))
+    n_val = int(round(validation_fraction * len(images))) if validation_fraction else 0
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    train_data = make_dataset(images[train_idx], None if labels is None else labels[train_idx], batch_size,
+                              shuffle=True, seed=seed)
+    val_data = None
+    if n_val:
+        val_images = fixed_binarization(images[val_idx], model.binarization if model.likelihood == "bernoulli" else "none", seed)
+        val_data = make_dataset(val_images, None if labels is None else labels[val_idx], 1024, shuffle=False, seed=seed)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile,
+                  steps_per_execution=steps_per_execution)
+    stopper = BestOnValidationElbo(patience if n_val else epochs, max_seconds)
+    timer = _EpochTimer()
+    history = model.fit(train_data, validation_data=val_data, epochs=epochs, verbose=verbose, shuffle=False,
+                        callbacks=[KLWarmup(model.beta, warmup_epochs), stopper, timer, *callbacks])
+    result = {name: [float(v) for v in values] for name, values in history.history.items()}
+    result["seconds"] = timer.seconds
+    result["best_epoch"] = stopper.best_epoch if n_val else len(timer.seconds) - 1
+    result["stopped_by"] = stopper.stop_reason
+    result["epochs_run"] = len(timer.seconds)
+    model.kl_weight.assign(model.beta)
+    return result
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.seconds, self.started = [], time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(round(time.perf_counter() - self.started, 3))
+
+
+def _batches(n: int, batch_size: int):
+    return (slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size))
+
+
+def active_units(model, images, labels=None, *, threshold: float = 0.01, batch_size: int = 1024) -> int:
+    """Latent dimensions whose posterior mean varies across images: Cov_x(E_q[z_j]) > threshold
+    (Burda et al. 2016)."""
+    means = np.concatenate([
+        ops.convert_to_numpy(model.encode(images[s], None if labels is None else labels[s])[0])
+        for s in _batches(len(images), batch_size)
+    ])
+    return int((means.var(axis=0) > threshold).sum())
+
+
+def iwae_bound(model, images, labels=None, *, k: int = 64, batch_size: int = 128) -> np.ndarray:
+    """Importance-weighted lower bound on log p(x) per image (Burda et al. 2016), k samples.
+
+    ``log (1/k) sum_i p(x, z_i) / q(z_i | x)`` with z_i ~ q(z|x); k = 1 is the ELBO, and the
+    bound tightens as k grows. The k samples of a batch are decoded in one call.
+    """
+    out = []
+    for s in _batches(len(images), batch_size):
+        x = images[s]
+        y = None if labels is None else labels[s]
+        mean, log_var = model.encode(x, y)
+        n = ops.shape(mean)[0]
+        eps = keras.random.normal((k, n, model.latent_dim), seed=model.seed_generator)
+        z = mean[None] + ops.exp(0.5 * log_var)[None] * eps  # (k, n, L)
+        flat_z = ops.reshape(z, (k * n, model.latent_dim))
+        flat_y = None if y is None else ops.tile(ops.convert_to_tensor(y), (k,))
+        decoded = model.decode(flat_z, flat_y)
+        targets = ops.tile(model.targets(ops.convert_to_tensor(x)), (k, 1, 1))
+        log_px = ops.reshape(model.log_likelihood(targets, decoded), (k, n))
+        log_pz = gaussian_log_density(z, ops.zeros_like(z), ops.zeros_like(z))
+        log_qz = gaussian_log_density(z, mean[None], log_var[None])
+        log_w = log_px + log_pz - log_qz
+        out.append(ops.convert_to_numpy(ops.logsumexp(log_w, axis=0)) - math.log(k))
+    return np.concatenate(out)
+
+
+def evaluate(model, images, labels=None, *, iwae_k: int = 64, seed: int = 0, batch_size: int = 1024) -> dict:
+    """Test-set numbers, in nats per image: ELBO, its reconstruction term and KL, the IWAE bound
+    with ``iwae_k`` samples, and the number of active latent units.
+
+    Binarized models are scored on one fixed, seeded binarization of ``images``.
+    """
+    mode = model.binarization if model.likelihood == "bernoulli" else "none"
+    images = fixed_binarization(np.asarray(images, dtype=np.float32), mode, seed)
+    reconstruction, kl = [], []
+    for s in _batches(len(images), batch_size):
+        rec, k = model.elbo_terms(images[s], None if labels is None else labels[s])
+        reconstruction.append(ops.convert_to_numpy(rec))
+        kl.append(ops.convert_to_numpy(k))
+    reconstruction, kl = np.concatenate(reconstruction), np.concatenate(kl)
+    result = {
+        "elbo": float(np.mean(reconstruction - kl)),
+        "reconstruction": float(np.mean(reconstruction)),
+        "kl": float(np.mean(kl)),
+        "active_units": active_units(model, images, labels),
+        "latent_dim": model.latent_dim,
+        "n_images": len(images),
+    }
+    if iwae_k:
+        result["iwae_bound"] = float(np.mean(iwae_bound(model, images, labels, k=iwae_k)))
+        result["iwae_k"] = iwae_k
+    return result
+
+
+class EpochSamples(keras.callbacks.Callback):
+    """Decode one fixed set of latent vectors after every epoch and keep the grid (for the GIF).
+
+    Parameters
+    ----------
+    z : ndarray of shape (n, latent_dim)
+    labels : ndarray of shape (n,), default=None
+        For a conditional VAE (e.g. one row per class).
+    n_cols : int
+    """
+
+    def __init__(self, z, labels=None, n_cols=8):
+        super().__init__()
+        self.z, self.labels, self.n_cols = z, labels, n_cols
+        self.frames = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        from ..report import tile
+
+        images = ops.convert_to_numpy(self.model.mean_image(self.model.decode(self.z, self.labels)))
+        self.frames.append(tile(images, self.n_cols))
+
+
+def progress_frames(latent_dim: int, n_classes: int = 0, seed: int = 0) -> EpochSamples:
+    """The training-progress callback: 64 fixed prior draws, or 10 per class for a conditional VAE."""
+    rng = np.random.default_rng(seed)
+    if n_classes:
+        z = rng.standard_normal((10, latent_dim)).astype(np.float32)
+        return EpochSamples(np.tile(z, (n_classes, 1)), np.repeat(np.arange(n_classes), 10).astype(np.int32), n_cols=10)
+    return EpochSamples(rng.standard_normal((64, latent_dim)).astype(np.float32), None, n_cols=8)

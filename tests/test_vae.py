@@ -1,0 +1,216 @@
+"""The VAE: its ELBO against a NumPy hand computation, the KL, the IWAE bound, training, the
+scikit-learn transformer, persistence, and the CLI end to end."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+pytest.importorskip("tensorflow", reason="the VAE needs TensorFlow, a core dependency of fvae")
+
+import fvae  # noqa: E402
+from fvae import InputError, ModelFileError  # noqa: E402
+from fvae.vae import VAEEncoder  # noqa: E402
+from fvae.vae.model import VAE, kl_divergence  # noqa: E402
+from fvae.vae.train import iwae_bound  # noqa: E402
+
+TINY = dict(arch="mlp", hidden=(64,), latent_dim=4, epochs=4, batch_size=64, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """One small MLP VAE on digits, shared by the tests that only read it."""
+    return VAEEncoder(**{**TINY, "epochs": 8}).fit(digits.train.images)
+
+
+def _set_weights(model, seed):
+    rng = np.random.default_rng(seed)
+    for w in model.trainable_weights:
+        w.assign(rng.normal(scale=0.5, size=w.shape).astype(np.float32))
+
+
+def _dense(model, name=None):
+    return [layer for layer in model.layers if layer.__class__.__name__ == "Dense" and (name is None or layer.name == name)]
+
+
+def _numpy_elbo_terms(model, x, eps):
+    """The ELBO's terms written out from the formulas, with the model's weights."""
+    relu = lambda a: np.maximum(a, 0)  # noqa: E731
+    hidden, = [layer for layer in _dense(model.encoder) if layer.name not in ("mean", "log_var")]
+    (mean_layer,), (log_var_layer,) = _dense(model.encoder, "mean"), _dense(model.encoder, "log_var")
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    h = relu(flat @ hidden.kernel.numpy() + hidden.bias.numpy())
+    mu = h @ mean_layer.kernel.numpy() + mean_layer.bias.numpy()
+    log_var = h @ log_var_layer.kernel.numpy() + log_var_layer.bias.numpy()
+    z = mu + np.exp(0.5 * log_var) * eps
+    dec_hidden, dec_out = _dense(model.decoder)
+    logits = relu(z @ dec_hidden.kernel.numpy() + dec_hidden.bias.numpy()) @ dec_out.kernel.numpy() + dec_out.bias.numpy()
+    if model.likelihood == "bernoulli":
+        p = 1 / (1 + np.exp(-logits))
+        reconstruction = np.sum(flat * np.log(p) + (1 - flat) * np.log(1 - p), axis=1)
+    else:
+        var = model.gaussian_variance
+        mean = 1 / (1 + np.exp(-logits))
+        reconstruction = -0.5 * np.sum(np.log(2 * np.pi * var) + (flat - mean) ** 2 / var, axis=1)
+    kl = 0.5 * np.sum(mu**2 + np.exp(log_var) - 1 - log_var, axis=1)
+    return reconstruction, kl
+
+
+@pytest.mark.parametrize("likelihood,variance", [("bernoulli", None), ("gaussian", 0.3)])
+def test_elbo_terms_equal_a_numpy_hand_computation(likelihood, variance):
+    model = VAE((3, 2), latent_dim=2, arch="mlp", hidden=(5,), likelihood=likelihood, binarization="none",
+                gaussian_variance=variance)
+    _set_weights(model, seed=1)
+    rng = np.random.default_rng(2)
+    x = rng.random((7, 3, 2)).astype(np.float32)
+    eps = rng.standard_normal((7, 2)).astype(np.float32)
+    reconstruction, kl = (np.asarray(t) for t in model.elbo_terms(x, eps=eps))
+    expected_rec, expected_kl = _numpy_elbo_terms(model, x, eps.astype(np.float64))
+    np.testing.assert_allclose(reconstruction, expected_rec, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(kl, expected_kl, rtol=1e-5, atol=1e-5)
+    assert np.all(kl > 0)
+
+
+def test_closed_form_kl_equals_monte_carlo():
+    rng = np.random.default_rng(3)
+    mean = rng.normal(size=(1, 3)).astype(np.float32)
+    log_var = rng.normal(scale=0.5, size=(1, 3)).astype(np.float32)
+    z = mean + np.exp(0.5 * log_var) * rng.standard_normal((400_000, 3))
+    log_q = -0.5 * np.sum(np.log(2 * np.pi) + log_var + (z - mean) ** 2 / np.exp(log_var), axis=1)
+    log_p = -0.5 * np.sum(np.log(2 * np.pi) + z**2, axis=1)
+    monte_carlo = np.mean(log_q - log_p)
+    closed = float(np.asarray(kl_divergence(mean, log_var))[0])
+    standard_error = np.std(log_q - log_p) / math.sqrt(len(z))
+    assert abs(closed - monte_carlo) < 4 * standard_error + 1e-6
+
+
+def test_iwae_bound_is_above_the_elbo_and_grows_with_k(trained, digits):
+    images = digits.test.images[:300].astype(np.float32) / 255
+    from fvae.vae.train import fixed_binarization
+
+    binary = fixed_binarization(images, "dynamic", seed=0)
+    model = trained.model_
+    rec, kl = model.elbo_terms(binary)
+    elbo = float(np.mean(np.asarray(rec) - np.asarray(kl)))
+    bounds = {k: float(np.mean(iwae_bound(model, binary, k=k))) for k in (1, 8, 64)}
+    assert abs(bounds[1] - elbo) < 1.0  # k = 1 is the ELBO itself (up to sampling noise)
+    assert elbo < bounds[8] < bounds[64]
+
+
+def test_short_training_lowers_the_validation_loss(trained):
+    history = trained.history_
+    assert len(history["val_loss"]) == 8
+    assert history["val_loss"][-1] < history["val_loss"][0] - 1.0
+    assert history["best_epoch"] == int(np.argmax(history["val_elbo"]))
+    # The best epoch's weights are the ones kept.
+    assert history["stopped_by"] == "epochs"
+
+
+def test_transform_is_deterministic_and_sklearn_shaped(trained, digits):
+    codes = trained.transform(digits.test.images)
+    assert codes.shape == (len(digits.test.images), 4) and codes.dtype == np.float32
+    np.testing.assert_array_equal(codes, trained.transform(digits.test.images))
+    flat = trained.transform(digits.test.images.reshape(len(digits.test.images), -1).astype(np.float32) / 255)
+    np.testing.assert_allclose(flat, codes, atol=1e-5)
+    assert trained.inverse_transform(codes[:5]).shape == (5, 8, 8)
+    assert trained.sample(6).shape == (6, 8, 8)
+    params = clone(trained).get_params()
+    assert params["latent_dim"] == 4 and params["hidden"] == (64,)
+
+
+def test_same_seed_same_weights(digits):
+    a = VAEEncoder(**{**TINY, "epochs": 2}).fit(digits.train.images[:400])
+    b = VAEEncoder(**{**TINY, "epochs": 2}).fit(digits.train.images[:400])
+    for wa, wb in zip(a.model_.get_weights(), b.model_.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_save_load_round_trip_gives_identical_codes(trained, digits, tmp_path):
+    checksum = trained.save(tmp_path / "vae.npz")
+    loaded = fvae.load(tmp_path / "vae.npz")
+    assert isinstance(loaded, VAEEncoder) and loaded.checksum_ == checksum
+    np.testing.assert_array_equal(loaded.transform(digits.test.images), trained.transform(digits.test.images))
+    with pytest.raises(ModelFileError, match="not a 'fisher' model"):
+        fvae.load(tmp_path / "vae.npz", method="fisher")
+
+
+def test_a_newer_format_version_is_refused(trained, tmp_path):
+    trained.save(tmp_path / "vae.npz")
+    with zipfile.ZipFile(tmp_path / "vae.npz") as src, zipfile.ZipFile(tmp_path / "newer.npz", "w") as dst:
+        for item in src.infolist():
+            payload = src.read(item)
+            if item.filename == "header.json":
+                header = json.loads(payload)
+                header["format_version"] = 99
+                payload = json.dumps(header).encode()
+            dst.writestr(item, payload)
+    with pytest.raises(ModelFileError, match="format 99"):
+        VAEEncoder.load(tmp_path / "newer.npz")
+
+
+def test_conv_conditional_gaussian_variants_run_on_8x8(digits):
+    images, labels = digits.train.images[:300], digits.train.labels[:300]
+    conditional = VAEEncoder(arch="conv", latent_dim=3, epochs=2, conditional=True, random_state=0).fit(images, labels)
+    assert conditional.transform(images[:10], labels[:10]).shape == (10, 3)
+    assert conditional.sample(4, label=7).shape == (4, 8, 8)
+    with pytest.raises(InputError, match="needs labels"):
+        conditional.transform(images[:10])
+    gaussian = VAEEncoder(**{**TINY, "epochs": 2, "likelihood": "gaussian", "return_log_var": True}).fit(images)
+    assert gaussian.transform(images[:5]).shape == (5, 8)
+    assert np.isfinite(gaussian.history_["loss"]).all()
+    # learned per-pixel output variance moved away from its start (log var 0)
+    assert np.abs(gaussian.model_.output_log_var.numpy()).max() > 1e-3
+
+
+def test_bad_parameters_are_refused_by_message(digits):
+    with pytest.raises(InputError, match="arch must be one of"):
+        VAEEncoder(arch="resnet").fit(digits.train.images[:50])
+    with pytest.raises(InputError, match="latent_dim must be a positive integer"):
+        VAEEncoder(latent_dim=0).fit(digits.train.images[:50])
+
+
+def _fvae(*args, cwd):
+    exe = os.path.join(os.path.dirname(sys.executable), "fvae")
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "FVAE_OFFLINE": "1"})
+
+
+def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):
+    from PIL import Image
+
+    fit = _fvae("fit", "vae", "--data", "digits", "-o", "vae.npz", "--arch", "mlp", "--hidden", "64",
+                "--latent-dim", "2", "--epochs", "3", "--figures", "figs", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    assert "test: ELBO" in fit.stdout and "IWAE bound (k=16)" in fit.stdout
+    assert fit.stderr.count("\n") <= 6, fit.stderr  # one line per epoch, no TensorFlow noise
+    history = json.loads((tmp_path / "vae.history.json").read_text())
+    assert len(history["val_elbo"]) == 3
+    assert (tmp_path / "vae.history.csv").read_text().splitlines()[0].startswith("epoch,")
+    for name in ("samples", "reconstructions", "latent", "manifold", "training_curves"):
+        with Image.open(tmp_path / "figs" / f"{name}.png") as picture:
+            assert picture.format == "PNG"
+    with Image.open(tmp_path / "figs" / "training.gif") as gif:
+        assert gif.format == "GIF" and gif.n_frames == 3
+
+    enc = _fvae("encode", "--method", "vae", "--model", "vae.npz", "--data", "digits", "-o", "codes.npy",
+                "--quiet", cwd=tmp_path)
+    assert enc.returncode == 0, enc.stderr
+    codes = np.load(tmp_path / "codes.npy")
+    assert codes.shape == (360, 2) and codes.dtype == np.float32
+    np.testing.assert_array_equal(codes, fvae.load(tmp_path / "vae.npz").transform(fvae.load_dataset("digits").test.images))
+
+    sample = _fvae("sample", "--model", "vae.npz", "-n", "16", "-o", "s.png", cwd=tmp_path)
+    assert sample.returncode == 0, sample.stderr
+    with Image.open(tmp_path / "s.png") as picture:
+        assert picture.format == "PNG"
+    again = _fvae("sample", "--model", "vae.npz", "-n", "16", "-o", "s.png", cwd=tmp_path)
+    assert again.returncode == 2 and "exists; pass --force" in again.stderr
+    wrong = _fvae("encode", "--method", "fisher", "--model", "vae.npz", "--data", "digits", "-o", "f.npy", cwd=tmp_path)
+    assert wrong.returncode == 2 and wrong.stderr.strip() == "fvae: error: vae.npz: holds a 'vae' model, not a 'fisher' model"
+    assert not (tmp_path / "f.npy").exists()
