@@ -213,7 +213,7 @@ def fit_vae(
     latent_dim: Annotated[int, typer.Option(min=1, help="Latent dimensions.")] = 32,
     hidden: Annotated[str, typer.Option(help="MLP hidden sizes, comma-separated.")] = "512,256",
     likelihood: Annotated[Likelihood, typer.Option(help="Decoder likelihood.")] = Likelihood.bernoulli,
-    binarization: Annotated[Binarization, typer.Option(help="Bernoulli targets: dynamic, threshold 0.5, or grey.")] = Binarization.dynamic,
+    binarization: Annotated[Binarization, typer.Option(help="Bernoulli targets: threshold 0.5, dynamic, or grey.")] = Binarization.threshold,
     gaussian_variance: Annotated[Optional[float], typer.Option(help="Fixed Gaussian variance (default: learned).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="At most this many epochs (early stopping ends sooner).")] = 200,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per training step.")] = 128,

@@ -121,7 +121,7 @@ class VAE(keras.Model):
     hidden : tuple of int, default=(512, 256)
         Hidden layer sizes of the MLP encoder (the decoder mirrors them).
     likelihood : {"bernoulli", "gaussian"}, default="bernoulli"
-    binarization : {"none", "threshold", "dynamic"}, default="dynamic"
+    binarization : {"none", "threshold", "dynamic"}, default="threshold"
         How Bernoulli targets are made from grey pixels: kept grey (``none``, cross-entropy),
         thresholded at 0.5, or drawn afresh for every batch (``dynamic``).
     gaussian_variance : float or None, default=None
@@ -137,7 +137,7 @@ class VAE(keras.Model):
     """
 
     def __init__(self, image_shape, latent_dim=32, arch="mlp", hidden=(512, 256), likelihood="bernoulli",
-                 binarization="dynamic", gaussian_variance=None, beta=1.0, dropout=0.0, n_classes=0, seed=0,
+                 binarization="threshold", gaussian_variance=None, beta=1.0, dropout=0.0, n_classes=0, seed=0,
                  **kwargs):
         super().__init__(**kwargs)
         self.image_shape = tuple(int(s) for s in image_shape)
