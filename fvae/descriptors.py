@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from numpy.lib.stride_tricks import sliding_window_view
+
 from .errors import InputError
 
 PATCH_NORMALIZATIONS = ("none", "center", "standardize", "l2")
@@ -23,8 +25,8 @@ class PatchLayout:
 
     Attributes
     ----------
-    rows, cols : ndarray of shape (n_patches,)
-        Grid index of each patch, in descriptor order.
+    pixels : ndarray of shape (n_patches, patch_size**2)
+        Flat (row-major) pixel indices of each patch, in descriptor order.
     xy : ndarray of shape (n_patches, 2), float32
         Patch centres as (x, y) in [-0.5, 0.5], in descriptor order.
     regions : list of slice
@@ -32,14 +34,13 @@ class PatchLayout:
         pyramid; the four quadrants (top-left, top-right, bottom-left, bottom-right) with one.
     """
 
-    rows: np.ndarray
-    cols: np.ndarray
+    pixels: np.ndarray
     xy: np.ndarray
     regions: list
 
     @property
     def n_patches(self) -> int:
-        return len(self.rows)
+        return len(self.pixels)
 
 
 def patch_layout(image_shape, patch_size: int, stride: int, spatial_pyramid: bool) -> PatchLayout:
@@ -78,30 +79,28 @@ def patch_layout(image_shape, patch_size: int, stride: int, spatial_pyramid: boo
         order = np.arange(len(rows))
         regions = [slice(0, len(rows))]
     xy = np.stack([centre_x / w - 0.5, centre_y / h - 0.5], axis=1).astype(np.float32)
-    return PatchLayout(rows[order], cols[order], xy[order], regions)
+    # The patches of an index image: gathering pixels with this table is one flat np.take,
+    # 1.5x faster than fancy-indexing a sliding-window view of every batch.
+    windows = sliding_window_view(np.arange(h * w).reshape(h, w), (patch_size, patch_size))[::stride, ::stride]
+    pixels = windows[rows[order], cols[order]].reshape(len(order), patch_size * patch_size)
+    return PatchLayout(pixels, xy[order], regions)
 
 
-def dense_patches(images: np.ndarray, layout: PatchLayout, patch_size: int, stride: int) -> np.ndarray:
+def dense_patches(images: np.ndarray, layout: PatchLayout) -> np.ndarray:
     """Cut every image into the patches of ``layout``.
 
     Parameters
     ----------
     images : ndarray of shape (n, h, w)
     layout : PatchLayout
-    patch_size, stride : int
 
     Returns
     -------
     ndarray of shape (n, n_patches, patch_size**2), same dtype as ``images``
     """
-    n, h, w = images.shape
-    # One flat gather with precomputed pixel offsets: 1.5x faster than fancy-indexing the
-    # sliding-window view, whose inner copies are patch_size elements long.
-    top_left = (layout.rows * stride) * w + layout.cols * stride
-    within = (np.arange(patch_size)[:, None] * w + np.arange(patch_size)[None, :]).ravel()
-    offsets = (top_left[:, None] + within[None, :]).ravel()
-    patches = np.take(images.reshape(n, h * w), offsets, axis=1)
-    return patches.reshape(n, layout.n_patches, patch_size * patch_size)
+    n = len(images)
+    patches = np.take(images.reshape(n, -1), layout.pixels.ravel(), axis=1)
+    return patches.reshape(n, layout.n_patches, layout.pixels.shape[1])
 
 
 def normalize_patches(patches: np.ndarray, mode: str) -> np.ndarray:

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from joblib import Parallel, delayed
-from numpy.lib.stride_tricks import sliding_window_view
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
@@ -541,9 +540,8 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         n_samples = min(self.n_descriptor_samples, n_total)
         picks = np.sort(rng.choice(n_total, size=n_samples, replace=False))
         image_idx, patch_idx = np.divmod(picks, layout.n_patches)
-        windows = sliding_window_view(images, (self.patch_size,) * 2, axis=(1, 2))[:, :: self.stride, :: self.stride]
-        patches = windows[image_idx, layout.rows[patch_idx], layout.cols[patch_idx]]
-        patches = normalize_patches(to_unit_float(patches.reshape(n_samples, -1), "fit"), self.patch_normalization)
+        patches = images.reshape(len(images), -1)[image_idx[:, None], layout.pixels[patch_idx]]
+        patches = normalize_patches(to_unit_float(patches, "fit"), self.patch_normalization)
         self.pca_projection_ = fit_pca(patches, self.pca_components, self.whiten, rng)
         descriptors = project(patches, self.pca_projection_)
         if self.xy:
@@ -596,7 +594,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
 
     def _patch_descriptors(self, images: np.ndarray, layout: PatchLayout) -> np.ndarray:
         """PCA-reduced patch descriptors without positions: ``(n_images, n_patches, pca_components)``."""
-        patches = dense_patches(to_unit_float(images, "transform"), layout, self.patch_size, self.stride)
+        patches = dense_patches(to_unit_float(images, "transform"), layout)
         return project(normalize_patches(patches, self.patch_normalization), self.pca_projection_)
 
     def _encode_block(self, images: np.ndarray, layout: PatchLayout, gmm: GmmTerms, out: np.ndarray) -> None:
