@@ -13,7 +13,6 @@
 """
 
 import argparse
-import math
 import time
 
 import numpy as np
@@ -23,7 +22,6 @@ from fvae import load_dataset
 
 import tensorflow as tf  # noqa: E402  (after fvae.vae sets the backend)
 from fvae.vae import VAEEncoder  # noqa: E402
-from fvae.vae.train import evaluate  # noqa: E402
 
 LATENT = 50
 

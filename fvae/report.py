@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import to_unit_float
 from .persist import atomic_output
 
 
@@ -20,16 +21,15 @@ def _pyplot():
 
 
 def tile(images: np.ndarray, n_cols: int | None = None, pad: int = 1) -> np.ndarray:
-    """Arrange (n, h, w) images in a grid with ``pad`` pixels of gap: one 2-D array."""
+    """Arrange (n, h, w) images in a grid with ``pad`` pixels of white gap: one 2-D array."""
     images = np.asarray(images, dtype=np.float32)
     n, h, w = images.shape
     n_cols = n_cols or int(np.ceil(np.sqrt(n)))
     n_rows = int(np.ceil(n / n_cols))
-    grid = np.ones((n_rows * (h + pad) - pad, n_cols * (w + pad) - pad), dtype=np.float32)
-    for i, image in enumerate(images):  # at most a few hundred small images: not a hot path
-        r, c = divmod(i, n_cols)
-        grid[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = image
-    return grid
+    cells = np.ones((n_rows * n_cols, h + pad, w + pad), dtype=np.float32)
+    cells[:n, :h, :w] = images
+    grid = cells.reshape(n_rows, n_cols, h + pad, w + pad).transpose(0, 2, 1, 3)
+    return grid.reshape(n_rows * (h + pad), n_cols * (w + pad))[:-pad or None, :-pad or None]
 
 
 def save_grid(images, path, *, n_cols=None, title=None, row_labels=None, force=True) -> Path:
@@ -145,7 +145,7 @@ def vae_figures(encoder, images, labels, out_dir, *, frames=(), force=True) -> l
         written.append(save_grid(encoder.sample(64, random_state=0), out / "samples.png", n_cols=8,
                                  title="samples from the prior", force=force))
     codes = encoder.transform(images, labels if cond else None)[:, : encoder.latent_dim]
-    written.append(save_reconstructions(images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0),
+    written.append(save_reconstructions(to_unit_float(images, "figures"),
                                         encoder.inverse_transform(codes, labels if cond else None),
                                         out / "reconstructions.png", force=force))
     written.append(save_embedding(codes, labels, out / "latent.png",

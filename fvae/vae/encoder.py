@@ -268,24 +268,20 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
             keras_path = Path(tmp) / KERAS_MEMBER
             self.model_.save(keras_path)
             payload = keras_path.read_bytes()
-        params = self.get_params()
-        params["hidden"] = list(params["hidden"])
         arrays = {"n_classes_": np.asarray(getattr(self, "n_classes_", 0))}
-        return save_model(path, method="vae", params=params, arrays=arrays, input_shape=self.image_shape_,
+        return save_model(path, method="vae", params=self.get_params(), arrays=arrays, input_shape=self.image_shape_,
                           force=force, files={KERAS_MEMBER: payload})
 
     @classmethod
     def load(cls, path) -> "VAEEncoder":
         """Load an encoder saved by :meth:`save` (Keras safe mode: no code is deserialized)."""
-        import keras
-
-        from . import model as _registers_vae  # noqa: F401  (the VAE class must be registered)
+        import keras  # the VAE class is registered: this module imports .model
 
         header, members = load_model(path, method="vae")
         if KERAS_MEMBER not in members:
             raise ModelFileError(f"{path}: the Keras model is missing from the file")
         params = dict(header["params"])
-        params["hidden"] = tuple(params["hidden"])
+        params["hidden"] = tuple(params["hidden"])  # JSON has no tuples
         encoder = cls(**params)
         fd, tmp = tempfile.mkstemp(suffix=".keras")
         try:

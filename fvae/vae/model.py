@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
@@ -55,6 +54,14 @@ def gaussian_log_density(z, mean, log_var):
     return -0.5 * ops.sum(LOG_2PI + log_var + ops.square(z - mean) * ops.exp(-log_var), axis=-1)
 
 
+def _dense_stack(x, sizes, dropout):
+    for units in sizes:
+        x = layers.Dense(units, activation="relu")(x)
+        if dropout:
+            x = layers.Dropout(dropout)(x)
+    return x
+
+
 def _build_encoder(image_shape, arch, hidden, latent_dim, n_classes, dropout):
     h, w = image_shape
     images = keras.Input(shape=(h, w), name="images")
@@ -72,10 +79,7 @@ def _build_encoder(image_shape, arch, hidden, latent_dim, n_classes, dropout):
         inputs.append(labels)
         x = layers.Concatenate()([x, labels])
     if arch == "mlp":
-        for units in hidden:
-            x = layers.Dense(units, activation="relu")(x)
-            if dropout:
-                x = layers.Dropout(dropout)(x)
+        x = _dense_stack(x, hidden, dropout)
     mean = layers.Dense(latent_dim, name="mean")(x)
     log_var = layers.Dense(latent_dim, name="log_var")(x)
     return keras.Model(inputs, [mean, log_var], name="encoder")
@@ -101,10 +105,7 @@ def _build_decoder(image_shape, arch, hidden, latent_dim, n_classes, dropout):
             x = layers.Cropping2D(((0, 4 * base_h - h), (0, 4 * base_w - w)))(x)
         logits = layers.Reshape((h, w))(x)
     else:
-        for units in reversed(hidden):
-            x = layers.Dense(units, activation="relu")(x)
-            if dropout:
-                x = layers.Dropout(dropout)(x)
+        x = _dense_stack(x, reversed(hidden), dropout)
         logits = layers.Reshape((h, w))(layers.Dense(h * w)(x))
     return keras.Model(inputs, logits, name="decoder")
 
@@ -155,16 +156,16 @@ class VAE(keras.Model):
         self.encoder = _build_encoder(*args)
         self.decoder = _build_decoder(*args)
         self.seed_generator = keras.random.SeedGenerator(seed)
-        n_pixels = self.image_shape[0] * self.image_shape[1]
-        learned = likelihood == "gaussian" and gaussian_variance is None
-        self.output_log_var = self.add_weight(
-            shape=(n_pixels,), initializer="zeros", trainable=learned, name="output_log_var"
-        ) if likelihood == "gaussian" else None
-        if likelihood == "gaussian" and not learned:
-            self.output_log_var.assign(np.full(n_pixels, math.log(gaussian_variance), dtype=np.float32))
+        self.output_log_var = None
+        if likelihood == "gaussian":
+            fixed = gaussian_variance is not None
+            self.output_log_var = self.add_weight(
+                shape=(self.image_shape[0] * self.image_shape[1],), trainable=not fixed, name="output_log_var",
+                initializer=keras.initializers.Constant(math.log(gaussian_variance) if fixed else 0.0),
+            )
         # KL weight of the loss, stepped by the warm-up callback; not the ELBO's.
-        self.kl_weight = self.add_weight(shape=(), initializer="ones", trainable=False, name="kl_weight")
-        self.kl_weight.assign(self.beta)
+        self.kl_weight = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.beta),
+                                         trainable=False, name="kl_weight")
         self.built = True  # every weight exists now: saving and loading need no sample call
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "elbo", "reconstruction", "kl")}
 
@@ -204,12 +205,15 @@ class VAE(keras.Model):
         log_var = self.output_log_var
         return -0.5 * ops.sum(LOG_2PI + log_var + ops.square(targets - mean) * ops.exp(-log_var), axis=-1)
 
-    def targets(self, images, training=False):
-        """What the likelihood scores: binarized pixels for a binarized Bernoulli VAE."""
-        if self.likelihood != "bernoulli":
-            return images
-        mode = self.binarization
-        return binarize(images, mode, self.seed_generator)
+    @property
+    def target_binarization(self) -> str:
+        """The binarization the likelihood's targets get: ``binarization`` for a Bernoulli VAE,
+        ``"none"`` for a Gaussian one."""
+        return self.binarization if self.likelihood == "bernoulli" else "none"
+
+    def targets(self, images):
+        """What the likelihood scores: the pixels, binarized per :attr:`target_binarization`."""
+        return binarize(images, self.target_binarization, self.seed_generator)
 
     def elbo_terms(self, images, labels=None, eps=None, training=False):
         """Per-image reconstruction term log p(x|z) and KL, with z = mu + sigma * eps.
@@ -227,7 +231,7 @@ class VAE(keras.Model):
             eps = keras.random.normal(ops.shape(mean), seed=self.seed_generator)
         z = mean + ops.exp(0.5 * log_var) * eps
         decoded = self.decode(z, labels, training=training)
-        reconstruction = self.log_likelihood(self.targets(images, training), decoded)
+        reconstruction = self.log_likelihood(self.targets(images), decoded)
         return reconstruction, kl_divergence(mean, log_var)
 
     # -- Keras protocol -----------------------------------------------------------------------
@@ -252,6 +256,12 @@ class VAE(keras.Model):
     def metrics(self):
         return list(self.trackers.values())
 
+    def _loss(self, data, training):
+        """Training loss -(log p(x|z) - kl_weight * KL), with both terms per image."""
+        images, labels = self._unpack(data)
+        reconstruction, kl = self.elbo_terms(images, labels, training=training)
+        return -ops.mean(reconstruction - self.kl_weight * kl), reconstruction, kl
+
     def _update_trackers(self, loss, reconstruction, kl):
         self.trackers["loss"].update_state(loss)
         self.trackers["elbo"].update_state(ops.mean(reconstruction - kl))
@@ -260,18 +270,14 @@ class VAE(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def train_step(self, data):
-        images, labels = self._unpack(data)
         with tf.GradientTape() as tape:
-            reconstruction, kl = self.elbo_terms(images, labels, training=True)
-            loss = -ops.mean(reconstruction - self.kl_weight * kl)
+            loss, reconstruction, kl = self._loss(data, training=True)
         gradients = tape.gradient(loss, self.trainable_weights)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
         return self._update_trackers(loss, reconstruction, kl)
 
     def test_step(self, data):
-        images, labels = self._unpack(data)
-        reconstruction, kl = self.elbo_terms(images, labels, training=False)
-        loss = -ops.mean(reconstruction - self.kl_weight * kl)
+        loss, reconstruction, kl = self._loss(data, training=False)
         return self._update_trackers(loss, reconstruction, kl)
 
     def get_config(self):

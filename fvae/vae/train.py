@@ -16,12 +16,10 @@ from .model import gaussian_log_density
 
 
 def fixed_binarization(images: np.ndarray, mode: str, seed: int) -> np.ndarray:
-    """Evaluation data for a binarized VAE: one fixed Bernoulli draw for ``dynamic`` (seeded),
-    the threshold for ``threshold``; the model leaves binary pixels as they are."""
+    """Evaluation data for a dynamically binarized VAE: one fixed, seeded Bernoulli draw, so that
+    scores compare across epochs and runs. Other modes are deterministic already: unchanged."""
     if mode == "dynamic":
         return (np.random.default_rng(seed).random(images.shape, dtype=np.float32) < images).astype(np.float32)
-    if mode == "threshold":
-        return (images > 0.5).astype(np.float32)
     return images
 
 
@@ -94,7 +92,7 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
                               shuffle=True, seed=seed)
     val_data = None
     if n_val:
-        val_images = fixed_binarization(images[val_idx], model.binarization if model.likelihood == "bernoulli" else "none", seed)
+        val_images = fixed_binarization(images[val_idx], model.target_binarization, seed)
         val_data = make_dataset(val_images, None if labels is None else labels[val_idx], 1024, shuffle=False, seed=seed)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile,
                   steps_per_execution=steps_per_execution)
@@ -165,8 +163,7 @@ def evaluate(model, images, labels=None, *, iwae_k: int = 64, seed: int = 0, bat
 
     Binarized models are scored on one fixed, seeded binarization of ``images``.
     """
-    mode = model.binarization if model.likelihood == "bernoulli" else "none"
-    images = fixed_binarization(np.asarray(images, dtype=np.float32), mode, seed)
+    images = fixed_binarization(np.asarray(images, dtype=np.float32), model.target_binarization, seed)
     reconstruction, kl = [], []
     for s in _batches(len(images), batch_size):
         rec, k = model.elbo_terms(images[s], None if labels is None else labels[s])
