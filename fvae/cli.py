@@ -138,15 +138,6 @@ def _fisher_encoder(**params):
     return FisherVectorEncoder(**params)
 
 
-def _default_encoder(method: str, seed: int):
-    """The encoder ``fvae encode`` fits when it is given no model: the method's defaults."""
-    if method == "vae":
-        from .vae import VAEEncoder
-
-        return VAEEncoder(random_state=seed)
-    return _fisher_encoder(random_state=seed)
-
-
 @fit_app.command("fisher")
 @_user_errors
 def fit_fisher(
@@ -319,6 +310,7 @@ def encode(
 
     from . import load
     from .data import load_dataset
+    from .evaluate import default_encoder
     from .extract import extract_features, output_paths
     from .persist import refuse_overwrite
 
@@ -335,7 +327,7 @@ def encode(
     else:
         train = dataset.split("train")
         started = time.perf_counter()
-        encoder = _default_encoder(method.value, seed).fit(train.images)
+        encoder = default_encoder(method.value, dataset.image_shape, seed=seed).fit(train.images)
         checksum = encoder.save(paths["model"], force=force)
         typer.echo(f"fitted {method.value} on {len(train)} train images in {time.perf_counter() - started:.1f} s; wrote {paths['model']}")
         model = paths["model"]
@@ -350,6 +342,45 @@ def encode(
         f"encoded {sidecar['n_images']} images -> {sidecar['shape'][1]} dims in {sidecar['encode_seconds']:.1f} s "
         f"({sidecar['images_per_second']:.0f} img/s); wrote {output}"
     )
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    data: Annotated[str, typer.Option("--data", "-d", help="Train source: mnist, mnist-5k, fashion-mnist, digits, or a path.")] = "mnist",
+    test_data: Annotated[Optional[str], typer.Option(help="Separate test source; then every --data image trains.")] = None,
+    methods: Annotated[str, typer.Option(help="Encodings to compare, comma-separated: fisher,vae,pca,raw.")] = "fisher,vae,pca,raw",
+    fisher_model: Annotated[Optional[Path], typer.Option(help="Reuse this saved Fisher model instead of fitting.")] = None,
+    vae_model: Annotated[Optional[Path], typer.Option(help="Reuse this saved VAE instead of training.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name: writes runs/NAME/ (default: the --data name).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Folder of the runs.")] = Path("runs"),
+    quick: Annotated[bool, typer.Option(help="A few-minute run: short VAE training, fewer C values, one draw per label count.")] = False,
+    vae_seconds: Annotated[Optional[float], typer.Option(min=1, help="VAE training budget (default 180 s, 45 s with --quick).")] = None,
+    max_train: Annotated[int, typer.Option(min=1, help="Train images the probes are fitted on (stratified sample).")] = 10_000,
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Compare Fisher Vectors, VAE codes, PCA and raw pixels on one split: classification,
+    reconstruction and cost. Writes runs/NAME/report.json, report.md, figures/ and the fitted models."""
+    from .evaluate import Settings, evaluate as run_evaluation, load_splits, markdown_table, parse_methods, run_name
+    from .persist import atomic_directory
+    from .report import write_run
+
+    chosen = parse_methods(methods)
+    run_dir = runs_dir / (name or run_name(data))
+    with atomic_directory(run_dir, force=force) as tmp:  # refuses an existing run before any work
+        if quiet:
+            logging.getLogger("fvae").setLevel(logging.WARNING)
+        train, test, description = load_splits(data, test_data, data_dir)
+        settings = Settings(methods=chosen, quick=quick, seed=seed, vae_seconds=vae_seconds, max_train=max_train)
+        report, artifacts = run_evaluation(train, test, settings, fisher_model=fisher_model, vae_model=vae_model,
+                                           models_dir=tmp / "models", data=description)
+        report = write_run(report, artifacts, tmp, run_dir.name)
+    typer.echo(markdown_table(report))
+    typer.echo(f"evaluated {', '.join(chosen)} in {report['seconds']:.0f} s; wrote {run_dir}/report.json, "
+               f"report.md, {len(report['figures'])} figures and the models")
 
 
 def run() -> None:

@@ -57,6 +57,37 @@ def atomic_output(path, *, force: bool = False):
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def atomic_directory(path, *, force: bool = False):
+    """Yield a temporary folder beside ``path``; it becomes ``path`` only if the block succeeds.
+
+    A run folder therefore appears complete or not at all. With ``force`` an existing ``path`` is
+    replaced, and removed only once the new folder is in place.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``path`` exists and ``force`` is false (checked before any work).
+    """
+    import shutil
+
+    path = Path(path)
+    refuse_overwrite(path, force=force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part"))
+    old = None
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def refuse_overwrite(*paths, force: bool = False) -> None:
     """Raise :class:`OutputExistsError` for the first of ``paths`` that exists, unless ``force``."""
     if force:

@@ -47,6 +47,8 @@ def save_grid(images, path, *, n_cols=None, title=None, row_labels=None, force=T
         ax.set_yticks([])
     if title:
         ax.set_title(title)
+    if row_labels is not None:
+        fig.tight_layout()
     return _save(fig, path, force)
 
 
@@ -72,9 +74,8 @@ def save_reconstructions(originals, reconstructions, path, *, n=16, force=True) 
                      force=force)
 
 
-def save_embedding(codes, labels, path, *, title="latent codes", force=True) -> Path:
-    """2-D scatter of codes coloured by class; PCA to 2-D when the codes are wider."""
-    plt = _pyplot()
+def _scatter_2d(ax, codes, labels, title) -> None:
+    """Codes in 2-D coloured by class on ``ax``; PCA to 2-D when the codes are wider."""
     codes = np.asarray(codes, dtype=np.float64)
     axes_label = ("z1", "z2")
     if codes.shape[1] > 2:
@@ -82,13 +83,66 @@ def save_embedding(codes, labels, path, *, title="latent codes", force=True) -> 
 
         codes = PCA(n_components=2, random_state=0).fit_transform(codes)
         axes_label = ("PC 1", "PC 2")
-    fig, ax = plt.subplots(figsize=(6, 5))
     scatter = ax.scatter(codes[:, 0], codes[:, 1], c=labels, cmap="tab10", s=4, alpha=0.7)
-    if labels is not None:
-        fig.colorbar(scatter, ax=ax, label="class")
     ax.set_xlabel(axes_label[0])
     ax.set_ylabel(axes_label[1])
     ax.set_title(title)
+    return scatter
+
+
+def save_embedding(codes, labels, path, *, title="latent codes", force=True) -> Path:
+    """2-D scatter of codes coloured by class; PCA to 2-D when the codes are wider."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    scatter = _scatter_2d(ax, codes, labels, title)
+    if labels is not None:
+        fig.colorbar(scatter, ax=ax, label="class")
+    return _save(fig, path, force)
+
+
+def save_embeddings(codes: dict, labels, path, *, force=True) -> Path:
+    """One 2-D scatter per encoding (name -> codes), side by side, coloured by class."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(codes), figsize=(4.2 * len(codes), 4), squeeze=False)
+    for ax, (name, z) in zip(axes[0], codes.items()):
+        scatter = _scatter_2d(ax, z, labels, f"{name} ({z.shape[1]} dims)")
+    fig.colorbar(scatter, ax=list(axes[0]), label="class")
+    return _save(fig, path, force)
+
+
+def save_confusion_matrices(matrices: dict, path, *, force=True) -> Path:
+    """Row-normalized confusion matrices (name -> counts, rows = true class), one panel each."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(matrices), figsize=(3.8 * len(matrices), 3.8), squeeze=False)
+    for ax, (name, counts) in zip(axes[0], matrices.items()):
+        counts = np.asarray(counts, dtype=np.float64)
+        rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+        accuracy = np.trace(counts) / max(counts.sum(), 1)
+        ax.set_title(f"{name}: {100 * accuracy:.1f}%")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ticks = np.arange(len(counts))
+        ax.set_xticks(ticks)
+        ax.set_yticks(ticks)
+    fig.tight_layout()
+    return _save(fig, path, force)
+
+
+def save_label_efficiency(curves: dict, path, *, force=True) -> Path:
+    """Test accuracy against the number of train labels (name -> curve points), log x axis."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        n = [p["n_labels"] for p in points]
+        ax.errorbar(n, [p["accuracy_mean"] for p in points], yerr=[p["accuracy_std"] for p in points],
+                    marker="o", capsize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled train images")
+    ax.set_ylabel("test accuracy (logistic regression)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
     return _save(fig, path, force)
 
 
@@ -161,3 +215,102 @@ def vae_figures(encoder, images, labels, out_dir, *, frames=(), force=True) -> l
     if frames:
         written.append(save_gif(list(frames), out / "training.gif", force=force))
     return written
+
+
+# ----------------------------------------------------------------------------------------------------
+# the report of ``fvae evaluate``
+
+RECONSTRUCTION_ROWS = (("vae", "VAE decoder"), ("pca", "PCA inverse"), ("ridge_fisher", "ridge <- fisher"),
+                       ("ridge_vae", "ridge <- vae"), ("ridge_pca", "ridge <- pca"), ("ridge_raw", "ridge <- raw"))
+
+
+def evaluation_figures(report: dict, artifacts: dict, out_dir, *, n_shown: int = 2000) -> list[Path]:
+    """The figures of an evaluation in ``out_dir``: confusion matrices, the label-efficiency curve,
+    the reconstruction grid, 2-D embeddings of every encoding and, with a VAE, its samples and
+    training curves. Returns the paths written."""
+    out = Path(out_dir)
+    encodings = report["encodings"]
+    labels = artifacts["test_labels"][:n_shown]
+    written = [
+        save_confusion_matrices({n: e["classification"]["logistic"]["confusion"] for n, e in encodings.items()},
+                                out / "confusion_matrices.png"),
+        save_label_efficiency({n: e["label_efficiency"] for n, e in encodings.items()}, out / "label_efficiency.png"),
+        save_embeddings({n: e.test[:n_shown] for n, e in artifacts["encodings"].items()}, labels,
+                        out / "embeddings.png"),
+    ]
+    shown = [(key, title) for key, title in RECONSTRUCTION_ROWS if key in artifacts["reconstructions"]]
+    n = 12
+    rows = [artifacts["test_pixels"][:n]] + [artifacts["reconstructions"][key][:n] for key, _ in shown]
+    written.append(save_grid(np.concatenate(rows), out / "reconstructions.png", n_cols=n,
+                             row_labels=["original"] + [title for _, title in shown],
+                             title="test images and their reconstructions"))
+    if "vae" in artifacts["encodings"]:
+        vae = artifacts["encodings"]["vae"].estimator
+        written.append(save_grid(vae.sample(64, random_state=0), out / "vae_samples.png", n_cols=8,
+                                 title="VAE samples from the prior"))
+        if vae.history_:
+            written.append(save_curves(vae.history_, out / "vae_training_curves.png"))
+    return written
+
+
+def markdown_report(report: dict) -> str:
+    """``report.md``: the comparison table, a plain reading of it, the figures and the settings."""
+    from .evaluate import markdown_table, reading
+
+    data, settings = report["data"], report["settings"]
+    train, test = data.get("train", {}), data.get("test", {})
+    h, w = data["image_shape"]
+    lines = [
+        f"# fvae evaluate: {report['name']}",
+        "",
+        f"Train: {train.get('source', '?')} ({data['n_train']:,} images; the probes use {data['n_probe_train']:,}), "
+        f"test: {test.get('source', '?')} ({data['n_test']:,} images), {h}x{w} pixels, "
+        f"{len(data['classes'])} classes. Seed {settings['seed']}{', quick run' if settings['quick'] else ''}; "
+        f"{report['seconds']:.0f} s in all; fvae {report['versions'].get('fvae')}, {report['created']}.",
+        "",
+        "## Comparison",
+        "",
+        markdown_table(report),
+        "",
+        f"Logistic regression on standardized codes, C from {settings['c_grid']} by {settings['cv_folds']}-fold "
+        f"cross-validation on the train codes; {settings['knn_k']}-NN on the codes as they are; "
+        "\"acc @100 labels\" is the mean over "
+        f"{settings['label_repeats']} stratified draw(s); ridge recon MSE is a linear probe from codes to pixels "
+        "(same for every encoding), own recon MSE the model's own reconstruction. Pixels are in [0, 1].",
+        "",
+        "## Reading",
+        "",
+        *[f"- {sentence}" for sentence in reading(report)],
+        "",
+    ]
+    if report.get("vae"):
+        t, tr = report["vae"]["test"], report["vae"]["training"]
+        lines += [
+            "## VAE",
+            "",
+            f"Test ELBO {t['elbo']:.2f} nats/image (reconstruction {t['reconstruction']:.2f}, KL {t['kl']:.2f}), "
+            f"IWAE bound (k={t['iwae_k']}) {t['iwae_bound']:.2f}, {t['active_units']}/{t['latent_dim']} active units."
+            + (f" Trained {tr['epochs_run']} epochs ({tr['stopped_by']}), best epoch {tr['best_epoch'] + 1}."
+               if tr.get("epochs_run") else " Reused a saved model."),
+            "",
+        ]
+    lines += ["## Figures", ""]
+    lines += [f"![{Path(f).stem}]({f})" for f in report.get("figures", [])]
+    return "\n".join(lines) + "\n"
+
+
+def write_run(report: dict, artifacts: dict, run_dir, name: str) -> dict:
+    """Write ``report.json``, ``report.md`` and ``figures/*.png`` into ``run_dir`` (a fresh folder).
+
+    Returns the report with its ``name`` and ``figures`` (paths relative to ``run_dir``) filled in.
+    """
+    import json
+
+    from .persist import _jsonable
+
+    run_dir = Path(run_dir)
+    figures = evaluation_figures(report, artifacts, run_dir / "figures")
+    report = {"name": name, **report, "figures": [str(p.relative_to(run_dir)) for p in figures]}
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+    (run_dir / "report.md").write_text(markdown_report(report))
+    return report

@@ -44,11 +44,19 @@ def test_end_to_end_fit_then_encode_in_a_subprocess(tmp_path):
     assert not list((tmp_path / "out").glob("*.part"))
 
 
-def test_encode_without_model_fits_and_saves_it(tmp_path):
-    result = runner.invoke(app, ["encode", "--data", "digits", "-o", str(tmp_path / "f.npy")])
-    assert result.exit_code == 2  # digits' 8x8 images are too small for the default 7x7 pyramid
+def test_encode_without_model_adapts_the_default_patches_to_small_images(tmp_path):
+    result = runner.invoke(app, ["encode", "--data", "digits", "-o", str(tmp_path / "f.npy"), "-q"])
+    assert result.exit_code == 0, result.output  # 8x8 images: 4x4 patches at stride 1, not 7x7 at 2
+    model = fvae.load(tmp_path / "f.model.npz")
+    assert (model.patch_size, model.stride, model.pca_components) == (4, 1, 12)
+    assert np.load(tmp_path / "f.npy").shape == (360, model.n_features_out_)
+
+
+def test_too_small_images_for_the_chosen_patches_fail_with_one_line(tmp_path):
+    result = runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(tmp_path / "m.npz")])
+    assert result.exit_code == 2  # 7x7 patches at stride 2 on 8x8 images: too few for the 2x2 pyramid
     assert "quadrants" in result.output
-    assert not (tmp_path / "f.npy").exists() and not (tmp_path / "f.model.npz").exists()
+    assert not (tmp_path / "m.npz").exists()
 
 
 def test_encode_without_model_on_mnist_5k(tmp_path):

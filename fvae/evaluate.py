@@ -1,0 +1,678 @@
+"""Compare encodings on one train/test split: classification, reconstruction and cost.
+
+The library side of ``fvae evaluate``. Every encoding is fitted on the train images only and
+scored on the test images with the same probes:
+
+- ``fisher``: Fisher Vectors; ``vae``: VAE posterior means; ``pca``: PCA of the pixels with as
+  many components as the VAE latent; ``raw``: the pixels in [0, 1].
+- Classification: multinomial logistic regression on standardized codes, C chosen by stratified
+  cross-validation on the train codes only; k-nearest neighbours on the codes as they are
+  (Euclidean); accuracy, macro-F1 and the confusion matrix of each.
+- Label efficiency: the same logistic probe when only 100, 500, 1000 or all train labels are
+  used (stratified subsets, fixed seeds, C chosen inside each subset).
+- Reconstruction: one linear probe for every encoding (ridge regression from standardized codes to
+  pixels, alpha by generalized cross-validation on train), and each model's own reconstruction
+  where it has one (the VAE's decoder, PCA's inverse).
+- Cost: fit seconds, encode images/s (timed on the test images), code dimension, model bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import Split, to_unit_float
+from .errors import DataError, InputError
+
+METHODS = ("fisher", "vae", "pca", "raw")
+LABEL_COUNTS = (100, 500, 1000)
+KNN_K = 5
+CV_FOLDS = 3
+MAX_ITER = 1000
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
+
+log = logging.getLogger("fvae.evaluate")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``evaluate`` does; every field is recorded in the report.
+
+    Attributes
+    ----------
+    methods : tuple of str
+        Encodings to compare, a subset of ``METHODS``.
+    quick : bool
+        A few-minute run: shorter VAE training, fewer C values, one label-efficiency draw.
+    seed : int
+        Seeds every fit, subset and split.
+    vae_seconds : float
+        Training budget of a VAE fitted here (early stopping may end it sooner).
+    max_train : int
+        The probes are fitted on at most this many train images (a stratified sample, the same for
+        every encoding); the encoders themselves see the whole train split.
+    """
+
+    methods: tuple = METHODS
+    quick: bool = False
+    seed: int = 0
+    vae_seconds: float | None = None
+    max_train: int = 10_000
+
+    @property
+    def c_grid(self) -> tuple:
+        return (1e-2, 1e-1, 1.0) if self.quick else (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+    @property
+    def label_repeats(self) -> int:
+        return 1 if self.quick else 3
+
+    @property
+    def vae_budget(self) -> float:
+        if self.vae_seconds is not None:
+            return float(self.vae_seconds)
+        return 45.0 if self.quick else 180.0
+
+    @property
+    def ridge_alphas(self) -> tuple:
+        return tuple(float(a) for a in np.logspace(-2, 5, 8))
+
+    def as_dict(self) -> dict:
+        return {
+            "methods": list(self.methods), "quick": self.quick, "seed": self.seed,
+            "vae_seconds": self.vae_budget, "max_train": self.max_train, "c_grid": list(self.c_grid),
+            "cv_folds": CV_FOLDS, "knn_k": KNN_K, "label_counts": list(LABEL_COUNTS),
+            "label_repeats": self.label_repeats, "ridge_alphas": list(self.ridge_alphas),
+        }
+
+
+def parse_methods(text: str) -> tuple:
+    """``"fisher,pca"`` -> ``("fisher", "pca")``, in the canonical order; unknown names refused."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = sorted(set(names) - set(METHODS))
+    if not names or unknown:
+        raise InputError(f"--methods {text!r}: choose from {', '.join(METHODS)} (comma-separated)")
+    return tuple(m for m in METHODS if m in names)
+
+
+# ----------------------------------------------------------------------------------------------------
+# encoders
+
+
+def default_encoder(method: str, image_shape, *, seed: int = 0, vae_seconds: float | None = None):
+    """The encoder fvae fits when it is given no model: the method's defaults, adapted to the image.
+
+    Fisher Vectors use 7x7 patches at stride 2, except on images under 14 pixels a side (such as
+    the 8x8 digits), where those leave too few patches for the 2x2 pyramid: 4x4 at stride 1,
+    reduced by PCA to 12 dimensions.
+    """
+    if method == "vae":
+        from .vae import VAEEncoder
+
+        return VAEEncoder(random_state=seed, max_seconds=vae_seconds)
+    if method == "fisher":
+        from .fisher import FisherVectorEncoder
+
+        if min(image_shape) < 14:
+            return FisherVectorEncoder(patch_size=4, stride=1, pca_components=12, random_state=seed)
+        return FisherVectorEncoder(random_state=seed)
+    raise InputError(f"no default encoder for method {method!r}")
+
+
+@dataclass
+class Encoding:
+    """One encoding's codes of the train (probe sample) and test images, and what it cost."""
+
+    name: str
+    train: np.ndarray
+    test: np.ndarray
+    fit_seconds: float | None
+    encode_images_per_second: float
+    model_bytes: int
+    model_path: str | None
+    estimator: object = None
+
+
+class _Pixels:
+    """The ``raw`` encoding: pixels in [0, 1], flattened."""
+
+    def transform(self, X):
+        return to_unit_float(X, "raw").reshape(len(X), -1)
+
+
+class _PixelPCA:
+    """The ``pca`` encoding: scikit-learn's PCA of the flattened pixels in [0, 1]."""
+
+    def __init__(self, n_components: int, seed: int):
+        from sklearn.decomposition import PCA
+
+        self.pca = PCA(n_components=n_components, random_state=seed)
+
+    def fit(self, X):
+        self.pca.fit(_Pixels().transform(X))
+        return self
+
+    def transform(self, X):
+        return self.pca.transform(_Pixels().transform(X)).astype(np.float32)
+
+    def inverse_transform(self, Z, image_shape):
+        return self.pca.inverse_transform(Z).reshape((len(Z),) + tuple(image_shape)).astype(np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.pca.components_.nbytes + self.pca.mean_.nbytes)
+
+
+def _timed_transform(estimator, images) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    codes = np.asarray(estimator.transform(images), dtype=np.float32)
+    return codes, len(images) / max(time.perf_counter() - started, 1e-9)
+
+
+def _fit_or_load(method, model_path, train_images, image_shape, settings, models_dir):
+    """(encoder, fit seconds or None when reused, model file path).
+
+    A model fitted here is saved as ``<models_dir>/<method>.npz`` (with its training history for a
+    VAE), so that a later run can reuse it.
+    """
+    from . import load
+
+    if model_path is not None:
+        encoder = load(model_path, method=method)
+        if method == "vae" and encoder.conditional:
+            raise InputError(f"{model_path}: a conditional VAE needs the labels to encode, which would leak "
+                             "the test labels into the codes; evaluate an unconditional VAE")
+        return encoder, None, Path(model_path)
+    vae_seconds = settings.vae_budget if method == "vae" else None
+    encoder = default_encoder(method, image_shape, seed=settings.seed, vae_seconds=vae_seconds)
+    log.info("fitting %s on %d train images%s", method, len(train_images),
+             f" (at most {vae_seconds:.0f} s)" if vae_seconds else "")
+    started = time.perf_counter()
+    encoder.fit(train_images)
+    seconds = time.perf_counter() - started
+    path = Path(models_dir) / f"{method}.npz"
+    encoder.save(path, force=True)
+    if method == "vae":
+        from .vae.encoder import write_history
+
+        write_history(encoder.history_, path, force=True)
+    return encoder, seconds, path
+
+
+def encode_all(train: Split, test: Split, probe_index, settings: Settings, *, fisher_model=None, vae_model=None,
+               models_dir, keep_models=True) -> dict[str, Encoding]:
+    """Fit (or load) every encoding of ``settings.methods`` and encode the probe-train and test images.
+
+    The model path of an encoding fitted here is given relative to the parent of ``models_dir``
+    (the run folder: ``models/fisher.npz``), or None when ``keep_models`` is false.
+
+    PCA gets as many components as the VAE latent (the VAE's default, 32, when no VAE is compared),
+    at most the number of pixels.
+    """
+    image_shape = train.images.shape[1:]
+    models = {"fisher": fisher_model, "vae": vae_model}
+    encodings = {}
+    latent_dim = None
+    for method in ("fisher", "vae"):
+        if method not in settings.methods:
+            continue
+        encoder, seconds, path = _fit_or_load(method, models[method], train.images, image_shape, settings, models_dir)
+        if tuple(getattr(encoder, "image_shape_", image_shape)) != tuple(image_shape):
+            raise InputError(f"{path}: the model was fitted on {encoder.image_shape_} images, the data is {image_shape}")
+        if method == "vae":
+            latent_dim = encoder.latent_dim
+        log.info("encoding %d + %d images with %s", len(probe_index), len(test), method)
+        codes_test, speed = _timed_transform(encoder, test.images)
+        codes_train = np.asarray(encoder.transform(train.images[probe_index]), dtype=np.float32)
+        shown_path = str(path) if seconds is None else (f"{Path(models_dir).name}/{path.name}" if keep_models else None)
+        encodings[method] = Encoding(method, codes_train, codes_test, seconds, speed, path.stat().st_size,
+                                     shown_path, encoder)
+    if "pca" in settings.methods:
+        dim = min(latent_dim or 32, int(np.prod(image_shape)), len(train))
+        started = time.perf_counter()
+        pca = _PixelPCA(dim, settings.seed).fit(train.images)
+        seconds = time.perf_counter() - started
+        codes_test, speed = _timed_transform(pca, test.images)
+        encodings["pca"] = Encoding("pca", pca.transform(train.images[probe_index]), codes_test, seconds, speed,
+                                    pca.nbytes, None, pca)
+    if "raw" in settings.methods:
+        pixels = _Pixels()
+        codes_test, speed = _timed_transform(pixels, test.images)
+        encodings["raw"] = Encoding("raw", pixels.transform(train.images[probe_index]), codes_test, 0.0, speed, 0,
+                                    None, pixels)
+    return encodings
+
+
+# ----------------------------------------------------------------------------------------------------
+# classification probes
+
+
+def _scores(y_true, y_pred, classes) -> dict:
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+        "confusion": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
+    }
+
+
+def _choose_c(codes, labels, c_grid, seed) -> tuple[float, float | None]:
+    """C with the best mean accuracy over stratified folds of the (standardized) train codes."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    smallest = np.unique(labels, return_counts=True)[1].min()
+    folds = min(CV_FOLDS, int(smallest))
+    if folds < 2:
+        return 1.0, None
+    search = GridSearchCV(LogisticRegression(max_iter=MAX_ITER), {"C": list(c_grid)},
+                          cv=StratifiedKFold(folds, shuffle=True, random_state=seed), scoring="accuracy", refit=False)
+    search.fit(codes, labels)
+    return float(search.best_params_["C"]), float(search.best_score_)
+
+
+def row_space_coordinates(train, test) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates of train and test codes in an orthonormal basis of the train codes' row space.
+
+    When codes are wider than there are train images (Fisher Vectors: 21,760 dims for 5,000
+    images), an L2-penalized linear model's weights lie in the span of the train rows, so fitting
+    it on these n coordinates instead of the d features gives the same predictions for any C and
+    any subset of the train rows, at a fraction of the cost. The basis comes from the
+    eigendecomposition of the train Gram matrix ``X X^T = U S^2 U^T``: train -> ``U S``, test ->
+    ``X_test X^T U S^-1``; directions with negligible singular values (rank deficiency) are dropped.
+    """
+    train = np.asarray(train, dtype=np.float64)
+    test = np.asarray(test, dtype=np.float64)
+    eigenvalues, eigenvectors = np.linalg.eigh(train @ train.T)
+    keep = eigenvalues > eigenvalues.max(initial=0.0) * 1e-10
+    basis, singular = eigenvectors[:, keep], np.sqrt(eigenvalues[keep])
+    return basis * singular, (test @ train.T) @ basis / singular
+
+
+def logistic_probe(train_codes, train_labels, test_codes, test_labels, *, c_grid, seed=0, classes=None) -> dict:
+    """Multinomial logistic regression on standardized codes, C by cross-validation on train only.
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``macro_f1``, ``confusion`` (rows: true class), ``C``, ``cv_accuracy`` (None
+        when a class has too few train images for CV and C=1 was used) and ``converged``.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    classes = np.unique(train_labels) if classes is None else classes
+    scaler = StandardScaler().fit(train_codes)
+    train_std, test_std = scaler.transform(train_codes), scaler.transform(test_codes)
+    if train_std.shape[1] > train_std.shape[0]:
+        train_std, test_std = row_space_coordinates(train_std, test_std)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        c, cv_accuracy = _choose_c(train_std, train_labels, c_grid, seed)
+        model = LogisticRegression(C=c, max_iter=MAX_ITER).fit(train_std, train_labels)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return {**_scores(test_labels, model.predict(test_std), classes), "C": c, "cv_accuracy": cv_accuracy,
+            "converged": converged}
+
+
+def knn_probe(train_codes, train_labels, test_codes, test_labels, *, k=KNN_K, classes=None) -> dict:
+    """k-nearest neighbours (Euclidean, on the codes as they are): accuracy, macro-F1, confusion."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    classes = np.unique(train_labels) if classes is None else classes
+    k = min(k, len(train_labels))
+    model = KNeighborsClassifier(n_neighbors=k).fit(train_codes, train_labels)
+    return {"k": k, **_scores(test_labels, model.predict(test_codes), classes)}
+
+
+def stratified_subset(labels, n: int, seed: int) -> np.ndarray:
+    """Indices of ``n`` train images drawn with every class in proportion (at least one each)."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(labels))
+    if n >= len(labels):
+        return index
+    try:
+        chosen, _ = train_test_split(index, train_size=n, stratify=labels, random_state=seed)
+    except ValueError:  # a class with a single image cannot be stratified
+        chosen = np.random.default_rng(seed).choice(index, size=n, replace=False)
+    return np.sort(chosen)
+
+
+def label_efficiency(train_codes, train_labels, test_codes, test_labels, *, counts=LABEL_COUNTS, repeats=3,
+                     c_grid, seed=0, full_accuracy=None) -> list[dict]:
+    """Logistic-probe test accuracy when only ``n`` train labels are known, for each n in ``counts``
+    smaller than the train set and at least the number of classes, then all of them.
+
+    Each count is drawn ``repeats`` times (seeds ``seed``, ``seed + 1``, ...): the mean, the
+    standard deviation and every accuracy are reported.
+    """
+    classes = np.unique(train_labels)
+    points = []
+    for n in counts:
+        if not len(classes) <= n < len(train_labels):
+            continue
+        accuracies = []
+        for r in range(repeats):
+            idx = stratified_subset(train_labels, n, seed + r)
+            result = logistic_probe(train_codes[idx], train_labels[idx], test_codes, test_labels, c_grid=c_grid,
+                                    seed=seed + r, classes=classes)
+            accuracies.append(result["accuracy"])
+        points.append(_curve_point(n, accuracies))
+    if full_accuracy is None:
+        full_accuracy = logistic_probe(train_codes, train_labels, test_codes, test_labels, c_grid=c_grid,
+                                       seed=seed, classes=classes)["accuracy"]
+    points.append(_curve_point(len(train_labels), [full_accuracy]))
+    return points
+
+
+def _curve_point(n: int, accuracies: list) -> dict:
+    return {"n_labels": int(n), "accuracy_mean": float(np.mean(accuracies)),
+            "accuracy_std": float(np.std(accuracies)), "accuracies": [float(a) for a in accuracies]}
+
+
+# ----------------------------------------------------------------------------------------------------
+# reconstruction probes
+
+
+def pixel_errors(originals, reconstructions) -> dict:
+    """Mean squared error per pixel (images in [0, 1]) and the PSNR of that error in dB."""
+    mse = float(np.mean((np.asarray(originals, np.float64) - np.asarray(reconstructions, np.float64)) ** 2))
+    return {"mse": mse, "psnr": float(10 * np.log10(1.0 / max(mse, 1e-12)))}
+
+
+def ridge_probe(train_codes, train_pixels, test_codes, test_pixels, *, alphas) -> tuple[dict, np.ndarray]:
+    """Linear reconstruction probe: ridge from standardized codes to pixels, fitted on train.
+
+    Alpha is chosen by generalized (leave-one-out) cross-validation on the train codes; the
+    predictions are clipped to [0, 1] before scoring.
+
+    Returns
+    -------
+    scores : dict
+        ``mse``, ``psnr``, ``alpha``.
+    reconstructions : ndarray, same shape as ``test_pixels``
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train_codes)
+    ridge = RidgeCV(alphas=alphas).fit(scaler.transform(train_codes), train_pixels.reshape(len(train_pixels), -1))
+    predicted = np.clip(ridge.predict(scaler.transform(test_codes)), 0.0, 1.0).reshape(test_pixels.shape)
+    return {**pixel_errors(test_pixels, predicted), "alpha": float(ridge.alpha_)}, predicted.astype(np.float32)
+
+
+def vae_reconstruction(encoder, test_codes, test_pixels, *, seed=0) -> tuple[dict, np.ndarray]:
+    """The VAE decoder's reconstruction of the test images from their posterior means.
+
+    Returns
+    -------
+    scores : dict
+        ``bce``: cross-entropy in nats per image against the model's own targets (its fixed
+        binarization for a binarized Bernoulli VAE, the grey levels otherwise); ``mse`` and
+        ``psnr`` against the grey levels.
+    reconstructions : ndarray (n, h, w)
+    """
+    from .vae.train import fixed_binarization
+
+    means = encoder.inverse_transform(test_codes[:, : encoder.latent_dim])
+    targets = fixed_binarization(test_pixels, encoder.model_.target_binarization, seed)
+    p = np.clip(means.astype(np.float64), 1e-7, 1 - 1e-7)
+    bce = -(targets * np.log(p) + (1 - targets) * np.log1p(-p)).reshape(len(p), -1).sum(axis=1)
+    return {"bce": float(bce.mean()), **pixel_errors(test_pixels, means)}, means
+
+
+# ----------------------------------------------------------------------------------------------------
+# the whole evaluation
+
+
+def _labelled(split: Split | None, what: str) -> Split:
+    if split is None or len(split) == 0:
+        raise DataError(f"evaluate needs {what} images")
+    if split.labels is None:
+        raise DataError(f"evaluate needs labels for the {what} images; this source has none")
+    return split
+
+
+def run_name(source: str) -> str:
+    """A folder name for a source: ``mnist`` -> ``mnist``, ``../data/mnist-test`` -> ``mnist-test``."""
+    import re
+
+    stem = Path(str(source)).name or "run"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(stem).stem if "." in stem else stem) or "run"
+
+
+def load_splits(data, test_data=None, data_dir=None) -> tuple[Split, Split, dict]:
+    """Train and test splits for an evaluation, and their description for the report.
+
+    Without ``test_data`` the source's own train and test splits are used. With it, the test
+    images come from ``test_data`` (its test split, or its only split) and every image of
+    ``data`` trains (its train and test splits together), since none of them is tested on.
+    """
+    from .data import load_dataset
+
+    source = load_dataset(data, data_dir)
+    if test_data is None:
+        train, test = source.split("train"), source.split("test")
+        test_source, test_split, train_split = source, "test", "train"
+    else:
+        test_source = load_dataset(test_data, data_dir)
+        test_split = "test" if test_source.test is not None else "train"
+        test, train, train_split = test_source.split(test_split), source.split("all"), "all"
+    description = {
+        "train": {"source": source.name, "location": source.location, "split": train_split},
+        "test": {"source": test_source.name, "location": test_source.location, "split": test_split},
+    }
+    return _labelled(train, "train"), _labelled(test, "test"), description
+
+
+def versions() -> dict:
+    """Versions of Python and the libraries whose numbers the report holds."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("fvae", "numpy", "scipy", "scikit-learn", "tensorflow", "keras"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fisher_model=None, vae_model=None,
+             models_dir=None, data: dict | None = None) -> tuple[dict, dict]:
+    """Fit, encode and probe every encoding; the numbers of the report and what the figures need.
+
+    Parameters
+    ----------
+    train, test : Split
+        Labelled images of the same shape.
+    settings : Settings
+    fisher_model, vae_model : path-like, default=None
+        Saved models to reuse instead of fitting.
+    models_dir : path-like, default=None
+        Where fitted models are saved (``fisher.npz``, ``vae.npz``); a temporary folder if None.
+    data : dict, default=None
+        Description of the sources for the report (name, location, splits).
+
+    Returns
+    -------
+    report : dict
+        Every number, following ``report.schema.json`` (without ``name`` and ``figures``, which
+        :func:`fvae.report.write_run` adds).
+    artifacts : dict
+        ``encodings`` (name -> Encoding), ``reconstructions`` (name -> test images), ``test``:
+        what the figures are drawn from.
+    """
+    started = time.perf_counter()
+    train, test = _labelled(train, "train"), _labelled(test, "test")
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise DataError(f"train images are {train.images.shape[1:]}, test images {test.images.shape[1:]}: "
+                        "they must have the same size")
+    classes = np.unique(np.concatenate([train.labels, test.labels]))
+    probe_index = stratified_subset(train.labels, settings.max_train, settings.seed)
+    probe_labels = train.labels[probe_index]
+    with tempfile.TemporaryDirectory() as scratch:
+        encodings = encode_all(train, test, probe_index, settings, fisher_model=fisher_model, vae_model=vae_model,
+                               models_dir=models_dir or scratch, keep_models=models_dir is not None)
+        test_pixels = to_unit_float(test.images, "test")
+        train_pixels = to_unit_float(train.images[probe_index], "train")
+        results, reconstructions = {}, {}
+        vae_section = None
+        for name, enc in encodings.items():
+            log.info("probing %s codes (%d dims)", name, enc.test.shape[1])
+            logistic = logistic_probe(enc.train, probe_labels, enc.test, test.labels, c_grid=settings.c_grid,
+                                      seed=settings.seed, classes=classes)
+            knn = knn_probe(enc.train, probe_labels, enc.test, test.labels, classes=classes)
+            curve = label_efficiency(enc.train, probe_labels, enc.test, test.labels, repeats=settings.label_repeats,
+                                     c_grid=settings.c_grid, seed=settings.seed, full_accuracy=logistic["accuracy"])
+            ridge, reconstructions[f"ridge_{name}"] = ridge_probe(enc.train, train_pixels, enc.test, test_pixels,
+                                                                  alphas=settings.ridge_alphas)
+            own = None
+            if name == "vae":
+                own, reconstructions["vae"] = vae_reconstruction(enc.estimator, enc.test, test_pixels, seed=settings.seed)
+                vae_section = _vae_section(enc.estimator, test.images, settings.seed)
+            elif name == "pca":
+                reconstructions["pca"] = enc.estimator.inverse_transform(enc.test, test_pixels.shape[1:])
+                own = pixel_errors(test_pixels, reconstructions["pca"])
+            results[name] = {
+                "dim": int(enc.test.shape[1]),
+                "cost": {"fit_seconds": enc.fit_seconds, "encode_images_per_second": enc.encode_images_per_second,
+                         "model_bytes": enc.model_bytes, "model_path": enc.model_path,
+                         "reused_model": enc.fit_seconds is None},
+                "classification": {"logistic": logistic, "knn": knn},
+                "label_efficiency": curve,
+                "reconstruction": {"ridge": ridge, "own": own},
+            }
+    report = {
+        "schema": "fvae-evaluate-report",
+        "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions(),
+        "settings": {**settings.as_dict(), "fisher_model": _str_or_none(fisher_model),
+                     "vae_model": _str_or_none(vae_model),
+                     "fisher_params": _params(encodings.get("fisher")), "vae_params": _params(encodings.get("vae"))},
+        "data": {**(data or {}), "image_shape": list(train.images.shape[1:]), "n_train": len(train),
+                 "n_probe_train": len(probe_index), "n_test": len(test), "classes": [int(c) for c in classes]},
+        "encodings": results,
+        "vae": vae_section,
+        "seconds": time.perf_counter() - started,
+    }
+    artifacts = {"encodings": encodings, "reconstructions": reconstructions, "test_pixels": test_pixels,
+                 "test_labels": test.labels}
+    return report, artifacts
+
+
+def _str_or_none(value):
+    return None if value is None else str(value)
+
+
+def _params(encoding: Encoding | None):
+    if encoding is None:
+        return None
+    import json
+
+    from .persist import _jsonable
+
+    return json.loads(json.dumps(encoding.estimator.get_params(), default=_jsonable))
+
+
+def _vae_section(encoder, test_images, seed) -> dict:
+    history = encoder.history_ or {}
+    training = {key: history.get(key) for key in ("epochs_run", "best_epoch", "stopped_by")}
+    elapsed = history.get("seconds") or [None]  # cumulative seconds at the end of each epoch
+    return {"test": encoder.evaluate(test_images, iwae_k=16, seed=seed), "training": {**training, "seconds": elapsed[-1]}}
+
+
+# ----------------------------------------------------------------------------------------------------
+# reading the numbers
+
+
+TABLE_COLUMNS = ("encoding", "dim", "logistic acc", "macro-F1", f"{KNN_K}-NN acc", "acc @100 labels",
+                 "ridge recon MSE", "own recon MSE", "fit s", "encode img/s", "model size")
+
+
+def comparison_rows(report: dict) -> list[list[str]]:
+    """The comparison table as text cells, one row per encoding (header first)."""
+    rows = [list(TABLE_COLUMNS)]
+    for name, r in report["encodings"].items():
+        c = r["classification"]
+        few = next((p for p in r["label_efficiency"] if p["n_labels"] == 100), None)
+        own = r["reconstruction"]["own"]
+        fit = r["cost"]["fit_seconds"]
+        rows.append([
+            name, str(r["dim"]), f"{c['logistic']['accuracy']:.4f}", f"{c['logistic']['macro_f1']:.4f}",
+            f"{c['knn']['accuracy']:.4f}", "-" if few is None else f"{few['accuracy_mean']:.4f}",
+            f"{r['reconstruction']['ridge']['mse']:.4f}", "-" if own is None else f"{own['mse']:.4f}",
+            "reused" if fit is None else f"{fit:.1f}", f"{r['cost']['encode_images_per_second']:,.0f}",
+            _size(r["cost"]["model_bytes"]),
+        ])
+    return rows
+
+
+def markdown_table(report: dict) -> str:
+    rows = comparison_rows(report)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    if n == 0:
+        return "0"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def reading(report: dict) -> list[str]:
+    """A few plain sentences on what the table says: who classifies best, with few labels, who
+    reconstructs best, and at what cost."""
+    enc = report["encodings"]
+    lines = []
+    by_accuracy = sorted(enc, key=lambda n: enc[n]["classification"]["logistic"]["accuracy"], reverse=True)
+    best = by_accuracy[0]
+    sentence = (f"For classification, **{best}** codes serve best: logistic regression reaches "
+                f"{_pct(enc[best]['classification']['logistic']['accuracy'])} on the test set")
+    if len(by_accuracy) > 1:
+        second = by_accuracy[1]
+        sentence += f", against {_pct(enc[second]['classification']['logistic']['accuracy'])} for {second}"
+    lines.append(sentence + ".")
+    by_knn = max(enc, key=lambda n: enc[n]["classification"]["knn"]["accuracy"])
+    lines.append(f"With {KNN_K}-nearest neighbours instead, {by_knn} leads "
+                 f"({_pct(enc[by_knn]['classification']['knn']['accuracy'])}).")
+    few = {n: p["accuracy_mean"] for n in enc for p in enc[n]["label_efficiency"] if p["n_labels"] == 100}
+    if few:
+        leader = max(few, key=few.get)
+        lines.append(f"With only 100 labelled train images, {leader} leads with {_pct(few[leader])}.")
+    learned = [n for n in enc if n != "raw"]  # raw pixels reconstruct themselves: no contest
+    if learned:
+        ridge = min(learned, key=lambda n: enc[n]["reconstruction"]["ridge"]["mse"])
+        lines.append(f"Through the same linear probe (ridge from codes to pixels), {ridge} codes keep the most "
+                     f"pixel information (test MSE {enc[ridge]['reconstruction']['ridge']['mse']:.4f}).")
+    if "vae" in enc and "pca" in enc:
+        v, p = enc["vae"]["reconstruction"]["own"], enc["pca"]["reconstruction"]["own"]
+        verdict = "beats" if v["mse"] < p["mse"] else "does not beat"
+        lines.append(f"The VAE's own decoder {verdict} PCA of the same dimension ({enc['pca']['dim']}): "
+                     f"MSE {v['mse']:.4f} ({v['psnr']:.1f} dB) against {p['mse']:.4f} ({p['psnr']:.1f} dB).")
+    costly = max(enc, key=lambda n: enc[n]["dim"])
+    lines.append(f"Cost: {costly} codes are the widest ({enc[costly]['dim']:,} dims, "
+                 f"{enc[costly]['cost']['encode_images_per_second']:,.0f} images/s to encode); "
+                 + ", ".join(f"{n} {enc[n]['dim']:,} dims" for n in enc if n != costly) + ".")
+    return lines
+
+
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:.1f}%"

@@ -1,0 +1,200 @@
+"""``fvae evaluate``: the probes, the report and its schema, and the CLI end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fvae
+from fvae.data import Split, to_unit_float
+from fvae.evaluate import (
+    SCHEMA_PATH, Settings, _PixelPCA, evaluate, label_efficiency, logistic_probe, parse_methods, pixel_errors,
+    ridge_probe, row_space_coordinates, stratified_subset,
+)
+from fvae.errors import InputError
+
+FIGURES = ("confusion_matrices", "label_efficiency", "embeddings", "reconstructions", "vae_samples",
+           "vae_training_curves")
+
+
+def fvae_cli(*args, cwd):
+    exe = os.path.join(os.path.dirname(sys.executable), "fvae")
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "FVAE_OFFLINE": "1"})
+
+
+def _validate(report):
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the dev extra: pip install -e '.[dev]'")
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(report, schema, cls=jsonschema.Draft202012Validator)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """One full ``fvae evaluate --quick`` on digits, run as a user runs it."""
+    cwd = tmp_path_factory.mktemp("evaluate")
+    result = fvae_cli("evaluate", "--data", "digits", "--quick", "--vae-seconds", "8", "--name", "d", cwd=cwd)
+    return cwd, result
+
+
+# -- probes ----------------------------------------------------------------------------------------
+
+
+def test_raw_pixel_logistic_regression_on_digits_is_above_90_percent(digits):
+    train = to_unit_float(digits.train.images).reshape(len(digits.train), -1)
+    test = to_unit_float(digits.test.images).reshape(len(digits.test), -1)
+    result = logistic_probe(train, digits.train.labels, test, digits.test.labels, c_grid=(0.1, 1.0))
+    assert result["accuracy"] > 0.90
+    assert result["C"] in (0.1, 1.0) and 0.9 < result["cv_accuracy"] <= 1.0
+    confusion = np.asarray(result["confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum() == len(digits.test)
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(result["accuracy"])
+
+
+def test_pca_reconstruction_error_falls_as_its_dimension_grows(digits):
+    test = to_unit_float(digits.test.images)
+    train = to_unit_float(digits.train.images)
+    own, probe = [], []
+    for dim in (2, 4, 8, 16, 32):
+        pca = _PixelPCA(dim, seed=0).fit(digits.train.images)
+        codes_test = pca.transform(digits.test.images)
+        own.append(pixel_errors(test, pca.inverse_transform(codes_test, test.shape[1:]))["mse"])
+        probe.append(ridge_probe(pca.transform(digits.train.images), train, codes_test, test,
+                                 alphas=(1e-3, 1e-1, 10.0))[0]["mse"])
+    assert all(a > b for a, b in zip(own, own[1:])), own
+    assert all(a > b for a, b in zip(probe, probe[1:])), probe
+    # a linear probe from PCA codes can do no better than PCA's own (optimal linear) inverse, up to clipping
+    assert probe[-1] == pytest.approx(own[-1], rel=0.15)
+
+
+def test_row_space_coordinates_give_the_same_classifier_as_the_wide_features():
+    """The fast path for codes wider than the train set against the obviously correct fit on the
+    original features."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    train = rng.standard_normal((60, 400))
+    test = rng.standard_normal((25, 400))
+    labels = np.arange(60) % 3
+    train[:, :5] += labels[:, None]
+    narrow_train, narrow_test = row_space_coordinates(train, test)
+    assert narrow_train.shape == (60, 60) and narrow_test.shape == (25, 60)
+    for c in (0.01, 1.0):
+        wide = LogisticRegression(C=c, max_iter=5000, tol=1e-10).fit(train, labels)
+        narrow = LogisticRegression(C=c, max_iter=5000, tol=1e-10).fit(narrow_train, labels)
+        np.testing.assert_allclose(narrow.predict_proba(narrow_test), wide.predict_proba(test), atol=1e-5)
+
+
+def test_label_efficiency_curve_uses_stratified_subsets(digits):
+    train = to_unit_float(digits.train.images).reshape(len(digits.train), -1)
+    test = to_unit_float(digits.test.images).reshape(len(digits.test), -1)
+    subset = stratified_subset(digits.train.labels, 100, seed=0)
+    assert len(subset) == len(set(subset)) == 100
+    assert set(digits.train.labels[subset]) == set(range(10))
+    np.testing.assert_array_equal(subset, stratified_subset(digits.train.labels, 100, seed=0))
+    curve = label_efficiency(train, digits.train.labels, test, digits.test.labels, counts=(100, 500, 5000),
+                             repeats=2, c_grid=(1.0,))
+    assert [p["n_labels"] for p in curve] == [100, 500, len(train)]  # 5000 > the train set: left out
+    assert [len(p["accuracies"]) for p in curve] == [2, 2, 1]
+    assert curve[0]["accuracy_mean"] < curve[-1]["accuracy_mean"]
+
+
+def test_methods_are_parsed_and_checked():
+    assert parse_methods("raw, fisher") == ("fisher", "raw")
+    with pytest.raises(InputError, match="choose from fisher, vae, pca, raw"):
+        parse_methods("fisher,sift")
+
+
+def test_library_evaluate_validates_against_the_schema(digits):
+    settings = Settings(methods=("pca", "raw"), quick=True)
+    report, artifacts = evaluate(digits.train, digits.test, settings, data={
+        "train": {"source": "digits", "location": "sklearn", "split": "train"},
+        "test": {"source": "digits", "location": "sklearn", "split": "test"}})
+    _validate({"name": "library", **report, "figures": []})
+    assert report["encodings"]["pca"]["dim"] == 32 and report["vae"] is None
+    assert set(artifacts["reconstructions"]) == {"pca", "ridge_pca", "ridge_raw"}
+    with pytest.raises(fvae.DataError, match="needs labels"):
+        evaluate(digits.train, Split(digits.test.images, None), settings)
+
+
+# -- the CLI end to end ----------------------------------------------------------------------------
+
+
+def test_cli_writes_every_file_valid(cli_run):
+    from PIL import Image
+
+    cwd, result = cli_run
+    assert result.returncode == 0, result.stderr
+    run = cwd / "runs" / "d"
+    report = json.loads((run / "report.json").read_text())
+    _validate(report)
+    assert list(report["encodings"]) == ["fisher", "vae", "pca", "raw"]
+    assert report["settings"]["quick"] is True and report["data"]["n_test"] == 360
+    for name in FIGURES:
+        assert f"figures/{name}.png" in report["figures"]
+        with Image.open(run / "figures" / f"{name}.png") as picture:
+            assert picture.format == "PNG" and picture.size[0] > 100
+    markdown = (run / "report.md").read_text()
+    assert markdown.startswith("# fvae evaluate: d\n") and "## Reading" in markdown
+    assert all(f"](figures/{name}.png)" in markdown for name in FIGURES)
+    for encoding in ("fisher", "vae", "pca", "raw"):
+        assert f"| {encoding} " in markdown and f"| {encoding} " in result.stdout  # the table, printed too
+    assert (run / "models" / "fisher.npz").exists() and (run / "models" / "vae.npz").exists()
+    assert report["encodings"]["vae"]["cost"]["model_path"] == "models/vae.npz"
+    assert not list((cwd / "runs").glob(".*"))  # no temporary folder left behind
+
+
+def test_cli_report_numbers_are_consistent(cli_run):
+    cwd, result = cli_run
+    assert result.returncode == 0, result.stderr
+    report = json.loads((cwd / "runs" / "d" / "report.json").read_text())
+    enc = report["encodings"]
+    assert enc["raw"]["classification"]["logistic"]["accuracy"] > 0.9
+    assert enc["fisher"]["classification"]["logistic"]["accuracy"] > 0.9
+    assert enc["pca"]["dim"] == enc["vae"]["dim"] == 32
+    assert enc["raw"]["reconstruction"]["ridge"]["mse"] < 1e-3  # pixels reconstruct themselves
+    assert enc["vae"]["reconstruction"]["own"]["bce"] > 0
+    assert report["vae"]["test"]["iwae_bound"] >= report["vae"]["test"]["elbo"] - 0.5
+    for e in enc.values():
+        assert e["label_efficiency"][-1]["accuracy_mean"] == e["classification"]["logistic"]["accuracy"]
+        assert np.asarray(e["classification"]["knn"]["confusion"]).sum() == 360
+
+
+def test_cli_reuses_saved_models_and_refuses_to_overwrite(cli_run, tmp_path):
+    cwd, result = cli_run
+    assert result.returncode == 0, result.stderr
+    first = json.loads((cwd / "runs" / "d" / "report.json").read_text())
+    before = (cwd / "runs" / "d" / "report.json").stat().st_mtime_ns
+
+    again = fvae_cli("evaluate", "--data", "digits", "--quick", "--name", "d", cwd=cwd)
+    assert again.returncode == 2 and again.stderr.strip() == "fvae: error: runs/d exists; pass --force to overwrite it"
+    assert (cwd / "runs" / "d" / "report.json").stat().st_mtime_ns == before
+
+    model = cwd / "runs" / "d" / "models" / "fisher.npz"
+    reuse = fvae_cli("evaluate", "--data", "digits", "--quick", "--methods", "fisher,raw", "--fisher-model", str(model),
+                     "--runs-dir", str(tmp_path), "--name", "reuse", cwd=cwd)
+    assert reuse.returncode == 0, reuse.stderr
+    second = json.loads((tmp_path / "reuse" / "report.json").read_text())
+    _validate(second)
+    assert second["encodings"]["fisher"]["cost"]["reused_model"] is True
+    assert second["encodings"]["fisher"]["classification"] == first["encodings"]["fisher"]["classification"]
+    assert "vae_samples.png" not in " ".join(second["figures"])
+
+
+def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
+    np.savez(tmp_path / "unlabelled.npz", x_train=np.zeros((20, 8, 8), np.uint8))
+    cases = [
+        (["--data", "unlabelled.npz", "--methods", "raw"], "labels"),
+        (["--data", "digits", "--methods", "fisher,sift"], "choose from fisher, vae, pca, raw"),
+        (["--data", "digits", "--test-data", "nowhere"], "nowhere: no such file or folder"),
+    ]
+    for args, message in cases:
+        result = fvae_cli("evaluate", *args, "--name", "bad", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("fvae: error:") and message in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "runs" / "bad").exists()
