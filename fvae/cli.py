@@ -111,11 +111,18 @@ def _progress_bar(total: int, label: str, quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
         console=Console(stderr=True), transient=True,
     )
-    task = progress.add_task(label, total=total)
-    return progress, lambda n: progress.advance(task, n)
+    task = progress.add_task(label, total=total, rate="")
+
+    def advance(n):
+        progress.advance(task, n)
+        speed = progress.tasks[0].speed
+        progress.update(task, rate=f"{speed:,.0f} img/s" if speed else "")
+
+    return progress, advance
 
 
 @app.command()
@@ -295,35 +302,46 @@ def encode(
     method: Annotated[Method, typer.Option(help="Encoding method.")] = Method.fisher,
     model: Annotated[Optional[Path], typer.Option(help="Saved model; without it, fit on the train split first.")] = None,
     split: Annotated[SplitName, typer.Option(help="Which split to encode.")] = SplitName.test,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 1024,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per chunk: the unit of encoding, writing and resuming.")] = 1024,
+    jobs: Annotated[int, typer.Option(min=1, help="Fisher: threads encoding in parallel (the VAE uses TensorFlow's threads).")] = 1,
+    resume: Annotated[bool, typer.Option(help="Finish an interrupted run: keep its finished chunks.")] = False,
+    dask: Annotated[bool, typer.Option("--dask", help="Encode on a local Dask cluster (--jobs workers).")] = False,
+    scheduler: Annotated[Optional[str], typer.Option(help="Encode on the Dask cluster at tcp://HOST:PORT.")] = None,
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ):
-    """Encode a split of --data and write float32 features, labels and a JSON sidecar.
+    """Encode a split of --data, chunk by chunk, and write float32 features, labels and a JSON sidecar.
 
-    Writes OUTPUT (.npy), OUTPUT-stem.labels.npy, OUTPUT-stem.json, and without --model also the
-    fitted model as OUTPUT-stem.model.npz.
+    Writes OUTPUT (.npy, .npz or .zarr), OUTPUT-stem.labels.npy, OUTPUT-stem.json, and without
+    --model also the fitted model as OUTPUT-stem.model.npz. Until it is complete the output is
+    OUTPUT.part with a manifest of finished chunks; an interrupted run finishes with --resume.
     """
     import time
 
     from . import load
     from .data import load_dataset
     from .evaluate import default_encoder
-    from .extract import extract_features, output_paths
+    from .extract import dask_client, extract_features, output_format, output_paths
     from .persist import refuse_overwrite
 
-    if output.suffix != ".npy":
-        raise typer.BadParameter(f"{output}: the features file must end in .npy", param_hint="--output")
+    output_format(output)
     paths = output_paths(output)
     # Checked before loading or fitting anything, so a refusal costs nothing.
-    refuse_overwrite(*(path for name, path in paths.items() if name != "model" or model is None), force=force)
-    dataset = load_dataset(data, data_dir)
+    refuse_overwrite(paths["features"], paths["labels"], paths["sidecar"], force=force)
+    if not (resume or force) and (paths["partial"].exists() or paths["manifest"].exists()):
+        raise typer.BadParameter(f"{paths['partial']}: an interrupted run's partial output exists; "
+                                 "pass --resume to finish it or --force to start over", param_hint="--resume")
+    reuse_fitted = model is None and resume and paths["model"].exists() and paths["manifest"].exists()
+    if model is None and not reuse_fitted:
+        refuse_overwrite(paths["model"], force=force)
+    dataset = load_dataset(data, data_dir, lazy=True)
     images = dataset.split(split.value)
-    if model is not None:
-        encoder = load(model, method=method.value)
+    if model is not None or reuse_fitted:
+        encoder = load(model or paths["model"], method=method.value)
         checksum = encoder.checksum_
+        model = model or paths["model"]
     else:
         train = dataset.split("train")
         started = time.perf_counter()
@@ -331,17 +349,26 @@ def encode(
         checksum = encoder.save(paths["model"], force=force)
         typer.echo(f"fitted {method.value} on {len(train)} train images in {time.perf_counter() - started:.1f} s; wrote {paths['model']}")
         model = paths["model"]
+    if method == Method.fisher:
+        encoder.set_params(n_jobs=jobs)
+    cluster = dask_client(scheduler, workers=jobs) if (dask or scheduler) else contextlib.nullcontext()
     context, advance = _progress_bar(len(images), f"encoding {split.value}", quiet)
-    with context:
-        sidecar = extract_features(
-            encoder, images, output, batch_size=batch_size, force=force, progress=advance,
-            metadata={"method": method.value, "model": str(model), "model_checksum": checksum,
-                      "source": dataset.name, "source_location": dataset.location, "split": split.value},
-        )
-    typer.echo(
-        f"encoded {sidecar['n_images']} images -> {sidecar['shape'][1]} dims in {sidecar['encode_seconds']:.1f} s "
-        f"({sidecar['images_per_second']:.0f} img/s); wrote {output}"
-    )
+    try:
+        with cluster as client, context:
+            sidecar = extract_features(
+                encoder, images, output, batch_size=batch_size, force=force, resume=resume, progress=advance,
+                client=client,
+                metadata={"method": method.value, "model": str(model), "model_checksum": checksum,
+                          "source": dataset.name, "source_location": dataset.location, "split": split.value},
+            )
+    except KeyboardInterrupt:
+        typer.echo(f"fvae: interrupted; the finished chunks are kept in {paths['partial']}: "
+                   "run the same command with --resume to finish", err=True)
+        raise typer.Exit(130) from None
+    speed = f" ({sidecar['images_per_second']:,.0f} img/s)" if sidecar["images_per_second"] else ""
+    resumed = f", {sidecar['resumed_chunks']} chunks kept from the interrupted run" if sidecar["resumed_chunks"] else ""
+    typer.echo(f"encoded {sidecar['n_images']:,} images -> {sidecar['shape'][1]} dims in "
+               f"{sidecar['encode_seconds']:.1f} s{speed}{resumed}; wrote {output}")
 
 
 @app.command()

@@ -97,6 +97,8 @@ class Dataset:
             labels = None
             if all(p.labels is not None for p in parts):
                 labels = np.concatenate([p.labels for p in parts])
+            if any(isinstance(p.images, LazyImages) for p in parts):
+                return Split(ChainedImages([p.images for p in parts]), labels)
             return Split(np.concatenate([p.images for p in parts]), labels)
         found = self.train if which == "train" else self.test
         if found is None:
@@ -108,10 +110,133 @@ class Dataset:
 
 
 # ----------------------------------------------------------------------------------------------------
+# images read on demand (streaming extraction)
+
+
+class LazyImages:
+    """uint8 images ``(n, h, w)`` read from their files only when sliced.
+
+    Streaming extraction slices them chunk by chunk, so peak memory does not grow with the
+    dataset. Subclasses implement :meth:`_read` for a contiguous range; ``np.asarray`` reads all.
+    Instances pickle without their open file handles (Dask ships them to workers).
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+
+    def __init__(self, shape):
+        self.shape = tuple(int(d) for d in shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            index = range(len(self))[key]
+            return self._read(index, index + 1)[0]
+        if isinstance(key, slice) and key.step in (None, 1):
+            start, stop, _ = key.indices(len(self))
+            return self._read(start, max(start, stop))
+        index = np.arange(len(self))[key]
+        return self._take(index)
+
+    def _take(self, index: np.ndarray) -> np.ndarray:
+        out = np.empty((len(index),) + self.shape[1:], dtype=np.uint8)
+        for i, j in enumerate(index):
+            out[i] = self._read(int(j), int(j) + 1)[0]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        data = self._read(0, len(self))
+        return data if dtype is None else data.astype(dtype)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class GzipIdxImages(LazyImages):
+    """Images of a gzip-compressed idx file, decompressed as they are read.
+
+    Reading forward continues the open stream; reading backwards reopens it. A truncated or
+    corrupt stream raises :class:`DataError` when the damaged part is reached.
+    """
+
+    def __init__(self, path, shape, offset: int):
+        super().__init__(shape)
+        self.path = Path(path)
+        self.offset = offset
+        self._stream, self._position = None, 0
+
+    def __getstate__(self):
+        return {**self.__dict__, "_stream": None, "_position": 0}
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        image_bytes = int(np.prod(self.shape[1:]))
+        if self._stream is None or start < self._position:
+            if self._stream is not None:
+                self._stream.close()
+            self._stream = gzip.open(self.path, "rb")
+            self._position = 0
+            self._read_bytes(self.offset)
+        self._read_bytes((start - self._position) * image_bytes)
+        data = self._read_bytes((stop - start) * image_bytes)
+        self._position = stop
+        return np.frombuffer(data, dtype=np.uint8).reshape((stop - start,) + self.shape[1:])
+
+    def _read_bytes(self, size: int) -> bytes:
+        try:
+            data = self._stream.read(size)
+        except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
+            self._stream = None
+            raise DataError(f"{self.path}: truncated or corrupt gzip stream ({exc})") from None
+        if len(data) != size:
+            self._stream = None
+            raise DataError(f"{self.path}: truncated gzip stream (ended {size - len(data)} bytes early)")
+        return data
+
+
+class ImageFiles(LazyImages):
+    """Grayscale images read from PNG/JPEG files, one file per image, when sliced."""
+
+    def __init__(self, files, shape):
+        super().__init__((len(files),) + tuple(shape))
+        self.files = list(files)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        return self._take(np.arange(start, stop))
+
+    def _take(self, index: np.ndarray) -> np.ndarray:
+        out = np.empty((len(index),) + self.shape[1:], dtype=np.uint8)
+        for i, j in enumerate(index):
+            out[i] = _read_image_file(self.files[j], self.shape[1:])
+        return out
+
+    def subset(self, index) -> "ImageFiles":
+        return ImageFiles([self.files[i] for i in index], self.shape[1:])
+
+
+class ChainedImages(LazyImages):
+    """Several image arrays (lazy or not) one after the other, as one."""
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        super().__init__((sum(len(p) for p in self.parts),) + tuple(self.parts[0].shape[1:]))
+        self._starts = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        pieces = []
+        for part, first, end in zip(self.parts, self._starts[:-1], self._starts[1:]):
+            lo, hi = max(start, first), min(stop, end)
+            if lo < hi:
+                pieces.append(np.asarray(part[lo - first : hi - first]))
+        return np.concatenate(pieces) if pieces else np.empty((0,) + self.shape[1:], np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------
 # idx files
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+def read_idx(path: str | os.PathLike, *, lazy: bool = False) -> np.ndarray:
     """Read an idx file (the MNIST format), gzip-compressed or not.
 
     Uncompressed files are memory-mapped, so a large file costs no memory until it is used.
@@ -119,6 +244,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     Parameters
     ----------
     path : path-like
+    lazy : bool, default=False
+        For a gzip-compressed file of uint8 images: return :class:`GzipIdxImages`, decompressed as
+        it is sliced, instead of decompressing everything now. The declared size is checked
+        against the gzip trailer; damage further in is reported when it is read.
 
     Returns
     -------
@@ -136,6 +265,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: no such file")
     with open(path, "rb") as fh:
         compressed = fh.read(2) == b"\x1f\x8b"
+    if compressed and lazy:
+        return _lazy_gzip_idx(path)
     if compressed:
         try:
             with gzip.open(path, "rb") as fh:
@@ -150,6 +281,26 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     size = path.stat().st_size - offset
     data = np.memmap(path, dtype=np.uint8, mode="r", offset=offset) if size > 0 else np.zeros(0, np.uint8)
     return _idx_array(data, dims, dtype, size, path)
+
+
+def _lazy_gzip_idx(path: Path):
+    try:
+        with gzip.open(path, "rb") as fh:
+            head = fh.read(260)
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
+        raise DataError(f"{path}: truncated or corrupt gzip stream ({exc})") from None
+    dims, dtype, offset = _parse_idx_header(head, path)
+    if dtype != np.uint8 or len(dims) != 3:
+        return read_idx(path)  # labels and other small arrays: read now
+    with open(path, "rb") as fh:  # the gzip trailer holds the uncompressed size (mod 2**32)
+        fh.seek(-4, os.SEEK_END)
+        size = int.from_bytes(fh.read(4), "little")
+    expected = offset + int(np.prod(dims, dtype=np.int64))
+    if size != expected % 2**32:
+        shape = "x".join(map(str, dims))
+        raise DataError(f"{path}: header says {shape} ({expected - offset} bytes of data) but the gzip "
+                        f"stream holds {size - offset} bytes (truncated or corrupt)")
+    return GzipIdxImages(path, dims, offset)
 
 
 def _parse_idx_header(head: bytes, path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -191,7 +342,7 @@ def _idx_files(folder: Path) -> dict[str, tuple[Path, Path | None]]:
     return found
 
 
-def _load_idx_folder(folder: Path, name: str) -> Dataset:
+def _load_idx_folder(folder: Path, name: str, lazy: bool = False) -> Dataset:
     files = _idx_files(folder)
     if not files:
         raise DataError(f"{folder}: no idx files (expected train-images-idx3-ubyte[.gz] or t10k-...)")
@@ -199,7 +350,7 @@ def _load_idx_folder(folder: Path, name: str) -> Dataset:
     for split, (images_path, labels_path) in files.items():
         if labels_path is None:
             raise DataError(f"{images_path}: labels missing (no matching *-labels-idx1-ubyte file)")
-        images = read_idx(images_path)
+        images = read_idx(images_path, lazy=lazy)
         labels = read_idx(labels_path)
         if images.ndim != 3:
             raise DataError(f"{images_path}: expected 3 dimensions (n, h, w), found {images.ndim}")
@@ -219,6 +370,10 @@ def _load_idx_folder(folder: Path, name: str) -> Dataset:
 
 def _as_uint8_images(images: np.ndarray, where) -> np.ndarray:
     """Validate pixel values and return uint8 ``(n, h, w)`` images (a view when already uint8)."""
+    if isinstance(images, LazyImages):
+        if len(images) == 0:
+            raise DataError(f"{where}: contains no images")
+        return images
     if images.ndim == 4 and images.shape[-1] in (1, 3):
         images = images[..., 0] if images.shape[-1] == 1 else _luminance(images)
     if images.ndim != 3:
@@ -285,45 +440,49 @@ def _load_npy(path: Path) -> Dataset:
     return Dataset(str(path), str(path), None, Split(_as_uint8_images(images, path), None))
 
 
-def _load_image_folder(folder: Path) -> Dataset:
+def _load_image_folder(folder: Path, lazy: bool = False) -> Dataset:
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
     names = {p.name for p in subdirs}
     if names and names <= {"train", "test"}:
         class_names = sorted({c.name for s in subdirs for c in s.iterdir() if c.is_dir()})
-        splits = {s.name: _read_class_folders(s, class_names) for s in subdirs}
+        splits = {s.name: _read_class_folders(s, class_names, lazy) for s in subdirs}
         return Dataset(str(folder), str(folder), splits.get("train"), splits.get("test"), tuple(class_names))
     class_names = [p.name for p in subdirs]
     if not class_names:
         raise DataError(f"{folder}: no idx files and no class subfolders of images")
-    everything = _read_class_folders(folder, class_names)
+    everything = _read_class_folders(folder, class_names, lazy)
     train, test = _stratified_split(everything, test_fraction=0.2)
     return Dataset(str(folder), str(folder), train, test, tuple(class_names))
 
 
-def _read_class_folders(folder: Path, class_names: list[str]) -> Split:
+def _read_image_file(file: Path, shape=None) -> np.ndarray:
+    """One image file as uint8 grayscale; with ``shape``, it must have that size."""
     from PIL import Image, UnidentifiedImageError
 
-    images, labels, first = [], [], None
+    try:
+        with Image.open(file) as img:
+            pixels = np.asarray(img.convert("L"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{file}: cannot read image ({exc})") from None
+    if shape is not None and pixels.shape != tuple(shape):
+        raise DataError(f"{file}: size {pixels.shape[1]}x{pixels.shape[0]} differs from {shape[1]}x{shape[0]} "
+                        "of the other images; all images must have one size")
+    return pixels
+
+
+def _read_class_folders(folder: Path, class_names: list[str], lazy: bool = False) -> Split:
+    files, labels = [], []
     for label, name in enumerate(class_names):
-        files = sorted(f for f in (folder / name).glob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        for file in files:
-            try:
-                with Image.open(file) as img:
-                    pixels = np.asarray(img.convert("L"), dtype=np.uint8)
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"{file}: cannot read image ({exc})") from None
-            if first is None:
-                first = (file, pixels.shape)
-            elif pixels.shape != first[1]:
-                raise DataError(
-                    f"{file}: size {pixels.shape[1]}x{pixels.shape[0]} differs from "
-                    f"{first[1][1]}x{first[1][0]} of {first[0]}; all images must have one size"
-                )
-            images.append(pixels)
-            labels.append(label)
-    if not images:
+        found = sorted(f for f in (folder / name).glob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        files += found
+        labels += [label] * len(found)
+    if not files:
         raise DataError(f"{folder}: class subfolders hold no PNG or JPEG images")
-    return Split(np.stack(images), np.asarray(labels, dtype=np.int64))
+    shape = _read_image_file(files[0]).shape
+    labels = np.asarray(labels, dtype=np.int64)
+    if lazy:
+        return Split(ImageFiles(files, shape), labels)
+    return Split(np.stack([_read_image_file(f, shape) for f in files]), labels)
 
 
 def _stratified_split(split: Split, test_fraction: float) -> tuple[Split, Split]:
@@ -337,10 +496,11 @@ def _stratified_split(split: Split, test_fraction: float) -> tuple[Split, Split]
     )
     train_idx.sort()
     test_idx.sort()
-    return (
-        Split(split.images[train_idx], split.labels[train_idx]),
-        Split(split.images[test_idx], split.labels[test_idx]),
-    )
+    def subset(index):
+        images = split.images.subset(index) if isinstance(split.images, ImageFiles) else split.images[index]
+        return Split(images, split.labels[index])
+
+    return subset(train_idx), subset(test_idx)
 
 
 def _digit_names(splits: dict[str, Split]) -> tuple[str, ...]:
@@ -396,10 +556,10 @@ def download_mnist(timeout: float = 10.0) -> Path:
     return target
 
 
-def _load_mnist(data_dir) -> Dataset:
+def _load_mnist(data_dir, lazy: bool = False) -> Dataset:
     folder = _locate_idx("mnist", data_dir)
     if folder is not None:
-        return _named(_load_idx_folder(folder, "mnist"), "mnist")
+        return _named(_load_idx_folder(folder, "mnist", lazy), "mnist")
     cached = _keras_cache() / "mnist.npz"
     if cached.is_file():
         return _named(_load_npz(cached), "mnist")
@@ -432,7 +592,7 @@ def _load_digits() -> Dataset:
     return Dataset("digits", "sklearn.datasets.load_digits()", train, test, _digit_names({"t": train}))
 
 
-def _load_fashion_mnist(data_dir) -> Dataset:
+def _load_fashion_mnist(data_dir, lazy: bool = False) -> Dataset:
     folder = _locate_idx("fashion-mnist", data_dir)
     if folder is None:
         places = ", ".join(str(d / "fashion-mnist") for d in data_dirs(data_dir))
@@ -440,14 +600,14 @@ def _load_fashion_mnist(data_dir) -> Dataset:
             f"fashion-mnist: no idx files in {places} or {DEBIAN_FASHION_MNIST} "
             "(install the Debian package dataset-fashion-mnist)"
         )
-    return _named(_load_idx_folder(folder, "fashion-mnist"), "fashion-mnist")
+    return _named(_load_idx_folder(folder, "fashion-mnist", lazy), "fashion-mnist")
 
 
 def _named(dataset: Dataset, name: str) -> Dataset:
     return Dataset(name, dataset.location, dataset.train, dataset.test, dataset.class_names)
 
 
-def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Dataset:
+def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None = None, *, lazy: bool = False) -> Dataset:
     """Load a named dataset or a dataset from a path.
 
     Parameters
@@ -457,6 +617,11 @@ def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None =
         ``.npz``/``.npy`` file or an image folder.
     data_dir : path-like, default=None
         Extra folder searched first for named datasets (as ``<data_dir>/<name>/``).
+    lazy : bool, default=False
+        Read images only when they are sliced (:class:`LazyImages`): gzip-compressed idx files are
+        decompressed chunk by chunk and image folders read file by file, so a streaming extraction
+        never holds the whole dataset. Uncompressed idx and ``.npy`` files are memory-mapped either
+        way; ``.npz`` archives and the small bundled datasets are always read whole.
 
     Returns
     -------
@@ -469,20 +634,20 @@ def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None =
     """
     name = str(source)
     if name == "mnist":
-        return _load_mnist(data_dir)
+        return _load_mnist(data_dir, lazy)
     if name == "mnist-5k":
         return _load_mnist_5k()
     if name == "digits":
         return _load_digits()
     if name == "fashion-mnist":
-        return _load_fashion_mnist(data_dir)
+        return _load_fashion_mnist(data_dir, lazy)
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"{name}: no such file or folder, and not a named dataset ({', '.join(NAMED_SOURCES)})")
     if path.is_dir():
         if _idx_files(path):
-            return _load_idx_folder(path, name)
-        return _load_image_folder(path)
+            return _load_idx_folder(path, name, lazy)
+        return _load_image_folder(path, lazy)
     if path.suffix == ".npz":
         return _load_npz(path)
     if path.suffix == ".npy":

@@ -1,30 +1,275 @@
-"""Batch feature extraction: encode a split batch by batch and write features, labels and a JSON
-sidecar, each atomically (a temporary name, renamed when complete)."""
+"""Batch feature extraction at dataset scale: streaming, resumable, local or on a Dask cluster.
+
+Images are read chunk by chunk (memory-mapped idx/.npy files, gzip streams, image files; see
+``load_dataset(lazy=True)``), each chunk is encoded and written into a preallocated output, so peak
+memory does not grow with the dataset. Until the run is complete the output lives under a
+temporary name (``<out>.part``) beside a manifest of the finished chunks (``<out>.part.json``); a
+run killed at any point and restarted with ``resume=True`` encodes only the missing chunks and
+ends with output byte-identical to an uninterrupted run. Chunks are always the same rows (chunk
+``i`` is rows ``i * batch_size`` onwards), and each is encoded on its own, so the bytes do not
+depend on which run, process or worker encoded it.
+
+Output formats, chosen by the suffix of ``out``: ``.npy`` (default), ``.npz`` (``features`` and
+``labels`` in one archive) and ``.zarr`` (a Zarr v3 array that Dask workers write into directly).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from .data import Split
-from .errors import InputError
+from .errors import FvaeError, InputError, OutputExistsError
 from .persist import atomic_output, fvae_version, refuse_overwrite
+
+FORMATS = (".npy", ".npz", ".zarr")
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member dates: the same features give the same .npz bytes
+
+
+def output_format(out) -> str:
+    """``.npy``, ``.npz`` or ``.zarr`` from the output path; anything else is refused."""
+    suffix = Path(out).suffix.lower()
+    if suffix not in FORMATS:
+        raise InputError(f"{out}: the features file must end in .npy, .npz or .zarr")
+    return suffix
 
 
 def output_paths(out) -> dict[str, Path]:
-    """Files written for features at ``out`` (``x.npy``): ``x.labels.npy``, ``x.json``, ``x.model.npz``."""
+    """Files written for features at ``out`` (``x.npy``): ``x.labels.npy``, ``x.json``, ``x.model.npz``,
+    and while a run is unfinished ``x.npy.part`` with its manifest ``x.npy.part.json``."""
     out = Path(out)
-    stem = out.with_suffix("") if out.suffix == ".npy" else out
+    stem = out.with_suffix("") if out.suffix.lower() in FORMATS else out
     return {
         "features": out,
         "labels": stem.with_name(stem.name + ".labels.npy"),
         "sidecar": stem.with_name(stem.name + ".json"),
         "model": stem.with_name(stem.name + ".model.npz"),
+        "partial": out.with_name(out.name + ".part"),
+        "manifest": out.with_name(out.name + ".part.json"),
     }
+
+
+# ----------------------------------------------------------------------------------------------------
+# writers: a preallocated output that chunks are written into, in any order
+
+
+class _NpyWriter:
+    """Rows written into a preallocated ``.npy`` (``open_memmap``); the partial file is an .npy."""
+
+    def __init__(self, path: Path, shape, *, reopen: bool):
+        mode = "r+" if reopen else "w+"
+        self.path = path
+        self.array = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=None if reopen else shape)
+        if self.array.shape != tuple(shape) or self.array.dtype != np.float32:
+            raise InputError(f"{path}: the partial output has shape {self.array.shape}, expected {tuple(shape)}; "
+                             "pass --force to start over")
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        self.array[start : start + len(rows)] = rows
+
+    def flush(self) -> None:
+        self.array.flush()
+
+    def close(self) -> None:
+        self.flush()
+        del self.array
+
+    def finish(self, out: Path, labels) -> None:
+        self.close()
+        if out.suffix.lower() == ".npz":
+            _pack_npz(self.path, labels, out)
+            self.path.unlink()
+        else:
+            os.replace(self.path, out)
+
+
+def _pack_npz(features_npy: Path, labels, out: Path) -> None:
+    """Stream an .npy file (and the labels) into an uncompressed .npz, with fixed member dates."""
+    with atomic_output(out, force=True) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        member = zipfile.ZipInfo("features.npy", date_time=ZIP_DATE)
+        with open(features_npy, "rb") as source, archive.open(member, "w", force_zip64=True) as target:
+            shutil.copyfileobj(source, target, 1 << 24)
+        if labels is not None:
+            member = zipfile.ZipInfo("labels.npy", date_time=ZIP_DATE)
+            with archive.open(member, "w") as target:
+                np.lib.format.write_array(target, np.asarray(labels, dtype=np.int64), allow_pickle=False)
+
+
+class _ZarrWriter:
+    """A Zarr v3 array, one Zarr chunk per extraction chunk, so workers can write their rows
+    directly and concurrently."""
+
+    def __init__(self, path: Path, shape, chunk_rows: int, *, reopen: bool):
+        zarr = _import_zarr()
+        self.path = path
+        if reopen:
+            self.array = zarr.open_array(str(path), mode="r+")
+            if self.array.shape != tuple(shape):
+                raise InputError(f"{path}: the partial output has shape {self.array.shape}, expected {tuple(shape)}; "
+                                 "pass --force to start over")
+        else:
+            self.array = zarr.create_array(str(path), shape=tuple(shape), chunks=(chunk_rows, shape[1]),
+                                           dtype="float32", fill_value=0.0, overwrite=True)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        self.array[start : start + len(rows)] = rows
+
+    def flush(self) -> None:  # every write is a complete chunk file
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def finish(self, out: Path, labels) -> None:
+        if labels is not None:
+            self.array.attrs["labels_file"] = output_paths(out)["labels"].name
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(self.path, out)
+
+
+def _import_zarr():
+    try:
+        import zarr
+    except ImportError:
+        raise InputError("writing .zarr needs the zarr package: pip install 'fvae[dask]'") from None
+    return zarr
+
+
+def _open_writer(fmt: str, path: Path, shape, chunk_rows: int, reopen: bool):
+    if fmt == ".zarr":
+        return _ZarrWriter(path, shape, chunk_rows, reopen=reopen)
+    return _NpyWriter(path, shape, reopen=reopen)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+# ----------------------------------------------------------------------------------------------------
+# the manifest of finished chunks
+
+
+class Manifest:
+    """What an unfinished run is (``identity``) and which chunks are done, saved atomically after
+    every chunk, always after the chunk's rows are flushed: it never lists a chunk not on disk."""
+
+    def __init__(self, path: Path, identity: dict):
+        self.path = path
+        self.identity = identity
+        self.done: set[int] = set()
+
+    @classmethod
+    def resume(cls, path: Path, identity: dict) -> "Manifest":
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: unreadable manifest of the interrupted run ({exc}); pass --force to start over") from None
+        differs = sorted(k for k in identity if saved.get("identity", {}).get(k) != identity[k])
+        if differs:
+            raise InputError(f"{path}: the interrupted run had other settings ({', '.join(differs)}); "
+                             "repeat its command with --resume, or pass --force to start over")
+        manifest = cls(path, identity)
+        manifest.done = set(saved["done"])
+        return manifest
+
+    def save(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"identity": self.identity, "done": sorted(self.done)}))
+        os.replace(tmp, self.path)
+
+    def mark(self, chunk: int) -> None:
+        self.done.add(chunk)
+        self.save()
+
+
+# ----------------------------------------------------------------------------------------------------
+# encoding chunks
+
+
+def encode_chunk(encoder, images, labels=None) -> np.ndarray:
+    """Encode one chunk of images (with labels for a conditional VAE); float32 rows."""
+    if labels is not None:
+        return np.asarray(encoder.transform(images, labels), dtype=np.float32)
+    return np.asarray(encoder.transform(images), dtype=np.float32)
+
+
+def _encode_into_zarr(encoder, images, labels, path: str, start: int) -> int:
+    """Worker side of a Zarr run: encode a chunk and write it into the shared array."""
+    zarr = _import_zarr()
+    rows = encode_chunk(encoder, images, labels)
+    zarr.open_array(path, mode="r+")[start : start + len(rows)] = rows
+    return len(rows)
+
+
+def _run_local(encoder, split, chunks, needs_labels, writer, manifest, progress):
+    for index, rows in chunks:
+        labels = split.labels[rows] if needs_labels else None
+        writer.write(rows.start, encode_chunk(encoder, np.asarray(split.images[rows]), labels))
+        writer.flush()
+        manifest.mark(index)
+        if progress:
+            progress(rows.stop - rows.start)
+
+
+def _run_dask(client, encoder, split, chunks, needs_labels, writer, manifest, progress, zarr_path):
+    """Ship the model once, send each chunk's pixels to a worker, write results as they arrive.
+
+    At most a few chunks per worker are in flight, so the client's memory stays bounded. With a
+    Zarr output the workers write their rows themselves and only counts come back.
+    """
+    from distributed import as_completed
+
+    model = client.scatter(encoder, broadcast=True)
+    window = 2 * max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})) or 1)
+    pending = iter(chunks)
+    futures = as_completed()
+    where = {}
+
+    def submit_next() -> bool:
+        item = next(pending, None)
+        if item is None:
+            return False
+        index, rows = item
+        images = np.asarray(split.images[rows])
+        labels = split.labels[rows] if needs_labels else None
+        if zarr_path is not None:
+            future = client.submit(_encode_into_zarr, model, images, labels, zarr_path, rows.start, pure=False)
+        else:
+            future = client.submit(encode_chunk, model, images, labels, pure=False)
+        where[future.key] = (index, rows)
+        futures.add(future)
+        return True
+
+    for _ in range(window):
+        if not submit_next():
+            break
+    for future in futures:
+        index, rows = where.pop(future.key)
+        result = future.result()
+        if zarr_path is None:
+            writer.write(rows.start, result)
+            writer.flush()
+        manifest.mark(index)
+        if progress:
+            progress(rows.stop - rows.start)
+        future.release()
+        submit_next()
+
+
+# ----------------------------------------------------------------------------------------------------
+# the whole extraction
 
 
 def extract_features(
@@ -35,68 +280,139 @@ def extract_features(
     metadata: dict,
     batch_size: int = 1024,
     force: bool = False,
+    resume: bool = False,
     progress: Callable[[int], None] | None = None,
+    client=None,
 ) -> dict:
     """Encode ``split`` with a fitted encoder and write its features, labels and sidecar.
 
-    Features go straight into a preallocated ``.npy`` (``open_memmap``), batch by batch, so the
-    output never has to fit in memory twice.
-
     Parameters
     ----------
-    encoder : fitted transformer
+    encoder : fitted transformer with ``n_features_out_``
     split : Split
+        Images may be lazy (:class:`fvae.data.LazyImages`) or memory-mapped: they are read one
+        chunk at a time.
     out : path-like
-        The features file, ``.npy``.
+        The features file: ``.npy``, ``.npz`` or ``.zarr``.
     metadata : dict
-        Written into the sidecar (source, split, model checksum, ...).
+        Written into the sidecar (source, split, model checksum, ...) and, with the batch size and
+        the shape, identifies a run for ``resume``.
     batch_size : int, default=1024
+        Images per chunk: the unit of encoding, writing and resuming.
     force : bool, default=False
-        Overwrite existing outputs.
+        Overwrite finished outputs and discard an interrupted run's partial output.
+    resume : bool, default=False
+        Finish an interrupted run: keep its finished chunks, encode the others.
     progress : callable, default=None
-        Called with the number of images encoded after each batch.
+        Called with the number of images of each finished chunk (also those finished earlier).
+    client : distributed.Client, default=None
+        Encode the chunks on this Dask cluster instead of in this process.
 
     Returns
     -------
     dict
         The sidecar's content.
+
+    Raises
+    ------
+    OutputExistsError
+        If a finished output exists (without ``force``), or an interrupted run's partial output
+        exists and neither ``resume`` nor ``force`` is given.
     """
+    out = Path(out)
+    fmt = output_format(out)
     paths = output_paths(out)
     refuse_overwrite(paths["features"], paths["labels"], paths["sidecar"], force=force)
+    partial, manifest_path = paths["partial"], paths["manifest"]
+    if force:
+        _remove(partial)
+        _remove(manifest_path)
+    elif (partial.exists() or manifest_path.exists()) and not resume:
+        raise OutputExistsError(f"{partial}: an interrupted run's partial output exists; "
+                                "pass --resume to finish it or --force to start over")
     needs_labels = bool(getattr(encoder, "conditional", False))  # a conditional VAE encodes (image, label)
     if needs_labels and split.labels is None:
         raise InputError("this conditional VAE needs labels, and the split has none")
-    n = len(split)
+
+    n, dim = len(split), int(encoder.n_features_out_)
+    identity = {**metadata, "n_images": n, "dim": dim, "batch_size": batch_size, "format": fmt}
+    reopen = resume and partial.exists() and manifest_path.exists()
+    manifest = Manifest.resume(manifest_path, identity) if reopen else Manifest(manifest_path, identity)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    writer = _open_writer(fmt, partial, (n, dim), batch_size, reopen)
+    if not reopen:
+        manifest.save()
+    chunks = [(i, slice(start, min(start + batch_size, n))) for i, start in enumerate(range(0, n, batch_size))]
+    todo = [(i, rows) for i, rows in chunks if i not in manifest.done]
+    if progress and len(todo) < len(chunks):
+        progress(n - sum(rows.stop - rows.start for _, rows in todo))
+
     started = time.perf_counter()
-    with atomic_output(paths["features"], force=force) as tmp:
-        features = None  # allocated once the first batch tells the dimension
-        for start in range(0, n, batch_size):
-            rows = slice(start, start + batch_size)
-            batch = encoder.transform(split.images[rows], split.labels[rows]) if needs_labels else encoder.transform(split.images[rows])
-            if features is None:
-                features = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, batch.shape[1]))
-            features[start : start + len(batch)] = batch
-            if progress:
-                progress(len(batch))
-        dim = features.shape[1]
-        features.flush()
-        del features
+    try:
+        if client is None:
+            _run_local(encoder, split, todo, needs_labels, writer, manifest, progress)
+        else:
+            _run_dask(client, encoder, split, todo, needs_labels, writer, manifest, progress,
+                      str(partial) if fmt == ".zarr" else None)
+    except FvaeError:
+        # Bad input (a corrupt file found mid-way): no output, partial or not, is left behind.
+        writer.close()
+        _remove(partial)
+        _remove(manifest_path)
+        raise
+    except BaseException:  # interrupted: the finished chunks stay, for --resume
+        writer.close()
+        raise
     seconds = time.perf_counter() - started
-    if split.labels is not None:
-        with atomic_output(paths["labels"], force=force) as tmp, open(tmp, "wb") as fh:
+    encoded = sum(rows.stop - rows.start for _, rows in todo)
+
+    writer.finish(out, split.labels)
+    if split.labels is not None and fmt != ".npz":
+        with atomic_output(paths["labels"], force=True) as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.asarray(split.labels, dtype=np.int64), allow_pickle=False)
     sidecar = {
         **metadata,
         "n_images": n,
-        "shape": [n, int(dim)],
+        "shape": [n, dim],
         "dtype": "float32",
-        "features": paths["features"].name,
-        "labels": paths["labels"].name if split.labels is not None else None,
+        "format": fmt.lstrip("."),
+        "features": out.name,
+        "labels": (out.name + ":labels" if fmt == ".npz" else paths["labels"].name) if split.labels is not None else None,
+        "batch_size": batch_size,
+        "resumed_chunks": len(chunks) - len(todo),
         "encode_seconds": round(seconds, 3),
-        "images_per_second": round(n / seconds, 1) if seconds > 0 else None,
+        "images_per_second": round(encoded / seconds, 1) if seconds > 0 and encoded else None,
         "fvae_version": fvae_version(),
     }
     # Written last: a sidecar beside the features means the whole set is complete.
-    with atomic_output(paths["sidecar"], force=force) as tmp:
+    with atomic_output(paths["sidecar"], force=True) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+    _remove(manifest_path)
     return sidecar
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, *, workers: int | None = None):
+    """A Dask ``Client`` for a ``with`` block: connected to ``scheduler`` (``tcp://host:port``), or
+    to a new local cluster of ``workers`` single-threaded processes on 127.0.0.1, shut down on exit.
+
+    Raises
+    ------
+    InputError
+        If dask[distributed] is not installed, or the scheduler cannot be reached.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise InputError("running on Dask needs dask[distributed]: pip install 'fvae[dask]'") from None
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
+        with client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                      host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client

@@ -264,10 +264,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         """Save as an fvae model file: the JSON header plus the Keras ``.keras`` archive. Returns
         the checksum."""
         check_is_fitted(self, "model_")
-        with tempfile.TemporaryDirectory() as tmp:
-            keras_path = Path(tmp) / KERAS_MEMBER
-            self.model_.save(keras_path)
-            payload = keras_path.read_bytes()
+        payload = keras_bytes(self.model_)
         arrays = {"n_classes_": np.asarray(getattr(self, "n_classes_", 0))}
         return save_model(path, method="vae", params=self.get_params(), arrays=arrays, input_shape=self.image_shape_,
                           force=force, files={KERAS_MEMBER: payload})
@@ -275,23 +272,16 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
     @classmethod
     def load(cls, path) -> "VAEEncoder":
         """Load an encoder saved by :meth:`save` (Keras safe mode: no code is deserialized)."""
-        import keras  # the VAE class is registered: this module imports .model
-
         header, members = load_model(path, method="vae")
         if KERAS_MEMBER not in members:
             raise ModelFileError(f"{path}: the Keras model is missing from the file")
         params = dict(header["params"])
         params["hidden"] = tuple(params["hidden"])  # JSON has no tuples
         encoder = cls(**params)
-        fd, tmp = tempfile.mkstemp(suffix=".keras")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(members[KERAS_MEMBER])
-            encoder.model_ = keras.saving.load_model(tmp, safe_mode=True, compile=False)
+            encoder.model_ = keras_from_bytes(members[KERAS_MEMBER])
         except Exception as exc:  # Keras raises many types for a damaged archive
             raise ModelFileError(f"{path}: cannot load the Keras model ({exc})") from None
-        finally:
-            os.unlink(tmp)
         encoder.image_shape_ = tuple(header["input_shape"])
         encoder.n_features_in_ = int(np.prod(encoder.image_shape_))
         if encoder.conditional:
@@ -299,6 +289,45 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         encoder.history_ = None
         encoder.checksum_ = header["checksum"]
         return encoder
+
+
+    # -- pickling (Dask ships fitted encoders to its workers) ---------------------------------------
+
+    def __getstate__(self):
+        """Pickle the Keras model through Keras' own format, never as raw Python objects."""
+        state = self.__dict__.copy()
+        model = state.pop("model_", None)
+        if model is not None:
+            state["_keras_bytes"] = keras_bytes(model)
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        payload = state.pop("_keras_bytes", None)
+        self.__dict__.update(state)
+        if payload is not None:
+            self.model_ = keras_from_bytes(payload)
+
+
+def keras_bytes(model) -> bytes:
+    """A Keras model as the bytes of its ``.keras`` archive."""
+    with tempfile.TemporaryDirectory() as tmp:
+        keras_path = Path(tmp) / KERAS_MEMBER
+        model.save(keras_path)
+        return keras_path.read_bytes()
+
+
+def keras_from_bytes(payload: bytes):
+    """The model of a ``.keras`` archive's bytes, loaded in safe mode (no code is deserialized)."""
+    import keras  # the VAE class is registered: this module imports .model
+
+    fd, tmp = tempfile.mkstemp(suffix=".keras")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        return keras.saving.load_model(tmp, safe_mode=True, compile=False)
+    finally:
+        os.unlink(tmp)
 
 
 def history_paths(model_path) -> dict[str, Path]:

@@ -1,0 +1,198 @@
+"""Streaming extraction: chunked output equals in-memory transform, kill-and-resume, formats,
+corrupt input, and Dask."""
+
+import gzip
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import fvae
+from fvae.data import GzipIdxImages
+from fvae.extract import extract_features, output_paths
+from fvae.fisher import FisherVectorEncoder
+
+
+def _write_idx(folder, images, labels, prefix="t10k"):
+    """A gzip-compressed idx pair, as MNIST ships it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n, h, w = images.shape
+    header = bytes([0, 0, 8, 3]) + np.array([n, h, w], dtype=">u4").tobytes()
+    with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as fh:
+        fh.write(header + images.astype(np.uint8).tobytes())
+    with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as fh:
+        fh.write(bytes([0, 0, 8, 1]) + np.array([n], dtype=">u4").tobytes() + labels.astype(np.uint8).tobytes())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mnist_like(tmp_path_factory):
+    """3,000 real MNIST test images as a gzip idx folder, and a small Fisher model fitted on others."""
+    from conftest import SHARED_MNIST_TEST
+
+    if not SHARED_MNIST_TEST.is_dir():
+        pytest.skip(f"needs the official MNIST test set at {SHARED_MNIST_TEST} (../shared/data/mnist-test)")
+    test = fvae.load_dataset(SHARED_MNIST_TEST).test
+    root = tmp_path_factory.mktemp("stream")
+    folder = _write_idx(root / "mnist3k", test.images[:3000], test.labels[:3000])
+    model = FisherVectorEncoder(n_components=8, pca_components=8, n_descriptor_samples=5000,
+                                random_state=0).fit(test.images[5000:5500])
+    model.save(root / "fisher.npz")
+    return folder, root / "fisher.npz", test.images[:3000]
+
+
+def fvae_cli(*args, cwd, wait=True):
+    exe = os.path.join(os.path.dirname(sys.executable), "fvae")
+    command = [exe, *map(str, args)]
+    env = {**os.environ, "FVAE_OFFLINE": "1"}
+    if not wait:
+        return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_lazy_gzip_images_read_chunk_by_chunk_equal_the_whole(mnist_like):
+    folder, _, images = mnist_like
+    lazy = fvae.load_dataset(folder, lazy=True).test.images
+    assert isinstance(lazy, GzipIdxImages) and lazy.shape == images.shape
+    for rows in (slice(0, 7), slice(7, 1000), slice(2990, 3000), slice(5, 9), slice(0, 3000)):  # forward, back
+        np.testing.assert_array_equal(lazy[rows], images[rows])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(lazy))[10:20], images[10:20])
+
+
+def test_streamed_output_equals_in_memory_transform(mnist_like, tmp_path):
+    folder, model_path, images = mnist_like
+    encoder = fvae.load(model_path)
+    split = fvae.load_dataset(folder, lazy=True).test
+    sidecar = extract_features(encoder, split, tmp_path / "f.npy", metadata={"source": "t"}, batch_size=700)
+    streamed = np.load(tmp_path / "f.npy")
+    np.testing.assert_allclose(streamed, encoder.transform(images), rtol=1e-5, atol=1e-6)
+    assert sidecar["shape"] == [3000, encoder.n_features_out_] and sidecar["resumed_chunks"] == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "f.labels.npy"), split.labels)
+    assert not (tmp_path / "f.npy.part").exists() and not (tmp_path / "f.npy.part.json").exists()
+
+    extract_features(encoder, split, tmp_path / "g.npz", metadata={"source": "t"}, batch_size=700)
+    with np.load(tmp_path / "g.npz") as archive:
+        np.testing.assert_array_equal(archive["features"], streamed)
+        np.testing.assert_array_equal(archive["labels"], split.labels)
+    zarr = pytest.importorskip("zarr", reason="zarr is in the dask extra: pip install 'fvae[dask]'")
+    extract_features(encoder, split, tmp_path / "h.zarr", metadata={"source": "t"}, batch_size=700)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "h.zarr"), mode="r")[:], streamed)
+
+
+def test_killed_run_resumes_to_identical_bytes(mnist_like, tmp_path):
+    folder, model_path, _ = mnist_like
+    common = ["encode", "--model", model_path, "--data", folder, "--batch-size", "50", "--quiet"]
+    whole = fvae_cli(*common, "-o", "whole.npy", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+
+    paths = output_paths(tmp_path / "cut.npy")
+    run = fvae_cli(*common, "-o", "cut.npy", cwd=tmp_path, wait=False)
+    deadline = time.time() + 120
+    done = []
+    while time.time() < deadline and run.poll() is None:
+        if paths["manifest"].exists():
+            try:
+                done = json.loads(paths["manifest"].read_text())["done"]
+            except ValueError:  # caught between write and rename: read again
+                done = []
+            if len(done) >= 5:
+                break
+        time.sleep(0.02)
+    assert run.poll() is None, "the run ended before it could be killed; make the input larger"
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    assert run.returncode == -signal.SIGKILL
+    assert not paths["features"].exists() and paths["partial"].exists() and 5 <= len(done) < 60
+
+    refused = fvae_cli(*common, "-o", "cut.npy", cwd=tmp_path)
+    assert refused.returncode == 2 and "pass --resume to finish it or --force" in refused.stderr
+
+    resumed = fvae_cli(*common, "-o", "cut.npy", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "chunks kept from the interrupted run" in resumed.stdout
+    assert (tmp_path / "cut.npy").read_bytes() == (tmp_path / "whole.npy").read_bytes()
+    assert not paths["partial"].exists() and not paths["manifest"].exists()
+    again = fvae_cli(*common, "-o", "cut.npy", "--resume", cwd=tmp_path)
+    assert again.returncode == 2 and "exists; pass --force" in again.stderr  # finished: never rewritten
+
+
+def test_resume_refuses_other_settings(mnist_like, tmp_path):
+    folder, model_path, _ = mnist_like
+    encoder = fvae.load(model_path)
+    split = fvae.load_dataset(folder, lazy=True).test
+    paths = output_paths(tmp_path / "f.npy")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(n, seen=[]):
+        seen.append(n)
+        if len(seen) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        extract_features(encoder, split, paths["features"], metadata={"source": "t"}, batch_size=500,
+                         progress=stop_after_two)
+    assert json.loads(paths["manifest"].read_text())["done"] == [0, 1]
+    with pytest.raises(fvae.InputError, match=r"other settings \(batch_size\)"):
+        extract_features(encoder, split, paths["features"], metadata={"source": "t"}, batch_size=400, resume=True)
+    with pytest.raises(fvae.OutputExistsError, match="pass --resume"):
+        extract_features(encoder, split, paths["features"], metadata={"source": "t"}, batch_size=500)
+    sidecar = extract_features(encoder, split, paths["features"], metadata={"source": "t"}, batch_size=500, resume=True)
+    assert sidecar["resumed_chunks"] == 2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_damaged_input_fails_with_one_line_and_no_output(mnist_like, tmp_path, damage):
+    folder, model_path, images = mnist_like
+    bad = _write_idx(tmp_path / "bad", images, np.zeros(len(images)))
+    target = bad / "t10k-images-idx3-ubyte.gz"
+    payload = bytearray(target.read_bytes())
+    if damage == "truncated":
+        payload = payload[: len(payload) // 2]
+    else:  # garbage in the middle of the deflate stream: found only when that chunk is read
+        payload[len(payload) // 2 : len(payload) // 2 + 64] = bytes(64)
+    target.write_bytes(bytes(payload))
+    result = fvae_cli("encode", "--model", model_path, "--data", bad, "--batch-size", "500", "-o", "f.npy", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"fvae: error: {target}") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("f.")]
+
+
+def test_vae_encoder_pickles_through_the_keras_format(digits):
+    from fvae.vae import VAEEncoder
+
+    vae = VAEEncoder(arch="mlp", hidden=(32,), latent_dim=3, epochs=2, random_state=0).fit(digits.train.images)
+    state = vae.__getstate__()
+    assert "model_" not in state and state["_keras_bytes"][:2] == b"PK"  # a .keras zip, not pickled objects
+    copy = pickle.loads(pickle.dumps(vae))
+    np.testing.assert_array_equal(copy.transform(digits.test.images), vae.transform(digits.test.images))
+
+
+def test_dask_local_cluster_output_equals_local_output(mnist_like, tmp_path):
+    pytest.importorskip("distributed", reason="dask[distributed] is in the dask extra: pip install 'fvae[dask]'")
+    from fvae.extract import dask_client
+
+    folder, model_path, _ = mnist_like
+    encoder = fvae.load(model_path)
+    split = fvae.load_dataset(folder, lazy=True).test
+    local = extract_features(encoder, split, tmp_path / "local.npy", metadata={"source": "t"}, batch_size=400)
+    with dask_client(workers=2) as client:
+        assert all(w.startswith("tcp://127.0.0.1:") for w in client.scheduler_info()["workers"])
+        extract_features(encoder, split, tmp_path / "dask.npy", metadata={"source": "t"}, batch_size=400,
+                         client=client)
+        extract_features(encoder, split, tmp_path / "shared.zarr", metadata={"source": "t"}, batch_size=400,
+                         client=client)
+    assert local["shape"] == [3000, encoder.n_features_out_]
+    expected = (tmp_path / "local.npy").read_bytes()
+    assert (tmp_path / "dask.npy").read_bytes() == expected
+    import zarr
+
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "shared.zarr"), mode="r")[:], np.load(tmp_path / "local.npy"))
