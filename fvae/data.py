@@ -195,6 +195,33 @@ class GzipIdxImages(LazyImages):
         return data
 
 
+class RawImages(LazyImages):
+    """uint8 images stored raw in a file from ``offset`` on (an uncompressed idx or an .npy file),
+    read with ``pread`` chunk by chunk. Unlike a memory map, the pages read do not stay in the
+    process (its resident memory stays flat however large the file)."""
+
+    def __init__(self, path, shape, offset: int):
+        super().__init__(shape)
+        self.path = Path(path)
+        self.offset = offset
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        image_bytes = int(np.prod(self.shape[1:]))
+        out = np.empty((stop - start,) + self.shape[1:], dtype=np.uint8)
+        view = memoryview(out.reshape(-1))
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            done, position = 0, self.offset + start * image_bytes
+            while done < out.nbytes:
+                n = os.preadv(fd, [view[done:]], position + done)
+                if n == 0:
+                    raise DataError(f"{self.path}: file ends early (truncated while being read)")
+                done += n
+        finally:
+            os.close(fd)
+        return out
+
+
 class ImageFiles(LazyImages):
     """Grayscale images read from PNG/JPEG files, one file per image, when sliced."""
 
@@ -279,6 +306,9 @@ def read_idx(path: str | os.PathLike, *, lazy: bool = False) -> np.ndarray:
         head = fh.read(260)
     dims, dtype, offset = _parse_idx_header(head, path)
     size = path.stat().st_size - offset
+    if lazy and dtype == np.uint8 and len(dims) == 3:
+        _check_idx_size(dims, dtype, size, path)
+        return RawImages(path, dims, offset)
     data = np.memmap(path, dtype=np.uint8, mode="r", offset=offset) if size > 0 else np.zeros(0, np.uint8)
     return _idx_array(data, dims, dtype, size, path)
 
@@ -315,13 +345,18 @@ def _parse_idx_header(head: bytes, path: Path) -> tuple[tuple[int, ...], np.dtyp
     return dims, np.dtype(_IDX_DTYPES[head[2]]), offset
 
 
-def _idx_array(data: np.ndarray, dims, dtype: np.dtype, size: int, path: Path) -> np.ndarray:
+def _check_idx_size(dims, dtype: np.dtype, size: int, path: Path) -> int:
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if size != expected:
         shape = "x".join(map(str, dims))
         raise DataError(
             f"{path}: header says {shape} ({expected} bytes of data) but the file holds {size} bytes"
         )
+    return expected
+
+
+def _idx_array(data: np.ndarray, dims, dtype: np.dtype, size: int, path: Path) -> np.ndarray:
+    expected = _check_idx_size(dims, dtype, size, path)
     return data[:expected].view(dtype).reshape(dims)
 
 
@@ -432,11 +467,13 @@ def _load_npz(path: Path) -> Dataset:
     return Dataset(str(path), str(path), splits.get("train"), splits.get("test"), _digit_names(splits))
 
 
-def _load_npy(path: Path) -> Dataset:
+def _load_npy(path: Path, lazy: bool = False) -> Dataset:
     try:
         images = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+    if lazy and images.dtype == np.uint8 and images.ndim == 3 and images.flags.c_contiguous:
+        images = RawImages(path, images.shape, images.offset)
     return Dataset(str(path), str(path), None, Split(_as_uint8_images(images, path), None))
 
 
@@ -651,7 +688,7 @@ def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None =
     if path.suffix == ".npz":
         return _load_npz(path)
     if path.suffix == ".npy":
-        return _load_npy(path)
+        return _load_npy(path, lazy)
     raise DataError(f"{path}: unsupported file type (expected a folder, .npz or .npy)")
 
 

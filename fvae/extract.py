@@ -62,28 +62,35 @@ def output_paths(out) -> dict[str, Path]:
 
 
 class _NpyWriter:
-    """Rows written into a preallocated ``.npy`` (``open_memmap``); the partial file is an .npy."""
+    """Rows written into a preallocated ``.npy``: the file is created at full size by
+    ``open_memmap``, then each chunk is written through a memory map of its own rows only, flushed
+    and unmapped, so the written pages do not accumulate in the process's resident memory."""
 
     def __init__(self, path: Path, shape, *, reopen: bool):
-        mode = "r+" if reopen else "w+"
         self.path = path
-        self.array = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=None if reopen else shape)
-        if self.array.shape != tuple(shape) or self.array.dtype != np.float32:
-            raise InputError(f"{path}: the partial output has shape {self.array.shape}, expected {tuple(shape)}; "
+        if not reopen:
+            np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=tuple(shape)).flush()
+        existing = np.load(path, mmap_mode="r")
+        if existing.shape != tuple(shape) or existing.dtype != np.float32:
+            raise InputError(f"{path}: the partial output has shape {existing.shape}, expected {tuple(shape)}; "
                              "pass --force to start over")
+        self.offset, self.row_bytes = existing.offset, shape[1] * 4
+        self.shape = tuple(shape)
+        del existing
 
     def write(self, start: int, rows: np.ndarray) -> None:
-        self.array[start : start + len(rows)] = rows
+        target = np.memmap(self.path, dtype=np.float32, mode="r+", offset=self.offset + start * self.row_bytes,
+                           shape=rows.shape)
+        target[:] = rows
+        del target  # unmapped, not synced: a killed process's pages still reach the file
 
-    def flush(self) -> None:
-        self.array.flush()
+    def flush(self) -> None:  # every write is flushed as it is made
+        pass
 
     def close(self) -> None:
-        self.flush()
-        del self.array
+        pass
 
     def finish(self, out: Path, labels) -> None:
-        self.close()
         if out.suffix.lower() == ".npz":
             _pack_npz(self.path, labels, out)
             self.path.unlink()

@@ -276,7 +276,8 @@ def markdown_report(report: dict) -> str:
         f"cross-validation on the train codes; {settings['knn_k']}-NN on the codes as they are; "
         "\"acc @100 labels\" is the mean over "
         f"{settings['label_repeats']} stratified draw(s); ridge recon MSE is a linear probe from codes to pixels "
-        "(same for every encoding), own recon MSE the model's own reconstruction. Pixels are in [0, 1].",
+        "(same for every encoding), own recon MSE the model's own reconstruction. Pixels are in [0, 1]. "
+        "The vae codes are the posterior's means and log-variances; pca has as many components as the VAE latent.",
         "",
         "## Reading",
         "",

@@ -115,7 +115,7 @@ def test_library_evaluate_validates_against_the_schema(digits):
         "train": {"source": "digits", "location": "sklearn", "split": "train"},
         "test": {"source": "digits", "location": "sklearn", "split": "test"}})
     _validate({"name": "library", **report, "figures": []})
-    assert report["encodings"]["pca"]["dim"] == 32 and report["vae"] is None
+    assert report["encodings"]["pca"]["dim"] == 64 and report["vae"] is None  # the VAE latent's size, all 64 pixels
     assert set(artifacts["reconstructions"]) == {"pca", "ridge_pca", "ridge_raw"}
     with pytest.raises(fvae.DataError, match="needs labels"):
         evaluate(digits.train, Split(digits.test.images, None), settings)
@@ -155,7 +155,8 @@ def test_cli_report_numbers_are_consistent(cli_run):
     enc = report["encodings"]
     assert enc["raw"]["classification"]["logistic"]["accuracy"] > 0.9
     assert enc["fisher"]["classification"]["logistic"]["accuracy"] > 0.9
-    assert enc["pca"]["dim"] == enc["vae"]["dim"] == 32
+    assert enc["pca"]["dim"] == report["vae"]["test"]["latent_dim"] == 64
+    assert enc["vae"]["dim"] == 128  # means and log-variances
     assert enc["raw"]["reconstruction"]["ridge"]["mse"] < 1e-3  # pixels reconstruct themselves
     assert enc["vae"]["reconstruction"]["own"]["bce"] > 0
     assert report["vae"]["test"]["iwae_bound"] >= report["vae"]["test"]["elbo"] - 0.5

@@ -85,7 +85,8 @@ def test_streamed_output_equals_in_memory_transform(mnist_like, tmp_path):
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "h.zarr"), mode="r")[:], streamed)
 
 
-def test_killed_run_resumes_to_identical_bytes(mnist_like, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_killed_run_resumes_to_identical_bytes(mnist_like, tmp_path, sig):
     folder, model_path, _ = mnist_like
     common = ["encode", "--model", model_path, "--data", folder, "--batch-size", "50", "--quiet"]
     whole = fvae_cli(*common, "-o", "whole.npy", cwd=tmp_path)
@@ -105,9 +106,13 @@ def test_killed_run_resumes_to_identical_bytes(mnist_like, tmp_path):
                 break
         time.sleep(0.02)
     assert run.poll() is None, "the run ended before it could be killed; make the input larger"
-    os.kill(run.pid, signal.SIGKILL)
-    run.wait()
-    assert run.returncode == -signal.SIGKILL
+    os.kill(run.pid, sig)
+    _, stderr = run.communicate(timeout=60)
+    if sig == signal.SIGKILL:
+        assert run.returncode == -signal.SIGKILL
+    else:
+        assert run.returncode == 130 and "run the same command with --resume" in stderr, stderr
+        assert "Traceback" not in stderr
     assert not paths["features"].exists() and paths["partial"].exists() and 5 <= len(done) < 60
 
     refused = fvae_cli(*common, "-o", "cut.npy", cwd=tmp_path)
