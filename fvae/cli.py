@@ -382,7 +382,7 @@ def evaluate(
     name: Annotated[Optional[str], typer.Option(help="Run name: writes runs/NAME/ (default: the --data name).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Folder of the runs.")] = Path("runs"),
     quick: Annotated[bool, typer.Option(help="A few-minute run: short VAE training, fewer C values, one draw per label count.")] = False,
-    vae_seconds: Annotated[Optional[float], typer.Option(min=1, help="VAE training budget (default 180 s, 45 s with --quick).")] = None,
+    vae_seconds: Annotated[Optional[float], typer.Option(min=1, help="VAE training budget (default 300 s, 60 s with --quick).")] = None,
     max_train: Annotated[int, typer.Option(min=1, help="Train images the probes are fitted on (stratified sample).")] = 10_000,
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,

@@ -281,40 +281,96 @@ def _scores(y_true, y_pred, classes) -> dict:
 
 
 def _choose_c(codes, labels, c_grid, seed) -> tuple[float, float | None]:
-    """C with the best mean accuracy over stratified folds of the (standardized) train codes."""
+    """C with the best mean accuracy over stratified folds of the (standardized) train codes.
+
+    Within a fold the C values are fitted in increasing order, each starting from the previous
+    solution (warm start): the same optima, in far fewer iterations. Ties go to the smaller C.
+    """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold
 
     smallest = np.unique(labels, return_counts=True)[1].min()
     folds = min(CV_FOLDS, int(smallest))
     if folds < 2:
         return 1.0, None
-    search = GridSearchCV(LogisticRegression(max_iter=MAX_ITER), {"C": list(c_grid)},
-                          cv=StratifiedKFold(folds, shuffle=True, random_state=seed), scoring="accuracy", refit=False)
-    search.fit(codes, labels)
-    return float(search.best_params_["C"]), float(search.best_score_)
+    grid = sorted(c_grid)
+    accuracy = np.zeros(len(grid))
+    for fit, held_out in StratifiedKFold(folds, shuffle=True, random_state=seed).split(codes, labels):
+        model = LogisticRegression(max_iter=MAX_ITER, warm_start=True)
+        for i, c in enumerate(grid):
+            model.set_params(C=c).fit(codes[fit], labels[fit])
+            accuracy[i] += model.score(codes[held_out], labels[held_out]) / folds
+    best = int(np.argmax(accuracy))
+    return float(grid[best]), float(accuracy[best])
 
 
-def row_space_coordinates(train, test) -> tuple[np.ndarray, np.ndarray]:
-    """Coordinates of train and test codes in an orthonormal basis of the train codes' row space.
+class ProbeSpace:
+    """Train and test codes prepared for the logistic probe: standardized with the train codes'
+    statistics, and, when wider than the train set, the train codes reduced exactly to row-space
+    coordinates.
 
     When codes are wider than there are train images (Fisher Vectors: 21,760 dims for 5,000
     images), an L2-penalized linear model's weights lie in the span of the train rows, so fitting
-    it on these n coordinates instead of the d features gives the same predictions for any C and
-    any subset of the train rows, at a fraction of the cost. The basis comes from the
-    eigendecomposition of the train Gram matrix ``X X^T = U S^2 U^T``: train -> ``U S``, test ->
-    ``X_test X^T U S^-1``; directions with negligible singular values (rank deficiency) are dropped.
+    it on n coordinates in an orthonormal basis of that span instead of the d features gives the
+    same model for any C and any subset of the train rows, at a fraction of the cost. The basis
+    comes from the eigendecomposition of the train Gram matrix ``X X^T = U S^2 U^T``: the train
+    coordinates are ``U S``; directions with negligible singular values (rank deficiency) are
+    dropped. A model fitted on (rows of) them has coefficients in that basis; :meth:`predict`
+    lifts them back to feature weights, ``w = X^T U S^-1 beta``, an n x d x classes product, so the
+    test codes are never projected (that would cost as much as the Gram matrix again).
+
+    Attributes
+    ----------
+    train : ndarray (n, r)
+        What the probe is fitted on: standardized codes, or their row-space coordinates.
+    test : ndarray (m, d)
+        Standardized test codes.
     """
-    train = np.asarray(train, dtype=np.float64)
-    test = np.asarray(test, dtype=np.float64)
-    eigenvalues, eigenvectors = np.linalg.eigh(train @ train.T)
-    keep = eigenvalues > eigenvalues.max(initial=0.0) * 1e-10
-    basis, singular = eigenvectors[:, keep], np.sqrt(eigenvalues[keep])
-    return basis * singular, (test @ train.T) @ basis / singular
+
+    def __init__(self, train_codes, test_codes, *, standardize: bool = True):
+        from sklearn.preprocessing import StandardScaler
+
+        train = np.asarray(train_codes, dtype=np.float64)
+        test = None if test_codes is None else np.asarray(test_codes, dtype=np.float64)
+        if standardize:
+            scaler = StandardScaler().fit(train)
+            train, test = scaler.transform(train), scaler.transform(test)
+        self.test = test
+        self._codes, self._to_coefficients = train, None
+        self.train = train
+        if train.shape[1] > train.shape[0]:
+            eigenvalues, eigenvectors = np.linalg.eigh(train @ train.T)
+            keep = eigenvalues > eigenvalues.max(initial=0.0) * 1e-10
+            basis, singular = eigenvectors[:, keep], np.sqrt(eigenvalues[keep])
+            self.train = basis * singular
+            self._to_coefficients = basis / singular
+
+    def lift(self, beta: np.ndarray) -> np.ndarray:
+        """Feature weights (d, k) of coefficients (r, k) given in :attr:`train`'s basis."""
+        if self._to_coefficients is None:
+            return beta
+        return self._codes.T @ (self._to_coefficients @ beta)
+
+    def predict(self, model, inner: "ProbeSpace | None" = None) -> np.ndarray:
+        """Test-set predictions of a linear classifier fitted on (rows of) :attr:`train`, or on the
+        ``inner`` space of such rows."""
+        coefficients = model.coef_.T if inner is None else inner.lift(model.coef_.T)
+        scores = self.test @ self.lift(coefficients) + model.intercept_
+        if scores.shape[1] == 1:  # two classes: one score, positive for classes_[1]
+            return model.classes_[(scores[:, 0] > 0).astype(int)]
+        return model.classes_[np.argmax(scores, axis=1)]
 
 
-def logistic_probe(train_codes, train_labels, test_codes, test_labels, *, c_grid, seed=0, classes=None) -> dict:
+def logistic_probe(train_codes, train_labels, test_codes, test_labels, *, c_grid, seed=0, classes=None,
+                   space: ProbeSpace | None = None, rows=None) -> dict:
     """Multinomial logistic regression on standardized codes, C by cross-validation on train only.
+
+    Parameters
+    ----------
+    space : ProbeSpace, default=None
+        The codes prepared already (``train_codes``/``test_codes`` are then ignored).
+    rows : array of int, default=None
+        Fit on these train rows only (with ``train_labels`` of the same length).
 
     Returns
     -------
@@ -324,19 +380,21 @@ def logistic_probe(train_codes, train_labels, test_codes, test_labels, *, c_grid
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
     classes = np.unique(train_labels) if classes is None else classes
-    scaler = StandardScaler().fit(train_codes)
-    train_std, test_std = scaler.transform(train_codes), scaler.transform(test_codes)
-    if train_std.shape[1] > train_std.shape[0]:
-        train_std, test_std = row_space_coordinates(train_std, test_std)
+    space = space or ProbeSpace(train_codes, test_codes)
+    train, inner = space.train, None
+    if rows is not None:
+        train = train[rows]
+        if train.shape[1] > train.shape[0]:  # a few labelled rows: reduce again to their own span (exact)
+            inner = ProbeSpace(train, None, standardize=False)
+            train = inner.train
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        c, cv_accuracy = _choose_c(train_std, train_labels, c_grid, seed)
-        model = LogisticRegression(C=c, max_iter=MAX_ITER).fit(train_std, train_labels)
+        c, cv_accuracy = _choose_c(train, train_labels, c_grid, seed)
+        model = LogisticRegression(C=c, max_iter=MAX_ITER).fit(train, train_labels)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-    return {**_scores(test_labels, model.predict(test_std), classes), "C": c, "cv_accuracy": cv_accuracy,
+    return {**_scores(test_labels, space.predict(model, inner), classes), "C": c, "cv_accuracy": cv_accuracy,
             "converged": converged}
 
 
@@ -365,14 +423,17 @@ def stratified_subset(labels, n: int, seed: int) -> np.ndarray:
 
 
 def label_efficiency(train_codes, train_labels, test_codes, test_labels, *, counts=LABEL_COUNTS, repeats=3,
-                     c_grid, seed=0, full_accuracy=None) -> list[dict]:
+                     c_grid, seed=0, full_accuracy=None, space: ProbeSpace | None = None) -> list[dict]:
     """Logistic-probe test accuracy when only ``n`` train labels are known, for each n in ``counts``
     smaller than the train set and at least the number of classes, then all of them.
 
     Each count is drawn ``repeats`` times (seeds ``seed``, ``seed + 1``, ...): the mean, the
-    standard deviation and every accuracy are reported.
+    standard deviation and every accuracy are reported. The codes are standardized with the
+    statistics of all train images, labelled or not (only the labels are scarce), and C is chosen
+    by cross-validation inside each subset.
     """
     classes = np.unique(train_labels)
+    space = space or ProbeSpace(train_codes, test_codes)
     points = []
     for n in counts:
         if not len(classes) <= n < len(train_labels):
@@ -380,13 +441,13 @@ def label_efficiency(train_codes, train_labels, test_codes, test_labels, *, coun
         accuracies = []
         for r in range(repeats):
             idx = stratified_subset(train_labels, n, seed + r)
-            result = logistic_probe(train_codes[idx], train_labels[idx], test_codes, test_labels, c_grid=c_grid,
-                                    seed=seed + r, classes=classes)
+            result = logistic_probe(None, train_labels[idx], None, test_labels, c_grid=c_grid, seed=seed + r,
+                                    classes=classes, space=space, rows=idx)
             accuracies.append(result["accuracy"])
         points.append(_curve_point(n, accuracies))
     if full_accuracy is None:
-        full_accuracy = logistic_probe(train_codes, train_labels, test_codes, test_labels, c_grid=c_grid,
-                                       seed=seed, classes=classes)["accuracy"]
+        full_accuracy = logistic_probe(None, train_labels, None, test_labels, c_grid=c_grid, seed=seed,
+                                       classes=classes, space=space)["accuracy"]
     points.append(_curve_point(len(train_labels), [full_accuracy]))
     return points
 
@@ -546,11 +607,14 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
         vae_section = None
         for name, enc in encodings.items():
             log.info("probing %s codes (%d dims)", name, enc.test.shape[1])
-            logistic = logistic_probe(enc.train, probe_labels, enc.test, test.labels, c_grid=settings.c_grid,
-                                      seed=settings.seed, classes=classes)
+            space = ProbeSpace(enc.train, enc.test)
+            logistic = logistic_probe(None, probe_labels, None, test.labels, c_grid=settings.c_grid,
+                                      seed=settings.seed, classes=classes, space=space)
+            curve = label_efficiency(None, probe_labels, None, test.labels, repeats=settings.label_repeats,
+                                     c_grid=settings.c_grid, seed=settings.seed, full_accuracy=logistic["accuracy"],
+                                     space=space)
+            del space
             knn = knn_probe(enc.train, probe_labels, enc.test, test.labels, classes=classes)
-            curve = label_efficiency(enc.train, probe_labels, enc.test, test.labels, repeats=settings.label_repeats,
-                                     c_grid=settings.c_grid, seed=settings.seed, full_accuracy=logistic["accuracy"])
             ridge, reconstructions[f"ridge_{name}"] = ridge_probe(enc.train, train_pixels, enc.test, test_pixels,
                                                                   alphas=settings.ridge_alphas)
             own = None

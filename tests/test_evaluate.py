@@ -12,7 +12,7 @@ import fvae
 from fvae.data import Split, to_unit_float
 from fvae.evaluate import (
     SCHEMA_PATH, Settings, _PixelPCA, evaluate, label_efficiency, logistic_probe, parse_methods, pixel_errors,
-    ridge_probe, row_space_coordinates, stratified_subset,
+    ProbeSpace, ridge_probe, stratified_subset,
 )
 from fvae.errors import InputError
 
@@ -22,7 +22,7 @@ FIGURES = ("confusion_matrices", "label_efficiency", "embeddings", "reconstructi
 
 def fvae_cli(*args, cwd):
     exe = os.path.join(os.path.dirname(sys.executable), "fvae")
-    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=900,
+    return subprocess.run([exe, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "FVAE_OFFLINE": "1"})
 
 
@@ -71,9 +71,9 @@ def test_pca_reconstruction_error_falls_as_its_dimension_grows(digits):
     assert probe[-1] == pytest.approx(own[-1], rel=0.15)
 
 
-def test_row_space_coordinates_give_the_same_classifier_as_the_wide_features():
-    """The fast path for codes wider than the train set against the obviously correct fit on the
-    original features."""
+def test_row_space_reduction_gives_the_same_classifier_as_the_wide_features():
+    """The fast path for codes wider than the train set (fit in row-space coordinates, lift the
+    weights back) against the obviously correct fit on the original features, also on a subset."""
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(0)
@@ -81,12 +81,20 @@ def test_row_space_coordinates_give_the_same_classifier_as_the_wide_features():
     test = rng.standard_normal((25, 400))
     labels = np.arange(60) % 3
     train[:, :5] += labels[:, None]
-    narrow_train, narrow_test = row_space_coordinates(train, test)
-    assert narrow_train.shape == (60, 60) and narrow_test.shape == (25, 60)
-    for c in (0.01, 1.0):
-        wide = LogisticRegression(C=c, max_iter=5000, tol=1e-10).fit(train, labels)
-        narrow = LogisticRegression(C=c, max_iter=5000, tol=1e-10).fit(narrow_train, labels)
-        np.testing.assert_allclose(narrow.predict_proba(narrow_test), wide.predict_proba(test), atol=1e-5)
+    space = ProbeSpace(train, test, standardize=False)
+    assert space.train.shape == (60, 60)
+    for c, rows in ((0.01, np.arange(60)), (1.0, np.arange(60)), (1.0, np.arange(0, 60, 2))):
+        wide = LogisticRegression(C=c, max_iter=5000, tol=1e-10).fit(train[rows], labels[rows])
+        narrow = LogisticRegression(C=c, max_iter=5000, tol=1e-10).fit(space.train[rows], labels[rows])
+        lifted = test @ space.lift(narrow.coef_.T) + narrow.intercept_
+        np.testing.assert_allclose(lifted, wide.decision_function(test), atol=1e-5)
+        np.testing.assert_array_equal(space.predict(narrow), wide.predict(test))
+    # the probe on 12 labelled rows (narrower than the 60 coordinates: reduced once more)
+    rows = np.arange(0, 60, 5)
+    test_labels = np.arange(25) % 3
+    wide = LogisticRegression(C=1.0, max_iter=5000).fit(train[rows], labels[rows])
+    probe = logistic_probe(None, labels[rows], None, test_labels, c_grid=(1.0,), space=space, rows=rows)
+    assert probe["accuracy"] == pytest.approx(np.mean(wide.predict(test) == test_labels))
 
 
 def test_label_efficiency_curve_uses_stratified_subsets(digits):
@@ -175,13 +183,19 @@ def test_cli_reuses_saved_models_and_refuses_to_overwrite(cli_run, tmp_path):
     assert again.returncode == 2 and again.stderr.strip() == "fvae: error: runs/d exists; pass --force to overwrite it"
     assert (cwd / "runs" / "d" / "report.json").stat().st_mtime_ns == before
 
+    # the same split from two files: --data (train only) and --test-data
+    digits = fvae.load_dataset("digits")
+    np.savez(tmp_path / "train.npz", x_train=digits.train.images, y_train=digits.train.labels)
+    np.savez(tmp_path / "test.npz", x_test=digits.test.images, y_test=digits.test.labels)
     model = cwd / "runs" / "d" / "models" / "fisher.npz"
-    reuse = fvae_cli("evaluate", "--data", "digits", "--quick", "--methods", "fisher,raw", "--fisher-model", str(model),
-                     "--runs-dir", str(tmp_path), "--name", "reuse", cwd=cwd)
+    reuse = fvae_cli("evaluate", "--data", tmp_path / "train.npz", "--test-data", tmp_path / "test.npz", "--quick",
+                     "--methods", "fisher,raw", "--fisher-model", model, "--runs-dir", tmp_path, "--name", "reuse",
+                     cwd=cwd)
     assert reuse.returncode == 0, reuse.stderr
     second = json.loads((tmp_path / "reuse" / "report.json").read_text())
     _validate(second)
     assert second["encodings"]["fisher"]["cost"]["reused_model"] is True
+    assert second["data"]["train"]["split"] == "all" and second["data"]["test"]["source"].endswith("test.npz")
     assert second["encodings"]["fisher"]["classification"] == first["encodings"]["fisher"]["classification"]
     assert "vae_samples.png" not in " ".join(second["figures"])
 

@@ -201,3 +201,30 @@ def test_dask_local_cluster_output_equals_local_output(mnist_like, tmp_path):
     import zarr
 
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "shared.zarr"), mode="r")[:], np.load(tmp_path / "local.npy"))
+
+
+def test_cli_dask_zarr_and_vae_on_workers_equal_local(mnist_like, tmp_path):
+    """``fvae encode --dask`` as a user runs it: a Fisher model to .zarr written by the workers, and
+    a VAE (shipped through Keras' format) gathered into .npy; both equal the local output."""
+    pytest.importorskip("distributed", reason="dask[distributed] is in the dask extra: pip install 'fvae[dask]'")
+    import zarr
+
+    from fvae.vae import VAEEncoder
+
+    folder, model_path, images = mnist_like
+    VAEEncoder(arch="mlp", hidden=(64,), latent_dim=4, epochs=1, random_state=0).fit(images[:500]).save(tmp_path / "vae.npz")
+    common = ["--data", folder, "--batch-size", "500", "--quiet"]
+    for method, model, suffix in (("fisher", model_path, ".zarr"), ("vae", tmp_path / "vae.npz", ".npy")):
+        local = fvae_cli("encode", "--method", method, "--model", model, *common, "-o", f"{method}-local.npy", cwd=tmp_path)
+        assert local.returncode == 0, local.stderr
+        remote = fvae_cli("encode", "--method", method, "--model", model, *common, "--dask", "--jobs", "2",
+                          "-o", f"{method}-dask{suffix}", cwd=tmp_path)
+        assert remote.returncode == 0, remote.stderr
+        expected = np.load(tmp_path / f"{method}-local.npy")
+        if suffix == ".zarr":
+            got = zarr.open_array(str(tmp_path / f"{method}-dask.zarr"), mode="r")[:]
+        else:
+            got = np.load(tmp_path / f"{method}-dask.npy")
+        np.testing.assert_array_equal(got, expected)
+        sidecar = json.loads((tmp_path / f"{method}-dask.json").read_text())
+        assert sidecar["format"] == suffix.lstrip(".") and sidecar["shape"] == list(expected.shape)
