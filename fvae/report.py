@@ -230,18 +230,21 @@ def evaluation_figures(report: dict, artifacts: dict, out_dir, *, n_shown: int =
     training curves. Returns the paths written."""
     out = Path(out_dir)
     encodings = report["encodings"]
-    labels = artifacts["test_labels"][:n_shown]
+    n_test = len(artifacts["test_labels"])
+    # evenly spread test images: splits are often sorted by class
+    shown_rows = np.linspace(0, n_test - 1, min(n_test, n_shown)).astype(int)
+    labels = artifacts["test_labels"][shown_rows]
     written = [
         save_confusion_matrices({n: e["classification"]["logistic"]["confusion"] for n, e in encodings.items()},
                                 out / "confusion_matrices.png"),
         save_label_efficiency({n: e["label_efficiency"] for n, e in encodings.items()}, out / "label_efficiency.png"),
-        save_embeddings({n: e.test[:n_shown] for n, e in artifacts["encodings"].items()}, labels,
+        save_embeddings({n: e.test[shown_rows] for n, e in artifacts["encodings"].items()}, labels,
                         out / "embeddings.png"),
     ]
     shown = [(key, title) for key, title in RECONSTRUCTION_ROWS if key in artifacts["reconstructions"]]
-    n = 12
-    rows = [artifacts["test_pixels"][:n]] + [artifacts["reconstructions"][key][:n] for key, _ in shown]
-    written.append(save_grid(np.concatenate(rows), out / "reconstructions.png", n_cols=n,
+    picked = np.linspace(0, n_test - 1, min(n_test, 12)).astype(int)
+    rows = [artifacts["test_pixels"][picked]] + [artifacts["reconstructions"][key][picked] for key, _ in shown]
+    written.append(save_grid(np.concatenate(rows), out / "reconstructions.png", n_cols=len(picked),
                              row_labels=["original"] + [title for _, title in shown],
                              title="test images and their reconstructions"))
     if "vae" in artifacts["encodings"]:
