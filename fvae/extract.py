@@ -238,7 +238,9 @@ def _run_dask(client, encoder, split, chunks, needs_labels, writer, manifest, pr
     """
     from distributed import as_completed
 
-    model = client.scatter(encoder, broadcast=True)
+    # hash=False: a fresh key per run. With content hashing, a second run with the same model would
+    # share the key of the first, and the first run's release could drop the model under it.
+    model = client.scatter(encoder, broadcast=True, hash=False)
     window = 2 * max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})) or 1)
     pending = iter(chunks)
     futures = as_completed()
