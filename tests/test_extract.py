@@ -204,21 +204,34 @@ def test_dask_local_cluster_output_equals_local_output(mnist_like, tmp_path):
 
 
 def test_cli_dask_zarr_and_vae_on_workers_equal_local(mnist_like, tmp_path):
-    """``fvae encode --dask`` as a user runs it: a Fisher model to .zarr written by the workers, and
-    a VAE (shipped through Keras' format) gathered into .npy; both equal the local output."""
+    """``fvae encode`` on Dask as a user runs it: a Fisher model to .zarr written by the workers of
+    a running cluster (``--scheduler tcp://...``), and a VAE (shipped through Keras' format) on a
+    cluster of its own (``--dask``), gathered into .npy; both equal the local output."""
     pytest.importorskip("distributed", reason="dask[distributed] is in the dask extra: pip install 'fvae[dask]'")
     import zarr
+    from distributed import LocalCluster
 
     from fvae.vae import VAEEncoder
 
     folder, model_path, images = mnist_like
     VAEEncoder(arch="mlp", hidden=(64,), latent_dim=4, epochs=1, random_state=0).fit(images[:500]).save(tmp_path / "vae.npz")
     common = ["--data", folder, "--batch-size", "500", "--quiet"]
-    for method, model, suffix in (("fisher", model_path, ".zarr"), ("vae", tmp_path / "vae.npz", ".npy")):
-        local = fvae_cli("encode", "--method", method, "--model", model, *common, "-o", f"{method}-local.npy", cwd=tmp_path)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
+    runs = (("fisher", model_path, ".zarr", ["--scheduler", cluster.scheduler_address]),
+            ("vae", tmp_path / "vae.npz", ".npy", ["--dask", "--jobs", "2"]))
+    try:
+        outputs = {}
+        for method, model, suffix, where in runs:
+            local = fvae_cli("encode", "--method", method, "--model", model, *common, "-o", f"{method}-local.npy",
+                             cwd=tmp_path)
+            remote = fvae_cli("encode", "--method", method, "--model", model, *common, *where,
+                              "-o", f"{method}-dask{suffix}", cwd=tmp_path)
+            outputs[method] = (local, remote)
+    finally:
+        cluster.close()
+    for method, model, suffix, where in runs:
+        local, remote = outputs[method]
         assert local.returncode == 0, local.stderr
-        remote = fvae_cli("encode", "--method", method, "--model", model, *common, "--dask", "--jobs", "2",
-                          "-o", f"{method}-dask{suffix}", cwd=tmp_path)
         assert remote.returncode == 0, remote.stderr
         expected = np.load(tmp_path / f"{method}-local.npy")
         if suffix == ".zarr":
