@@ -111,6 +111,24 @@ def test_label_efficiency_curve_uses_stratified_subsets(digits):
     assert curve[0]["accuracy_mean"] < curve[-1]["accuracy_mean"]
 
 
+def test_vae_reconstruction_bce_is_the_models_own_reconstruction_term(digits):
+    """BCE against the model's targets (thresholded pixels), equal to -log p(x|z=mean) as the model
+    computes it, not against the grey levels."""
+    from keras import ops
+
+    from fvae.evaluate import vae_reconstruction
+    from fvae.vae import VAEEncoder
+
+    vae = VAEEncoder(arch="mlp", hidden=(32,), latent_dim=3, epochs=2, random_state=0).fit(digits.train.images)
+    pixels = to_unit_float(digits.test.images)
+    codes = vae.transform(digits.test.images)
+    scores, means = vae_reconstruction(vae, codes, pixels)
+    model = vae.model_
+    expected = -ops.convert_to_numpy(model.log_likelihood(model.targets(pixels), model.decode(codes))).mean()
+    assert scores["bce"] == pytest.approx(float(expected), rel=1e-4)
+    assert scores["mse"] == pytest.approx(float(np.mean((means - pixels) ** 2)), rel=1e-6)
+
+
 def test_methods_are_parsed_and_checked():
     assert parse_methods("raw, fisher") == ("fisher", "raw")
     with pytest.raises(InputError, match="choose from fisher, vae, pca, raw"):
