@@ -141,10 +141,11 @@ class LazyImages:
         return self._take(index)
 
     def _take(self, index: np.ndarray) -> np.ndarray:
-        out = np.empty((len(index),) + self.shape[1:], dtype=np.uint8)
-        for i, j in enumerate(index):
-            out[i] = self._read(int(j), int(j) + 1)[0]
-        return out
+        """Images at ``index``: one read of the range they span, then a gather."""
+        if len(index) == 0:
+            return np.empty((0,) + self.shape[1:], dtype=np.uint8)
+        first = int(index.min())
+        return self._read(first, int(index.max()) + 1)[index - first]
 
     def __array__(self, dtype=None, copy=None):
         data = self._read(0, len(self))
@@ -178,10 +179,16 @@ class GzipIdxImages(LazyImages):
             self._stream = gzip.open(self.path, "rb")
             self._position = 0
             self._read_bytes(self.offset)
-        self._read_bytes((start - self._position) * image_bytes)
+        self._skip((start - self._position) * image_bytes)
         data = self._read_bytes((stop - start) * image_bytes)
         self._position = stop
         return np.frombuffer(data, dtype=np.uint8).reshape((stop - start,) + self.shape[1:])
+
+    def _skip(self, size: int, piece: int = 1 << 24) -> None:
+        """Decompress and drop ``size`` bytes, a bounded piece at a time (resuming deep into a file
+        must not hold the skipped part in memory)."""
+        while size > 0:
+            size -= len(self._read_bytes(min(size, piece)))
 
     def _read_bytes(self, size: int) -> bytes:
         try:

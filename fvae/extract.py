@@ -63,8 +63,8 @@ def output_paths(out) -> dict[str, Path]:
 
 class _NpyWriter:
     """Rows written into a preallocated ``.npy``: the file is created at full size by
-    ``open_memmap``, then each chunk is written through a memory map of its own rows only, flushed
-    and unmapped, so the written pages do not accumulate in the process's resident memory."""
+    ``open_memmap``, then each chunk is written through a memory map of its own rows only and
+    unmapped, so the written pages do not accumulate in the process's resident memory."""
 
     def __init__(self, path: Path, shape, *, reopen: bool):
         self.path = path
@@ -83,12 +83,6 @@ class _NpyWriter:
                            shape=rows.shape)
         target[:] = rows
         del target  # unmapped, not synced: a killed process's pages still reach the file
-
-    def flush(self) -> None:  # every write is flushed as it is made
-        pass
-
-    def close(self) -> None:
-        pass
 
     def finish(self, out: Path, labels) -> None:
         if out.suffix.lower() == ".npz":
@@ -129,12 +123,6 @@ class _ZarrWriter:
     def write(self, start: int, rows: np.ndarray) -> None:
         self.array[start : start + len(rows)] = rows
 
-    def flush(self) -> None:  # every write is a complete chunk file
-        pass
-
-    def close(self) -> None:
-        pass
-
     def finish(self, out: Path, labels) -> None:
         if labels is not None:
             self.array.attrs["labels_file"] = output_paths(out)["labels"].name
@@ -170,7 +158,7 @@ def _remove(path: Path) -> None:
 
 class Manifest:
     """What an unfinished run is (``identity``) and which chunks are done, saved atomically after
-    every chunk, always after the chunk's rows are flushed: it never lists a chunk not on disk."""
+    every chunk, always after the chunk's rows are written: it never lists a chunk not in the file."""
 
     def __init__(self, path: Path, identity: dict):
         self.path = path
@@ -224,7 +212,6 @@ def _run_local(encoder, split, chunks, needs_labels, writer, manifest, progress)
     for index, rows in chunks:
         labels = split.labels[rows] if needs_labels else None
         writer.write(rows.start, encode_chunk(encoder, np.asarray(split.images[rows]), labels))
-        writer.flush()
         manifest.mark(index)
         if progress:
             progress(rows.stop - rows.start)
@@ -241,7 +228,7 @@ def _run_dask(client, encoder, split, chunks, needs_labels, writer, manifest, pr
     # hash=False: a fresh key per run. With content hashing, a second run with the same model would
     # share the key of the first, and the first run's release could drop the model under it.
     model = client.scatter(encoder, broadcast=True, hash=False)
-    window = 2 * max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})) or 1)
+    window = 2 * max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
     pending = iter(chunks)
     futures = as_completed()
     where = {}
@@ -269,7 +256,6 @@ def _run_dask(client, encoder, split, chunks, needs_labels, writer, manifest, pr
         result = future.result()
         if zarr_path is None:
             writer.write(rows.start, result)
-            writer.flush()
         manifest.mark(index)
         if progress:
             progress(rows.stop - rows.start)
@@ -365,12 +351,9 @@ def extract_features(
                       str(partial) if fmt == ".zarr" else None)
     except FvaeError:
         # Bad input (a corrupt file found mid-way): no output, partial or not, is left behind.
-        writer.close()
+        # Anything else (Ctrl-C, a kill, a crash) keeps the finished chunks for --resume.
         _remove(partial)
         _remove(manifest_path)
-        raise
-    except BaseException:  # interrupted: the finished chunks stay, for --resume
-        writer.close()
         raise
     seconds = time.perf_counter() - started
     encoded = sum(rows.stop - rows.start for _, rows in todo)

@@ -63,6 +63,8 @@ def test_lazy_gzip_images_read_chunk_by_chunk_equal_the_whole(mnist_like):
     for rows in (slice(0, 7), slice(7, 1000), slice(2990, 3000), slice(5, 9), slice(0, 3000)):  # forward, back
         np.testing.assert_array_equal(lazy[rows], images[rows])
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(lazy))[10:20], images[10:20])
+    picked = np.array([2500, 7, 7, 1200])
+    np.testing.assert_array_equal(lazy[picked], images[picked])  # fancy indexing: one spanning read
 
 
 def test_streamed_output_equals_in_memory_transform(mnist_like, tmp_path):
