@@ -336,7 +336,7 @@ class ProbeSpace:
             scaler = StandardScaler().fit(train)
             train, test = scaler.transform(train), scaler.transform(test)
         self.test = test
-        self._codes, self._to_coefficients = train, None
+        self._codes, self._to_coefficients, self._svd = train, None, None
         self.train = train
         if train.shape[1] > train.shape[0]:
             eigenvalues, eigenvectors = np.linalg.eigh(train @ train.T)
@@ -344,12 +344,43 @@ class ProbeSpace:
             basis, singular = eigenvectors[:, keep], np.sqrt(eigenvalues[keep])
             self.train = basis * singular
             self._to_coefficients = basis / singular
+            self._svd = (basis, singular, None)  # train = U S I: already its own SVD
 
     def lift(self, beta: np.ndarray) -> np.ndarray:
         """Feature weights (d, k) of coefficients (r, k) given in :attr:`train`'s basis."""
         if self._to_coefficients is None:
             return beta
         return self._codes.T @ (self._to_coefficients @ beta)
+
+    def ridge(self, targets: np.ndarray, alphas) -> tuple[float, np.ndarray]:
+        """Ridge regression (with an intercept) from :attr:`train` to ``targets`` (n, p), alpha by
+        exact leave-one-out error over all targets; returns alpha and the test predictions.
+
+        Computed from the SVD ``train = U S V^T`` (for wide codes the Gram eigendecomposition done
+        already): fitted values ``U diag(s^2 / (s^2 + alpha)) U^T Yc``, leverages
+        ``1/n + sum_j U_ij^2 s_j^2 / (s_j^2 + alpha)`` (the codes are centred, so U is orthogonal
+        to the intercept), LOO residuals ``(y - fitted) / (1 - leverage)``: what scikit-learn's
+        ``RidgeCV`` computes, without a second decomposition.
+        """
+        if self._svd is None:
+            u, s, vt = np.linalg.svd(self.train, full_matrices=False)
+            self._svd = (u, s, vt)
+        u, s, vt = self._svd
+        mean = targets.mean(axis=0)
+        centred = targets - mean
+        projected = u.T @ centred
+        squared_u = u ** 2
+        best = (np.inf, None)
+        for alpha in alphas:
+            shrink = s ** 2 / (s ** 2 + alpha)
+            leverage = 1.0 / len(targets) + squared_u @ shrink
+            residual = (centred - u @ (shrink[:, None] * projected)) / (1.0 - leverage)[:, None]
+            best = min(best, (float(np.mean(residual ** 2)), alpha), key=lambda b: b[0])
+        alpha = best[1]
+        beta = (s / (s ** 2 + alpha))[:, None] * projected
+        if vt is not None:
+            beta = vt.T @ beta
+        return float(alpha), self.test @ self.lift(beta) + mean
 
     def predict(self, model, inner: "ProbeSpace | None" = None) -> np.ndarray:
         """Test-set predictions of a linear classifier fitted on (rows of) :attr:`train`, or on the
@@ -467,11 +498,13 @@ def pixel_errors(originals, reconstructions) -> dict:
     return {"mse": mse, "psnr": float(10 * np.log10(1.0 / max(mse, 1e-12)))}
 
 
-def ridge_probe(train_codes, train_pixels, test_codes, test_pixels, *, alphas) -> tuple[dict, np.ndarray]:
+def ridge_probe(train_codes, train_pixels, test_codes, test_pixels, *, alphas,
+                space: ProbeSpace | None = None) -> tuple[dict, np.ndarray]:
     """Linear reconstruction probe: ridge from standardized codes to pixels, fitted on train.
 
-    Alpha is chosen by generalized (leave-one-out) cross-validation on the train codes; the
-    predictions are clipped to [0, 1] before scoring.
+    Alpha is chosen by exact leave-one-out error on the train codes (:meth:`ProbeSpace.ridge`);
+    the predictions are clipped to [0, 1] before scoring. ``space``: the codes prepared already
+    (the logistic probe's), whose decomposition is reused.
 
     Returns
     -------
@@ -479,13 +512,10 @@ def ridge_probe(train_codes, train_pixels, test_codes, test_pixels, *, alphas) -
         ``mse``, ``psnr``, ``alpha``.
     reconstructions : ndarray, same shape as ``test_pixels``
     """
-    from sklearn.linear_model import RidgeCV
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(train_codes)
-    ridge = RidgeCV(alphas=alphas).fit(scaler.transform(train_codes), train_pixels.reshape(len(train_pixels), -1))
-    predicted = np.clip(ridge.predict(scaler.transform(test_codes)), 0.0, 1.0).reshape(test_pixels.shape)
-    return {**pixel_errors(test_pixels, predicted), "alpha": float(ridge.alpha_)}, predicted.astype(np.float32)
+    space = space or ProbeSpace(train_codes, test_codes)
+    alpha, predicted = space.ridge(np.asarray(train_pixels, np.float64).reshape(len(train_pixels), -1), alphas)
+    predicted = np.clip(predicted, 0.0, 1.0).reshape(test_pixels.shape)
+    return {**pixel_errors(test_pixels, predicted), "alpha": alpha}, predicted.astype(np.float32)
 
 
 def vae_reconstruction(encoder, test_codes, test_pixels, *, seed=0) -> tuple[dict, np.ndarray]:
@@ -613,10 +643,10 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
             curve = label_efficiency(None, probe_labels, None, test.labels, repeats=settings.label_repeats,
                                      c_grid=settings.c_grid, seed=settings.seed, full_accuracy=logistic["accuracy"],
                                      space=space)
+            ridge, reconstructions[f"ridge_{name}"] = ridge_probe(None, train_pixels, None, test_pixels,
+                                                                  alphas=settings.ridge_alphas, space=space)
             del space
             knn = knn_probe(enc.train, probe_labels, enc.test, test.labels, classes=classes)
-            ridge, reconstructions[f"ridge_{name}"] = ridge_probe(enc.train, train_pixels, enc.test, test_pixels,
-                                                                  alphas=settings.ridge_alphas)
             own = None
             if name == "vae":
                 own, reconstructions["vae"] = vae_reconstruction(enc.estimator, enc.test, test_pixels, seed=settings.seed)

@@ -35,6 +35,14 @@ def fvae_version() -> str:
     return __version__
 
 
+def _writable(path, force: bool) -> Path:
+    """``path`` as a Path, refused if it exists (unless ``force``), its folder created."""
+    path = Path(path)
+    refuse_overwrite(path, force=force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_output(path, *, force: bool = False):
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
@@ -44,9 +52,7 @@ def atomic_output(path, *, force: bool = False):
     OutputExistsError
         If ``path`` exists and ``force`` is false (checked before any work).
     """
-    path = Path(path)
-    refuse_overwrite(path, force=force)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _writable(path, force)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     os.close(fd)
     try:
@@ -71,9 +77,7 @@ def atomic_directory(path, *, force: bool = False):
     """
     import shutil
 
-    path = Path(path)
-    refuse_overwrite(path, force=force)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _writable(path, force)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part"))
     old = None
     try:

@@ -97,6 +97,24 @@ def test_row_space_reduction_gives_the_same_classifier_as_the_wide_features():
     assert probe["accuracy"] == pytest.approx(np.mean(wide.predict(test) == test_labels))
 
 
+@pytest.mark.parametrize("width", [30, 300], ids=["narrow", "wide"])
+def test_ridge_from_the_probe_space_equals_scikit_learns_ridgecv(width):
+    """The ridge probe's closed-form leave-one-out choice and fit, from the probe space's own
+    decomposition, against scikit-learn's RidgeCV on the same standardized codes."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(1)
+    train, test = rng.standard_normal((80, width)), rng.standard_normal((20, width))
+    targets = train[:, :4] @ rng.standard_normal((4, 6)) + 0.3 * rng.standard_normal((80, 6)) + 2.0
+    alphas = (0.01, 1.0, 30.0, 1000.0)
+    alpha, predicted = ProbeSpace(train, test).ridge(targets, alphas)
+    scaler = StandardScaler().fit(train)
+    reference = RidgeCV(alphas=alphas).fit(scaler.transform(train), targets)
+    assert alpha == reference.alpha_
+    np.testing.assert_allclose(predicted, reference.predict(scaler.transform(test)), rtol=1e-6, atol=1e-8)
+
+
 def test_label_efficiency_curve_uses_stratified_subsets(digits):
     train = to_unit_float(digits.train.images).reshape(len(digits.train), -1)
     test = to_unit_float(digits.test.images).reshape(len(digits.test), -1)
