@@ -529,10 +529,14 @@ def vae_reconstruction(encoder, test_codes, test_pixels, *, seed=0) -> tuple[dic
         ``psnr`` against the grey levels.
     reconstructions : ndarray (n, h, w)
     """
+    from keras import ops
+
     from .vae.train import fixed_binarization
 
+    model = encoder.model_
     means = encoder.inverse_transform(test_codes[:, : encoder.latent_dim])
-    targets = fixed_binarization(test_pixels, encoder.model_.target_binarization, seed)
+    # the model's own rule makes the targets (fixed draw for dynamic binarization, then VAE.targets)
+    targets = ops.convert_to_numpy(model.targets(fixed_binarization(test_pixels, model.target_binarization, seed)))
     p = np.clip(means.astype(np.float64), 1e-7, 1 - 1e-7)
     bce = -(targets * np.log(p) + (1 - targets) * np.log1p(-p)).reshape(len(p), -1).sum(axis=1)
     return {"bce": float(bce.mean()), **pixel_errors(test_pixels, means)}, means

@@ -172,6 +172,16 @@ def _save(fig, path, force) -> Path:
     return Path(path)
 
 
+def save_samples(encoder, path, *, force=True) -> Path:
+    """Samples of a fitted VAE: 64 from the prior, or for a conditional VAE one row per class."""
+    if encoder.conditional:
+        n_classes = encoder.n_classes_
+        rows = [encoder.sample(10, label=c, random_state=0) for c in range(n_classes)]
+        return save_grid(np.concatenate(rows), path, n_cols=10, row_labels=range(n_classes),
+                         title="samples, one row per class", force=force)
+    return save_grid(encoder.sample(64, random_state=0), path, n_cols=8, title="samples from the prior", force=force)
+
+
 def vae_figures(encoder, images, labels, out_dir, *, frames=(), force=True) -> list[Path]:
     """The VAE's figures in ``out_dir``: samples, reconstructions, latent codes in 2-D, training
     curves, the training-progress GIF (from ``frames``) and, for latent_dim 2, the 20x20 manifold.
@@ -190,14 +200,7 @@ def vae_figures(encoder, images, labels, out_dir, *, frames=(), force=True) -> l
     images = images[:2000]
     labels = None if labels is None else labels[:2000]
     cond = bool(encoder.conditional)
-    if cond:
-        n_classes = encoder.n_classes_
-        rows = [encoder.sample(10, label=c, random_state=0) for c in range(n_classes)]
-        written.append(save_grid(np.concatenate(rows), out / "samples.png", n_cols=10, row_labels=range(n_classes),
-                                 title="samples, one row per class", force=force))
-    else:
-        written.append(save_grid(encoder.sample(64, random_state=0), out / "samples.png", n_cols=8,
-                                 title="samples from the prior", force=force))
+    written.append(save_samples(encoder, out / "samples.png", force=force))
     codes = encoder.transform(images, labels if cond else None)[:, : encoder.latent_dim]
     written.append(save_reconstructions(to_unit_float(images, "figures"),
                                         encoder.inverse_transform(codes, labels if cond else None),
@@ -249,8 +252,7 @@ def evaluation_figures(report: dict, artifacts: dict, out_dir, *, n_shown: int =
                              title="test images and their reconstructions"))
     if "vae" in artifacts["encodings"]:
         vae = artifacts["encodings"]["vae"].estimator
-        written.append(save_grid(vae.sample(64, random_state=0), out / "vae_samples.png", n_cols=8,
-                                 title="VAE samples from the prior"))
+        written.append(save_samples(vae, out / "vae_samples.png"))
         if vae.history_:
             written.append(save_curves(vae.history_, out / "vae_training_curves.png"))
     return written

@@ -16,13 +16,11 @@ from .model import gaussian_log_density
 
 
 def fixed_binarization(images: np.ndarray, mode: str, seed: int) -> np.ndarray:
-    """The targets a VAE is scored on, as fixed numbers: pixels above 0.5 for ``threshold``, one
-    seeded Bernoulli draw for ``dynamic`` (so that scores compare across epochs and runs), the grey
-    levels for ``none``. Binarizing them again (``VAE.targets``) leaves them unchanged."""
+    """Evaluation data for a dynamically binarized VAE: one fixed, seeded Bernoulli draw, so that
+    scores compare across epochs and runs. Other modes are deterministic already: unchanged (a
+    thresholded VAE's encoder sees grey levels, as in training; ``VAE.targets`` thresholds)."""
     if mode == "dynamic":
         return (np.random.default_rng(seed).random(images.shape, dtype=np.float32) < images).astype(np.float32)
-    if mode == "threshold":
-        return (images > 0.5).astype(np.float32)
     return images
 
 
