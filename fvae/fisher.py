@@ -33,14 +33,22 @@ whose mean is far from the origin relative to their width (the tight "blank patc
 few components (``max_d mu^2 / sigma^2 > 1e3``) get their log-likelihood and statistics computed
 centred, ``x - mu_k``, which is exact. Log-posteriors below -60 are clipped (posterior < 1e-26):
 float32 denormals are two orders of magnitude slower on x86 and change nothing at that size.
+
+The matrix products go to BLAS; the elementwise work between them (building ``[x^2, x, 1]``, the
+softmax, the gradients with their normalization) is in a few loops compiled by numba, each one
+pass over memory where numpy needed one pass per operation. They are compiled on first use and
+cached next to this file (about 2 s, once per machine).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 
+import llvmlite.ir
+import numba
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -228,13 +236,16 @@ def fisher_vectors(
     counts = np.array([c.stop - c.start for c in cells], dtype=np.float64)
     if len(cells) > 1:
         counts = np.concatenate([[counts.sum()], counts])
+    inverse_counts = (1.0 / counts).astype(np.float32)
     step = max(1, BLOCK_DESCRIPTORS // n_descriptors)
     for start in range(0, n_images, step):
         block = descriptors[start : start + step]
         s0, s1, s2 = _cell_statistics(block, gmm, cells)
         view = out[start : start + len(block)].reshape(len(block), n_cells, -1)
-        _gradients(s0, s1, s2, counts, gmm, weight_gradients, view)
-        _normalize(view, gmm.n_components, weight_gradients, improved, alpha, intra_normalization)
+        _normalized_gradients(
+            s0, s1, s2, inverse_counts, gmm.weights.astype(np.float32), gmm.mu_coefficients, gmm.sigma_coefficients,
+            weight_gradients, improved, np.float32(alpha), intra_normalization, view,
+        )
     return out
 
 
@@ -255,9 +266,7 @@ def _cell_statistics(x: np.ndarray, gmm: GmmTerms, cells: list):
     n_images, n_descriptors, v = x.shape
     k, d, p = gmm.n_components, gmm.n_features, gmm.n_positions
     features = np.empty((n_images, n_descriptors, 2 * v + 1), dtype=np.float32)  # [x^2, x, 1]
-    np.multiply(x, x, out=features[..., :v])
-    features[..., v : 2 * v] = x
-    features[..., 2 * v] = 1.0
+    _quadratic_features(x.reshape(-1, v), features.reshape(-1, 2 * v + 1))
 
     # Log-likelihoods as (K, B*T): one product, and the softmax then reduces over K across long
     # contiguous rows (the reductions run at SIMD speed).
@@ -268,7 +277,7 @@ def _cell_statistics(x: np.ndarray, gmm: GmmTerms, cells: list):
     by_image = loglik.reshape(k, n_images, n_descriptors)
     if p:
         by_image += gmm.position_loglik.T[:, None, :]
-    _softmax_components(loglik)
+    _posteriors_in_place(loglik)
     posteriors = by_image.transpose(1, 0, 2)  # (B, K, T) view
 
     n_stat_cells = len(cells) + (len(cells) > 1)
@@ -306,80 +315,178 @@ def _centred_terms(x: np.ndarray, gmm: GmmTerms) -> np.ndarray:
     return terms
 
 
-def _softmax_components(loglik: np.ndarray) -> np.ndarray:
-    """Posteriors from (K, N) log-likelihoods, in place: log-sum-exp over K, with a floor."""
-    loglik -= loglik.max(axis=0)
-    np.maximum(loglik, LOG_POSTERIOR_FLOOR, out=loglik)
-    np.exp(loglik, out=loglik)
-    loglik *= 1.0 / loglik.sum(axis=0)
-    return loglik
+# ----------------------------------------------------------------------------------------------------
+# compiled loops
+#
+# The elementwise passes (building [x^2, x, 1], the softmax, the gradients and their normalization)
+# cost more than the matrix products when each is a separate numpy pass over memory; here each is
+# one or two passes. Checked against the float64 reference in tests/reference.py.
+
+#: Compiler flags: reassociation lets the sums over a row vectorize, contraction gives FMAs; no
+#: assumptions about NaN or infinity, so bad values propagate as they would in numpy. Every kernel
+#: also uses numpy's error model (x / 0 is inf, not ZeroDivisionError): Python's check on each
+#: division is a branch that stops the loops from vectorizing.
+_FASTMATH = {"reassoc", "contract", "nsz"}
+#: Taylor coefficients of exp(r) for |r| <= ln(2)/2: the truncation error after degree 7 is below
+#: 1e-8, under float32 rounding.
+_EXP_TAYLOR = tuple(1.0 / math.factorial(n) for n in range(8))
+#: ln 2 split in two (Cody and Waite): ``i * _LN2_HIGH`` is exact in float32 for |i| < 2^15, so the
+#: reduced argument keeps float32 precision however large i is.
+_LN2_HIGH, _LN2_LOW = 0.693359375, -2.12194440e-4
+_TINY = float(np.finfo(np.float32).tiny)
 
 
-def _gradients(s0, s1, s2, counts: np.ndarray, gmm: GmmTerms, weight_gradients: bool, out: np.ndarray) -> None:
-    """Write the unnormalized gradients of each cell into ``out`` (B, C, dim_per_cell).
+@numba.extending.intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose IEEE bits are the int32 ``bits`` (builds 2^i from its exponent)."""
+    signature = numba.types.float32(numba.types.int32)
 
-    ``s0, s1, s2`` come from :func:`_cell_statistics`; ``counts`` is the number of descriptors per cell.
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], llvmlite.ir.FloatType())
+
+    return signature, codegen
+
+
+@numba.njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+def _exp_of_log_posterior(x):
+    """``exp(x)`` for float32 ``x`` in [LOG_POSTERIOR_FLOOR, 0], relative error 2e-7 (numpy's: 1.8e-7).
+
+    Written out because numba's ``math.exp`` is a scalar library call, 8x slower than this
+    vectorized version: ``x = i ln 2 + r`` with integer i and |r| <= ln(2)/2, then ``exp(r)`` by
+    its Taylor series and ``2^i`` from its exponent bits (i >= -87 > -127: always a normal float).
+    """
+    i = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
+    r = x - i * np.float32(_LN2_HIGH) - i * np.float32(_LN2_LOW)
+    c = _EXP_TAYLOR
+    p = np.float32(c[7])
+    p = p * r + np.float32(c[6])
+    p = p * r + np.float32(c[5])
+    p = p * r + np.float32(c[4])
+    p = p * r + np.float32(c[3])
+    p = p * r + np.float32(c[2])
+    p = p * r + np.float32(c[1])
+    p = p * r + np.float32(c[0])
+    return p * _float32_from_bits((np.int32(i) + np.int32(127)) << np.int32(23))
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _quadratic_features(x, out):
+    """Write ``[x^2, x, 1]`` of each row of ``x`` (N, V) into ``out`` (N, 2V + 1)."""
+    n, v = x.shape
+    for t in range(n):
+        for d in range(v):
+            out[t, d] = x[t, d] * x[t, d]
+            out[t, v + d] = x[t, d]
+        out[t, 2 * v] = 1.0
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _posteriors_in_place(loglik):
+    """Posteriors from (K, N) float32 log-likelihoods, in place: softmax over K for each column.
+
+    Log-posteriors are floored at ``LOG_POSTERIOR_FLOOR`` (see the module docstring).
+    """
+    k, n = loglik.shape
+    best = loglik[0].copy()
+    for j in range(1, k):
+        for t in range(n):
+            best[t] = max(best[t], loglik[j, t])
+    total = np.zeros(n, dtype=np.float32)
+    for j in range(k):
+        for t in range(n):
+            e = _exp_of_log_posterior(max(loglik[j, t] - best[t], np.float32(LOG_POSTERIOR_FLOOR)))
+            loglik[j, t] = e
+            total[t] += e
+    for t in range(n):
+        total[t] = np.float32(1.0) / total[t]
+    for j in range(k):
+        for t in range(n):
+            loglik[j, t] *= total[t]
+
+
+@numba.njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+def _signed_power(z, alpha):
+    """``sign(z) |z|^alpha`` in place, as ``z (|z| + tiny)^(alpha - 1)``: zero stays zero, no branch."""
+    tiny = np.float32(_TINY)
+    if alpha == 0.5:
+        for i in range(z.size):
+            z[i] = z[i] / np.sqrt(abs(z[i]) + tiny)
+    else:
+        exponent = alpha - np.float32(1.0)
+        for i in range(z.size):
+            z[i] = z[i] * (abs(z[i]) + tiny) ** exponent
+
+
+@numba.njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+def _intra_normalize(fv, k, d, offset, sigma_offset):
+    """Divide each component's ``[G_alpha_k, G_mu_k, G_sigma_k]`` in each cell of ``fv`` (C, dim) by its floored norm."""
+    for c in range(fv.shape[0]):
+        for j in range(k):
+            squares = np.float32(0.0)
+            if offset:
+                squares += fv[c, j] * fv[c, j]
+            for i in range(d):
+                squares += fv[c, offset + j * d + i] ** 2 + fv[c, sigma_offset + j * d + i] ** 2
+            scale = np.float32(1.0) / max(np.sqrt(squares), np.float32(INTRA_NORM_FLOOR))
+            if offset:
+                fv[c, j] *= scale
+            for i in range(d):
+                fv[c, offset + j * d + i] *= scale
+                fv[c, sigma_offset + j * d + i] *= scale
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _normalized_gradients(s0, s1, s2, inverse_counts, weights, mu_coefficients, sigma_coefficients,
+                          weight_gradients, improved, alpha, intra, out):
+    """Gradients of every cell of every image from its statistics, normalized, written to ``out``.
+
+    Parameters
+    ----------
+    s0 : (C, B, K); s1, s2 : (C, B, K, D)
+        From :func:`_cell_statistics`.
+    inverse_counts : (C,)
+        1 / descriptors per cell.
+    weights : (K,)
+    mu_coefficients : (2, K, D); sigma_coefficients : (3, K, D)
+        From :func:`gmm_terms`: ``G_mu T = e S1 + f S0`` and ``G_sigma T = a S2 + b S1 + c S0``.
+    weight_gradients, improved, alpha, intra
+        As in :func:`fisher_vectors`: signed power (if improved), intra-normalization, then L2 of
+        the whole vector (if improved).
+    out : (B, C, dim_per_cell)
     """
     n_cells, n_images, k, d = s1.shape
-    inv_t = (1.0 / counts).astype(np.float32)[:, None, None]  # (C, 1, 1)
-    by_cell = out.transpose(1, 0, 2)  # (C, B, dim_per_cell)
-    offset = 0
-    if weight_gradients:
-        w = gmm.weights.astype(np.float32)
-        by_cell[..., :k] = (s0 * inv_t - w) / np.sqrt(w)
-        offset = k
-    mu_block = by_cell[..., offset : offset + k * d].reshape(n_cells, n_images, k, d)
-    sigma_block = by_cell[..., offset + k * d :].reshape(n_cells, n_images, k, d)
-    a, b, c = gmm.sigma_coefficients[:, None] * inv_t  # each (C, K, D)
-    e, f = gmm.mu_coefficients[:, None] * inv_t
-    # Every operand contiguous: S0 is spread over D once rather than broadcast twice (numpy's
-    # broadcasting loops over runs of D elements and cost twice the whole sum).
-    s0_wide = np.empty((n_images, k, d), dtype=np.float32)
-    scratch = np.empty_like(s0_wide)
-    for cell in range(n_cells):
-        s0_wide[...] = s0[cell, ..., None]
-        np.multiply(s2[cell], a[cell], out=sigma_block[cell])
-        sigma_block[cell] += np.multiply(s1[cell], b[cell], out=scratch)
-        sigma_block[cell] += np.multiply(s0_wide, c[cell], out=scratch)
-        np.multiply(s1[cell], e[cell], out=mu_block[cell])
-        mu_block[cell] += np.multiply(s0_wide, f[cell], out=scratch)
-
-
-def _normalize(fv: np.ndarray, k: int, weight_gradients: bool, improved: bool, alpha: float, intra: bool) -> None:
-    """Power, intra and L2 normalization of ``fv`` (B, C, dim_per_cell) in place."""
-    if improved:
-        _signed_power(fv, alpha)
-    if intra:
-        offset = k if weight_gradients else 0
-        alpha_part = fv[..., :k] if weight_gradients else None
-        body = fv[..., offset:].reshape(fv.shape[0], fv.shape[1], 2, k, -1)
-        sq = (body**2).sum(axis=(2, 4))  # (B, C, K)
-        if alpha_part is not None:
-            sq += alpha_part**2
-        scale = 1.0 / np.maximum(np.sqrt(sq), INTRA_NORM_FLOOR)
-        body *= scale[:, :, None, :, None]
-        if alpha_part is not None:
-            alpha_part *= scale
-    if improved:
-        flat = fv.reshape(fv.shape[0], -1)
-        norms = np.sqrt(np.einsum("ij,ij->i", flat, flat))
-        flat *= (1.0 / np.maximum(norms, 1e-12))[:, None]
-
-
-def _signed_power(z: np.ndarray, alpha: float) -> None:
-    """``sign(z) |z|^alpha`` in place, computed as ``z (|z| + tiny)^(alpha - 1)``.
-
-    Same numbers (``tiny`` is float32's smallest normal, and zero stays zero), but without
-    ``np.copysign``, which numpy does not vectorize and which cost as much as the rest together.
-    """
-    magnitude = np.abs(z)
-    magnitude += np.finfo(np.float32).tiny
-    if alpha == 0.5:
-        np.sqrt(magnitude, out=magnitude)
-        z /= magnitude
-    else:
-        np.power(magnitude, alpha - 1.0, out=magnitude)
-        z *= magnitude
+    offset = k if weight_gradients else 0
+    sigma_offset = offset + k * d
+    for b in range(n_images):
+        for c in range(n_cells):
+            inv_t = inverse_counts[c]
+            if weight_gradients:
+                for j in range(k):
+                    out[b, c, j] = (s0[c, b, j] * inv_t - weights[j]) / np.sqrt(weights[j])
+            for j in range(k):
+                n0 = s0[c, b, j]
+                for i in range(d):
+                    out[b, c, offset + j * d + i] = (
+                        mu_coefficients[0, j, i] * s1[c, b, j, i] + mu_coefficients[1, j, i] * n0
+                    ) * inv_t
+                for i in range(d):
+                    out[b, c, sigma_offset + j * d + i] = (
+                        sigma_coefficients[0, j, i] * s2[c, b, j, i]
+                        + sigma_coefficients[1, j, i] * s1[c, b, j, i]
+                        + sigma_coefficients[2, j, i] * n0
+                    ) * inv_t
+        row = out[b].ravel()
+        if improved:
+            _signed_power(row, alpha)
+        if intra:
+            _intra_normalize(out[b], k, d, offset, sigma_offset)
+        if improved:
+            total = np.float32(0.0)
+            for i in range(row.size):
+                total += row[i] * row[i]
+            scale = np.float32(1.0) / max(np.sqrt(total), np.float32(1e-12))
+            for i in range(row.size):
+                row[i] *= scale
 
 
 def fit_gmm(samples: np.ndarray, n_components: int, *, reg_covar: float, max_iter: int, tol: float, random_state):

@@ -11,6 +11,7 @@ from sklearn.pipeline import make_pipeline
 
 from conftest import relative_error
 from fvae import FisherVectorEncoder, InputError, ModelFileError
+from fvae import fisher
 from fvae.fisher import fisher_vector_dim, fisher_vectors, gmm_terms
 import reference
 
@@ -42,6 +43,43 @@ def test_batched_fv_matches_float64_reference_for_every_option(digits, xy, pyram
         assert fast.shape == (len(images), encoder.n_features_out_)
         err = relative_error(fast, reference_batch(encoder, images))
         assert err < 1e-4, (improved, weight_gradients, intra, err)
+
+
+@pytest.mark.parametrize("alpha,tolerance", [(1.0, 1e-4), (0.3, 5e-4)])
+def test_other_power_exponents_match_reference(digits, alpha, tolerance):
+    """alpha = 0.5 has its own square-root path in the compiled loop; the general power is checked here.
+
+    A power below 1/2 magnifies float32 rounding in near-empty components ((1e-9)^0.3 = 2e-3), and
+    intra-normalization then scales those blocks up: 2.4e-4 against float64 for alpha 0.3 with
+    intra-normalization, the same as numpy's float32 gave before the compiled loops.
+    """
+    encoder = FisherVectorEncoder(alpha=alpha, spatial_pyramid=True, **SMALL).fit(digits.train.images)
+    images = digits.test.images[:20]
+    for weight_gradients, intra in itertools.product([False, True], [False, True]):
+        encoder.set_params(weight_gradients=weight_gradients, intra_normalization=intra)
+        err = relative_error(encoder.transform(images), reference_batch(encoder, images))
+        assert err < (tolerance if intra else 1e-4), (alpha, weight_gradients, intra, err)
+
+
+def test_compiled_exp_matches_numpy_over_the_log_posterior_range():
+    x = np.linspace(fisher.LOG_POSTERIOR_FLOOR, 0.0, 200_001, dtype=np.float32)
+    fast = np.array([fisher._exp_of_log_posterior(v) for v in x[::97]], dtype=np.float64)
+    exact = np.exp(x[::97].astype(np.float64))
+    assert np.max(np.abs(fast - exact) / exact) < 5e-7  # numpy's float32 exp: 1.8e-7
+
+
+def test_compiled_softmax_matches_float64_with_its_floor():
+    rng = np.random.default_rng(3)
+    loglik = (rng.standard_normal((64, 3000)) * rng.uniform(0.1, 300, size=3000)).astype(np.float32)
+    loglik[:, :10] -= 1e4  # every component unlikely: the max subtraction must still give a distribution
+    loglik[5, 10:20] = loglik[:, 10:20].max(axis=0) + 200  # one component certain
+    fast = loglik.copy()
+    fisher._posteriors_in_place(fast)
+    shifted = np.maximum(loglik.astype(np.float64) - loglik.max(axis=0), fisher.LOG_POSTERIOR_FLOOR)
+    exact = np.exp(shifted) / np.exp(shifted).sum(axis=0)
+    np.testing.assert_allclose(fast, exact, rtol=1e-5, atol=1e-30)  # float32 l - max of |l| up to ~1e3
+    np.testing.assert_allclose(fast.sum(axis=0), 1.0, rtol=1e-5)
+    assert (fast[5, 10:20] > 1 - 1e-6).all()
 
 
 def test_real_mnist_defaults_match_reference_including_centred_components(mnist_test_images):
