@@ -336,6 +336,20 @@ _LN2_HIGH, _LN2_LOW = 0.693359375, -2.12194440e-4
 _TINY = float(np.finfo(np.float32).tiny)
 
 
+def _compiled(function):
+    """Compile a kernel with numba, cached on disk where numba finds a writable place for it.
+
+    The cache lives next to this file or in the user's cache folder; with neither writable (a
+    read-only install run by a user without a home) numba refuses ``cache=True``, and the kernel is
+    then compiled once per process instead.
+    """
+    options = dict(nogil=True, fastmath=_FASTMATH, error_model="numpy")
+    try:
+        return numba.njit(cache=True, **options)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(cache=False, **options)(function)
+
+
 @numba.extending.intrinsic
 def _float32_from_bits(typingctx, bits):
     """The float32 whose IEEE bits are the int32 ``bits`` (builds 2^i from its exponent)."""
@@ -369,7 +383,7 @@ def _exp_of_log_posterior(x):
     return p * _float32_from_bits((np.int32(i) + np.int32(127)) << np.int32(23))
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
+@_compiled
 def _quadratic_features(x, out):
     """Write ``[x^2, x, 1]`` of each row of ``x`` (N, V) into ``out`` (N, 2V + 1)."""
     n, v = x.shape
@@ -380,7 +394,7 @@ def _quadratic_features(x, out):
         out[t, 2 * v] = 1.0
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
+@_compiled
 def _posteriors_in_place(loglik):
     """Posteriors from (K, N) float32 log-likelihoods, in place: softmax over K for each column.
 
@@ -435,7 +449,7 @@ def _intra_normalize(fv, k, d, offset, sigma_offset):
                 fv[c, sigma_offset + j * d + i] *= scale
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
+@_compiled
 def _normalized_gradients(s0, s1, s2, inverse_counts, weights, mu_coefficients, sigma_coefficients,
                           weight_gradients, improved, alpha, intra, out):
     """Gradients of every cell of every image from its statistics, normalized, written to ``out``.

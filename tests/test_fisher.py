@@ -1,3 +1,4 @@
+import os
 import itertools
 
 import numpy as np
@@ -259,3 +260,30 @@ def test_load_refuses_modified_newer_or_foreign_files(digits, tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ModelFileError, match="not an fvae model"):
         FisherVectorEncoder.load(tmp_path / "junk.npz")
+
+
+def test_kernels_compile_without_a_writable_cache_location(tmp_path):
+    """A read-only install run without a home: numba refuses cache=True; fvae compiles per process."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = tmp_path / "site" / "fvae"
+    shutil.copytree(Path(fisher.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "__pycache__").write_text("")  # a file where numba would put its cache
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".cache").write_text("")  # and no user cache folder either
+    script = (
+        "from fvae import FisherVectorEncoder, load_dataset\n"
+        "d = load_dataset('digits')\n"
+        "enc = FisherVectorEncoder(n_components=4, pca_components=4, patch_size=3, random_state=0)\n"
+        "fv = enc.fit(d.train.images[:200]).transform(d.test.images[:5])\n"
+        "print(fv.shape, abs((fv ** 2).sum(axis=1) - 1).max() < 1e-5)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), PYTHONPATH=str(tmp_path / "site"))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == f"(5, {4 * 5 * 2 * 6}) True"
