@@ -323,16 +323,13 @@ def encode(
     from . import load
     from .data import load_dataset
     from .evaluate import default_encoder
-    from .extract import dask_client, extract_features, output_format, output_paths
+    from .extract import dask_client, extract_features, output_format, output_paths, refuse_existing_outputs
     from .persist import refuse_overwrite
 
     output_format(output)
     paths = output_paths(output)
     # Checked before loading or fitting anything, so a refusal costs nothing.
-    refuse_overwrite(paths["features"], paths["labels"], paths["sidecar"], force=force)
-    if not (resume or force) and (paths["partial"].exists() or paths["manifest"].exists()):
-        raise typer.BadParameter(f"{paths['partial']}: an interrupted run's partial output exists; "
-                                 "pass --resume to finish it or --force to start over", param_hint="--resume")
+    refuse_existing_outputs(output, force=force, resume=resume)
     reuse_fitted = model is None and resume and paths["model"].exists() and paths["manifest"].exists()
     if model is None and not reuse_fitted:
         refuse_overwrite(paths["model"], force=force)

@@ -267,6 +267,21 @@ def _run_dask(client, encoder, split, chunks, needs_labels, writer, manifest, pr
 # the whole extraction
 
 
+def refuse_existing_outputs(out, *, force: bool, resume: bool) -> None:
+    """Refuse to run where outputs exist: finished ones unless ``force``, an interrupted run's
+    partial output unless ``resume`` or ``force``. Cheap: callers check before loading anything.
+
+    Raises
+    ------
+    OutputExistsError
+    """
+    paths = output_paths(out)
+    refuse_overwrite(paths["features"], paths["labels"], paths["sidecar"], force=force)
+    if not (resume or force) and (paths["partial"].exists() or paths["manifest"].exists()):
+        raise OutputExistsError(f"{paths['partial']}: an interrupted run's partial output exists; "
+                                "pass --resume to finish it or --force to start over")
+
+
 def extract_features(
     encoder,
     split: Split,
@@ -317,14 +332,11 @@ def extract_features(
     out = Path(out)
     fmt = output_format(out)
     paths = output_paths(out)
-    refuse_overwrite(paths["features"], paths["labels"], paths["sidecar"], force=force)
+    refuse_existing_outputs(out, force=force, resume=resume)
     partial, manifest_path = paths["partial"], paths["manifest"]
     if force:
         _remove(partial)
         _remove(manifest_path)
-    elif (partial.exists() or manifest_path.exists()) and not resume:
-        raise OutputExistsError(f"{partial}: an interrupted run's partial output exists; "
-                                "pass --resume to finish it or --force to start over")
     needs_labels = bool(getattr(encoder, "conditional", False))  # a conditional VAE encodes (image, label)
     if needs_labels and split.labels is None:
         raise InputError("this conditional VAE needs labels, and the split has none")
