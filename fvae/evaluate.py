@@ -398,14 +398,13 @@ class ProbeSpace:
         return model.classes_[np.argmax(scores, axis=1)]
 
 
-def logistic_probe(train_codes, train_labels, test_codes, test_labels, *, c_grid, seed=0, classes=None,
-                   space: ProbeSpace | None = None, rows=None) -> dict:
+def logistic_probe(space: ProbeSpace, train_labels, test_labels, *, c_grid, seed=0, classes=None, rows=None) -> dict:
     """Multinomial logistic regression on standardized codes, C by cross-validation on train only.
 
     Parameters
     ----------
-    space : ProbeSpace, default=None
-        The codes prepared already (``train_codes``/``test_codes`` are then ignored).
+    space : ProbeSpace
+        The train and test codes, prepared.
     rows : array of int, default=None
         Fit on these train rows only (with ``train_labels`` of the same length).
 
@@ -419,7 +418,6 @@ def logistic_probe(train_codes, train_labels, test_codes, test_labels, *, c_grid
     from sklearn.linear_model import LogisticRegression
 
     classes = np.unique(train_labels) if classes is None else classes
-    space = space or ProbeSpace(train_codes, test_codes)
     train, inner = space.train, None
     if rows is not None:
         train = train[rows]
@@ -459,8 +457,8 @@ def stratified_subset(labels, n: int, seed: int) -> np.ndarray:
     return np.sort(chosen)
 
 
-def label_efficiency(train_codes, train_labels, test_codes, test_labels, *, counts=LABEL_COUNTS, repeats=3,
-                     c_grid, seed=0, full_accuracy=None, space: ProbeSpace | None = None) -> list[dict]:
+def label_efficiency(space: ProbeSpace, train_labels, test_labels, *, counts=LABEL_COUNTS, repeats=3,
+                     c_grid, seed=0, full_accuracy=None) -> list[dict]:
     """Logistic-probe test accuracy when only ``n`` train labels are known, for each n in ``counts``
     smaller than the train set and at least the number of classes, then all of them.
 
@@ -470,7 +468,6 @@ def label_efficiency(train_codes, train_labels, test_codes, test_labels, *, coun
     by cross-validation inside each subset.
     """
     classes = np.unique(train_labels)
-    space = space or ProbeSpace(train_codes, test_codes)
     points = []
     for n in counts:
         if not len(classes) <= n < len(train_labels):
@@ -478,13 +475,13 @@ def label_efficiency(train_codes, train_labels, test_codes, test_labels, *, coun
         accuracies = []
         for r in range(repeats):
             idx = stratified_subset(train_labels, n, seed + r)
-            result = logistic_probe(None, train_labels[idx], None, test_labels, c_grid=c_grid, seed=seed + r,
-                                    classes=classes, space=space, rows=idx)
+            result = logistic_probe(space, train_labels[idx], test_labels, c_grid=c_grid, seed=seed + r,
+                                    classes=classes, rows=idx)
             accuracies.append(result["accuracy"])
         points.append(_curve_point(n, accuracies))
     if full_accuracy is None:
-        full_accuracy = logistic_probe(None, train_labels, None, test_labels, c_grid=c_grid, seed=seed,
-                                       classes=classes, space=space)["accuracy"]
+        full_accuracy = logistic_probe(space, train_labels, test_labels, c_grid=c_grid, seed=seed,
+                                       classes=classes)["accuracy"]
     points.append(_curve_point(len(train_labels), [full_accuracy]))
     return points
 
@@ -504,13 +501,12 @@ def pixel_errors(originals, reconstructions) -> dict:
     return {"mse": mse, "psnr": float(10 * np.log10(1.0 / max(mse, 1e-12)))}
 
 
-def ridge_probe(train_codes, train_pixels, test_codes, test_pixels, *, alphas,
-                space: ProbeSpace | None = None) -> tuple[dict, np.ndarray]:
+def ridge_probe(space: ProbeSpace, train_pixels, test_pixels, *, alphas) -> tuple[dict, np.ndarray]:
     """Linear reconstruction probe: ridge from standardized codes to pixels, fitted on train.
 
-    Alpha is chosen by exact leave-one-out error on the train codes (:meth:`ProbeSpace.ridge`);
-    the predictions are clipped to [0, 1] before scoring. ``space``: the codes prepared already
-    (the logistic probe's), whose decomposition is reused.
+    Alpha is chosen by exact leave-one-out error on the train codes (:meth:`ProbeSpace.ridge`,
+    reusing the decomposition the logistic probe made); the predictions are clipped to [0, 1]
+    before scoring.
 
     Returns
     -------
@@ -518,7 +514,6 @@ def ridge_probe(train_codes, train_pixels, test_codes, test_pixels, *, alphas,
         ``mse``, ``psnr``, ``alpha``.
     reconstructions : ndarray, same shape as ``test_pixels``
     """
-    space = space or ProbeSpace(train_codes, test_codes)
     alpha, predicted = space.ridge(np.asarray(train_pixels, np.float64).reshape(len(train_pixels), -1), alphas)
     predicted = np.clip(predicted, 0.0, 1.0).reshape(test_pixels.shape)
     return {**pixel_errors(test_pixels, predicted), "alpha": alpha}, predicted.astype(np.float32)
@@ -648,13 +643,12 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
         for name, enc in encodings.items():
             log.info("probing %s codes (%d dims)", name, enc.test.shape[1])
             space = ProbeSpace(enc.train, enc.test)
-            logistic = logistic_probe(None, probe_labels, None, test.labels, c_grid=settings.c_grid,
-                                      seed=settings.seed, classes=classes, space=space)
-            curve = label_efficiency(None, probe_labels, None, test.labels, repeats=settings.label_repeats,
-                                     c_grid=settings.c_grid, seed=settings.seed, full_accuracy=logistic["accuracy"],
-                                     space=space)
-            ridge, reconstructions[f"ridge_{name}"] = ridge_probe(None, train_pixels, None, test_pixels,
-                                                                  alphas=settings.ridge_alphas, space=space)
+            logistic = logistic_probe(space, probe_labels, test.labels, c_grid=settings.c_grid,
+                                      seed=settings.seed, classes=classes)
+            curve = label_efficiency(space, probe_labels, test.labels, repeats=settings.label_repeats,
+                                     c_grid=settings.c_grid, seed=settings.seed, full_accuracy=logistic["accuracy"])
+            ridge, reconstructions[f"ridge_{name}"] = ridge_probe(space, train_pixels, test_pixels,
+                                                                  alphas=settings.ridge_alphas)
             del space
             knn = knn_probe(enc.train, probe_labels, enc.test, test.labels, classes=classes)
             own = None

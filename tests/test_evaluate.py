@@ -47,7 +47,7 @@ def cli_run(tmp_path_factory):
 def test_raw_pixel_logistic_regression_on_digits_is_above_90_percent(digits):
     train = to_unit_float(digits.train.images).reshape(len(digits.train), -1)
     test = to_unit_float(digits.test.images).reshape(len(digits.test), -1)
-    result = logistic_probe(train, digits.train.labels, test, digits.test.labels, c_grid=(0.1, 1.0))
+    result = logistic_probe(ProbeSpace(train, test), digits.train.labels, digits.test.labels, c_grid=(0.1, 1.0))
     assert result["accuracy"] > 0.90
     assert result["C"] in (0.1, 1.0) and 0.9 < result["cv_accuracy"] <= 1.0
     confusion = np.asarray(result["confusion"])
@@ -63,8 +63,8 @@ def test_pca_reconstruction_error_falls_as_its_dimension_grows(digits):
         pca = _PixelPCA(dim, seed=0).fit(digits.train.images)
         codes_test = pca.transform(digits.test.images)
         own.append(pixel_errors(test, pca.inverse_transform(codes_test, test.shape[1:]))["mse"])
-        probe.append(ridge_probe(pca.transform(digits.train.images), train, codes_test, test,
-                                 alphas=(1e-3, 1e-1, 10.0))[0]["mse"])
+        space = ProbeSpace(pca.transform(digits.train.images), codes_test)
+        probe.append(ridge_probe(space, train, test, alphas=(1e-3, 1e-1, 10.0))[0]["mse"])
     assert all(a > b for a, b in zip(own, own[1:])), own
     assert all(a > b for a, b in zip(probe, probe[1:])), probe
     # a linear probe from PCA codes can do no better than PCA's own (optimal linear) inverse, up to clipping
@@ -93,7 +93,7 @@ def test_row_space_reduction_gives_the_same_classifier_as_the_wide_features():
     rows = np.arange(0, 60, 5)
     test_labels = np.arange(25) % 3
     wide = LogisticRegression(C=1.0, max_iter=5000).fit(train[rows], labels[rows])
-    probe = logistic_probe(None, labels[rows], None, test_labels, c_grid=(1.0,), space=space, rows=rows)
+    probe = logistic_probe(space, labels[rows], test_labels, c_grid=(1.0,), rows=rows)
     assert probe["accuracy"] == pytest.approx(np.mean(wide.predict(test) == test_labels))
 
 
@@ -122,8 +122,8 @@ def test_label_efficiency_curve_uses_stratified_subsets(digits):
     assert len(subset) == len(set(subset)) == 100
     assert set(digits.train.labels[subset]) == set(range(10))
     np.testing.assert_array_equal(subset, stratified_subset(digits.train.labels, 100, seed=0))
-    curve = label_efficiency(train, digits.train.labels, test, digits.test.labels, counts=(100, 500, 5000),
-                             repeats=2, c_grid=(1.0,))
+    curve = label_efficiency(ProbeSpace(train, test), digits.train.labels, digits.test.labels,
+                             counts=(100, 500, 5000), repeats=2, c_grid=(1.0,))
     assert [p["n_labels"] for p in curve] == [100, 500, len(train)]  # 5000 > the train set: left out
     assert [len(p["accuracies"]) for p in curve] == [2, 2, 1]
     assert curve[0]["accuracy_mean"] < curve[-1]["accuracy_mean"]
