@@ -86,7 +86,7 @@ class GmmTerms:
     log-likelihoods, offset included, are one matrix product.
     """
 
-    weights: np.ndarray  # (K,) float64
+    weights: np.ndarray  # (K,)
     means: np.ndarray  # (K, D)
     variances: np.ndarray  # (K, D)
     loglik_matrix: np.ndarray  # (2V + 1, K): [-1/(2 var); mu/var; offset] of the varying dimensions
@@ -164,7 +164,7 @@ def gmm_terms(weights, means, variances, positions: np.ndarray | None = None) ->
     ])
     mu_coefficients = np.stack([mu_scale, -expanded_mu * mu_scale])
     return GmmTerms(
-        weights=weights,
+        weights=weights.astype(np.float32),
         means=means.astype(np.float32),
         variances=variances.astype(np.float32),
         loglik_matrix=loglik_matrix.astype(np.float32),
@@ -243,7 +243,7 @@ def fisher_vectors(
         s0, s1, s2 = _cell_statistics(block, gmm, cells)
         view = out[start : start + len(block)].reshape(len(block), n_cells, -1)
         _normalized_gradients(
-            s0, s1, s2, inverse_counts, gmm.weights.astype(np.float32), gmm.mu_coefficients, gmm.sigma_coefficients,
+            s0, s1, s2, inverse_counts, gmm.weights, gmm.mu_coefficients, gmm.sigma_coefficients,
             weight_gradients, improved, np.float32(alpha), intra_normalization, view,
         )
     return out
@@ -420,7 +420,8 @@ def _posteriors_in_place(loglik):
 
 @numba.njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
 def _signed_power(z, alpha):
-    """``sign(z) |z|^alpha`` in place, as ``z (|z| + tiny)^(alpha - 1)``: zero stays zero, no branch."""
+    """``sign(z) |z|^alpha`` in place, as ``z (|z| + tiny)^(alpha - 1)``: zero stays zero, and no sign
+    test in the loop (alpha 1/2, the default, takes a square root instead of a power)."""
     tiny = np.float32(_TINY)
     if alpha == 0.5:
         for i in range(z.size):
