@@ -663,9 +663,10 @@ def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None =
         Extra folder searched first for named datasets (as ``<data_dir>/<name>/``).
     lazy : bool, default=False
         Read images only when they are sliced (:class:`LazyImages`): gzip-compressed idx files are
-        decompressed chunk by chunk and image folders read file by file, so a streaming extraction
-        never holds the whole dataset. Uncompressed idx and ``.npy`` files are memory-mapped either
-        way; ``.npz`` archives and the small bundled datasets are always read whole.
+        decompressed chunk by chunk, uncompressed idx and uint8 ``.npy`` files read with ``pread``
+        (their pages do not stay resident, as a memory map's would) and image folders file by file,
+        so a streaming extraction never holds the whole dataset. ``.npz`` archives and the small
+        bundled datasets are always read whole.
 
     Returns
     -------
