@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts (not part of the library)."""
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -8,6 +9,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_TEST = ROOT.parent / "shared" / "data" / "mnist-test"
+#: The ``fvae`` command of the environment running the benchmark.
+FVAE = str(Path(sys.executable).with_name("fvae"))
 
 
 def best_of(fn, repeats=3):

@@ -16,16 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import MNIST_TEST, print_json
+from _common import FVAE, MNIST_TEST, print_json
 
 
 def main():
     extra = [arg for arg in sys.argv[1:] if arg == "--quick"]
-    fvae = Path(sys.executable).with_name("fvae")
     with tempfile.TemporaryDirectory() as runs:
         started = time.perf_counter()
         result = subprocess.run(
-            [str(fvae), "evaluate", "--data", "mnist-5k", "--test-data", str(MNIST_TEST), "--runs-dir", runs,
+            [FVAE, "evaluate", "--data", "mnist-5k", "--test-data", str(MNIST_TEST), "--runs-dir", runs,
              "--name", "mnist", *extra],
             capture_output=True, text=True, env={**os.environ, "FVAE_OFFLINE": "1"},
         )

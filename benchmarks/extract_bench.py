@@ -25,9 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import print_json
+from _common import FVAE, print_json
 
-FVAE = str(Path(sys.executable).with_name("fvae"))
 NAIVE = """
 import sys, numpy as np, fvae
 model, out, jobs = sys.argv[1], sys.argv[2], int(sys.argv[3])
