@@ -142,16 +142,17 @@ def fvae_epoch(images, seed=0):
     return one_epoch
 
 
-def seconds_to_reach(target_elbo, train_bin, test_bin, budget):
+def seconds_to_reach(target_elbo, train_bin, test_bin, budget, budget_elbo):
     """The smallest of budget/8, /4, /2 and budget after which fvae's loop (same architecture)
-    has a test ELBO at least ``target_elbo``; a fresh fit for each, smallest first."""
-    for fraction in (8, 4, 2, 1):
+    has a test ELBO at least ``target_elbo``: a fresh fit for each fraction, smallest first; the
+    full budget's ELBO (``budget_elbo``) is measured already."""
+    for fraction in (8, 4, 2):
         seconds = budget / fraction
         model = VAEEncoder(arch="conv", latent_dim=LATENT, binarization="threshold", max_seconds=seconds,
                            random_state=0).fit(train_bin)
         if model.evaluate(test_bin, iwae_k=0)["elbo"] >= target_elbo:
             return seconds
-    return float("inf")
+    return budget if budget_elbo >= target_elbo else float("inf")
 
 
 def main():
@@ -189,7 +190,7 @@ def main():
     figures.update(tutorial_test_elbo_nats=tutorial_elbo, fvae_same_arch_test_elbo_nats=same_elbo)
     print(f"after {args.budget:.0f} s on 5k binarized MNIST: test ELBO fvae (same architecture) {same_elbo:.1f}, "
           f"tutorial loop {tutorial_elbo:.1f} nats")
-    seconds = seconds_to_reach(tutorial_elbo, train_bin, test_bin, args.budget)
+    seconds = seconds_to_reach(tutorial_elbo, train_bin, test_bin, args.budget, same_elbo)
     figures.update(fvae_seconds_to_tutorial_elbo=seconds, time_to_quality_speedup=args.budget / seconds)
     print(f"fvae (same architecture) reaches the tutorial's {args.budget:.0f}-s ELBO within {seconds:.1f} s: "
           f"{args.budget / seconds:.1f}x sooner (budgets tried: {args.budget:.0f} s / 8, / 4, / 2, / 1)")
