@@ -208,13 +208,22 @@ def _encode_into_zarr(encoder, images, labels, path: str, start: int) -> int:
     return len(rows)
 
 
+def _chunk_inputs(split, rows: slice, needs_labels: bool):
+    """The pixels of one chunk (read now, for a lazy split) and its labels when the encoder needs them."""
+    return np.asarray(split.images[rows]), (split.labels[rows] if needs_labels else None)
+
+
+def _chunk_done(manifest, progress, index: int, rows: slice) -> None:
+    """Record a chunk whose rows are in the output."""
+    manifest.mark(index)
+    if progress:
+        progress(rows.stop - rows.start)
+
+
 def _run_local(encoder, split, chunks, needs_labels, writer, manifest, progress):
     for index, rows in chunks:
-        labels = split.labels[rows] if needs_labels else None
-        writer.write(rows.start, encode_chunk(encoder, np.asarray(split.images[rows]), labels))
-        manifest.mark(index)
-        if progress:
-            progress(rows.stop - rows.start)
+        writer.write(rows.start, encode_chunk(encoder, *_chunk_inputs(split, rows, needs_labels)))
+        _chunk_done(manifest, progress, index, rows)
 
 
 def _run_dask(client, encoder, split, chunks, needs_labels, writer, manifest, progress, zarr_path):
@@ -238,8 +247,7 @@ def _run_dask(client, encoder, split, chunks, needs_labels, writer, manifest, pr
         if item is None:
             return False
         index, rows = item
-        images = np.asarray(split.images[rows])
-        labels = split.labels[rows] if needs_labels else None
+        images, labels = _chunk_inputs(split, rows, needs_labels)
         if zarr_path is not None:
             future = client.submit(_encode_into_zarr, model, images, labels, zarr_path, rows.start, pure=False)
         else:
@@ -256,9 +264,7 @@ def _run_dask(client, encoder, split, chunks, needs_labels, writer, manifest, pr
         result = future.result()
         if zarr_path is None:
             writer.write(rows.start, result)
-        manifest.mark(index)
-        if progress:
-            progress(rows.stop - rows.start)
+        _chunk_done(manifest, progress, index, rows)
         future.release()
         submit_next()
 
