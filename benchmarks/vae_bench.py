@@ -18,15 +18,17 @@ The two loops are timed one epoch each, in turn, for three rounds, and each keep
 """
 
 import argparse
+import math
 import time
 
 import numpy as np
 
-from _common import MNIST_TEST, interleaved_best, print_json
+from _common import MNIST_TEST, interleaved_best, matmul_gflops, print_json
 from fvae import load_dataset
 
 import tensorflow as tf  # noqa: E402  (after fvae.vae sets the backend)
 from fvae.vae import VAEEncoder  # noqa: E402
+from fvae.vae.model import VAE  # noqa: E402
 
 LATENT = 50
 
@@ -142,6 +144,32 @@ def fvae_epoch(images, seed=0):
     return one_epoch
 
 
+def layer_macs(layer) -> int:
+    """Multiply-adds of one Keras layer's forward pass for one image (0 for layers without a kernel)."""
+    if isinstance(layer, tf.keras.layers.Conv2DTranspose):
+        _, h, w, c_in = layer.input.shape  # every input pixel scatters into kh x kw x c_out outputs
+        kh, kw, c_out, _ = layer.kernel.shape
+        return h * w * c_in * c_out * kh * kw
+    if isinstance(layer, tf.keras.layers.Conv2D):
+        _, h, w, c_out = layer.output.shape
+        kh, kw, c_in, _ = layer.kernel.shape
+        return h * w * c_in * c_out * kh * kw
+    if isinstance(layer, tf.keras.layers.Dense):
+        return math.prod(layer.kernel.shape)
+    return 0
+
+
+def training_flops_per_image() -> int:
+    """FLOPs of one training step per image for the tutorial's architecture at latent 50 (fvae's
+    ``conv`` VAE; the tutorial's single Dense(100) head has the same multiply-adds as fvae's two
+    Dense(50) heads): forward, gradient of the weights and gradient of the inputs of each layer,
+    except the first layer's input gradient, which no one needs. Elementwise work is left out."""
+    model = VAE((28, 28), latent_dim=LATENT, arch="conv")
+    macs = [layer_macs(layer) for part in (model.encoder, model.decoder) for layer in part.layers]
+    first = next(m for m in macs if m)
+    return 2 * (3 * sum(macs) - first)
+
+
 def seconds_to_reach(target_elbo, train_bin, test_bin, budget, budget_elbo):
     """The smallest of budget/8, /4, /2 and budget after which fvae's loop (same architecture)
     has a test ELBO at least ``target_elbo``: a fresh fit for each fraction, smallest first; the
@@ -173,6 +201,14 @@ def main():
     figures.update(tutorial_img_s=tutorial_img_s, fvae_img_s=fvae_img_s, speedup_vs_tutorial=fvae_img_s / tutorial_img_s)
     print(f"throughput on {len(fashion)} Fashion-MNIST images: fvae {fvae_img_s:.0f} img/s, "
           f"tutorial loop {tutorial_img_s:.0f} img/s, ratio {fvae_img_s / tutorial_img_s:.2f}x")
+    # What bounds the ratio: both loops' arithmetic rate against this machine's float32 matmul rate.
+    flops, matmul = training_flops_per_image(), matmul_gflops()
+    fvae_gflops, tutorial_gflops = fvae_img_s * flops / 1e9, tutorial_img_s * flops / 1e9
+    figures.update(training_mflop_per_image=flops / 1e6, fvae_gflop_s=fvae_gflops, tutorial_gflop_s=tutorial_gflops,
+                   matmul_gflop_s=matmul, fvae_fraction_of_matmul=fvae_gflops / matmul,
+                   fraction_of_matmul_needed_for_2x=2 * tutorial_gflops / matmul)
+    print(f"{flops / 1e6:.1f} MFLOP per image and step: fvae {fvae_gflops:.0f} GFLOP/s, tutorial {tutorial_gflops:.0f}, "
+          f"float32 matmul {matmul:.0f}; 2x the tutorial needs {2 * tutorial_gflops / matmul:.0%} of the matmul rate")
     if args.throughput_only:
         print_json(figures)
         return
