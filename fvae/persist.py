@@ -112,7 +112,8 @@ def _checksum(method: str, params: dict, input_shape, members: dict[str, bytes])
 
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    # not np.ascontiguousarray: it turns a 0-d array (a saved scalar) into shape (1,)
+    np.lib.format.write_array(buffer, np.asarray(array, order="C"), allow_pickle=False)
     return buffer.getvalue()
 
 

@@ -16,6 +16,7 @@ pytest.importorskip("tensorflow", reason="the VAE needs TensorFlow, a core depen
 
 import fvae  # noqa: E402
 from fvae import InputError, ModelFileError  # noqa: E402
+from fvae.persist import load_model, save_model  # noqa: E402
 from fvae.vae import VAEEncoder  # noqa: E402
 from fvae.vae.model import VAE, kl_divergence  # noqa: E402
 from fvae.vae.train import iwae_bound  # noqa: E402
@@ -154,13 +155,25 @@ def test_a_newer_format_version_is_refused(trained, tmp_path):
         VAEEncoder.load(tmp_path / "newer.npz")
 
 
-def test_conv_conditional_gaussian_variants_run_on_8x8(digits):
+def test_saved_scalars_keep_their_shape(tmp_path):
+    save_model(tmp_path / "m.npz", method="vae", params={}, arrays={"n": np.asarray(10), "v": np.arange(3)},
+               input_shape=(8, 8))
+    _, members = load_model(tmp_path / "m.npz")
+    assert members["n"].shape == () and int(members["n"]) == 10
+    np.testing.assert_array_equal(members["v"], np.arange(3))
+
+
+def test_conv_conditional_gaussian_variants_run_on_8x8(digits, tmp_path):
     images, labels = digits.train.images[:300], digits.train.labels[:300]
     conditional = VAEEncoder(arch="conv", latent_dim=3, epochs=2, conditional=True, random_state=0).fit(images, labels)
     assert conditional.transform(images[:10], labels[:10]).shape == (10, 3)
     assert conditional.sample(4, label=7).shape == (4, 8, 8)
     with pytest.raises(InputError, match="needs labels"):
         conditional.transform(images[:10])
+    conditional.save(tmp_path / "cvae.npz")
+    loaded = VAEEncoder.load(tmp_path / "cvae.npz")
+    assert loaded.conditional and loaded.n_classes_ == conditional.n_classes_ == 10
+    np.testing.assert_array_equal(loaded.transform(images[:10], labels[:10]), conditional.transform(images[:10], labels[:10]))
     gaussian = VAEEncoder(**{**TINY, "epochs": 2, "likelihood": "gaussian", "return_log_var": True}).fit(images)
     assert gaussian.transform(images[:5]).shape == (5, 8)
     assert np.isfinite(gaussian.history_["loss"]).all()
@@ -214,3 +227,30 @@ def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):
     wrong = _fvae("encode", "--method", "fisher", "--model", "vae.npz", "--data", "digits", "-o", "f.npy", cwd=tmp_path)
     assert wrong.returncode == 2 and wrong.stderr.strip() == "fvae: error: vae.npz: holds a 'vae' model, not a 'fisher' model"
     assert not (tmp_path / "f.npy").exists()
+
+
+def test_cli_conditional_vae_samples_a_chosen_class_in_a_subprocess(tmp_path):
+    from PIL import Image
+
+    fit = _fvae("fit", "vae", "--data", "digits", "-o", "cvae.npz", "--conditional", "--latent-dim", "4",
+                "--epochs", "2", "--figures", "figs", "--quiet", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    with Image.open(tmp_path / "figs" / "samples.png") as picture:
+        assert picture.format == "PNG"
+
+    three = _fvae("sample", "--model", "cvae.npz", "-n", "8", "--label", "3", "-o", "three.png", cwd=tmp_path)
+    assert three.returncode == 0, three.stderr
+    with Image.open(tmp_path / "three.png") as picture:
+        assert picture.format == "PNG"
+    unknown = _fvae("sample", "--model", "cvae.npz", "--label", "12", "-o", "twelve.png", cwd=tmp_path)
+    assert unknown.returncode == 2 and "this model knows classes 0..9" in unknown.stderr
+    assert unknown.stderr.count("\n") == 1 and not (tmp_path / "twelve.png").exists()
+    unlabelled = _fvae("sample", "--model", "cvae.npz", "-o", "any.png", cwd=tmp_path)
+    assert unlabelled.returncode == 2 and "--label" in unlabelled.stderr and unlabelled.stderr.count("\n") == 1
+
+    enc = _fvae("encode", "--method", "vae", "--model", "cvae.npz", "--data", "digits", "-o", "codes.npy", "--quiet",
+                cwd=tmp_path)
+    assert enc.returncode == 0, enc.stderr
+    test = fvae.load_dataset("digits").test
+    np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"),
+                                  fvae.load(tmp_path / "cvae.npz").transform(test.images, test.labels))

@@ -285,7 +285,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         encoder.image_shape_ = tuple(header["input_shape"])
         encoder.n_features_in_ = int(np.prod(encoder.image_shape_))
         if encoder.conditional:
-            encoder.n_classes_ = int(members["n_classes_"])
+            # .item(): files written before fvae kept 0-d arrays 0-d hold this scalar with shape (1,)
+            encoder.n_classes_ = int(members["n_classes_"].item())
         encoder.history_ = None
         encoder.checksum_ = header["checksum"]
         return encoder
