@@ -182,6 +182,12 @@ def save_samples(encoder, path, *, force=True) -> Path:
     return save_grid(encoder.sample(64, random_state=0), path, n_cols=8, title="samples from the prior", force=force)
 
 
+def spread_rows(n: int, k: int) -> np.ndarray:
+    """``min(n, k)`` row indices evenly spread over ``n`` rows: splits are often sorted by class,
+    and the first rows would show only the first class."""
+    return np.linspace(0, n - 1, min(n, k)).astype(int)
+
+
 def vae_figures(encoder, images, labels, out_dir, *, frames=(), force=True) -> list[Path]:
     """The VAE's figures in ``out_dir``: samples, reconstructions, latent codes in 2-D, training
     curves, the training-progress GIF (from ``frames``) and, for latent_dim 2, the 20x20 manifold.
@@ -197,13 +203,16 @@ def vae_figures(encoder, images, labels, out_dir, *, frames=(), force=True) -> l
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    images = images[:2000]
-    labels = None if labels is None else labels[:2000]
+    shown = spread_rows(len(images), 2000)
+    images = images[shown]
+    labels = None if labels is None else labels[shown]
     cond = bool(encoder.conditional)
+    cond_labels = labels if cond else None
     written.append(save_samples(encoder, out / "samples.png", force=force))
-    codes = encoder.transform(images, labels if cond else None)[:, : encoder.latent_dim]
-    written.append(save_reconstructions(to_unit_float(images, "figures"),
-                                        encoder.inverse_transform(codes, labels if cond else None),
+    codes = encoder.transform(images, cond_labels)[:, : encoder.latent_dim]
+    picked = spread_rows(len(images), 16)
+    decoded = encoder.inverse_transform(codes[picked], None if cond_labels is None else cond_labels[picked])
+    written.append(save_reconstructions(to_unit_float(images[picked], "figures"), decoded,
                                         out / "reconstructions.png", force=force))
     written.append(save_embedding(codes, labels, out / "latent.png",
                                   title="test codes (posterior means)" + (", PCA" if encoder.latent_dim > 2 else ""),
@@ -234,8 +243,7 @@ def evaluation_figures(report: dict, artifacts: dict, out_dir, *, n_shown: int =
     out = Path(out_dir)
     encodings = report["encodings"]
     n_test = len(artifacts["test_labels"])
-    # evenly spread test images: splits are often sorted by class
-    shown_rows = np.linspace(0, n_test - 1, min(n_test, n_shown)).astype(int)
+    shown_rows = spread_rows(n_test, n_shown)
     labels = artifacts["test_labels"][shown_rows]
     written = [
         save_confusion_matrices({n: e["classification"]["logistic"]["confusion"] for n, e in encodings.items()},
@@ -245,7 +253,7 @@ def evaluation_figures(report: dict, artifacts: dict, out_dir, *, n_shown: int =
                         out / "embeddings.png"),
     ]
     shown = [(key, title) for key, title in RECONSTRUCTION_ROWS if key in artifacts["reconstructions"]]
-    picked = np.linspace(0, n_test - 1, min(n_test, 12)).astype(int)
+    picked = spread_rows(n_test, 12)
     rows = [artifacts["test_pixels"][picked]] + [artifacts["reconstructions"][key][picked] for key, _ in shown]
     written.append(save_grid(np.concatenate(rows), out / "reconstructions.png", n_cols=len(picked),
                              row_labels=["original"] + [title for _, title in shown],

@@ -141,6 +141,29 @@ def test_save_load_round_trip_gives_identical_codes(trained, digits, tmp_path):
         fvae.load(tmp_path / "vae.npz", method="fisher")
 
 
+def test_figures_show_every_class_of_a_class_sorted_test_split(trained, digits, tmp_path, monkeypatch):
+    from fvae import report
+    from fvae.data import to_unit_float
+
+    order = np.argsort(digits.test.labels, kind="stable")
+    images, labels = digits.test.images[order], digits.test.labels[order]
+    shown = {}
+    real_save_grid = report.save_grid
+
+    def save_grid(images, path, **kw):  # the reconstruction grid's top row: the originals shown
+        if path.name == "reconstructions.png":
+            shown["originals"] = images[: kw["n_cols"]]
+        return real_save_grid(images, path, **kw)
+
+    monkeypatch.setattr(report, "save_grid", save_grid)
+    monkeypatch.setattr(report, "save_embedding", lambda codes, lab, path, **kw: shown.setdefault("labels", lab))
+    report.vae_figures(trained, images, labels, tmp_path)
+    unit = to_unit_float(images, "test")
+    picked = [int(np.flatnonzero((unit == row).all(axis=(1, 2)))[0]) for row in shown["originals"]]
+    assert len(set(labels[picked])) == 10
+    assert len(shown["labels"]) == len(labels) and set(shown["labels"]) == set(range(10))
+
+
 def test_a_newer_format_version_is_refused(trained, tmp_path):
     trained.save(tmp_path / "vae.npz")
     with zipfile.ZipFile(tmp_path / "vae.npz") as src, zipfile.ZipFile(tmp_path / "newer.npz", "w") as dst:
