@@ -209,6 +209,10 @@ def test_bad_parameters_are_refused_by_message(digits):
         VAEEncoder(arch="resnet").fit(digits.train.images[:50])
     with pytest.raises(InputError, match="latent_dim must be a positive integer"):
         VAEEncoder(latent_dim=0).fit(digits.train.images[:50])
+    for name, value in (("beta", -1.0), ("beta", math.nan), ("learning_rate", 0.0), ("max_seconds", -3.0),
+                        ("gaussian_variance", math.nan), ("warmup_epochs", -1)):
+        with pytest.raises(InputError, match=f"^{name} must be"):
+            VAEEncoder(**{name: value}).fit(digits.train.images[:50])
 
 
 def _fvae(*args, cwd):

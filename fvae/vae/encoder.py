@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -152,14 +153,19 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.warmup_epochs, (int, np.integer)) or self.warmup_epochs < 0:
+            raise InputError(f"warmup_epochs must be a non-negative integer, got {self.warmup_epochs!r}")
+        # written as "not (inside)" so that NaN is refused too
         if not 0 <= self.validation_fraction < 1:
             raise InputError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if not 0 <= self.dropout < 1:
             raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.beta < 0 or self.learning_rate <= 0:
-            raise InputError("beta must be >= 0 and learning_rate > 0")
-        if self.gaussian_variance is not None and self.gaussian_variance <= 0:
-            raise InputError(f"gaussian_variance must be positive, got {self.gaussian_variance}")
+        if not 0 <= self.beta < math.inf:
+            raise InputError(f"beta must be >= 0, got {self.beta}")
+        for name in ("learning_rate", "gaussian_variance", "max_seconds"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise InputError(f"{name} must be positive, got {value}")
 
     def _check_labels(self, y, n, where, fitting=False):
         if not self.conditional:
