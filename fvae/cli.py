@@ -298,7 +298,7 @@ def sample(
 @_user_errors
 def encode(
     data: DataOpt,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Features file to write (.npy).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Features file to write (.npy, .npz or .zarr).")],
     method: Annotated[Method, typer.Option(help="Encoding method.")] = Method.fisher,
     model: Annotated[Optional[Path], typer.Option(help="Saved model; without it, fit on the train split first.")] = None,
     split: Annotated[SplitName, typer.Option(help="Which split to encode.")] = SplitName.test,
