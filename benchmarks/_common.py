@@ -23,18 +23,21 @@ def best_of(fn, repeats=3):
     return best, result
 
 
-def interleaved_best(fns: dict, rounds=3):
+def interleaved_best(fns: dict, rounds=3, log=None):
     """Best wall time of each function over ``rounds`` rounds that run them in turn.
 
     Interleaving makes the ratio of two timings robust to a noisy machine: both sides see the
-    same slow and fast periods. Returns ``{name: (seconds, last result)}``.
+    same slow and fast periods. ``log(round, name, seconds)``, if given, sees every timing.
+    Returns ``{name: (seconds, last result)}``.
     """
     results = {name: (float("inf"), None) for name in fns}
-    for _ in range(rounds):
+    for round_ in range(rounds):
         for name, fn in fns.items():
             start = time.perf_counter()
             value = fn()
             elapsed = time.perf_counter() - start
+            if log is not None:
+                log(round_, name, elapsed)
             results[name] = (min(results[name][0], elapsed), value)
     return results
 
