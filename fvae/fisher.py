@@ -326,7 +326,7 @@ def _centred_terms(x: np.ndarray, gmm: GmmTerms) -> np.ndarray:
 #: assumptions about NaN or infinity, so bad values propagate as they would in numpy. Every kernel
 #: also uses numpy's error model (x / 0 is inf, not ZeroDivisionError): Python's check on each
 #: division is a branch that stops the loops from vectorizing.
-_FASTMATH = {"reassoc", "contract", "nsz"}
+_NUMBA_OPTIONS = dict(fastmath={"reassoc", "contract", "nsz"}, error_model="numpy")
 #: Taylor coefficients of exp(r) for |r| <= ln(2)/2: the truncation error after degree 7 is below
 #: 1e-8, under float32 rounding.
 _EXP_TAYLOR = tuple(1.0 / math.factorial(n) for n in range(8))
@@ -336,6 +336,10 @@ _LN2_HIGH, _LN2_LOW = 0.693359375, -2.12194440e-4
 _TINY = float(np.finfo(np.float32).tiny)
 
 
+#: Small kernels inlined into the compiled loops that call them (never called from Python).
+_inline = numba.njit(inline="always", **_NUMBA_OPTIONS)
+
+
 def _compiled(function):
     """Compile a kernel with numba, cached on disk where numba finds a writable place for it.
 
@@ -343,7 +347,7 @@ def _compiled(function):
     read-only install run by a user without a home) numba refuses ``cache=True``, and the kernel is
     then compiled once per process instead.
     """
-    options = dict(nogil=True, fastmath=_FASTMATH, error_model="numpy")
+    options = dict(nogil=True, **_NUMBA_OPTIONS)
     try:
         return numba.njit(cache=True, **options)(function)
     except RuntimeError:  # "cannot cache function ...: no locator available"
@@ -361,7 +365,7 @@ def _float32_from_bits(typingctx, bits):
     return signature, codegen
 
 
-@numba.njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+@_inline
 def _exp_of_log_posterior(x):
     """``exp(x)`` for float32 ``x`` in [LOG_POSTERIOR_FLOOR, 0], relative error 2e-7 (numpy's: 1.8e-7).
 
@@ -418,7 +422,7 @@ def _posteriors_in_place(loglik):
             loglik[j, t] *= total[t]
 
 
-@numba.njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+@_inline
 def _signed_power(z, alpha):
     """``sign(z) |z|^alpha`` in place, as ``z (|z| + tiny)^(alpha - 1)``: zero stays zero, and no sign
     test in the loop (alpha 1/2, the default, takes a square root instead of a power)."""
@@ -432,7 +436,7 @@ def _signed_power(z, alpha):
             z[i] = z[i] * (abs(z[i]) + tiny) ** exponent
 
 
-@numba.njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+@_inline
 def _intra_normalize(fv, k, d, offset, sigma_offset):
     """Divide each component's ``[G_alpha_k, G_mu_k, G_sigma_k]`` in each cell of ``fv`` (C, dim) by its floored norm."""
     for c in range(fv.shape[0]):
