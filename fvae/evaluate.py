@@ -376,13 +376,14 @@ class ProbeSpace:
         centred = targets - mean
         projected = u.T @ centred
         squared_u = u ** 2
-        best = (np.inf, None)
-        for alpha in alphas:
+
+        def leave_one_out_error(alpha):
             shrink = s ** 2 / (s ** 2 + alpha)
             leverage = 1.0 / len(targets) + squared_u @ shrink
             residual = (centred - u @ (shrink[:, None] * projected)) / (1.0 - leverage)[:, None]
-            best = min(best, (float(np.mean(residual ** 2)), alpha), key=lambda b: b[0])
-        alpha = best[1]
+            return float(np.mean(residual ** 2))
+
+        alpha = min(alphas, key=leave_one_out_error)
         beta = (s / (s ** 2 + alpha))[:, None] * projected
         if vt is not None:
             beta = vt.T @ beta
