@@ -191,6 +191,8 @@ def test_conv_conditional_gaussian_variants_run_on_8x8(digits, tmp_path):
     conditional = VAEEncoder(arch="conv", latent_dim=3, epochs=2, conditional=True, random_state=0).fit(images, labels)
     assert conditional.transform(images[:10], labels[:10]).shape == (10, 3)
     assert conditional.sample(4, label=7).shape == (4, 8, 8)
+    with pytest.raises(InputError, match="label 12: this model knows classes 0..9"):
+        conditional.sample(4, label=12)
     with pytest.raises(InputError, match="needs labels"):
         conditional.transform(images[:10])
     conditional.save(tmp_path / "cvae.npz")

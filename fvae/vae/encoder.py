@@ -238,6 +238,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         if (label is None) == bool(self.conditional):
             raise InputError("a conditional VAE samples a given label (--label); an unconditional one takes none")
+        if label is not None and not 0 <= label < self.n_classes_:
+            raise InputError(f"label {label}: this model knows classes 0..{self.n_classes_ - 1}")
         if z is None:
             seed = self.random_state if random_state is None else random_state
             z = np.random.default_rng(seed).standard_normal((n, self.latent_dim)).astype(np.float32)
