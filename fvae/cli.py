@@ -163,6 +163,7 @@ def fit_fisher(
     weight_gradients: Annotated[bool, typer.Option(help="Add mixture-weight gradients.")] = False,
     intra_norm: Annotated[bool, typer.Option(help="Intra-normalize per component.")] = False,
     samples: Annotated[int, typer.Option(help="Descriptors sampled to fit PCA and GMM.")] = 50_000,
+    em_iter: Annotated[int, typer.Option(help="EM iterations of the GMM, at most.")] = 100,
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,
     force: ForceOpt = False,
@@ -180,7 +181,7 @@ def fit_fisher(
         n_components=components, pca_components=pca, patch_size=patch_size, stride=stride,
         patch_normalization=patch_norm.value, whiten=whiten, xy=xy, spatial_pyramid=pyramid,
         improved=improved, alpha=alpha, weight_gradients=weight_gradients, intra_normalization=intra_norm,
-        n_descriptor_samples=samples, random_state=seed,
+        n_descriptor_samples=samples, max_iter=em_iter, random_state=seed,
     )
     started = time.perf_counter()
     encoder.fit(train.images)
