@@ -306,6 +306,9 @@ def encode(
     resume: Annotated[bool, typer.Option(help="Finish an interrupted run: keep its finished chunks.")] = False,
     dask: Annotated[bool, typer.Option("--dask", help="Encode on a local Dask cluster (--jobs workers).")] = False,
     scheduler: Annotated[Optional[str], typer.Option(help="Encode on the Dask cluster at tcp://HOST:PORT.")] = None,
+    log_var: Annotated[Optional[bool], typer.Option(
+        "--log-var/--no-log-var",
+        help="VAE: write the posterior log-variances after the means (default: as the model was saved).")] = None,
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,
     force: ForceOpt = False,
@@ -325,6 +328,8 @@ def encode(
     from .extract import dask_client, extract_features, output_format, output_paths, refuse_existing_outputs
     from .persist import refuse_overwrite
 
+    if log_var is not None and method != Method.vae:
+        raise typer.BadParameter("applies to --method vae only", param_hint="--log-var")
     output_format(output)
     paths = output_paths(output)
     # Checked before loading or fitting anything, so a refusal costs nothing.
@@ -347,6 +352,8 @@ def encode(
         model = paths["model"]
     if method == Method.fisher:
         encoder.set_params(n_jobs=jobs)
+    elif log_var is not None:
+        encoder.set_params(return_log_var=log_var)
     cluster = dask_client(scheduler, workers=jobs) if (dask or scheduler) else contextlib.nullcontext()
     context, advance = _progress_bar(len(images), f"encoding {split.value}", quiet)
     try:

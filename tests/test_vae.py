@@ -246,6 +246,14 @@ def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):
     codes = np.load(tmp_path / "codes.npy")
     assert codes.shape == (360, 2) and codes.dtype == np.float32
     np.testing.assert_array_equal(codes, fvae.load(tmp_path / "vae.npz").transform(fvae.load_dataset("digits").test.images))
+    with_var = _fvae("encode", "--method", "vae", "--model", "vae.npz", "--data", "digits", "-o", "codes2.npy",
+                     "--log-var", "--quiet", cwd=tmp_path)
+    assert with_var.returncode == 0, with_var.stderr
+    both = np.load(tmp_path / "codes2.npy")
+    assert both.shape == (360, 4) and json.loads((tmp_path / "codes2.json").read_text())["shape"] == [360, 4]
+    np.testing.assert_array_equal(both[:, :2], codes)
+    library = fvae.load(tmp_path / "vae.npz").set_params(return_log_var=True)
+    np.testing.assert_array_equal(both, library.transform(fvae.load_dataset("digits").test.images))
 
     sample = _fvae("sample", "--model", "vae.npz", "-n", "16", "-o", "s.png", cwd=tmp_path)
     assert sample.returncode == 0, sample.stderr
@@ -253,6 +261,8 @@ def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):
         assert picture.format == "PNG"
     again = _fvae("sample", "--model", "vae.npz", "-n", "16", "-o", "s.png", cwd=tmp_path)
     assert again.returncode == 2 and "exists; pass --force" in again.stderr
+    fisher_log_var = _fvae("encode", "--method", "fisher", "--data", "digits", "-o", "f.npy", "--log-var", cwd=tmp_path)
+    assert fisher_log_var.returncode == 2 and "--log-var" in fisher_log_var.stderr and "vae only" in fisher_log_var.stderr
     wrong = _fvae("encode", "--method", "fisher", "--model", "vae.npz", "--data", "digits", "-o", "f.npy", cwd=tmp_path)
     assert wrong.returncode == 2 and wrong.stderr.strip() == "fvae: error: vae.npz: holds a 'vae' model, not a 'fisher' model"
     assert not (tmp_path / "f.npy").exists()
