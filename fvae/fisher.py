@@ -769,8 +769,11 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not 0 < self.alpha <= 1:
             raise InputError(f"alpha must be in (0, 1], got {self.alpha}")
-        if self.reg_covar < 0 or self.tol <= 0:
-            raise InputError("reg_covar must be >= 0 and tol > 0")
+        # written as "not (inside)" so that NaN is refused too
+        if not 0 <= self.reg_covar < math.inf:
+            raise InputError(f"reg_covar must be >= 0, got {self.reg_covar}")
+        if not 0 < self.tol < math.inf:
+            raise InputError(f"tol must be positive, got {self.tol}")
 
     # persistence -------------------------------------------------------------------------------
 

@@ -208,6 +208,9 @@ def test_bad_inputs_raise_clear_errors(digits):
         FisherVectorEncoder(patch_size=7, stride=2).fit(digits.train.images)
     with pytest.raises(InputError, match="patch_normalization"):
         FisherVectorEncoder(patch_normalization="zca").fit(digits.train.images)
+    for name, value in (("reg_covar", -1.0), ("reg_covar", np.nan), ("tol", 0.0), ("tol", np.nan), ("alpha", np.nan)):
+        with pytest.raises(InputError, match=f"^{name} must be"):
+            FisherVectorEncoder(**{name: value}).fit(digits.train.images)
 
 
 def test_save_load_round_trip_is_bit_identical(digits, tmp_path):
