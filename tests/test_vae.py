@@ -212,7 +212,8 @@ def test_bad_parameters_are_refused_by_message(digits):
     with pytest.raises(InputError, match="latent_dim must be a positive integer"):
         VAEEncoder(latent_dim=0).fit(digits.train.images[:50])
     for name, value in (("beta", -1.0), ("beta", math.nan), ("learning_rate", 0.0), ("max_seconds", -3.0),
-                        ("gaussian_variance", math.nan), ("warmup_epochs", -1)):
+                        ("gaussian_variance", math.nan), ("warmup_epochs", -1), ("dropout", 1.0),
+                        ("validation_fraction", math.nan)):
         with pytest.raises(InputError, match=f"^{name} must be"):
             VAEEncoder(**{name: value}).fit(digits.train.images[:50])
 

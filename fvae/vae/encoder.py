@@ -156,10 +156,10 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         if not isinstance(self.warmup_epochs, (int, np.integer)) or self.warmup_epochs < 0:
             raise InputError(f"warmup_epochs must be a non-negative integer, got {self.warmup_epochs!r}")
         # written as "not (inside)" so that NaN is refused too
-        if not 0 <= self.validation_fraction < 1:
-            raise InputError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
-        if not 0 <= self.dropout < 1:
-            raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("validation_fraction", "dropout"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise InputError(f"{name} must be in [0, 1), got {value}")
         if not 0 <= self.beta < math.inf:
             raise InputError(f"beta must be >= 0, got {self.beta}")
         for name in ("learning_rate", "gaussian_variance", "max_seconds"):
