@@ -1,5 +1,5 @@
-import os
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -11,8 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from conftest import relative_error
-from fvae import FisherVectorEncoder, InputError, ModelFileError
-from fvae import fisher
+from fvae import FisherVectorEncoder, InputError, ModelFileError, fisher
 from fvae.fisher import fisher_vector_dim, fisher_vectors, gmm_terms
 import reference
 
