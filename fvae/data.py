@@ -12,7 +12,6 @@ import gzip
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError, InputError
+from .persist import atomic_output
 
 log = logging.getLogger("fvae")
 
@@ -594,9 +594,8 @@ def download_mnist(timeout: float = 10.0) -> Path:
         payload = response.read()
     if hashlib.sha256(payload).hexdigest() != MNIST_SHA256:
         raise OSError(f"checksum mismatch for {MNIST_URL}")
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
-        tmp.write(payload)
-    os.replace(tmp.name, target)
+    with atomic_output(target, force=True) as tmp:
+        tmp.write_bytes(payload)
     return target
 
 

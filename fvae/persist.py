@@ -43,6 +43,11 @@ def _writable(path, force: bool) -> Path:
     return path
 
 
+def _fresh_name_beside(path: Path, suffix: str) -> Path:
+    """A hidden name beside ``path`` that no other run picks: ``.NAME.PID.RANDOM<suffix>``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}{suffix}")
+
+
 @contextlib.contextmanager
 def atomic_output(path, *, force: bool = False):
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
@@ -53,14 +58,15 @@ def atomic_output(path, *, force: bool = False):
         If ``path`` exists and ``force`` is false (checked before any work).
     """
     path = _writable(path, force)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
+    tmp = _fresh_name_beside(path, ".part")
+    # Not mkstemp: its 0600 would survive the rename. Mode 0666 lets the user's umask decide,
+    # as for any file a program writes; O_EXCL keeps mkstemp's guarantee of a new file.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -78,7 +84,8 @@ def atomic_directory(path, *, force: bool = False):
     import shutil
 
     path = _writable(path, force)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part"))
+    tmp = _fresh_name_beside(path, ".part")
+    tmp.mkdir()  # not mkdtemp, whose 0700 the run folder would keep; the umask decides
     old = None
     try:
         yield tmp

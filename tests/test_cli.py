@@ -1,5 +1,6 @@
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 import fvae
 from conftest import ROOT
 from fvae.cli import app
+from fvae.persist import atomic_directory
 
 runner = CliRunner()
 SMALL_FIT = ["--patch-size", "3", "--stride", "1", "--components", "8", "--pca", "6", "--samples", "4000"]
@@ -81,6 +83,24 @@ def test_existing_outputs_are_not_overwritten_without_force(tmp_path):
     out.write_bytes(b"precious")
     result = runner.invoke(app, ["encode", "--data", "digits", "--model", str(model), "-o", str(out)])
     assert result.exit_code == 2 and out.read_bytes() == b"precious"
+
+
+def test_outputs_get_the_permissions_of_the_users_umask(tmp_path):
+    # Outputs are written under a temporary name and renamed; mkstemp's private 0600 once
+    # survived the rename, so no one else could read a model, features or a report.
+    old = os.umask(0o027)
+    try:
+        fit = runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(tmp_path / "m.npz"), *SMALL_FIT])
+        enc = runner.invoke(app, ["encode", "--data", "digits", "--model", str(tmp_path / "m.npz"),
+                                  "-o", str(tmp_path / "f.npy"), "-q"])
+        with atomic_directory(tmp_path / "run") as folder:
+            (folder / "report.md").write_text("a run folder, as evaluate writes it")
+    finally:
+        os.umask(old)
+    assert fit.exit_code == 0 and enc.exit_code == 0, fit.output + enc.output
+    for name in ("m.npz", "f.npy", "f.labels.npy", "f.json", "run/report.md"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+    assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o750
 
 
 @pytest.mark.parametrize("args, message", [
