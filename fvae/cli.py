@@ -298,7 +298,8 @@ def sample(
 def encode(
     data: DataOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Features file to write (.npy, .npz or .zarr).")],
-    method: Annotated[Method, typer.Option(help="Encoding method.")] = Method.fisher,
+    method: Annotated[Optional[Method], typer.Option(
+        help="Encoding method (default: the saved model's; fisher when fitting one).")] = None,
     model: Annotated[Optional[Path], typer.Option(help="Saved model; without it, fit on the train split first.")] = None,
     split: Annotated[SplitName, typer.Option(help="Which split to encode.")] = SplitName.test,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per chunk: the unit of encoding, writing and resuming.")] = 1024,
@@ -317,7 +318,7 @@ def encode(
     """Encode a split of --data, chunk by chunk, and write float32 features, labels and a JSON sidecar.
 
     Writes OUTPUT (.npy, .npz or .zarr), OUTPUT-stem.labels.npy, OUTPUT-stem.json, and without
-    --model also the fitted model as OUTPUT-stem.model.npz. Until it is complete the output is
+    --model also the fitted model as OUTPUT-stem.model.npz. With --model, the method is the file's. Until it is complete the output is
     OUTPUT.part with a manifest of finished chunks; an interrupted run finishes with --resume.
     """
     import time
@@ -326,23 +327,25 @@ def encode(
     from .data import load_dataset
     from .evaluate import default_encoder
     from .extract import dask_client, extract_features, output_format, output_paths, refuse_existing_outputs
-    from .persist import refuse_overwrite
+    from .persist import refuse_overwrite, saved_method
 
-    if log_var is not None and method != Method.vae:
-        raise typer.BadParameter("applies to --method vae only", param_hint="--log-var")
     output_format(output)
     paths = output_paths(output)
+    reuse_fitted = model is None and resume and paths["model"].exists() and paths["manifest"].exists()
+    model = paths["model"] if reuse_fitted else model
+    if method is None:
+        method = Method(saved_method(model)) if model is not None else Method.fisher
+    if log_var is not None and method != Method.vae:
+        raise typer.BadParameter("applies to --method vae only", param_hint="--log-var")
     # Checked before loading or fitting anything, so a refusal costs nothing.
     refuse_existing_outputs(output, force=force, resume=resume)
-    reuse_fitted = model is None and resume and paths["model"].exists() and paths["manifest"].exists()
-    if model is None and not reuse_fitted:
+    if model is None:
         refuse_overwrite(paths["model"], force=force)
     dataset = load_dataset(data, data_dir, lazy=True)
     images = dataset.split(split.value)
-    if model is not None or reuse_fitted:
-        encoder = load(model or paths["model"], method=method.value)
+    if model is not None:
+        encoder = load(model, method=method.value)
         checksum = encoder.checksum_
-        model = model or paths["model"]
     else:
         train = dataset.split("train")
         started = time.perf_counter()

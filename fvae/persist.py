@@ -27,6 +27,7 @@ from .errors import ModelFileError, OutputExistsError
 
 FORMAT_VERSION = 1
 HEADER = "header.json"
+METHODS = ("fisher", "vae")
 
 
 def fvae_version() -> str:
@@ -185,6 +186,23 @@ def read_header(path) -> dict:
         raise ModelFileError(f"{path}: no such model file") from None
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as exc:
         raise ModelFileError(f"{path}: not an fvae model file ({exc})") from None
+
+
+def saved_method(path, expected: str | None = None) -> str:
+    """The method of the model saved in ``path``, ``"fisher"`` or ``"vae"``, from its header.
+
+    Raises
+    ------
+    ModelFileError
+        If the file is not an fvae model, holds another method than ``expected`` (when given),
+        or a method this version does not know.
+    """
+    found = read_header(path).get("method")
+    if expected is not None and found != expected:
+        raise ModelFileError(f"{path}: holds a {found!r} model, not a {expected!r} model")
+    if found not in METHODS:
+        raise ModelFileError(f"{path}: unknown model method {found!r}")
+    return found
 
 
 def load_model(path, *, method: str | None = None) -> tuple[dict, dict]:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import fvae
 from conftest import ROOT
 from fvae.cli import app
-from fvae.persist import atomic_directory
+from fvae.persist import atomic_directory, save_model
 
 runner = CliRunner()
 SMALL_FIT = ["--patch-size", "3", "--stride", "1", "--components", "8", "--pca", "6", "--samples", "4000"]
@@ -115,6 +115,17 @@ def test_user_errors_are_one_line_exit_2_no_output(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("fvae: error:") and message in lines[0]
     assert "Traceback" not in result.output
     assert not any(p.name in ("f.npy", "m.npz") for p in tmp_path.iterdir())
+
+
+def test_encode_refuses_a_model_of_a_method_it_does_not_know(tmp_path):
+    save_model(tmp_path / "pca.npz", method="pca", params={}, arrays={"components_": np.eye(2)}, input_shape=(8, 8))
+    with pytest.raises(fvae.ModelFileError, match="unknown model method 'pca'"):
+        fvae.load(tmp_path / "pca.npz")
+    result = runner.invoke(app, ["encode", "--data", "digits", "--model", str(tmp_path / "pca.npz"),
+                                 "-o", str(tmp_path / "f.npy")])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"fvae: error: {tmp_path / 'pca.npz'}: unknown model method 'pca'"
+    assert not (tmp_path / "f.npy").exists()
 
 
 def test_wrong_image_size_and_test_only_source_in_a_subprocess(tmp_path, shared_mnist_test):

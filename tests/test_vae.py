@@ -247,8 +247,9 @@ def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):
     codes = np.load(tmp_path / "codes.npy")
     assert codes.shape == (360, 2) and codes.dtype == np.float32
     np.testing.assert_array_equal(codes, fvae.load(tmp_path / "vae.npz").transform(fvae.load_dataset("digits").test.images))
-    with_var = _fvae("encode", "--method", "vae", "--model", "vae.npz", "--data", "digits", "-o", "codes2.npy",
-                     "--log-var", "--quiet", cwd=tmp_path)
+    # without --method: the model file says it is a VAE, so --log-var applies
+    with_var = _fvae("encode", "--model", "vae.npz", "--data", "digits", "-o", "codes2.npy", "--log-var", "--quiet",
+                     cwd=tmp_path)
     assert with_var.returncode == 0, with_var.stderr
     both = np.load(tmp_path / "codes2.npy")
     assert both.shape == (360, 4) and json.loads((tmp_path / "codes2.json").read_text())["shape"] == [360, 4]
