@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .errors import FvaeError
+from .errors import FvaeError, OutputExistsError
 
 app = typer.Typer(
     help="Encode images as Fisher Vectors or VAE latent codes, and compare them.",
@@ -327,7 +327,7 @@ def encode(
     from .data import load_dataset
     from .evaluate import default_encoder
     from .extract import dask_client, extract_features, output_format, output_paths, refuse_existing_outputs
-    from .persist import refuse_overwrite, saved_method
+    from .persist import saved_method
 
     output_format(output)
     paths = output_paths(output)
@@ -339,8 +339,10 @@ def encode(
         raise typer.BadParameter("applies to --method vae only", param_hint="--log-var")
     # Checked before loading or fitting anything, so a refusal costs nothing.
     refuse_existing_outputs(output, force=force, resume=resume)
-    if model is None:
-        refuse_overwrite(paths["model"], force=force)
+    if model is None and paths["model"].exists() and not force:
+        # A run that failed after fitting leaves its model; say how to use it, not only --force.
+        raise OutputExistsError(f"{paths['model']} exists (fitted by an earlier run): pass --model "
+                                f"{paths['model']} to encode with it, or --force to fit a new one")
     dataset = load_dataset(data, data_dir, lazy=True)
     images = dataset.split(split.value)
     if model is not None:

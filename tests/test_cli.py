@@ -103,6 +103,24 @@ def test_outputs_get_the_permissions_of_the_users_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o750
 
 
+def test_a_model_left_by_a_failed_encode_is_named_with_how_to_use_it(tmp_path, digits):
+    from PIL import Image
+
+    for split, count in (("train", 60), ("test", 5)):
+        for i in range(count):
+            folder = tmp_path / "imgs" / split / f"class{i % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(digits.train.images[i]).save(folder / f"{i}.png")
+    Image.fromarray(np.zeros((9, 8), np.uint8)).save(tmp_path / "imgs" / "test" / "class0" / "odd.png")
+    args = ["encode", "--data", str(tmp_path / "imgs"), "-o", str(tmp_path / "f.npy")]
+    first = runner.invoke(app, args)  # fits on train, then meets the odd test image
+    assert first.exit_code == 2 and "odd.png: size 8x9 differs from 8x8" in first.output
+    assert (tmp_path / "f.model.npz").exists() and not (tmp_path / "f.npy").exists()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2
+    assert f"f.model.npz exists (fitted by an earlier run): pass --model {tmp_path / 'f.model.npz'}" in again.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["encode", "--data", "no/such/dir", "-o", "f.npy"], "no such file or folder"),
     (["encode", "--data", "digits", "--model", "missing.npz", "-o", "f.npy"], "no such model file"),
