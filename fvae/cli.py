@@ -62,7 +62,7 @@ class PatchNorm(str, Enum):
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="mnist, mnist-5k, fashion-mnist, digits, or a path.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option(help="Extra folder searched for named datasets.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or spinner.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed: same seed, same output.")]
 
 
@@ -125,6 +125,15 @@ def _progress_bar(total: int, label: str, quiet: bool):
     return progress, advance
 
 
+def _status(message: str, quiet: bool):
+    """A rich spinner with ``message`` on a terminal while work runs; nothing when quiet or piped."""
+    if quiet or not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(message)
+
+
 @app.command()
 @_user_errors
 def datasets(data_dir: DataDirOpt = None):
@@ -167,6 +176,7 @@ def fit_fisher(
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,
     force: ForceOpt = False,
+    quiet: QuietOpt = False,
 ):
     """Fit a Fisher Vector encoder (PCA + GMM) on the train split of --data and save it."""
     import time
@@ -184,7 +194,9 @@ def fit_fisher(
         n_descriptor_samples=samples, max_iter=em_iter, random_state=seed,
     )
     started = time.perf_counter()
-    encoder.fit(train.images)
+    doing = f"fitting fisher on {len(train):,} images: PCA to {pca} dims, a GMM of {components} components"
+    with _status(doing, quiet):
+        encoder.fit(train.images)
     checksum = encoder.save(output, force=force)
     typer.echo(
         f"fitted fisher on {len(train)} {dataset.name} train images in {time.perf_counter() - started:.1f} s; "

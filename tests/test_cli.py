@@ -179,6 +179,40 @@ def test_datasets_command_and_checkout_shim(tmp_path):
     assert shim.returncode == 0 and shim.stdout.strip() == f"fvae {fvae.__version__}"
 
 
+def stderr_on_a_terminal(*args, cwd):
+    """Run the console script with its stderr on a pseudo-terminal; return (exit code, what it drew)."""
+    import pty
+
+    main, replica = pty.openpty()
+    exe = os.path.join(os.path.dirname(sys.executable), "fvae")
+    process = subprocess.Popen([exe, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=replica,
+                               env={**os.environ, "FVAE_OFFLINE": "1"})
+    os.close(replica)
+    drawn = b""
+    while True:  # read as it comes, so a full terminal buffer cannot block the child
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(main)
+    return process.wait(timeout=600), drawn.decode(errors="replace")
+
+
+def test_long_commands_draw_progress_on_a_terminal_and_nothing_when_quiet(tmp_path):
+    code, drawn = stderr_on_a_terminal("fit", "fisher", "--data", "digits", "-o", "m.npz", *SMALL_FIT, cwd=tmp_path)
+    assert code == 0 and "fitting fisher on 1,437 images: PCA to 6 dims, a GMM of 8 components" in drawn
+    code, drawn = stderr_on_a_terminal("encode", "--data", "digits", "--model", "m.npz", "-o", "f.npy",
+                                       "--batch-size", "100", cwd=tmp_path)
+    assert code == 0 and "encoding test" in drawn and "img/s" in drawn
+    code, drawn = stderr_on_a_terminal("fit", "fisher", "--data", "digits", "-o", "q.npz", *SMALL_FIT, "-q", cwd=tmp_path)
+    assert code == 0 and drawn == ""
+    code, drawn = stderr_on_a_terminal("encode", "--data", "digits", "--model", "m.npz", "-o", "g.npy", "-q", cwd=tmp_path)
+    assert code == 0 and drawn == ""
+
+
 def test_fit_fisher_em_iter_caps_em_and_the_warning_says_how_to_raise_it(tmp_path):
     result = fvae_cli("fit", "fisher", "--data", "digits", "-o", "m.npz", *SMALL_FIT, "--em-iter", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
