@@ -454,12 +454,24 @@ def _as_labels(labels: np.ndarray, n: int, where) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+def _numpy_file_error(path: Path, kind: str, magic: bytes, exc: Exception) -> DataError:
+    """What to tell a user whose .npy or .npz file numpy could not read. Not numpy's message as it
+    is: for a file of another kind, or one of Python objects, it suggests loading it as a pickle,
+    which fvae never does (a pickle can run code)."""
+    with open(path, "rb") as fh:
+        if fh.read(len(magic)) != magic:
+            return DataError(f"{path}: not a {kind} file (it does not start like one)")
+    if "pickle" in str(exc) or "object" in str(exc).lower():
+        return DataError(f"{path}: holds Python objects, not numbers; fvae reads numeric arrays only")
+    return DataError(f"{path}: not a readable {kind} file ({exc})")
+
+
 def _load_npz(path: Path) -> Dataset:
     try:
         archive = np.load(path, allow_pickle=False)
         arrays = {key: archive[key] for key in archive.files}
     except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable .npz archive ({exc})") from None
+        raise _numpy_file_error(path, ".npz", b"PK\x03\x04", exc) from None
     splits = {}
     for split in ("train", "test"):
         if f"x_{split}" not in arrays:
@@ -478,7 +490,7 @@ def _load_npy(path: Path, lazy: bool = False) -> Dataset:
     try:
         images = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+        raise _numpy_file_error(path, ".npy", b"\x93NUMPY", exc) from None
     if lazy and images.dtype == np.uint8 and images.ndim == 3 and images.flags.c_contiguous:
         images = RawImages(path, images.shape, images.offset)
     return Dataset(str(path), str(path), None, Split(_as_uint8_images(images, path), None))

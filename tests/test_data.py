@@ -105,6 +105,26 @@ def test_keras_npz(tmp_path, tiny):
         fvae.load_dataset(tmp_path / "broken.npz")
 
 
+@pytest.mark.parametrize("name, payload, message", [
+    ("text.npz", b"x,y\n1,2\n", "not a .npz file (it does not start like one)"),
+    ("text.npy", b"x,y\n1,2\n", "not a .npy file (it does not start like one)"),
+    ("objects.npy", None, "holds Python objects, not numbers; fvae reads numeric arrays only"),
+    ("objects.npz", None, "holds Python objects, not numbers; fvae reads numeric arrays only"),
+])
+def test_foreign_or_object_numpy_files_are_named_without_numpys_pickle_advice(tmp_path, name, payload, message):
+    path = tmp_path / name
+    objects = np.array([{"pixels": 1}, None], dtype=object)
+    if payload is not None:
+        path.write_bytes(payload)
+    elif name.endswith(".npy"):
+        np.save(path, objects, allow_pickle=True)
+    else:
+        np.savez(path, x_train=objects, y_train=np.zeros(2))
+    with pytest.raises(DataError) as raised:
+        fvae.load_dataset(path)
+    assert str(raised.value) == f"{path}: {message}"  # numpy's advice to load a pickle is not passed on
+
+
 def test_npy_is_unlabelled_test_only(tmp_path, tiny):
     np.save(tmp_path / "x.npy", tiny[0])
     ds = fvae.load_dataset(tmp_path / "x.npy")
