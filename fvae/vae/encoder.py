@@ -185,6 +185,12 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
 
     # -- using ----------------------------------------------------------------------------------
 
+    def _checked_inputs(self, X, y, where):
+        """Images as float32 in [0, 1] and the labels a conditional VAE needs (None otherwise)."""
+        check_is_fitted(self, "model_")
+        images = to_unit_float(check_image_batch(X, self.image_shape_, where), where)
+        return images, self._check_labels(y, len(images), where)
+
     def transform(self, X, y=None, *, batch_size=1024):
         """Posterior means (or ``[mean, log_var]``), float32 of shape (n_images, latent_dim[*2]).
 
@@ -192,9 +198,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         """
         from keras import ops
 
-        check_is_fitted(self, "model_")
-        images = to_unit_float(check_image_batch(X, self.image_shape_, "transform"), "transform")
-        labels = self._check_labels(y, len(images), "transform")
+        images, labels = self._checked_inputs(X, y, "transform")
         out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
         for start in range(0, len(images), batch_size):
             s = slice(start, start + batch_size)
@@ -247,13 +251,36 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         return self.inverse_transform(z, labels)
 
     def evaluate(self, X, y=None, *, iwae_k=64, seed=0):
-        """ELBO, reconstruction term, KL, active units and the IWAE bound (nats per image) on ``X``."""
+        """ELBO, reconstruction term, KL, active units and the IWAE bound (nats per image) on ``X``.
+
+        Every sample is drawn with ``seed``: the same seed gives the same numbers.
+        """
         from .train import evaluate
 
-        check_is_fitted(self, "model_")
-        images = to_unit_float(check_image_batch(X, self.image_shape_, "evaluate"), "evaluate")
-        labels = self._check_labels(y, len(images), "evaluate")
+        images, labels = self._checked_inputs(X, y, "evaluate")
         return evaluate(self.model_, images, labels, iwae_k=iwae_k, seed=seed)
+
+    def score_samples(self, X, y=None):
+        """The ELBO of each image, a lower bound on its log-likelihood, in nats.
+
+        One posterior sample per image, drawn with ``random_state``, so repeated calls agree.
+        ``y`` is used only by a conditional VAE (which needs it).
+
+        Returns
+        -------
+        ndarray of shape (n_images,)
+        """
+        from .train import elbo_per_image
+
+        images, labels = self._checked_inputs(X, y, "score_samples")
+        reconstruction, kl = elbo_per_image(self.model_, images, labels, seed=self.random_state)
+        return reconstruction - kl
+
+    def score(self, X, y=None):
+        """Mean ELBO per image in nats (higher is better), as ``GaussianMixture.score`` gives the
+        mean log-likelihood: model selection such as ``GridSearchCV`` over ``latent_dim`` or
+        ``beta`` uses it on the held-out images."""
+        return float(np.mean(self.score_samples(X, y)))
 
     @property
     def n_features_out_(self) -> int:

@@ -132,19 +132,46 @@ def active_units(model, images, labels=None, *, threshold: float = 0.01, batch_s
     return int((means.var(axis=0) > threshold).sum())
 
 
-def iwae_bound(model, images, labels=None, *, k: int = 64, batch_size: int = 128) -> np.ndarray:
+def _noise(seed: int, purpose: int) -> np.random.Generator:
+    # The pair keeps the ELBO's, the IWAE bound's and the binarization's draws independent.
+    return np.random.default_rng([seed, purpose])
+
+
+def elbo_per_image(model, images, labels=None, *, seed: int = 0, batch_size: int = 1024):
+    """The ELBO's reconstruction term log p(x|z) and KL per image, in nats: one z per image,
+    drawn with ``seed``, on one fixed binarization of ``images`` (float32 in [0, 1]); the same
+    seed gives the same numbers.
+
+    Returns
+    -------
+    reconstruction, kl : ndarray of shape (n_images,)
+    """
+    images = fixed_binarization(np.asarray(images, dtype=np.float32), model.target_binarization, seed)
+    rng = _noise(seed, 1)
+    reconstruction, kl = [], []
+    for s in _batches(len(images), batch_size):
+        eps = rng.standard_normal((s.stop - s.start, model.latent_dim), dtype=np.float32)
+        rec, k = model.elbo_terms(images[s], None if labels is None else labels[s], eps=eps)
+        reconstruction.append(ops.convert_to_numpy(rec))
+        kl.append(ops.convert_to_numpy(k))
+    return np.concatenate(reconstruction), np.concatenate(kl)
+
+
+def iwae_bound(model, images, labels=None, *, k: int = 64, seed: int = 0, batch_size: int = 128) -> np.ndarray:
     """Importance-weighted lower bound on log p(x) per image (Burda et al. 2016), k samples.
 
     ``log (1/k) sum_i p(x, z_i) / q(z_i | x)`` with z_i ~ q(z|x); k = 1 is the ELBO, and the
-    bound tightens as k grows. The k samples of a batch are decoded in one call.
+    bound tightens as k grows. The k samples of a batch are decoded in one call; ``seed``
+    draws them.
     """
+    rng = _noise(seed, 2)
     out = []
     for s in _batches(len(images), batch_size):
         x = images[s]
         y = None if labels is None else labels[s]
         mean, log_var = model.encode(x, y)
         n = ops.shape(mean)[0]
-        eps = keras.random.normal((k, n, model.latent_dim), seed=model.seed_generator)
+        eps = rng.standard_normal((k, n, model.latent_dim), dtype=np.float32)
         z = mean[None] + ops.exp(0.5 * log_var)[None] * eps  # (k, n, L)
         flat_z = ops.reshape(z, (k * n, model.latent_dim))
         flat_y = None if y is None else ops.tile(ops.convert_to_tensor(y), (k,))
@@ -162,15 +189,11 @@ def evaluate(model, images, labels=None, *, iwae_k: int = 64, seed: int = 0, bat
     """Test-set numbers, in nats per image: ELBO, its reconstruction term and KL, the IWAE bound
     with ``iwae_k`` samples, and the number of active latent units.
 
-    Binarized models are scored on one fixed, seeded binarization of ``images``.
+    Binarized models are scored on one fixed, seeded binarization of ``images``, and every
+    sample is drawn with ``seed``: the same seed gives the same numbers.
     """
+    reconstruction, kl = elbo_per_image(model, images, labels, seed=seed, batch_size=batch_size)
     images = fixed_binarization(np.asarray(images, dtype=np.float32), model.target_binarization, seed)
-    reconstruction, kl = [], []
-    for s in _batches(len(images), batch_size):
-        rec, k = model.elbo_terms(images[s], None if labels is None else labels[s])
-        reconstruction.append(ops.convert_to_numpy(rec))
-        kl.append(ops.convert_to_numpy(k))
-    reconstruction, kl = np.concatenate(reconstruction), np.concatenate(kl)
     result = {
         "elbo": float(np.mean(reconstruction - kl)),
         "reconstruction": float(np.mean(reconstruction)),
@@ -180,7 +203,7 @@ def evaluate(model, images, labels=None, *, iwae_k: int = 64, seed: int = 0, bat
         "n_images": len(images),
     }
     if iwae_k:
-        result["iwae_bound"] = float(np.mean(iwae_bound(model, images, labels, k=iwae_k)))
+        result["iwae_bound"] = float(np.mean(iwae_bound(model, images, labels, k=iwae_k, seed=seed)))
         result["iwae_k"] = iwae_k
     return result
 
