@@ -521,8 +521,9 @@ def _read_image_file(file: Path, shape=None) -> np.ndarray:
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{file}: cannot read image ({exc})") from None
     if shape is not None and pixels.shape != tuple(shape):
-        raise DataError(f"{file}: size {pixels.shape[1]}x{pixels.shape[0]} differs from {shape[1]}x{shape[0]} "
-                        "of the other images; all images must have one size")
+        # height x width, as every other message of fvae (and numpy's shapes) says it
+        raise DataError(f"{file}: {pixels.shape[0]}x{pixels.shape[1]} pixels (height x width), the other images "
+                        f"{shape[0]}x{shape[1]}; all images must have one size")
     return pixels
 
 

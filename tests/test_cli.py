@@ -114,7 +114,7 @@ def test_a_model_left_by_a_failed_encode_is_named_with_how_to_use_it(tmp_path, d
     Image.fromarray(np.zeros((9, 8), np.uint8)).save(tmp_path / "imgs" / "test" / "class0" / "odd.png")
     args = ["encode", "--data", str(tmp_path / "imgs"), "-o", str(tmp_path / "f.npy")]
     first = runner.invoke(app, args)  # fits on train, then meets the odd test image
-    assert first.exit_code == 2 and "odd.png: size 8x9 differs from 8x8" in first.output
+    assert first.exit_code == 2 and "odd.png: 9x8 pixels (height x width), the other images 8x8" in first.output
     assert (tmp_path / "f.model.npz").exists() and not (tmp_path / "f.npy").exists()
     again = runner.invoke(app, args)
     assert again.exit_code == 2
