@@ -95,6 +95,10 @@ def _user_errors(command):
         except FvaeError as exc:
             typer.echo(f"fvae: error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            # Here, not in run(): typer turns an interrupt that leaves a command into a silent exit 130.
+            typer.echo("fvae: interrupted; no half-written output was left", err=True)
+            raise typer.Exit(130) from None
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             typer.echo(f"fvae: error: {where}{exc.strerror or exc}", err=True)
@@ -442,7 +446,7 @@ def run() -> None:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx and exc.ctx.parent else ""
         typer.echo(f"fvae: error: {exc.format_message()}{hint}", err=True)
         code = 2
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("fvae: interrupted; no partial output was kept", err=True)
+    except (typer.Abort, KeyboardInterrupt):  # while parsing, before a command runs
+        typer.echo("fvae: interrupted", err=True)
         code = 130
     sys.exit(code if isinstance(code, int) else 0)

@@ -179,9 +179,13 @@ def test_datasets_command_and_checkout_shim(tmp_path):
     assert shim.returncode == 0 and shim.stdout.strip() == f"fvae {fvae.__version__}"
 
 
-def stderr_on_a_terminal(*args, cwd):
-    """Run the console script with its stderr on a pseudo-terminal; return (exit code, what it drew)."""
+def stderr_on_a_terminal(*args, cwd, interrupt_on=None):
+    """Run the console script with its stderr on a pseudo-terminal; return (exit code, what it drew).
+
+    With ``interrupt_on``, send SIGINT (Ctrl-C) once that text has been drawn.
+    """
     import pty
+    import signal
 
     main, replica = pty.openpty()
     exe = os.path.join(os.path.dirname(sys.executable), "fvae")
@@ -197,6 +201,9 @@ def stderr_on_a_terminal(*args, cwd):
         if not chunk:
             break
         drawn += chunk
+        if interrupt_on is not None and interrupt_on.encode() in drawn:
+            process.send_signal(signal.SIGINT)
+            interrupt_on = None
     os.close(main)
     return process.wait(timeout=600), drawn.decode(errors="replace")
 
@@ -211,6 +218,14 @@ def test_long_commands_draw_progress_on_a_terminal_and_nothing_when_quiet(tmp_pa
     assert code == 0 and drawn == ""
     code, drawn = stderr_on_a_terminal("encode", "--data", "digits", "--model", "m.npz", "-o", "g.npy", "-q", cwd=tmp_path)
     assert code == 0 and drawn == ""
+
+
+def test_ctrl_c_says_so_in_one_line_and_leaves_no_model(tmp_path):
+    code, drawn = stderr_on_a_terminal("fit", "fisher", "--data", "mnist-5k", "-o", "m.npz", "--em-iter", "1000",
+                                       cwd=tmp_path, interrupt_on="fitting fisher")
+    assert code == 130  # it used to leave silently with 130, as if it had been killed
+    assert "fvae: interrupted; no half-written output was left" in drawn and "Traceback" not in drawn
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_fit_fisher_em_iter_caps_em_and_the_warning_says_how_to_raise_it(tmp_path):
