@@ -342,10 +342,13 @@ def encode(
     from . import load
     from .data import load_dataset
     from .evaluate import default_encoder
-    from .extract import dask_client, extract_features, output_format, output_paths, refuse_existing_outputs
+    from .extract import (check_scheduler_address, dask_client, extract_features, output_format, output_paths,
+                          refuse_existing_outputs)
     from .persist import saved_method
 
     output_format(output)
+    if scheduler is not None:
+        check_scheduler_address(scheduler)
     paths = output_paths(output)
     reuse_fitted = model is None and resume and paths["model"].exists() and paths["manifest"].exists()
     model = paths["model"] if reuse_fitted else model

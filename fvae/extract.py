@@ -401,6 +401,25 @@ def extract_features(
     return sidecar
 
 
+def check_scheduler_address(scheduler: str) -> None:
+    """Refuse a Dask scheduler address that cannot be dialled (no port, unknown scheme) at once,
+    before any work; Dask itself would only say so, with a traceback, when connecting.
+
+    Raises
+    ------
+    InputError
+        If the address is malformed, or dask[distributed] is not installed.
+    """
+    try:
+        from distributed.comm.addressing import get_address_host_port
+    except ImportError:
+        raise InputError("running on Dask needs dask[distributed]: pip install 'fvae[dask]'") from None
+    try:
+        get_address_host_port(scheduler)
+    except ValueError as exc:
+        raise InputError(f"{scheduler!r} is not a Dask scheduler address: {exc}; expected tcp://HOST:PORT") from None
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, *, workers: int | None = None):
     """A Dask ``Client`` for a ``with`` block: connected to ``scheduler`` (``tcp://host:port``), or
@@ -416,6 +435,7 @@ def dask_client(scheduler: str | None = None, *, workers: int | None = None):
     except ImportError:
         raise InputError("running on Dask needs dask[distributed]: pip install 'fvae[dask]'") from None
     if scheduler is not None:
+        check_scheduler_address(scheduler)
         try:
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as exc:

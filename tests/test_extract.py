@@ -243,3 +243,18 @@ def test_cli_dask_zarr_and_vae_on_workers_equal_local(mnist_like, tmp_path):
         np.testing.assert_array_equal(got, expected)
         sidecar = json.loads((tmp_path / f"{method}-dask.json").read_text())
         assert sidecar["format"] == suffix.lstrip(".") and sidecar["shape"] == list(expected.shape)
+
+
+@pytest.mark.parametrize("address, detail", [
+    ("nonsense", "missing port number"),
+    ("tcp://somehost", "missing port number"),
+    ("foo://somehost:8786", "unknown address scheme 'foo'"),
+])
+def test_a_malformed_scheduler_address_is_refused_before_any_work(tmp_path, address, detail):
+    pytest.importorskip("distributed", reason="dask[distributed] is in the dask extra: pip install 'fvae[dask]'")
+    # Without --model, encode would fit first; the address is checked before that.
+    result = fvae_cli("encode", "--data", "digits", "-o", "f.npy", "--scheduler", address, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"fvae: error: {address!r} is not a Dask scheduler address: ")
+    assert detail in result.stderr and result.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
