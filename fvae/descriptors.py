@@ -133,8 +133,11 @@ def fit_pca(sample: np.ndarray, n_components: int, whiten: bool, random_state) -
     """
     from sklearn.decomposition import PCA
 
-    if not 1 <= n_components <= min(sample.shape):
-        raise InputError(f"pca_components must be in [1, {min(sample.shape)}] for these patches, got {n_components}")
+    n_samples, n_features = sample.shape
+    if not 1 <= n_components <= min(n_samples, n_features):
+        limit = (f"patches of {n_features} pixels" if n_features <= n_samples
+                 else f"only {n_samples} descriptors are sampled (n_descriptor_samples, or --samples)")
+        raise InputError(f"pca_components must be in [1, {min(n_samples, n_features)}]: {limit}; got {n_components}")
     pca = PCA(n_components=n_components, whiten=whiten, random_state=random_state).fit(sample)
     projection = pca.components_.T.copy()
     if whiten:

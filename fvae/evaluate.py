@@ -629,8 +629,8 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
     started = time.perf_counter()
     train, test = _labelled(train, "train"), _labelled(test, "test")
     if train.images.shape[1:] != test.images.shape[1:]:
-        raise DataError(f"train images are {train.images.shape[1:]}, test images {test.images.shape[1:]}: "
-                        "they must have the same size")
+        (th, tw), (eh, ew) = train.images.shape[1:], test.images.shape[1:]
+        raise DataError(f"train images are {th}x{tw}, test images {eh}x{ew}: they must have the same size")
     classes = np.unique(np.concatenate([train.labels, test.labels]))
     probe_index = stratified_subset(train.labels, settings.max_train, settings.seed)
     probe_labels = train.labels[probe_index]

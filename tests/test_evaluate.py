@@ -163,6 +163,8 @@ def test_library_evaluate_validates_against_the_schema(digits):
     assert set(artifacts["reconstructions"]) == {"pca", "ridge_pca", "ridge_raw"}
     with pytest.raises(fvae.DataError, match="needs labels"):
         evaluate(digits.train, Split(digits.test.images, None), settings)
+    with pytest.raises(fvae.DataError, match="^train images are 8x8, test images 8x7: they must have the same size$"):
+        evaluate(digits.train, Split(digits.test.images[:, :, :7], digits.test.labels), settings)
 
 
 # -- the CLI end to end ----------------------------------------------------------------------------

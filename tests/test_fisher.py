@@ -207,6 +207,11 @@ def test_bad_inputs_raise_clear_errors(digits):
         FisherVectorEncoder(patch_size=7, stride=2).fit(digits.train.images)
     with pytest.raises(InputError, match="patch_normalization"):
         FisherVectorEncoder(patch_normalization="zca").fit(digits.train.images)
+    # the PCA's limit is named by what sets it: the patch size, or the descriptor sample
+    with pytest.raises(InputError, match=r"^pca_components must be in \[1, 9\]: patches of 9 pixels; got 12$"):
+        FisherVectorEncoder(**{**SMALL, "patch_size": 3, "pca_components": 12}).fit(digits.train.images)
+    with pytest.raises(InputError, match=r"^pca_components must be in \[1, 5\]: only 5 descriptors are sampled"):
+        FisherVectorEncoder(**{**SMALL, "n_descriptor_samples": 5}).fit(digits.train.images)
     for name, value in (("reg_covar", -1.0), ("reg_covar", np.nan), ("tol", 0.0), ("tol", np.nan), ("alpha", np.nan)):
         with pytest.raises(InputError, match=f"^{name} must be"):
             FisherVectorEncoder(**{name: value}).fit(digits.train.images)
