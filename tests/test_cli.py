@@ -214,6 +214,10 @@ def test_long_commands_draw_progress_on_a_terminal_and_nothing_when_quiet(tmp_pa
     code, drawn = stderr_on_a_terminal("encode", "--data", "digits", "--model", "m.npz", "-o", "f.npy",
                                        "--batch-size", "100", cwd=tmp_path)
     assert code == 0 and "encoding test" in drawn and "img/s" in drawn
+    code, drawn = stderr_on_a_terminal("fit", "vae", "--data", "digits", "-o", "v.npz", "--arch", "mlp", "--hidden", "16",
+                                       "--epochs", "2", cwd=tmp_path)
+    assert code == 0 and "/11" in drawn  # a bar through the epoch's 11 steps (1,293 images, batch 128)
+    assert "epoch 1/2  loss " in drawn and "epoch 2/2  loss " in drawn  # and the line each epoch leaves
     code, drawn = stderr_on_a_terminal("fit", "fisher", "--data", "digits", "-o", "q.npz", *SMALL_FIT, "-q", cwd=tmp_path)
     assert code == 0 and drawn == ""
     code, drawn = stderr_on_a_terminal("encode", "--data", "digits", "--model", "m.npz", "-o", "g.npy", "-q", cwd=tmp_path)

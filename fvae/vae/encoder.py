@@ -59,7 +59,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
     random_state : int, default=0
         Seeds the weights, the shuffling and the sampling noise: same seed, same model on CPU.
     verbose : int, default=0
-        Keras' training output: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
+        Training progress on stderr: 0 none, 1 a progress bar through each epoch and one line
+        per epoch (loss, ELBO, its terms, validation ELBO), 2 the lines only.
 
     Attributes
     ----------

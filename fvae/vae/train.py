@@ -5,6 +5,7 @@ numbers (ELBO and its terms, active units, the importance-weighted bound)."""
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import keras
@@ -72,13 +73,71 @@ class BestOnValidationElbo(keras.callbacks.Callback):
             self.model.set_weights(self.best_weights)
 
 
+class EpochLines(keras.callbacks.Callback):
+    """One line per epoch on stderr, so that stdout keeps only results: the loss, the ELBO, its
+    reconstruction term and KL (nats, plain decimals), the validation ELBO and the epoch's time."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_train_begin(self, logs=None):
+        self.best = -math.inf
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        line = f"epoch {epoch + 1}/{self.epochs}  {_terms(logs)}"
+        if "val_elbo" in logs:
+            improved = logs["val_elbo"] > self.best
+            self.best = max(self.best, logs["val_elbo"])
+            line += f"  val_elbo {logs['val_elbo']:.2f}" + (" (best)" if improved else "")
+        print(f"{line}  {time.perf_counter() - self.started:.1f} s", file=sys.stderr, flush=True)
+
+
+class EpochProgressBar(EpochLines):
+    """:class:`EpochLines` plus a rich progress bar through each epoch's ``steps``, with the
+    running loss, ELBO, reconstruction term and KL (a terminal's view)."""
+
+    def __init__(self, epochs: int, steps: int):
+        super().__init__(epochs)
+        self.steps = steps
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        super().on_epoch_begin(epoch, logs)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[terms]}"), TimeRemainingColumn(),
+                                 console=Console(stderr=True), transient=True)
+        self.task = self.progress.add_task(f"epoch {epoch + 1}/{self.epochs}", total=self.steps, terms="")
+        self.progress.start()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.progress.update(self.task, completed=batch + 1, terms=_terms(logs or {}))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.progress.stop()
+        super().on_epoch_end(epoch, logs)
+
+
+def _terms(logs) -> str:
+    return "  ".join(f"{name} {float(logs[name]):.2f}" for name in ("loss", "elbo", "reconstruction", "kl")
+                     if name in logs)
+
+
 def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_rate: float,
           validation_fraction: float, patience: int, warmup_epochs: int, max_seconds: float | None,
           seed: int, callbacks=(), verbose: int = 0, jit_compile=False, steps_per_execution: int = 1) -> dict:
     """Train ``model`` on float32 images in [0, 1] and return the history.
 
     A ``validation_fraction`` of the images (seeded permutation) is held out for early stopping;
-    binarized models see it with one fixed binarization so that epochs compare fairly.
+    binarized models see it with one fixed binarization so that epochs compare fairly. Progress
+    goes to stderr: ``verbose`` 0 shows none, 1 a progress bar through each epoch and a line
+    per epoch (:class:`EpochProgressBar`), 2 the lines only (:class:`EpochLines`).
 
     Returns
     -------
@@ -99,8 +158,9 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
                   steps_per_execution=steps_per_execution)
     stopper = BestOnValidationElbo(patience if n_val else epochs, max_seconds)
     timer = _EpochTimer()
-    history = model.fit(train_data, validation_data=val_data, epochs=epochs, verbose=verbose, shuffle=False,
-                        callbacks=[KLWarmup(model.beta, warmup_epochs), stopper, timer, *callbacks])
+    shown = {0: [], 1: [EpochProgressBar(epochs, math.ceil(len(train_idx) / batch_size))]}.get(verbose, [EpochLines(epochs)])
+    history = model.fit(train_data, validation_data=val_data, epochs=epochs, verbose=0, shuffle=False,
+                        callbacks=[KLWarmup(model.beta, warmup_epochs), stopper, timer, *shown, *callbacks])
     result = {name: [float(v) for v in values] for name, values in history.history.items()}
     result["seconds"] = timer.seconds
     result["best_epoch"] = stopper.best_epoch if n_val else len(timer.seconds) - 1
