@@ -111,20 +111,14 @@ def _progress_bar(total: int, label: str, quiet: bool):
     """A rich progress bar on a terminal; nothing when quiet or piped. Returns (context, advance)."""
     if quiet or not sys.stderr.isatty():
         return contextlib.nullcontext(), None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from .report import progress_bar
 
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=True,
-    )
-    task = progress.add_task(label, total=total, rate="")
+    progress, task = progress_bar(label, total)
 
     def advance(n):
         progress.advance(task, n)
         speed = progress.tasks[0].speed
-        progress.update(task, rate=f"{speed:,.0f} img/s" if speed else "")
+        progress.update(task, info=f"{speed:,.0f} img/s" if speed else "")
 
     return progress, advance
 
@@ -334,8 +328,9 @@ def encode(
     """Encode a split of --data, chunk by chunk, and write float32 features, labels and a JSON sidecar.
 
     Writes OUTPUT (.npy, .npz or .zarr), OUTPUT-stem.labels.npy, OUTPUT-stem.json, and without
-    --model also the fitted model as OUTPUT-stem.model.npz. With --model, the method is the file's. Until it is complete the output is
-    OUTPUT.part with a manifest of finished chunks; an interrupted run finishes with --resume.
+    --model also the fitted model as OUTPUT-stem.model.npz (with --model, the method is the
+    file's). Until it is complete the output is OUTPUT.part with a manifest of finished chunks;
+    an interrupted run finishes with --resume.
     """
     import time
 

@@ -1,5 +1,6 @@
-"""Figures (matplotlib, Agg backend; the GIF with Pillow). Every writer goes through
-:func:`~fvae.persist.atomic_output`, so a figure file is either complete or absent."""
+"""Figures (matplotlib, Agg backend; the GIF with Pillow), and the terminal's progress bar.
+Every writer goes through :func:`~fvae.persist.atomic_output`, so a figure file is either
+complete or absent."""
 
 from __future__ import annotations
 
@@ -9,6 +10,19 @@ import numpy as np
 
 from .data import to_unit_float
 from .persist import atomic_output
+
+
+def progress_bar(description: str, total: int):
+    """A transient rich progress bar on stderr: the description, the bar, done/total, a free
+    ``info`` field and the time left. Returns ``(progress, task)``; the caller starts and stops
+    it (or uses ``progress`` as a context manager) and sets ``info`` with ``progress.update``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                        console=Console(stderr=True), transient=True)
+    return progress, progress.add_task(description, total=total, info="")
 
 
 def _pyplot():

@@ -230,6 +230,12 @@ def test_ctrl_c_says_so_in_one_line_and_leaves_no_model(tmp_path):
     assert code == 130  # it used to leave silently with 130, as if it had been killed
     assert "fvae: interrupted; no half-written output was left" in drawn and "Traceback" not in drawn
     assert list(tmp_path.iterdir()) == []
+    # in a training epoch, the progress bar is taken down: the terminal gets its cursor back
+    code, drawn = stderr_on_a_terminal("fit", "vae", "--data", "mnist-5k", "-o", "v.npz", cwd=tmp_path,
+                                       interrupt_on="epoch 1/200 ")
+    assert code == 130 and "fvae: interrupted; no half-written output was left" in drawn
+    assert drawn.rfind("\x1b[?25h") > drawn.rfind("\x1b[?25l")  # show-cursor after the last hide-cursor
+    assert not [p.name for p in tmp_path.iterdir() if "v.npz" in p.name or "v.history" in p.name]
 
 
 def test_fit_fisher_em_iter_caps_em_and_the_warning_says_how_to_raise_it(tmp_path):

@@ -87,6 +87,9 @@ class EpochLines(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
 
+    def close(self):
+        """Nothing to take down: the lines are printed as they come."""
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         line = f"epoch {epoch + 1}/{self.epochs}  {_terms(logs)}"
@@ -104,24 +107,27 @@ class EpochProgressBar(EpochLines):
     def __init__(self, epochs: int, steps: int):
         super().__init__(epochs)
         self.steps = steps
+        self.progress = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from ..report import progress_bar
 
         super().on_epoch_begin(epoch, logs)
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[terms]}"), TimeRemainingColumn(),
-                                 console=Console(stderr=True), transient=True)
-        self.task = self.progress.add_task(f"epoch {epoch + 1}/{self.epochs}", total=self.steps, terms="")
+        self.progress, self.task = progress_bar(f"epoch {epoch + 1}/{self.epochs}", self.steps)
         self.progress.start()
 
     def on_train_batch_end(self, batch, logs=None):
-        self.progress.update(self.task, completed=batch + 1, terms=_terms(logs or {}))
+        self.progress.update(self.task, completed=batch + 1, info=_terms(logs or {}))
 
     def on_epoch_end(self, epoch, logs=None):
-        self.progress.stop()
+        self.close()
         super().on_epoch_end(epoch, logs)
+
+    def close(self):
+        """Take the bar down (at the end of an epoch, or when training stops in one)."""
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
 
 def _terms(logs) -> str:
@@ -159,8 +165,12 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
     stopper = BestOnValidationElbo(patience if n_val else epochs, max_seconds)
     timer = _EpochTimer()
     shown = {0: [], 1: [EpochProgressBar(epochs, math.ceil(len(train_idx) / batch_size))]}.get(verbose, [EpochLines(epochs)])
-    history = model.fit(train_data, validation_data=val_data, epochs=epochs, verbose=0, shuffle=False,
-                        callbacks=[KLWarmup(model.beta, warmup_epochs), stopper, timer, *shown, *callbacks])
+    try:
+        history = model.fit(train_data, validation_data=val_data, epochs=epochs, verbose=0, shuffle=False,
+                            callbacks=[KLWarmup(model.beta, warmup_epochs), stopper, timer, *shown, *callbacks])
+    finally:  # Keras calls no callback when fit is interrupted: take a bar down, or the cursor stays hidden
+        for shower in shown:
+            shower.close()
     result = {name: [float(v) for v in values] for name, values in history.history.items()}
     result["seconds"] = timer.seconds
     result["best_epoch"] = stopper.best_epoch if n_val else len(timer.seconds) - 1
