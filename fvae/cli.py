@@ -197,7 +197,7 @@ def fit_fisher(
         encoder.fit(train.images)
     checksum = encoder.save(output, force=force)
     typer.echo(
-        f"fitted fisher on {len(train)} {dataset.name} train images in {time.perf_counter() - started:.1f} s; "
+        f"fitted fisher on {len(train):,} {dataset.name} train images in {time.perf_counter() - started:.1f} s; "
         f"{encoder.n_features_out_} dims; wrote {output} (checksum {checksum[:12]})"
     )
 
@@ -263,7 +263,7 @@ def fit_vae(
     history = encoder.history_
     best = history["best_epoch"]
     typer.echo(
-        f"trained vae on {len(train)} {dataset.name} train images in {time.perf_counter() - started:.1f} s: "
+        f"trained vae on {len(train):,} {dataset.name} train images in {time.perf_counter() - started:.1f} s: "
         f"{history['epochs_run']} epochs ({history['stopped_by']}), best epoch {best + 1}"
         + (f", validation ELBO {history['val_elbo'][best]:.2f} nats" if "val_elbo" in history else "")
     )
@@ -367,7 +367,7 @@ def encode(
         started = time.perf_counter()
         encoder = default_encoder(method.value, dataset.image_shape, seed=seed).fit(train.images)
         checksum = encoder.save(paths["model"], force=force)
-        typer.echo(f"fitted {method.value} on {len(train)} train images in {time.perf_counter() - started:.1f} s; wrote {paths['model']}")
+        typer.echo(f"fitted {method.value} on {len(train):,} train images in {time.perf_counter() - started:.1f} s; wrote {paths['model']}")
         model = paths["model"]
     if method == Method.fisher:
         encoder.set_params(n_jobs=jobs)

@@ -110,7 +110,7 @@ def test_short_training_lowers_the_validation_loss(trained):
     assert history["val_loss"][-1] < history["val_loss"][0] - 1.0
     assert history["best_epoch"] == int(np.argmax(history["val_elbo"]))
     # The best epoch's weights are the ones kept.
-    assert history["stopped_by"] == "epochs"
+    assert history["stopped_by"] == "epoch limit"
 
 
 def test_transform_is_deterministic_and_sklearn_shaped(trained, digits):

@@ -57,7 +57,7 @@ class BestOnValidationElbo(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.best, self.best_epoch, self.best_weights = -math.inf, -1, None
         self.started = time.perf_counter()
-        self.stop_reason = "epochs"
+        self.stop_reason = "epoch limit"
 
     def on_epoch_end(self, epoch, logs=None):
         elbo = (logs or {}).get("val_elbo")
@@ -149,7 +149,8 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
     -------
     dict
         Per-epoch lists (``loss``, ``elbo``, ``reconstruction``, ``kl`` and their ``val_``
-        versions, ``seconds``), plus ``best_epoch`` (0-based), ``stopped_by`` and ``epochs_run``.
+        versions, ``seconds``), plus ``best_epoch`` (0-based), ``stopped_by`` (``"epoch limit"``,
+        ``"early stopping"`` or ``"time limit"``) and ``epochs_run``.
     """
     order = np.random.default_rng(seed).permutation(len(images))
     n_val = int(round(validation_fraction * len(images))) if validation_fraction else 0
