@@ -211,7 +211,7 @@ def _fit_or_load(method, model_path, train_images, image_shape, settings, models
         return encoder, None, Path(model_path)
     vae_seconds = settings.vae_budget if method == "vae" else None
     encoder = evaluation_encoder(method, image_shape, seed=settings.seed, vae_seconds=vae_seconds)
-    log.info("fitting %s on %d train images%s", method, len(train_images),
+    log.info("fitting %s on %s train images%s", method, f"{len(train_images):,}",
              f" (at most {vae_seconds:.0f} s)" if vae_seconds else "")
     started = time.perf_counter()
     encoder.fit(train_images)
@@ -248,7 +248,7 @@ def encode_all(train: Split, test: Split, probe_index, settings: Settings, *, fi
         if method == "vae":
             latent_dim = encoder.latent_dim
             encoder.set_params(return_log_var=True)  # the codes are the whole posterior: means, log-variances
-        log.info("encoding %d + %d images with %s", len(probe_index), len(test), method)
+        log.info("encoding %s + %s images with %s", f"{len(probe_index):,}", f"{len(test):,}", method)
         # Train images first: the timed test encoding then runs warm (numba's compiled loops loaded,
         # TensorFlow's graph traced), so images/s is the steady-state speed.
         codes_train = np.asarray(encoder.transform(train.images[probe_index]), dtype=np.float32)

@@ -537,7 +537,8 @@ def fit_gmm(samples: np.ndarray, n_components: int, *, reg_covar: float, max_ite
         gmm.fit(samples)
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
         log.warning("GMM did not converge in %d EM iterations (tol %g); using it as it is "
-                    "(max_iter, or --em-iter, raises the limit)", max_iter, tol)
+                    "(max_iter raises the limit: fvae fit fisher --em-iter, and fvae evaluate --fisher-model "
+                    "to reuse that fit)", max_iter, tol)
     return gmm.weights_.astype(np.float64), gmm.means_.astype(np.float64), gmm.covariances_.astype(np.float64)
 
 

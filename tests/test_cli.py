@@ -241,7 +241,8 @@ def test_ctrl_c_says_so_in_one_line_and_leaves_no_model(tmp_path):
 def test_fit_fisher_em_iter_caps_em_and_the_warning_says_how_to_raise_it(tmp_path):
     result = fvae_cli("fit", "fisher", "--data", "digits", "-o", "m.npz", *SMALL_FIT, "--em-iter", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "GMM did not converge in 1 EM iterations" in result.stderr and "--em-iter" in result.stderr
+    assert "GMM did not converge in 1 EM iterations" in result.stderr
+    assert "fvae fit fisher --em-iter, and fvae evaluate --fisher-model to reuse that fit" in result.stderr
     assert fvae.load(tmp_path / "m.npz").max_iter == 1
     refused = runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(tmp_path / "n.npz"), "--em-iter", "0"])
     assert refused.exit_code == 2 and "max_iter must be a positive integer" in refused.output
