@@ -229,7 +229,7 @@ def fit_vae(
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     beta: Annotated[float, typer.Option(help="KL weight in the loss.")] = 1.0,
     warmup: Annotated[int, typer.Option(min=0, help="KL warm-up epochs.")] = 0,
-    dropout: Annotated[float, typer.Option(help="Dropout after MLP hidden layers.")] = 0.0,
+    dropout: Annotated[float, typer.Option(help="Dropout after each hidden layer (training only).")] = 0.0,
     conditional: Annotated[bool, typer.Option(help="Condition on the labels (conditional VAE).")] = False,
     patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.")] = 10,
     max_seconds: Annotated[Optional[float], typer.Option(help="Stop training after this many seconds.")] = None,

@@ -222,6 +222,19 @@ def test_conv_conditional_gaussian_variants_run_on_8x8(digits, tmp_path):
     loaded = VAEEncoder.load(tmp_path / "cvae.npz")
     assert loaded.conditional and loaded.n_classes_ == conditional.n_classes_ == 10
     np.testing.assert_array_equal(loaded.transform(images[:10], labels[:10]), conditional.transform(images[:10], labels[:10]))
+    # dropout reaches the conv VAE too (it was silently MLP-only): in training, not in transform
+    dropped = VAEEncoder(arch="conv", latent_dim=3, epochs=2, dropout=0.5, random_state=0).fit(images)
+    n_dropout = [sum(type(layer).__name__ == "Dropout" for layer in part.layers)
+                 for part in (dropped.model_.encoder, dropped.model_.decoder)]
+    assert n_dropout == [2, 3]
+    assert not any(type(layer).__name__ == "Dropout" for layer in conditional.model_.encoder.layers)
+    x = images[:20].astype(np.float32) / 255
+    mean_train = np.asarray(dropped.model_.encode(x, training=True)[0])
+    assert not np.allclose(mean_train, np.asarray(dropped.model_.encode(x, training=True)[0]))
+    np.testing.assert_array_equal(dropped.transform(images[:20]), dropped.transform(images[:20]))
+    dropped.save(tmp_path / "dropped.npz")
+    np.testing.assert_array_equal(VAEEncoder.load(tmp_path / "dropped.npz").transform(images[:20]),
+                                  dropped.transform(images[:20]))
     gaussian = VAEEncoder(**{**TINY, "epochs": 2, "likelihood": "gaussian", "return_log_var": True}).fit(images)
     assert gaussian.transform(images[:5]).shape == (5, 8)
     assert np.isfinite(gaussian.history_["loss"]).all()

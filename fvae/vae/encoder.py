@@ -40,6 +40,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
     warmup_epochs : int, default=0
         Epochs over which the KL weight ramps up to ``beta``.
     dropout : float, default=0.0
+        Dropout after each hidden layer, in training only (see :class:`~fvae.vae.model.VAE`).
     conditional : bool, default=False
         Condition encoder and decoder on the labels (``fit``, ``transform`` and ``sample`` take them).
     epochs : int, default=200

@@ -54,11 +54,15 @@ def gaussian_log_density(z, mean, log_var):
     return -0.5 * ops.sum(LOG_2PI + log_var + ops.square(z - mean) * ops.exp(-log_var), axis=-1)
 
 
+def _dropped(x, dropout):
+    """``x`` through a Dropout layer when ``dropout`` > 0 (none at all otherwise, so a model
+    without dropout has exactly the layers it always had)."""
+    return layers.Dropout(dropout)(x) if dropout else x
+
+
 def _dense_stack(x, sizes, dropout):
     for units in sizes:
-        x = layers.Dense(units, activation="relu")(x)
-        if dropout:
-            x = layers.Dropout(dropout)(x)
+        x = _dropped(layers.Dense(units, activation="relu")(x), dropout)
     return x
 
 
@@ -69,8 +73,8 @@ def _build_encoder(image_shape, arch, hidden, latent_dim, n_classes, dropout):
     if arch == "conv":
         x = layers.Reshape((h, w, 1))(images)
         padding = "valid" if min(h, w) >= 7 else "same"  # the tutorial's valid padding where it fits
-        x = layers.Conv2D(32, 3, strides=2, padding=padding, activation="relu")(x)
-        x = layers.Conv2D(64, 3, strides=2, padding=padding, activation="relu")(x)
+        x = _dropped(layers.Conv2D(32, 3, strides=2, padding=padding, activation="relu")(x), dropout)
+        x = _dropped(layers.Conv2D(64, 3, strides=2, padding=padding, activation="relu")(x), dropout)
         x = layers.Flatten()(x)
     else:
         x = layers.Flatten()(images)
@@ -96,10 +100,10 @@ def _build_decoder(image_shape, arch, hidden, latent_dim, n_classes, dropout):
         x = layers.Concatenate()([z, labels])
     if arch == "conv":
         base_h, base_w = -(-h // 4), -(-w // 4)
-        x = layers.Dense(base_h * base_w * 32, activation="relu")(x)
+        x = _dropped(layers.Dense(base_h * base_w * 32, activation="relu")(x), dropout)
         x = layers.Reshape((base_h, base_w, 32))(x)
-        x = layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(x)
-        x = layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(x)
+        x = _dropped(layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(x), dropout)
+        x = _dropped(layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(x), dropout)
         x = layers.Conv2DTranspose(1, 3, strides=1, padding="same")(x)
         if (4 * base_h, 4 * base_w) != (h, w):
             x = layers.Cropping2D(((0, 4 * base_h - h), (0, 4 * base_w - w)))(x)
@@ -130,7 +134,8 @@ class VAE(keras.Model):
     beta : float, default=1.0
         Weight of the KL term in the training loss.
     dropout : float, default=0.0
-        Dropout after each hidden layer of the MLP.
+        Dropout after each hidden layer: the MLP's Dense layers; in the conv VAE, after every
+        convolution but the output one and after the decoder's Dense layer.
     n_classes : int, default=0
         Above 0, a conditional VAE: one-hot labels go into the encoder and the decoder.
     seed : int, default=0
