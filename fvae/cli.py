@@ -220,9 +220,10 @@ def fit_vae(
     output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.npz).")],
     arch: Annotated[Arch, typer.Option(help="Encoder/decoder architecture.")] = Arch.conv,
     latent_dim: Annotated[int, typer.Option(min=1, help="Latent dimensions.")] = 32,
-    hidden: Annotated[str, typer.Option(help="MLP hidden sizes, comma-separated.")] = "512,256",
+    hidden: Annotated[Optional[str], typer.Option(help="MLP hidden sizes, comma-separated [default: 512,256].")] = None,
     likelihood: Annotated[Likelihood, typer.Option(help="Decoder likelihood.")] = Likelihood.bernoulli,
-    binarization: Annotated[Binarization, typer.Option(help="Bernoulli targets: threshold 0.5, dynamic, or grey.")] = Binarization.threshold,
+    binarization: Annotated[Optional[Binarization], typer.Option(
+        help="Bernoulli targets: threshold 0.5, dynamic, or grey [default: threshold].")] = None,
     gaussian_variance: Annotated[Optional[float], typer.Option(help="Fixed Gaussian variance (default: learned).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="At most this many epochs (early stopping ends sooner).")] = 200,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per training step.")] = 128,
@@ -245,18 +246,26 @@ def fit_vae(
     from .data import load_dataset
     from .persist import refuse_overwrite
 
-    sizes = _hidden_sizes(hidden)
+    # Options of another architecture or likelihood would be ignored: refuse them instead.
+    if hidden is not None and arch != Arch.mlp:
+        raise typer.BadParameter("applies to --arch mlp only", param_hint="--hidden")
+    if binarization is not None and likelihood != Likelihood.bernoulli:
+        raise typer.BadParameter("applies to --likelihood bernoulli only", param_hint="--binarization")
+    given = {}  # the rest are VAEEncoder's defaults
+    if hidden is not None:
+        given["hidden"] = _hidden_sizes(hidden)
+    if binarization is not None:
+        given["binarization"] = binarization.value
     refuse_overwrite(output, force=force)
     dataset = load_dataset(data, data_dir)
     train = dataset.split("train")
     from .vae.encoder import VAEEncoder, fit_and_save
 
     encoder = VAEEncoder(
-        latent_dim=latent_dim, arch=arch.value, hidden=sizes, likelihood=likelihood.value,
-        binarization=binarization.value, gaussian_variance=gaussian_variance, beta=beta, warmup_epochs=warmup,
-        dropout=dropout, conditional=conditional, epochs=epochs, batch_size=batch_size,
-        learning_rate=learning_rate, patience=patience, max_seconds=max_seconds, random_state=seed,
-        verbose=0 if quiet else (1 if sys.stderr.isatty() else 2),
+        latent_dim=latent_dim, arch=arch.value, likelihood=likelihood.value, gaussian_variance=gaussian_variance,
+        beta=beta, warmup_epochs=warmup, dropout=dropout, conditional=conditional, epochs=epochs,
+        batch_size=batch_size, learning_rate=learning_rate, patience=patience, max_seconds=max_seconds,
+        random_state=seed, verbose=0 if quiet else (1 if sys.stderr.isatty() else 2), **given,
     )
     started = time.perf_counter()
     result = fit_and_save(encoder, train, dataset.test, output, figures_dir=figures, force=force)

@@ -146,6 +146,17 @@ def test_encode_refuses_a_model_of_a_method_it_does_not_know(tmp_path):
     assert not (tmp_path / "f.npy").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--hidden", "64"], "Invalid value for --hidden: applies to --arch mlp only"),
+    (["--likelihood", "gaussian", "--binarization", "dynamic"],
+     "Invalid value for --binarization: applies to --likelihood bernoulli only"),
+])
+def test_fit_vae_refuses_options_its_architecture_or_likelihood_would_ignore(tmp_path, args, message):
+    result = fvae_cli("fit", "vae", "--data", "digits", "-o", "v.npz", *args, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr == f"fvae: error: {message} (see 'fvae fit vae --help')\n"
+    assert not (tmp_path / "v.npz").exists()
+
+
 def test_wrong_image_size_and_test_only_source_in_a_subprocess(tmp_path, shared_mnist_test):
     assert fvae_cli("fit", "fisher", "--data", "digits", "-o", "m.npz", *SMALL_FIT, cwd=tmp_path).returncode == 0
     mismatch = fvae_cli("encode", "--model", "m.npz", "--data", str(shared_mnist_test), "-o", "f.npy", cwd=tmp_path)

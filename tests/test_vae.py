@@ -252,6 +252,9 @@ def test_bad_parameters_are_refused_by_message(digits):
                         ("validation_fraction", math.nan)):
         with pytest.raises(InputError, match=f"^{name} must be"):
             VAEEncoder(**{name: value}).fit(digits.train.images[:50])
+    # a setting the chosen likelihood would ignore is refused, not dropped
+    with pytest.raises(InputError, match="^gaussian_variance applies to likelihood='gaussian' only, not 'bernoulli'$"):
+        VAEEncoder(gaussian_variance=0.1).fit(digits.train.images[:50])
 
 
 def _fvae(*args, cwd):

@@ -168,6 +168,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
             value = getattr(self, name)
             if value is not None and not 0 < value < math.inf:
                 raise InputError(f"{name} must be positive, got {value}")
+        if self.gaussian_variance is not None and self.likelihood != "gaussian":
+            raise InputError(f"gaussian_variance applies to likelihood='gaussian' only, not {self.likelihood!r}")
 
     def _check_labels(self, y, n, where, fitting=False):
         if not self.conditional:
