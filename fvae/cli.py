@@ -220,10 +220,10 @@ def fit_vae(
     output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.npz).")],
     arch: Annotated[Arch, typer.Option(help="Encoder/decoder architecture.")] = Arch.conv,
     latent_dim: Annotated[int, typer.Option(min=1, help="Latent dimensions.")] = 32,
-    hidden: Annotated[Optional[str], typer.Option(help="MLP hidden sizes, comma-separated [default: 512,256].")] = None,
+    hidden: Annotated[Optional[str], typer.Option(help="MLP hidden sizes, comma-separated (default: 512,256).")] = None,
     likelihood: Annotated[Likelihood, typer.Option(help="Decoder likelihood.")] = Likelihood.bernoulli,
     binarization: Annotated[Optional[Binarization], typer.Option(
-        help="Bernoulli targets: threshold 0.5, dynamic, or grey [default: threshold].")] = None,
+        help="Bernoulli targets: threshold 0.5, dynamic, or grey (default: threshold).")] = None,
     gaussian_variance: Annotated[Optional[float], typer.Option(help="Fixed Gaussian variance (default: learned).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="At most this many epochs (early stopping ends sooner).")] = 200,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per training step.")] = 128,
