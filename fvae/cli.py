@@ -166,7 +166,7 @@ def fit_fisher(
     xy: Annotated[bool, typer.Option(help="Append patch positions to descriptors.")] = True,
     pyramid: Annotated[bool, typer.Option(help="Spatial pyramid 1x1 + 2x2.")] = True,
     improved: Annotated[bool, typer.Option(help="Power + L2 normalization.")] = True,
-    alpha: Annotated[float, typer.Option(help="Power normalization exponent.")] = 0.5,
+    alpha: Annotated[Optional[float], typer.Option(help="Power normalization exponent (default: 0.5).")] = None,
     weight_gradients: Annotated[bool, typer.Option(help="Add mixture-weight gradients.")] = False,
     intra_norm: Annotated[bool, typer.Option(help="Intra-normalize per component.")] = False,
     samples: Annotated[int, typer.Option(help="Descriptors sampled to fit PCA and GMM.")] = 50_000,
@@ -182,14 +182,18 @@ def fit_fisher(
     from .data import load_dataset
     from .persist import refuse_overwrite
 
+    if alpha is not None and not improved:
+        raise typer.BadParameter("applies to the improved Fisher Vector only, not with --no-improved",
+                                 param_hint="--alpha")
+    given = {} if alpha is None else {"alpha": alpha}  # otherwise FisherVectorEncoder's default
     refuse_overwrite(output, force=force)
     dataset = load_dataset(data, data_dir)
     train = dataset.split("train")
     encoder = _fisher_encoder(
         n_components=components, pca_components=pca, patch_size=patch_size, stride=stride,
         patch_normalization=patch_norm.value, whiten=whiten, xy=xy, spatial_pyramid=pyramid,
-        improved=improved, alpha=alpha, weight_gradients=weight_gradients, intra_normalization=intra_norm,
-        n_descriptor_samples=samples, max_iter=em_iter, random_state=seed,
+        improved=improved, weight_gradients=weight_gradients, intra_normalization=intra_norm,
+        n_descriptor_samples=samples, max_iter=em_iter, random_state=seed, **given,
     )
     started = time.perf_counter()
     doing = f"fitting fisher on {len(train):,} images: PCA to {pca} dims, a GMM of {components} components"

@@ -157,6 +157,15 @@ def test_fit_vae_refuses_options_its_architecture_or_likelihood_would_ignore(tmp
     assert not (tmp_path / "v.npz").exists()
 
 
+def test_fit_fisher_refuses_a_power_exponent_without_the_power_normalization(tmp_path):
+    refused = fvae_cli("fit", "fisher", "--data", "digits", "-o", "m.npz", *SMALL_FIT, "--no-improved", "--alpha", "0.3",
+                       cwd=tmp_path)
+    assert refused.returncode == 2 and "Invalid value for --alpha: applies to the improved Fisher Vector only" in refused.stderr
+    assert not (tmp_path / "m.npz").exists()
+    given = runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(tmp_path / "a.npz"), *SMALL_FIT, "--alpha", "0.3"])
+    assert given.exit_code == 0 and fvae.load(tmp_path / "a.npz").alpha == 0.3
+
+
 def test_wrong_image_size_and_test_only_source_in_a_subprocess(tmp_path, shared_mnist_test):
     assert fvae_cli("fit", "fisher", "--data", "digits", "-o", "m.npz", *SMALL_FIT, cwd=tmp_path).returncode == 0
     mismatch = fvae_cli("encode", "--model", "m.npz", "--data", str(shared_mnist_test), "-o", "f.npy", cwd=tmp_path)
