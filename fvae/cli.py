@@ -123,6 +123,12 @@ def _progress_bar(total: int, label: str, quiet: bool):
     return progress, advance
 
 
+def _training_verbosity(quiet: bool) -> int:
+    """VAEEncoder's ``verbose`` for a command: a bar and epoch lines on a terminal, the lines in a
+    pipe or log, nothing with --quiet."""
+    return 0 if quiet else (1 if sys.stderr.isatty() else 2)
+
+
 def _status(message: str, quiet: bool):
     """A rich spinner with ``message`` on a terminal while work runs; nothing when quiet or piped."""
     if quiet or not sys.stderr.isatty():
@@ -269,7 +275,7 @@ def fit_vae(
         latent_dim=latent_dim, arch=arch.value, likelihood=likelihood.value, gaussian_variance=gaussian_variance,
         beta=beta, warmup_epochs=warmup, dropout=dropout, conditional=conditional, epochs=epochs,
         batch_size=batch_size, learning_rate=learning_rate, patience=patience, max_seconds=max_seconds,
-        random_state=seed, verbose=0 if quiet else (1 if sys.stderr.isatty() else 2), **given,
+        random_state=seed, verbose=_training_verbosity(quiet), **given,
     )
     started = time.perf_counter()
     result = fit_and_save(encoder, train, dataset.test, output, figures_dir=figures, force=force)
@@ -378,7 +384,11 @@ def encode(
     else:
         train = dataset.split("train")
         started = time.perf_counter()
-        encoder = default_encoder(method.value, dataset.image_shape, seed=seed).fit(train.images)
+        encoder = default_encoder(method.value, dataset.image_shape, seed=seed)
+        if method == Method.vae:  # training shows its own epochs
+            encoder.set_params(verbose=_training_verbosity(quiet))
+        with _status(f"fitting {method.value} on {len(train):,} train images", quiet or method == Method.vae):
+            encoder.fit(train.images)
         checksum = encoder.save(paths["model"], force=force)
         typer.echo(f"fitted {method.value} on {len(train):,} train images in {time.perf_counter() - started:.1f} s; wrote {paths['model']}")
         model = paths["model"]

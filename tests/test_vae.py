@@ -162,6 +162,9 @@ def test_save_load_round_trip_gives_identical_codes(trained, digits, tmp_path):
     np.testing.assert_array_equal(loaded.transform(digits.test.images), trained.transform(digits.test.images))
     with pytest.raises(ModelFileError, match="not a 'fisher' model"):
         fvae.load(tmp_path / "vae.npz", method="fisher")
+    shown = clone(trained).set_params(verbose=2)
+    shown.model_, shown.image_shape_ = trained.model_, trained.image_shape_  # the same fit, shown differently
+    assert shown.save(tmp_path / "shown.npz") == checksum  # how training was shown is not part of the model
 
 
 def test_figures_show_every_class_of_a_class_sorted_test_split(trained, digits, tmp_path, monkeypatch):
@@ -311,6 +314,16 @@ def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):
     wrong = _fvae("encode", "--method", "fisher", "--model", "vae.npz", "--data", "digits", "-o", "f.npy", cwd=tmp_path)
     assert wrong.returncode == 2 and wrong.stderr.strip() == "fvae: error: vae.npz: holds a 'vae' model, not a 'fisher' model"
     assert not (tmp_path / "f.npy").exists()
+
+
+def test_cli_encode_without_a_model_trains_the_default_vae_and_shows_its_epochs(tmp_path):
+    result = _fvae("encode", "--method", "vae", "--data", "digits", "-o", "codes.npy", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("epoch 1/200  loss ")  # it trained in silence before
+    assert "fitted vae on 1,437 train images" in result.stdout and "epoch" not in result.stdout
+    model = fvae.load(tmp_path / "codes.model.npz")
+    assert model.arch == "conv" and model.latent_dim == 32 and model.verbose == 0  # the file keeps no terminal setting
+    np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"), model.transform(fvae.load_dataset("digits").test.images))
 
 
 def test_cli_conditional_vae_samples_a_chosen_class_in_a_subprocess(tmp_path):
