@@ -786,8 +786,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         return save_model(
             path,
             method="fisher",
-            # n_jobs is how many threads encode, not the model: the same fit saves the same file
-            params={name: value for name, value in self.get_params().items() if name != "n_jobs"},
+            params=self.get_params(),
             arrays={name: getattr(self, name) for name in self._fitted_arrays},
             input_shape=self.image_shape_,
             force=force,

@@ -28,6 +28,9 @@ from .errors import ModelFileError, OutputExistsError
 FORMAT_VERSION = 1
 HEADER = "header.json"
 METHODS = ("fisher", "vae")
+#: Parameters that say how an estimator runs (threads, progress output), not what it learned:
+#: never saved, so that the same fit writes the same file wherever it ran.
+RUNTIME_PARAMS = ("n_jobs", "verbose")
 
 
 def fvae_version() -> str:
@@ -135,7 +138,7 @@ def save_model(path, *, method: str, params: dict, arrays: dict, input_shape, fo
     method : str
         ``"fisher"`` or ``"vae"``.
     params : dict
-        JSON-serializable hyper-parameters.
+        JSON-serializable hyper-parameters (``get_params()``); :data:`RUNTIME_PARAMS` are left out.
     arrays : dict of str to ndarray
     input_shape : tuple
     force : bool, default=False
@@ -145,6 +148,7 @@ def save_model(path, *, method: str, params: dict, arrays: dict, input_shape, fo
     """
     members = {f"{name}.npy": _npy_bytes(np.asarray(value)) for name, value in arrays.items()}
     members.update(files or {})
+    params = {name: value for name, value in params.items() if name not in RUNTIME_PARAMS}
     params = json.loads(json.dumps(params, default=_jsonable))
     header = {
         "format_version": FORMAT_VERSION,

@@ -305,10 +305,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         payload = keras_bytes(self.model_)
         arrays = {"n_classes_": np.asarray(getattr(self, "n_classes_", 0))}
-        # verbose is how training was shown, not the model: a fit on a terminal and one in a pipe
-        # save the same file
-        params = {name: value for name, value in self.get_params().items() if name != "verbose"}
-        return save_model(path, method="vae", params=params, arrays=arrays, input_shape=self.image_shape_,
+        return save_model(path, method="vae", params=self.get_params(), arrays=arrays, input_shape=self.image_shape_,
                           force=force, files={KERAS_MEMBER: payload})
 
     @classmethod
