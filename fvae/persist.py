@@ -201,7 +201,11 @@ def saved_method(path, expected: str | None = None) -> str:
         If the file is not an fvae model, holds another method than ``expected`` (when given),
         or a method this version does not know.
     """
-    found = read_header(path).get("method")
+    return _checked_method(read_header(path), path, expected)
+
+
+def _checked_method(header: dict, path, expected: str | None) -> str:
+    found = header.get("method")
     if expected is not None and found != expected:
         raise ModelFileError(f"{path}: holds a {found!r} model, not a {expected!r} model")
     if found not in METHODS:
@@ -227,7 +231,7 @@ def load_model(path, *, method: str | None = None) -> tuple[dict, dict]:
     Raises
     ------
     ModelFileError
-        Newer format version, another method, or a checksum mismatch.
+        Newer format version, another or an unknown method, or a checksum mismatch.
     """
     path = Path(path)
     header = read_header(path)
@@ -237,8 +241,7 @@ def load_model(path, *, method: str | None = None) -> tuple[dict, dict]:
             f"{path}: written in model format {version} by fvae {header.get('fvae_version')}; this fvae "
             f"({fvae_version()}) reads formats up to {FORMAT_VERSION}: upgrade fvae"
         )
-    if method is not None and header.get("method") != method:
-        raise ModelFileError(f"{path}: holds a {header.get('method')!r} model, not a {method!r} model")
+    _checked_method(header, path, method)
     try:
         with zipfile.ZipFile(path) as archive:
             raw = {name: archive.read(name) for name in archive.namelist() if name != HEADER}
