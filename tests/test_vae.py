@@ -1,6 +1,7 @@
 """The VAE: its ELBO against a NumPy hand computation, the KL, the IWAE bound, training, the
 scikit-learn transformer, persistence, and the CLI end to end."""
 
+import io
 import json
 import math
 import os
@@ -165,6 +166,11 @@ def test_save_load_round_trip_gives_identical_codes(trained, digits, tmp_path):
     shown = clone(trained).set_params(verbose=2)
     shown.model_, shown.image_shape_ = trained.model_, trained.image_shape_  # the same fit, shown differently
     assert shown.save(tmp_path / "shown.npz") == checksum  # how training was shown is not part of the model
+    # nor when it was saved: Keras stamps its archive with the time, which the file leaves out
+    with zipfile.ZipFile(tmp_path / "vae.npz") as outer:
+        keras_archive = zipfile.ZipFile(io.BytesIO(outer.read("model.keras")))
+    assert {info.date_time for info in keras_archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+    assert "date_saved" not in json.loads(keras_archive.read("metadata.json"))
 
 
 def test_figures_show_every_class_of_a_class_sorted_test_split(trained, digits, tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from ..persist import load_model, save_model
 from .model import ARCHITECTURES, BINARIZATIONS, LIKELIHOODS
 
 KERAS_MEMBER = "model.keras"
+KERAS_ENTRY_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest a zip entry can carry
 
 
 class VAEEncoder(TransformerMixin, BaseEstimator):
@@ -350,11 +351,30 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
 
 
 def keras_bytes(model) -> bytes:
-    """A Keras model as the bytes of its ``.keras`` archive."""
+    """A Keras model as the bytes of its ``.keras`` archive: the same bytes for the same model.
+
+    Keras stamps each save with its time (``date_saved`` in ``metadata.json``, and the weights'
+    zip entry's date), so two saves of one fit differed, and so did the model files' checksums.
+    The archive is rewritten without them: same members, same compression, a fixed entry date.
+    """
+    import io
+    import json
+    import zipfile
+
     with tempfile.TemporaryDirectory() as tmp:
         keras_path = Path(tmp) / KERAS_MEMBER
         model.save(keras_path)
-        return keras_path.read_bytes()
+        out = io.BytesIO()
+        with zipfile.ZipFile(keras_path) as saved, zipfile.ZipFile(out, "w") as archive:
+            for info in saved.infolist():
+                payload = saved.read(info)
+                if info.filename == "metadata.json":
+                    metadata = json.loads(payload)
+                    metadata.pop("date_saved", None)
+                    payload = json.dumps(metadata).encode()
+                archive.writestr(zipfile.ZipInfo(info.filename, date_time=KERAS_ENTRY_DATE), payload,
+                                 compress_type=info.compress_type)
+        return out.getvalue()
 
 
 def keras_from_bytes(payload: bytes):
