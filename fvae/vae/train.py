@@ -165,7 +165,10 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
                   steps_per_execution=steps_per_execution)
     stopper = BestOnValidationElbo(patience if n_val else epochs, max_seconds)
     timer = _EpochTimer()
-    shown = {0: [], 1: [EpochProgressBar(epochs, math.ceil(len(train_idx) / batch_size))]}.get(verbose, [EpochLines(epochs)])
+    if verbose == 1:
+        shown = [EpochProgressBar(epochs, steps=math.ceil(len(train_idx) / batch_size))]
+    else:
+        shown = [EpochLines(epochs)] if verbose else []
     try:
         history = model.fit(train_data, validation_data=val_data, epochs=epochs, verbose=0, shuffle=False,
                             callbacks=[KLWarmup(model.beta, warmup_epochs), stopper, timer, *shown, *callbacks])
@@ -218,6 +221,11 @@ def elbo_per_image(model, images, labels=None, *, seed: int = 0, batch_size: int
     reconstruction, kl : ndarray of shape (n_images,)
     """
     images = fixed_binarization(np.asarray(images, dtype=np.float32), model.target_binarization, seed)
+    return _elbo_terms_of_prepared(model, images, labels, seed=seed, batch_size=batch_size)
+
+
+def _elbo_terms_of_prepared(model, images, labels, *, seed, batch_size):
+    """:func:`elbo_per_image` on images already given their fixed binarization."""
     rng = _noise(seed, 1)
     reconstruction, kl = [], []
     for s in _batches(len(images), batch_size):
@@ -263,8 +271,8 @@ def evaluate(model, images, labels=None, *, iwae_k: int = 64, seed: int = 0, bat
     Binarized models are scored on one fixed, seeded binarization of ``images``, and every
     sample is drawn with ``seed``: the same seed gives the same numbers.
     """
-    reconstruction, kl = elbo_per_image(model, images, labels, seed=seed, batch_size=batch_size)
     images = fixed_binarization(np.asarray(images, dtype=np.float32), model.target_binarization, seed)
+    reconstruction, kl = _elbo_terms_of_prepared(model, images, labels, seed=seed, batch_size=batch_size)
     result = {
         "elbo": float(np.mean(reconstruction - kl)),
         "reconstruction": float(np.mean(reconstruction)),
