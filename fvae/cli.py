@@ -107,9 +107,14 @@ def _user_errors(command):
     return wrapper
 
 
+def _draws_progress(quiet: bool) -> bool:
+    """Bars and spinners are drawn on a terminal only, and not with --quiet."""
+    return not quiet and sys.stderr.isatty()
+
+
 def _progress_bar(total: int, label: str, quiet: bool):
     """A rich progress bar on a terminal; nothing when quiet or piped. Returns (context, advance)."""
-    if quiet or not sys.stderr.isatty():
+    if not _draws_progress(quiet):
         return contextlib.nullcontext(), None
     from .report import progress_bar
 
@@ -126,12 +131,12 @@ def _progress_bar(total: int, label: str, quiet: bool):
 def _training_verbosity(quiet: bool) -> int:
     """VAEEncoder's ``verbose`` for a command: a bar and epoch lines on a terminal, the lines in a
     pipe or log, nothing with --quiet."""
-    return 0 if quiet else (1 if sys.stderr.isatty() else 2)
+    return 1 if _draws_progress(quiet) else (0 if quiet else 2)
 
 
 def _status(message: str, quiet: bool):
     """A rich spinner with ``message`` on a terminal while work runs; nothing when quiet or piped."""
-    if quiet or not sys.stderr.isatty():
+    if not _draws_progress(quiet):
         return contextlib.nullcontext()
     from rich.console import Console
 
