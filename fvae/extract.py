@@ -28,10 +28,10 @@ import numpy as np
 
 from .data import Split
 from .errors import FvaeError, InputError, OutputExistsError
-from .persist import atomic_output, fvae_version, refuse_overwrite
+from .persist import ZIP_DATE, atomic_output, fvae_version, refuse_overwrite
 
 FORMATS = (".npy", ".npz", ".zarr")
-ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member dates: the same features give the same .npz bytes
+NEEDS_DASK = "running on Dask needs dask[distributed]: pip install 'fvae[dask]'"
 
 
 def output_format(out) -> str:
@@ -413,7 +413,7 @@ def check_scheduler_address(scheduler: str) -> None:
     try:
         from distributed.comm.addressing import get_address_host_port
     except ImportError:
-        raise InputError("running on Dask needs dask[distributed]: pip install 'fvae[dask]'") from None
+        raise InputError(NEEDS_DASK) from None
     try:
         get_address_host_port(scheduler)
     except ValueError as exc:
@@ -433,7 +433,7 @@ def dask_client(scheduler: str | None = None, *, workers: int | None = None):
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise InputError("running on Dask needs dask[distributed]: pip install 'fvae[dask]'") from None
+        raise InputError(NEEDS_DASK) from None
     if scheduler is not None:
         check_scheduler_address(scheduler)
         try:

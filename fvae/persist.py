@@ -31,6 +31,9 @@ METHODS = ("fisher", "vae")
 #: Parameters that say how an estimator runs (threads, progress output), not what it learned:
 #: never saved, so that the same fit writes the same file wherever it ran.
 RUNTIME_PARAMS = ("n_jobs", "verbose")
+#: The date of every member fvae writes into a zip archive (the earliest a zip can carry), so that
+#: the same content gives the same bytes: model files, the Keras member, .npz features.
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
 def fvae_version() -> str:
@@ -161,9 +164,10 @@ def save_model(path, *, method: str, params: dict, arrays: dict, input_shape, fo
     }
     with atomic_output(path, force=force) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
-            archive.writestr(HEADER, json.dumps(header, indent=2, sort_keys=True))
+            header_text = json.dumps(header, indent=2, sort_keys=True)
+            archive.writestr(zipfile.ZipInfo(HEADER, date_time=ZIP_DATE), header_text)
             for name, payload in members.items():
-                archive.writestr(name, payload)
+                archive.writestr(zipfile.ZipInfo(name, date_time=ZIP_DATE), payload)
     return header["checksum"]
 
 

@@ -227,6 +227,7 @@ def test_save_load_round_trip_is_bit_identical(digits, tmp_path):
     np.testing.assert_array_equal(loaded.transform(digits.test.images), encoder.transform(digits.test.images))
     # the threads that encode are not part of the model: the same fit saves the same file
     assert encoder.set_params(n_jobs=2).save(tmp_path / "threads.npz") == checksum
+    assert (tmp_path / "threads.npz").read_bytes() == path.read_bytes()  # byte for byte: no save date either
     assert FisherVectorEncoder.load(tmp_path / "threads.npz").n_jobs is None
     # the arrays are plain .npy members: numpy reads them without pickle
     with np.load(path, allow_pickle=False) as archive:

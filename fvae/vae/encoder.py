@@ -13,11 +13,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..data import check_image_batch, to_unit_float
 from ..errors import InputError, ModelFileError
-from ..persist import load_model, save_model
+from ..persist import ZIP_DATE, load_model, save_model
 from .model import ARCHITECTURES, BINARIZATIONS, LIKELIHOODS
 
 KERAS_MEMBER = "model.keras"
-KERAS_ENTRY_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest a zip entry can carry
 
 
 class VAEEncoder(TransformerMixin, BaseEstimator):
@@ -355,7 +354,8 @@ def keras_bytes(model) -> bytes:
 
     Keras stamps each save with its time (``date_saved`` in ``metadata.json``, and the weights'
     zip entry's date), so two saves of one fit differed, and so did the model files' checksums.
-    The archive is rewritten without them: same members, same compression, a fixed entry date.
+    The archive is rewritten without them: same members, same compression, entries dated
+    :data:`~fvae.persist.ZIP_DATE`.
     """
     import io
     import json
@@ -372,7 +372,7 @@ def keras_bytes(model) -> bytes:
                     metadata = json.loads(payload)
                     metadata.pop("date_saved", None)
                     payload = json.dumps(metadata).encode()
-                archive.writestr(zipfile.ZipInfo(info.filename, date_time=KERAS_ENTRY_DATE), payload,
+                archive.writestr(zipfile.ZipInfo(info.filename, date_time=ZIP_DATE), payload,
                                  compress_type=info.compress_type)
         return out.getvalue()
 
