@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,17 @@ SHARED_MNIST_TEST = ROOT.parent / "shared" / "data" / "mnist-test"
 
 # Tests never touch the network: the real download path is exercised only with a stub.
 os.environ["FVAE_OFFLINE"] = "1"
+#: The installed console script, which the subprocess tests run as a user does.
+FVAE = str(Path(sys.executable).parent / "fvae")
+
+
+def fvae_cli(*args, cwd, wait=True):
+    """Run ``fvae ARGS`` in ``cwd``; the finished process (text output captured), or with
+    ``wait=False`` the running one (to interrupt it)."""
+    command = [FVAE, *map(str, args)]
+    if not wait:
+        return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(autouse=True)

@@ -9,19 +9,12 @@ import pytest
 from typer.testing import CliRunner
 
 import fvae
-from conftest import ROOT
+from conftest import FVAE, ROOT, fvae_cli
 from fvae.cli import app
 from fvae.persist import atomic_directory, save_model
 
 runner = CliRunner()
 SMALL_FIT = ["--patch-size", "3", "--stride", "1", "--components", "8", "--pca", "6", "--samples", "4000"]
-
-
-def fvae_cli(*args, cwd):
-    """The installed console script, as a user runs it."""
-    exe = os.path.join(os.path.dirname(sys.executable), "fvae")
-    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "FVAE_OFFLINE": "1"})
 
 
 def test_end_to_end_fit_then_encode_in_a_subprocess(tmp_path):
@@ -208,9 +201,7 @@ def stderr_on_a_terminal(*args, cwd, interrupt_on=None):
     import signal
 
     main, replica = pty.openpty()
-    exe = os.path.join(os.path.dirname(sys.executable), "fvae")
-    process = subprocess.Popen([exe, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=replica,
-                               env={**os.environ, "FVAE_OFFLINE": "1"})
+    process = subprocess.Popen([FVAE, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=replica)
     os.close(replica)
     drawn = b""
     while True:  # read as it comes, so a full terminal buffer cannot block the child

@@ -1,13 +1,11 @@
 """``fvae evaluate``: the probes, the report and its schema, and the CLI end to end."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from conftest import fvae_cli
 import fvae
 from fvae.data import Split, to_unit_float
 from fvae.evaluate import (
@@ -18,12 +16,6 @@ from fvae.errors import InputError
 
 FIGURES = ("confusion_matrices", "label_efficiency", "embeddings", "reconstructions", "vae_samples",
            "vae_training_curves")
-
-
-def fvae_cli(*args, cwd):
-    exe = os.path.join(os.path.dirname(sys.executable), "fvae")
-    return subprocess.run([exe, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "FVAE_OFFLINE": "1"})
 
 
 def _validate(report):

@@ -6,13 +6,12 @@ import json
 import os
 import pickle
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
+from conftest import fvae_cli
 import fvae
 from fvae.data import GzipIdxImages
 from fvae.extract import extract_features, output_paths
@@ -45,15 +44,6 @@ def mnist_like(tmp_path_factory):
                                 random_state=0).fit(test.images[5000:5500])
     model.save(root / "fisher.npz")
     return folder, root / "fisher.npz", test.images[:3000]
-
-
-def fvae_cli(*args, cwd, wait=True):
-    exe = os.path.join(os.path.dirname(sys.executable), "fvae")
-    command = [exe, *map(str, args)]
-    env = {**os.environ, "FVAE_OFFLINE": "1"}
-    if not wait:
-        return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_lazy_gzip_images_read_chunk_by_chunk_equal_the_whole(mnist_like):

@@ -4,9 +4,6 @@ scikit-learn transformer, persistence, and the CLI end to end."""
 import io
 import json
 import math
-import os
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -15,6 +12,7 @@ from sklearn.base import clone
 
 pytest.importorskip("tensorflow", reason="the VAE needs TensorFlow, a core dependency of fvae")
 
+from conftest import fvae_cli  # noqa: E402
 import fvae  # noqa: E402
 from fvae import InputError, ModelFileError  # noqa: E402
 from fvae.persist import load_model, save_model  # noqa: E402
@@ -266,16 +264,10 @@ def test_bad_parameters_are_refused_by_message(digits):
         VAEEncoder(gaussian_variance=0.1).fit(digits.train.images[:50])
 
 
-def _fvae(*args, cwd):
-    exe = os.path.join(os.path.dirname(sys.executable), "fvae")
-    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "FVAE_OFFLINE": "1"})
-
-
 def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):
     from PIL import Image
 
-    fit = _fvae("fit", "vae", "--data", "digits", "-o", "vae.npz", "--arch", "mlp", "--hidden", "64",
+    fit = fvae_cli("fit", "vae", "--data", "digits", "-o", "vae.npz", "--arch", "mlp", "--hidden", "64",
                 "--latent-dim", "2", "--epochs", "3", "--figures", "figs", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
     assert "test: ELBO" in fit.stdout and "IWAE bound (k=16)" in fit.stdout
@@ -293,14 +285,14 @@ def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):
     with Image.open(tmp_path / "figs" / "training.gif") as gif:
         assert gif.format == "GIF" and gif.n_frames == 3
 
-    enc = _fvae("encode", "--method", "vae", "--model", "vae.npz", "--data", "digits", "-o", "codes.npy",
+    enc = fvae_cli("encode", "--method", "vae", "--model", "vae.npz", "--data", "digits", "-o", "codes.npy",
                 "--quiet", cwd=tmp_path)
     assert enc.returncode == 0, enc.stderr
     codes = np.load(tmp_path / "codes.npy")
     assert codes.shape == (360, 2) and codes.dtype == np.float32
     np.testing.assert_array_equal(codes, fvae.load(tmp_path / "vae.npz").transform(fvae.load_dataset("digits").test.images))
     # without --method: the model file says it is a VAE, so --log-var applies
-    with_var = _fvae("encode", "--model", "vae.npz", "--data", "digits", "-o", "codes2.npy", "--log-var", "--quiet",
+    with_var = fvae_cli("encode", "--model", "vae.npz", "--data", "digits", "-o", "codes2.npy", "--log-var", "--quiet",
                      cwd=tmp_path)
     assert with_var.returncode == 0, with_var.stderr
     both = np.load(tmp_path / "codes2.npy")
@@ -309,21 +301,21 @@ def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):
     library = fvae.load(tmp_path / "vae.npz").set_params(return_log_var=True)
     np.testing.assert_array_equal(both, library.transform(fvae.load_dataset("digits").test.images))
 
-    sample = _fvae("sample", "--model", "vae.npz", "-n", "16", "-o", "s.png", cwd=tmp_path)
+    sample = fvae_cli("sample", "--model", "vae.npz", "-n", "16", "-o", "s.png", cwd=tmp_path)
     assert sample.returncode == 0, sample.stderr
     with Image.open(tmp_path / "s.png") as picture:
         assert picture.format == "PNG"
-    again = _fvae("sample", "--model", "vae.npz", "-n", "16", "-o", "s.png", cwd=tmp_path)
+    again = fvae_cli("sample", "--model", "vae.npz", "-n", "16", "-o", "s.png", cwd=tmp_path)
     assert again.returncode == 2 and "exists; pass --force" in again.stderr
-    fisher_log_var = _fvae("encode", "--method", "fisher", "--data", "digits", "-o", "f.npy", "--log-var", cwd=tmp_path)
+    fisher_log_var = fvae_cli("encode", "--method", "fisher", "--data", "digits", "-o", "f.npy", "--log-var", cwd=tmp_path)
     assert fisher_log_var.returncode == 2 and "--log-var" in fisher_log_var.stderr and "vae only" in fisher_log_var.stderr
-    wrong = _fvae("encode", "--method", "fisher", "--model", "vae.npz", "--data", "digits", "-o", "f.npy", cwd=tmp_path)
+    wrong = fvae_cli("encode", "--method", "fisher", "--model", "vae.npz", "--data", "digits", "-o", "f.npy", cwd=tmp_path)
     assert wrong.returncode == 2 and wrong.stderr.strip() == "fvae: error: vae.npz: holds a 'vae' model, not a 'fisher' model"
     assert not (tmp_path / "f.npy").exists()
 
 
 def test_cli_encode_without_a_model_trains_the_default_vae_and_shows_its_epochs(tmp_path):
-    result = _fvae("encode", "--method", "vae", "--data", "digits", "-o", "codes.npy", cwd=tmp_path)
+    result = fvae_cli("encode", "--method", "vae", "--data", "digits", "-o", "codes.npy", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith("epoch 1/200  loss ")  # it trained in silence before
     assert "fitted vae on 1,437 train images" in result.stdout and "epoch" not in result.stdout
@@ -335,23 +327,23 @@ def test_cli_encode_without_a_model_trains_the_default_vae_and_shows_its_epochs(
 def test_cli_conditional_vae_samples_a_chosen_class_in_a_subprocess(tmp_path):
     from PIL import Image
 
-    fit = _fvae("fit", "vae", "--data", "digits", "-o", "cvae.npz", "--conditional", "--latent-dim", "4",
+    fit = fvae_cli("fit", "vae", "--data", "digits", "-o", "cvae.npz", "--conditional", "--latent-dim", "4",
                 "--epochs", "2", "--figures", "figs", "--quiet", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
     with Image.open(tmp_path / "figs" / "samples.png") as picture:
         assert picture.format == "PNG"
 
-    three = _fvae("sample", "--model", "cvae.npz", "-n", "8", "--label", "3", "-o", "three.png", cwd=tmp_path)
+    three = fvae_cli("sample", "--model", "cvae.npz", "-n", "8", "--label", "3", "-o", "three.png", cwd=tmp_path)
     assert three.returncode == 0, three.stderr
     with Image.open(tmp_path / "three.png") as picture:
         assert picture.format == "PNG"
-    unknown = _fvae("sample", "--model", "cvae.npz", "--label", "12", "-o", "twelve.png", cwd=tmp_path)
+    unknown = fvae_cli("sample", "--model", "cvae.npz", "--label", "12", "-o", "twelve.png", cwd=tmp_path)
     assert unknown.returncode == 2 and "this model knows classes 0..9" in unknown.stderr
     assert unknown.stderr.count("\n") == 1 and not (tmp_path / "twelve.png").exists()
-    unlabelled = _fvae("sample", "--model", "cvae.npz", "-o", "any.png", cwd=tmp_path)
+    unlabelled = fvae_cli("sample", "--model", "cvae.npz", "-o", "any.png", cwd=tmp_path)
     assert unlabelled.returncode == 2 and "--label" in unlabelled.stderr and unlabelled.stderr.count("\n") == 1
 
-    enc = _fvae("encode", "--method", "vae", "--model", "cvae.npz", "--data", "digits", "-o", "codes.npy", "--quiet",
+    enc = fvae_cli("encode", "--method", "vae", "--model", "cvae.npz", "--data", "digits", "-o", "codes.npy", "--quiet",
                 cwd=tmp_path)
     assert enc.returncode == 0, enc.stderr
     test = fvae.load_dataset("digits").test
