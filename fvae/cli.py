@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 import sys
 from enum import Enum
@@ -440,7 +441,9 @@ def evaluate(
     quiet: QuietOpt = False,
 ):
     """Compare Fisher Vectors, VAE codes, PCA and raw pixels on one split: classification,
-    reconstruction and cost. Writes runs/NAME/report.json, report.md, figures/ and the fitted models."""
+    reconstruction and cost.
+
+    Writes runs/NAME/report.json, report.md, figures/ and the fitted models."""
     from .evaluate import Settings, evaluate as run_evaluation, load_splits, markdown_table, parse_methods, run_name
     from .persist import atomic_directory
     from .report import write_run
@@ -458,6 +461,18 @@ def evaluate(
     typer.echo(markdown_table(report))
     typer.echo(f"evaluated {', '.join(chosen)} in {report['seconds']:.0f} s; wrote {run_dir}/report.json, "
                f"report.md, {len(report['figures'])} figures and the models")
+
+
+def _reflow_command_help(*typers: typer.Typer) -> None:
+    """Give each command its docstring with every paragraph on one line: rich keeps single line
+    breaks, so the docstring's source wrapping would show up in --help as ragged lines."""
+    for group in typers:
+        for command in group.registered_commands:
+            paragraphs = inspect.getdoc(command.callback).split("\n\n")
+            command.help = "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+
+
+_reflow_command_help(app, fit_app)
 
 
 def run() -> None:

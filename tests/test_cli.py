@@ -1,3 +1,4 @@
+import inspect
 import json
 import os
 import stat
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 
 import fvae
 from conftest import FVAE, ROOT, fvae_cli
+from fvae import cli
 from fvae.cli import app
 from fvae.persist import atomic_directory, save_model
 
@@ -257,3 +259,21 @@ def test_fit_fisher_em_iter_caps_em_and_the_warning_says_how_to_raise_it(tmp_pat
     assert fvae.load(tmp_path / "m.npz").max_iter == 1
     refused = runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(tmp_path / "n.npz"), "--em-iter", "0"])
     assert refused.exit_code == 2 and "max_iter must be a positive integer" in refused.output
+
+
+@pytest.mark.parametrize("command", [["encode"], ["evaluate"], ["fit", "vae"]])
+def test_help_text_paragraphs_reflow_instead_of_keeping_the_docstrings_line_breaks(command):
+    """A docstring's line breaks are for the source: in --help, a paragraph flows as one."""
+    result = runner.invoke(app, [*command, "--help"], terminal_width=400, env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    description = result.output.split("\u256d")[0]  # the text above the first option panel
+    lines = [line.strip() for line in description.splitlines() if line.strip()][1:]  # after "Usage:"
+    command_function = {"encode": cli.encode, "evaluate": cli.evaluate, "fit": cli.fit_vae}[command[0]]
+    paragraphs = [" ".join(p.split()) for p in inspect.getdoc(command_function).split("\n\n")]
+    assert lines == paragraphs
+
+
+def test_the_command_list_shows_each_summary_on_one_line():
+    result = runner.invoke(app, ["--help"], terminal_width=400, env={"COLUMNS": "400"})
+    summary = " ".join(inspect.getdoc(cli.evaluate).split("\n\n")[0].split())
+    assert any(summary in line for line in result.output.splitlines()), result.output
