@@ -120,6 +120,9 @@ def test_transform_is_deterministic_and_sklearn_shaped(trained, digits):
     np.testing.assert_allclose(flat, codes, atol=1e-5)
     assert trained.inverse_transform(codes[:5]).shape == (5, 8, 8)
     assert trained.sample(6).shape == (6, 8, 8)
+    with pytest.raises(InputError, match=r"^this VAE is not conditional, so it draws no chosen class "
+                                         r"\(fit one with conditional=True, --conditional\)$"):
+        trained.sample(6, label=3)
     params = clone(trained).get_params()
     assert params["latent_dim"] == 4 and params["hidden"] == (64,)
 
@@ -223,6 +226,8 @@ def test_conv_conditional_gaussian_variants_run_on_8x8(digits, tmp_path):
     assert conditional.sample(4, label=7).shape == (4, 8, 8)
     with pytest.raises(InputError, match="label 12: this model knows classes 0..9"):
         conditional.sample(4, label=12)
+    with pytest.raises(InputError, match=r"^this VAE is conditional: name the class to draw \(label, --label\)$"):
+        conditional.sample(4)
     with pytest.raises(InputError, match="needs labels"):
         conditional.transform(images[:10])
     conditional.save(tmp_path / "cvae.npz")

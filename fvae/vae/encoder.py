@@ -244,8 +244,11 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         z : ndarray of shape (n, latent_dim), default=None
         """
         check_is_fitted(self, "model_")
-        if (label is None) == bool(self.conditional):
-            raise InputError("a conditional VAE samples a given label (--label); an unconditional one takes none")
+        if self.conditional and label is None:
+            raise InputError("this VAE is conditional: name the class to draw (label, --label)")
+        if not self.conditional and label is not None:
+            raise InputError("this VAE is not conditional, so it draws no chosen class "
+                             "(fit one with conditional=True, --conditional)")
         if label is not None and not 0 <= label < self.n_classes_:
             raise InputError(f"label {label}: this model knows classes 0..{self.n_classes_ - 1}")
         if z is None:
