@@ -751,41 +751,66 @@ def _size(n: int) -> str:
         n /= 1024
 
 
+def _leaders(scores: dict[str, float], *, lowest: bool = False) -> list[str]:
+    """The names sharing the best score (accuracies over one test set tie exactly), in table order."""
+    best = (min if lowest else max)(scores.values())
+    return [name for name, score in scores.items() if score == best]
+
+
+def _names(names: list[str], bold: bool = False) -> str:
+    marked = [f"**{name}**" if bold else name for name in names]
+    return marked[0] if len(marked) == 1 else ", ".join(marked[:-1]) + " and " + marked[-1]
+
+
+def _lead(names: list[str]) -> str:
+    return f"{_names(names)} {'leads' if len(names) == 1 else 'lead'}"
+
+
 def reading(report: dict) -> list[str]:
     """A few plain sentences on what the table says: who classifies best, with few labels, who
-    reconstructs best, and at what cost."""
+    reconstructs best, and at what cost. Encodings that tie are named together."""
     enc = report["encodings"]
     lines = []
-    by_accuracy = sorted(enc, key=lambda n: enc[n]["classification"]["logistic"]["accuracy"], reverse=True)
-    best = by_accuracy[0]
-    sentence = (f"For classification, **{best}** codes serve best: logistic regression reaches "
-                f"{_pct(enc[best]['classification']['logistic']['accuracy'])} on the test set")
-    if len(by_accuracy) > 1:
-        second = by_accuracy[1]
-        sentence += f", against {_pct(enc[second]['classification']['logistic']['accuracy'])} for {second}"
+    logistic = {n: enc[n]["classification"]["logistic"]["accuracy"] for n in enc}
+    best = _leaders(logistic)
+    sentence = (f"For classification, {_names(best, bold=True)} codes serve best: logistic regression reaches "
+                f"{_pct(logistic[best[0]])} on the test set")
+    others = {n: a for n, a in logistic.items() if n not in best}
+    if others:
+        second = _leaders(others)
+        sentence += f", against {_pct(others[second[0]])} for {_names(second)}"
     lines.append(sentence + ".")
-    by_knn = max(enc, key=lambda n: enc[n]["classification"]["knn"]["accuracy"])
-    lines.append(f"With {KNN_K}-nearest neighbours instead, {by_knn} leads "
-                 f"({_pct(enc[by_knn]['classification']['knn']['accuracy'])}).")
+    knn = {n: enc[n]["classification"]["knn"]["accuracy"] for n in enc}
+    by_knn = _leaders(knn)
+    lines.append(f"With {KNN_K}-nearest neighbours instead, {_lead(by_knn)} ({_pct(knn[by_knn[0]])}).")
     few = {n: p["accuracy_mean"] for n in enc for p in enc[n]["label_efficiency"] if p["n_labels"] == 100}
     if few:
-        leader = max(few, key=few.get)
-        lines.append(f"With only 100 labelled train images, {leader} leads with {_pct(few[leader])}.")
-    learned = [n for n in enc if n != "raw"]  # raw pixels reconstruct themselves: no contest
+        leaders = _leaders(few)
+        lines.append(f"With only 100 labelled train images, {_lead(leaders)} with {_pct(few[leaders[0]])}.")
+    learned = {n: enc[n]["reconstruction"]["ridge"]["mse"] for n in enc if n != "raw"}  # raw: no contest
     if learned:
-        ridge = min(learned, key=lambda n: enc[n]["reconstruction"]["ridge"]["mse"])
-        lines.append(f"Through the same linear probe (ridge from codes to pixels), {ridge} codes keep the most "
-                     f"pixel information (test MSE {enc[ridge]['reconstruction']['ridge']['mse']:.4f}).")
+        ridge = _leaders(learned, lowest=True)
+        lines.append(f"Through the same linear probe (ridge from codes to pixels), {_names(ridge)} codes keep the most "
+                     f"pixel information (test MSE {learned[ridge[0]]:.4f}).")
     if "vae" in enc and "pca" in enc:
-        v, p = enc["vae"]["reconstruction"]["own"], enc["pca"]["reconstruction"]["own"]
-        verdict = "beats" if v["mse"] < p["mse"] else "does not beat"
-        lines.append(f"The VAE's own decoder {verdict} PCA of the same dimension ({enc['pca']['dim']}): "
-                     f"MSE {v['mse']:.4f} ({v['psnr']:.1f} dB) against {p['mse']:.4f} ({p['psnr']:.1f} dB).")
+        lines.append(_vae_against_pca(enc["vae"], enc["pca"], report["data"]["image_shape"]))
     costly = max(enc, key=lambda n: enc[n]["dim"])
     lines.append(f"Cost: {costly} codes are the widest ({enc[costly]['dim']:,} dims, "
                  f"{enc[costly]['cost']['encode_images_per_second']:,.0f} images/s to encode); "
                  + ", ".join(f"{n} {enc[n]['dim']:,} dims" for n in enc if n != costly) + ".")
     return lines
+
+
+def _vae_against_pca(vae: dict, pca: dict, image_shape) -> str:
+    """The VAE decoder's reconstruction against PCA's, unless PCA keeps every pixel dimension."""
+    v, p = vae["reconstruction"]["own"], pca["reconstruction"]["own"]
+    h, w = image_shape
+    if pca["dim"] >= h * w:
+        return (f"PCA with {pca['dim']} components keeps all {h * w} pixels of {h}x{w} images, so it reconstructs "
+                f"exactly: no yardstick for the VAE's decoder (MSE {v['mse']:.4f}) at this size.")
+    verdict = "beats" if v["mse"] < p["mse"] else "does not beat"
+    return (f"The VAE's own decoder {verdict} PCA of the same dimension ({pca['dim']}): "
+            f"MSE {v['mse']:.4f} ({v['psnr']:.1f} dB) against {p['mse']:.4f} ({p['psnr']:.1f} dB).")
 
 
 def _pct(fraction: float) -> str:

@@ -243,3 +243,32 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
         assert result.stderr.startswith("fvae: error:") and message in result.stderr
         assert "Traceback" not in result.stderr
         assert not (tmp_path / "runs" / "bad").exists()
+
+
+def _encoding(dim, logistic, knn, few, ridge, own=None):
+    """The parts of one report["encodings"] entry that ``reading`` looks at."""
+    entry = {"dim": dim, "cost": {"encode_images_per_second": 1000.0},
+             "classification": {"logistic": {"accuracy": logistic}, "knn": {"accuracy": knn}},
+             "label_efficiency": [{"n_labels": 100, "accuracy_mean": few}],
+             "reconstruction": {"ridge": {"mse": ridge}}}
+    if own is not None:
+        entry["reconstruction"]["own"] = {"mse": own, "psnr": -10 * np.log10(max(own, 1e-12))}
+    return entry
+
+
+def test_reading_names_every_encoding_in_a_tie_and_says_when_pca_is_lossless():
+    report = {"data": {"image_shape": [8, 8]}, "encodings": {
+        "fisher": _encoding(8960, 0.99, 0.9667, 0.91, 0.0049),
+        "vae": _encoding(128, 0.92, 0.8278, 0.83, 0.0224, own=0.0566),
+        "pca": _encoding(64, 0.95, 0.9778, 0.77, 0.0021, own=0.0),
+        "raw": _encoding(64, 0.99, 0.9778, 0.88, 0.0),
+    }}
+    lines = fvae.evaluate.reading(report)
+    assert lines[0] == ("For classification, **fisher** and **raw** codes serve best: logistic regression "
+                        "reaches 99.0% on the test set, against 95.0% for pca.")
+    assert lines[1] == "With 5-nearest neighbours instead, pca and raw lead (97.8%)."
+    assert lines[4] == ("PCA with 64 components keeps all 64 pixels of 8x8 images, so it reconstructs exactly: "
+                        "no yardstick for the VAE's decoder (MSE 0.0566) at this size.")
+    # a narrower PCA is the yardstick
+    report["data"]["image_shape"] = [28, 28]
+    assert fvae.evaluate.reading(report)[4].startswith("The VAE's own decoder does not beat PCA of the same dimension (64)")
