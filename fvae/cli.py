@@ -289,7 +289,7 @@ def fit_vae(
     best = history["best_epoch"]
     typer.echo(
         f"trained vae on {len(train):,} {dataset.name} train images in {time.perf_counter() - started:.1f} s: "
-        f"{history['epochs_run']} epochs ({history['stopped_by']}), best epoch {best + 1}"
+        f"{_epochs(history['epochs_run'])} ({history['stopped_by']}), best epoch {best + 1}"
         + (f", validation ELBO {history['val_elbo'][best]:.2f} nats" if "val_elbo" in history else "")
     )
     if result["test"]:
@@ -301,6 +301,10 @@ def fit_vae(
     typer.echo(f"wrote {output} (checksum {result['checksum'][:12]}), {result['history']['json']}, {result['history']['csv']}")
     if result["figures"]:
         typer.echo(f"figures: {', '.join(str(p) for p in result['figures'])}")
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
 
 
 @app.command()

@@ -202,6 +202,12 @@ def spread_rows(n: int, k: int) -> np.ndarray:
     return np.linspace(0, n - 1, min(n, k)).astype(int)
 
 
+def vae_figure_names(latent_dim: int, conditional: bool) -> list[str]:
+    """The files :func:`vae_figures` writes for an encoder with a training history and frames."""
+    manifold = ["manifold.png"] if latent_dim == 2 and not conditional else []
+    return ["samples.png", "reconstructions.png", "latent.png", *manifold, "training_curves.png", "training.gif"]
+
+
 def vae_figures(encoder, images, labels, out_dir, *, frames=(), force=True) -> list[Path]:
     """The VAE's figures in ``out_dir``: samples, reconstructions, latent codes in 2-D, training
     curves, the training-progress GIF (from ``frames``) and, for latent_dim 2, the 20x20 manifold.

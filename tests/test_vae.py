@@ -289,6 +289,20 @@ def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):
             assert picture.format == "PNG"
     with Image.open(tmp_path / "figs" / "training.gif") as gif:
         assert gif.format == "GIF" and gif.n_frames == 3
+    # figures already there are not overwritten without --force, and that is found before training
+    figures_before = {p.name: p.read_bytes() for p in (tmp_path / "figs").iterdir()}
+    tiny = ["fit", "vae", "--data", "digits", "--arch", "mlp", "--hidden", "16", "--epochs", "1", "--quiet"]
+    clash = fvae_cli(*tiny, "-o", "second.npz", "--figures", "figs", cwd=tmp_path)
+    assert clash.returncode == 2 and clash.stderr == "fvae: error: figs/samples.png exists; pass --force to overwrite it\n"
+    assert {p.name: p.read_bytes() for p in (tmp_path / "figs").iterdir()} == figures_before
+    not_a_folder = fvae_cli(*tiny, "-o", "second.npz", "--figures", "vae.npz", cwd=tmp_path)
+    assert not_a_folder.returncode == 2
+    assert not_a_folder.stderr == "fvae: error: --figures vae.npz: a file, not a folder\n"
+    assert not list(tmp_path.glob("second*"))
+    forced = fvae_cli(*tiny, "-o", "second.npz", "--figures", "figs", "--force", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert "1 epoch (epoch limit)" in forced.stdout
+    assert (tmp_path / "figs" / "samples.png").read_bytes() != figures_before["samples.png"]
 
     enc = fvae_cli("encode", "--method", "vae", "--model", "vae.npz", "--data", "digits", "-o", "codes.npy",
                 "--quiet", cwd=tmp_path)

@@ -436,6 +436,8 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
     from .train import progress_frames
 
     refuse_overwrite(model_path, *history_paths(model_path).values(), force=force)
+    if figures_dir is not None:
+        _check_figures_dir(Path(figures_dir), encoder, force)
     callbacks = []
     if figures_dir is not None:
         n_classes = int(np.max(train.labels)) + 1 if encoder.conditional and train.labels is not None else 0
@@ -451,5 +453,21 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
         from ..report import vae_figures
 
         shown = test if test is not None and len(test) else train
-        figures = vae_figures(encoder, shown.images, shown.labels, figures_dir, frames=callbacks[0].frames, force=True)
+        figures = vae_figures(encoder, shown.images, shown.labels, figures_dir, frames=callbacks[0].frames, force=force)
     return {"checksum": checksum, "history": history, "test": scores, "figures": figures}
+
+
+def _check_figures_dir(figures_dir: Path, encoder: VAEEncoder, force: bool) -> None:
+    """Before training: the figures can go into ``figures_dir`` without overwriting any (unless
+    ``force``), and neither it nor a parent is a file."""
+    from ..persist import refuse_overwrite
+    from ..report import vae_figure_names
+
+    existing = figures_dir  # the folder or its nearest existing parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise InputError(f"--figures {figures_dir}: {'a file' if existing == figures_dir else f'{existing} is a file'}, "
+                         "not a folder")
+    names = vae_figure_names(encoder.latent_dim, encoder.conditional)
+    refuse_overwrite(*(figures_dir / name for name in names), force=force)
