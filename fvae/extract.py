@@ -288,6 +288,16 @@ def refuse_existing_outputs(out, *, force: bool, resume: bool) -> None:
                                 "pass --resume to finish it or --force to start over")
 
 
+def _check_image_size(encoder, split: Split, metadata: dict) -> None:
+    """Refuse, before any output exists, images of another size than the model was fitted on."""
+    fitted = tuple(getattr(encoder, "image_shape_", ()))
+    given = tuple(split.images.shape[1:])
+    if fitted and given != fitted:
+        where = f"{metadata['source']} ({metadata['split']} split): " if {"source", "split"} <= metadata.keys() else ""
+        model = metadata.get("model") or "the model"
+        raise InputError(f"{where}images are {given[0]}x{given[1]}, but {model} was fitted on {fitted[0]}x{fitted[1]} images")
+
+
 def extract_features(
     encoder,
     split: Split,
@@ -347,6 +357,7 @@ def extract_features(
     if needs_labels and split.labels is None:
         raise InputError("this conditional VAE needs labels, and the split has none")
 
+    _check_image_size(encoder, split, metadata)
     n, dim = len(split), int(encoder.n_features_out_)
     identity = {**metadata, "n_images": n, "dim": dim, "batch_size": batch_size, "format": fmt}
     reopen = resume and partial.exists() and manifest_path.exists()

@@ -165,7 +165,9 @@ def test_wrong_image_size_and_test_only_source_in_a_subprocess(tmp_path, shared_
     assert fvae_cli("fit", "fisher", "--data", "digits", "-o", "m.npz", *SMALL_FIT, cwd=tmp_path).returncode == 0
     mismatch = fvae_cli("encode", "--model", "m.npz", "--data", str(shared_mnist_test), "-o", "f.npy", cwd=tmp_path)
     assert mismatch.returncode == 2
-    assert mismatch.stderr.strip() == "fvae: error: transform: images are 28x28 but the model expects 8x8"
+    assert mismatch.stderr == (f"fvae: error: {shared_mnist_test} (test split): images are 28x28, "
+                               "but m.npz was fitted on 8x8 images\n")
+    assert not list(tmp_path.glob("f.*"))
     no_train = fvae_cli("encode", "--data", str(shared_mnist_test), "-o", "f.npy", cwd=tmp_path)
     assert no_train.returncode == 2 and "needs a train split" in no_train.stderr
     usage = fvae_cli("encode", "--data", "digits", "--method", "nope", "-o", "f.npy", cwd=tmp_path)
