@@ -163,6 +163,7 @@ def save_label_efficiency(curves: dict, path, *, force=True) -> Path:
 def save_curves(history: dict, path, *, force=True) -> Path:
     """Training and validation ELBO, reconstruction term and KL per epoch."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     for ax, key in zip(axes, ("elbo", "reconstruction", "kl")):
         for prefix, style in (("", "-"), ("val_", "--")):
@@ -171,6 +172,7 @@ def save_curves(history: dict, path, *, force=True) -> Path:
                         label="validation" if prefix else "train")
         ax.set_title(f"{key} (nats)")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     fig.tight_layout()
     return _save(fig, path, force)

@@ -368,3 +368,15 @@ def test_cli_conditional_vae_samples_a_chosen_class_in_a_subprocess(tmp_path):
     test = fvae.load_dataset("digits").test
     np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"),
                                   fvae.load(tmp_path / "cvae.npz").transform(test.images, test.labels))
+
+
+def test_training_curves_mark_whole_epochs_only(tmp_path, monkeypatch):
+    from fvae import report
+
+    drawn = []
+    monkeypatch.setattr(report, "_save", lambda fig, path, force: drawn.append(fig) or path)
+    history = {"elbo": [-42.0, -37.8, -31.3], "val_elbo": [-40.1, -34.2, -28.3], "reconstruction": [-42.0, -37.7, -31.1],
+               "kl": [0.03, 0.02, 0.22]}
+    report.save_curves(history, tmp_path / "curves.png")
+    ticks = np.concatenate([ax.get_xticks() for ax in drawn[0].axes])
+    assert len(ticks) and np.array_equal(ticks, np.round(ticks)), ticks
