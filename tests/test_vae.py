@@ -380,3 +380,58 @@ def test_training_curves_mark_whole_epochs_only(tmp_path, monkeypatch):
     report.save_curves(history, tmp_path / "curves.png")
     ticks = np.concatenate([ax.get_xticks() for ax in drawn[0].axes])
     assert len(ticks) and np.array_equal(ticks, np.round(ticks)), ticks
+
+
+class _Weights:
+    """A stand-in for a Keras model: its 'weights' are the epoch that set them."""
+
+    def __init__(self):
+        self.weights, self.stop_training = None, False
+
+    def get_weights(self):
+        return self.weights
+
+    def set_weights(self, weights):
+        self.weights = weights
+
+
+def _run_stopper(stopper, val_elbos):
+    model = _Weights()
+    stopper.set_model(model)
+    stopper.on_train_begin()
+    for epoch, elbo in enumerate(val_elbos):
+        model.weights = epoch
+        stopper.on_epoch_end(epoch, {"val_elbo": elbo})
+        if model.stop_training:
+            break
+    stopper.on_train_end()
+    return model.weights, epoch
+
+
+def test_early_stopping_waits_for_the_kl_warm_up_to_finish():
+    """During warm-up the loss weighs the KL less than beta, so an earlier epoch can have the
+    better ELBO without being the model asked for: neither the best epoch nor the patience
+    counts before the KL weight reaches beta (Keras' EarlyStopping(start_from_epoch=...))."""
+    from fvae.vae.train import BestOnValidationElbo
+
+    falling = [-10.0, -20.0, -30.0, -40.0, -50.0, -60.0]
+    kept, last = _run_stopper(BestOnValidationElbo(patience=2), falling)
+    assert (kept, last) == (0, 2)  # without warm-up: the best ELBO, as before
+    stopper = BestOnValidationElbo(patience=2, start_epoch=3)  # a 4-epoch warm-up ends in epoch index 3
+    kept, last = _run_stopper(stopper, falling)
+    assert (kept, last, stopper.best_epoch, stopper.stop_reason) == (3, 5, 3, "early stopping")
+    # a warm-up longer than the training: the last weights are kept, and that epoch is the best one
+    stopper = BestOnValidationElbo(patience=2, start_epoch=10)
+    kept, last = _run_stopper(stopper, falling)
+    assert (kept, last, stopper.best_epoch, stopper.stop_reason) == (5, 5, 5, "epoch limit")
+
+
+def test_cli_marks_warm_up_epochs_and_warns_when_the_warm_up_cannot_finish(tmp_path):
+    fit = fvae_cli("fit", "vae", "--data", "digits", "-o", "vae.npz", "--arch", "mlp", "--hidden", "16",
+                   "--epochs", "2", "--warmup", "5", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    *epochs, warning = fit.stderr.splitlines()
+    assert len(epochs) == 2 and all(line.split("  ")[-2].endswith(" (warm-up)") for line in epochs), fit.stderr
+    assert warning == ("fvae: WARNING: the KL warm-up did not finish (2 of 5 epochs): the KL weight reached 0.4, "
+                       "not beta = 1; the last epoch's weights are kept")
+    assert "2 epochs (epoch limit), best epoch 2," in fit.stdout

@@ -38,7 +38,9 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         Fixed variance of the Gaussian likelihood; None learns one per pixel.
     beta : float, default=1.0
     warmup_epochs : int, default=0
-        Epochs over which the KL weight ramps up to ``beta``.
+        Epochs over which the KL weight ramps up to ``beta``. Early stopping judges only the
+        epochs after it (an earlier epoch, trained with a smaller KL weight, is not the model
+        asked for); a warm-up longer than the training keeps the last epoch, with a warning.
     dropout : float, default=0.0
         Dropout after each hidden layer, in training only (see :class:`~fvae.vae.model.VAE`).
     conditional : bool, default=False

@@ -4,6 +4,7 @@ numbers (ELBO and its terms, active units, the importance-weighted bound)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -14,6 +15,8 @@ import tensorflow as tf
 from keras import ops
 
 from .model import gaussian_log_density
+
+log = logging.getLogger("fvae")
 
 
 def fixed_binarization(images: np.ndarray, mode: str, seed: int) -> np.ndarray:
@@ -48,11 +51,16 @@ class KLWarmup(keras.callbacks.Callback):
 
 class BestOnValidationElbo(keras.callbacks.Callback):
     """Stop when the validation ELBO has not improved for ``patience`` epochs, or when
-    ``max_seconds`` have passed, and always end with the weights of the best epoch."""
+    ``max_seconds`` have passed, and end with the weights of the best epoch.
 
-    def __init__(self, patience: int, max_seconds: float | None = None):
+    Epochs before ``start_epoch`` (those of a KL warm-up, whose loss weighs the KL less than
+    beta) count neither as best nor against the patience; if training ends before it, the last
+    weights are kept.
+    """
+
+    def __init__(self, patience: int, max_seconds: float | None = None, start_epoch: int = 0):
         super().__init__()
-        self.patience, self.max_seconds = patience, max_seconds
+        self.patience, self.max_seconds, self.start_epoch = patience, max_seconds, start_epoch
 
     def on_train_begin(self, logs=None):
         self.best, self.best_epoch, self.best_weights = -math.inf, -1, None
@@ -60,29 +68,32 @@ class BestOnValidationElbo(keras.callbacks.Callback):
         self.stop_reason = "epoch limit"
 
     def on_epoch_end(self, epoch, logs=None):
+        self.last_epoch = epoch
         elbo = (logs or {}).get("val_elbo")
-        if elbo is not None and np.isfinite(elbo) and elbo > self.best:
-            self.best, self.best_epoch, self.best_weights = float(elbo), epoch, self.model.get_weights()
-        if elbo is not None and epoch - self.best_epoch >= self.patience:
-            self.model.stop_training, self.stop_reason = True, "early stopping"
+        if elbo is not None and epoch >= self.start_epoch:
+            if np.isfinite(elbo) and elbo > self.best:
+                self.best, self.best_epoch, self.best_weights = float(elbo), epoch, self.model.get_weights()
+            if epoch - max(self.best_epoch, self.start_epoch) >= self.patience:
+                self.model.stop_training, self.stop_reason = True, "early stopping"
         if self.max_seconds is not None and time.perf_counter() - self.started >= self.max_seconds:
             self.model.stop_training, self.stop_reason = True, "time limit"
 
     def on_train_end(self, logs=None):
         if self.best_weights is not None:
             self.model.set_weights(self.best_weights)
+        else:
+            self.best_epoch = self.last_epoch
 
 
 class EpochLines(keras.callbacks.Callback):
     """One line per epoch on stderr, so that stdout keeps only results: the loss, the ELBO, its
-    reconstruction term and KL (nats, plain decimals), the validation ELBO and the epoch's time."""
+    reconstruction term and KL (nats, plain decimals), the validation ELBO and the epoch's time.
+    The validation ELBO is marked ``(best)`` when ``stopper`` (which runs first) took the epoch
+    as the best so far, and ``(warm-up)`` in the epochs it does not judge."""
 
-    def __init__(self, epochs: int):
+    def __init__(self, epochs: int, stopper: BestOnValidationElbo):
         super().__init__()
-        self.epochs = epochs
-
-    def on_train_begin(self, logs=None):
-        self.best = -math.inf
+        self.epochs, self.stopper = epochs, stopper
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
@@ -94,9 +105,11 @@ class EpochLines(keras.callbacks.Callback):
         logs = logs or {}
         line = f"epoch {epoch + 1}/{self.epochs}  {_terms(logs)}"
         if "val_elbo" in logs:
-            improved = logs["val_elbo"] > self.best
-            self.best = max(self.best, logs["val_elbo"])
-            line += f"  val_elbo {logs['val_elbo']:.2f}" + (" (best)" if improved else "")
+            line += f"  val_elbo {logs['val_elbo']:.2f}"
+            if epoch < self.stopper.start_epoch:
+                line += " (warm-up)"
+            elif epoch == self.stopper.best_epoch:
+                line += " (best)"
         print(f"{line}  {time.perf_counter() - self.started:.1f} s", file=sys.stderr, flush=True)
 
 
@@ -104,8 +117,8 @@ class EpochProgressBar(EpochLines):
     """:class:`EpochLines` plus a rich progress bar through each epoch's ``steps``, with the
     running loss, ELBO, reconstruction term and KL (a terminal's view)."""
 
-    def __init__(self, epochs: int, steps: int):
-        super().__init__(epochs)
+    def __init__(self, epochs: int, steps: int, stopper: BestOnValidationElbo):
+        super().__init__(epochs, stopper)
         self.steps = steps
         self.progress = None
 
@@ -163,12 +176,12 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
         val_data = make_dataset(val_images, None if labels is None else labels[val_idx], 1024, shuffle=False, seed=seed)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile,
                   steps_per_execution=steps_per_execution)
-    stopper = BestOnValidationElbo(patience if n_val else epochs, max_seconds)
+    stopper = BestOnValidationElbo(patience if n_val else epochs, max_seconds, start_epoch=max(warmup_epochs - 1, 0))
     timer = _EpochTimer()
     if verbose == 1:
-        shown = [EpochProgressBar(epochs, steps=math.ceil(len(train_idx) / batch_size))]
+        shown = [EpochProgressBar(epochs, steps=math.ceil(len(train_idx) / batch_size), stopper=stopper)]
     else:
-        shown = [EpochLines(epochs)] if verbose else []
+        shown = [EpochLines(epochs, stopper)] if verbose else []
     try:
         history = model.fit(train_data, validation_data=val_data, epochs=epochs, verbose=0, shuffle=False,
                             callbacks=[KLWarmup(model.beta, warmup_epochs), stopper, timer, *shown, *callbacks])
@@ -180,6 +193,10 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
     result["best_epoch"] = stopper.best_epoch if n_val else len(timer.seconds) - 1
     result["stopped_by"] = stopper.stop_reason
     result["epochs_run"] = len(timer.seconds)
+    if result["epochs_run"] < warmup_epochs:
+        log.warning("the KL warm-up did not finish (%d of %d epochs): the KL weight reached %.3g, not beta = %g; "
+                    "the last epoch's weights are kept", result["epochs_run"], warmup_epochs,
+                    model.beta * result["epochs_run"] / warmup_epochs, model.beta)
     model.kl_weight.assign(model.beta)
     return result
 
