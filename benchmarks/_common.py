@@ -13,16 +13,6 @@ MNIST_TEST = ROOT.parent / "shared" / "data" / "mnist-test"
 FVAE = str(Path(sys.executable).with_name("fvae"))
 
 
-def best_of(fn, repeats=3):
-    """Smallest wall time of ``repeats`` calls, and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
 def interleaved_best(fns: dict, rounds=3, log=None):
     """Best wall time of each function over ``rounds`` rounds that run them in turn.
 
@@ -42,11 +32,15 @@ def interleaved_best(fns: dict, rounds=3, log=None):
     return results
 
 
-def matmul_gflops(n=4096, repeats=3):
-    """NumPy float32 n x n matmul throughput under the current thread limits."""
+def matmul_product(n=4096):
+    """One NumPy float32 n x n matmul as a function, and its FLOPs: the machine's reference rate.
+
+    Time it among the measured functions (:func:`interleaved_best`), not once afterwards: this
+    machine's speed switches between two levels ~1.7x apart, and a rate taken in a single
+    window of a second landed in either (211 or 285 GFLOP/s in two runs of vae_bench.py).
+    """
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
-    seconds, _ = best_of(lambda: a @ a, repeats)
-    return 2 * n**3 / seconds / 1e9
+    return (lambda: a @ a), 2 * n**3
 
 
 def print_json(figures: dict):
