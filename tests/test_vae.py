@@ -148,6 +148,8 @@ def test_scores_are_seeded_elbos_and_select_a_model_in_a_grid_search(trained, di
     search.fit(digits.train.images[:600])
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
     assert search.best_params_["latent_dim"] == 8
+    refit = search.best_estimator_.history_  # without a validation split: every epoch runs, the last is kept
+    assert (refit["epochs_run"], refit["best_epoch"], refit["stopped_by"]) == (10, 9, "epoch limit")
 
 
 def test_same_seed_same_weights(digits):
@@ -423,6 +425,10 @@ def test_early_stopping_waits_for_the_kl_warm_up_to_finish():
     # a warm-up longer than the training: the last weights are kept, and that epoch is the best one
     stopper = BestOnValidationElbo(patience=2, start_epoch=10)
     kept, last = _run_stopper(stopper, falling)
+    assert (kept, last, stopper.best_epoch, stopper.stop_reason) == (5, 5, 5, "epoch limit")
+    # nothing validated (validation_fraction=0): the same, with the patience never counting
+    stopper = BestOnValidationElbo(patience=2)
+    kept, last = _run_stopper(stopper, [None] * 6)
     assert (kept, last, stopper.best_epoch, stopper.stop_reason) == (5, 5, 5, "epoch limit")
 
 

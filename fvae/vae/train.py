@@ -54,8 +54,8 @@ class BestOnValidationElbo(keras.callbacks.Callback):
     ``max_seconds`` have passed, and end with the weights of the best epoch.
 
     Epochs before ``start_epoch`` (those of a KL warm-up, whose loss weighs the KL less than
-    beta) count neither as best nor against the patience; if training ends before it, the last
-    weights are kept.
+    beta) count neither as best nor against the patience; if training ends before it, or
+    without a validation ELBO at all, the last weights are kept and are the best epoch.
     """
 
     def __init__(self, patience: int, max_seconds: float | None = None, start_epoch: int = 0):
@@ -176,7 +176,7 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
         val_data = make_dataset(val_images, None if labels is None else labels[val_idx], 1024, shuffle=False, seed=seed)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile,
                   steps_per_execution=steps_per_execution)
-    stopper = BestOnValidationElbo(patience if n_val else epochs, max_seconds, start_epoch=max(warmup_epochs - 1, 0))
+    stopper = BestOnValidationElbo(patience, max_seconds, start_epoch=max(warmup_epochs - 1, 0))
     timer = _EpochTimer()
     if verbose == 1:
         shown = [EpochProgressBar(epochs, steps=math.ceil(len(train_idx) / batch_size), stopper=stopper)]
@@ -190,7 +190,7 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
             shower.close()
     result = {name: [float(v) for v in values] for name, values in history.history.items()}
     result["seconds"] = timer.seconds
-    result["best_epoch"] = stopper.best_epoch if n_val else len(timer.seconds) - 1
+    result["best_epoch"] = stopper.best_epoch  # the last epoch when nothing was validated
     result["stopped_by"] = stopper.stop_reason
     result["epochs_run"] = len(timer.seconds)
     if result["epochs_run"] < warmup_epochs:
