@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -97,8 +96,8 @@ def atomic_directory(path, *, force: bool = False):
     try:
         yield tmp
         if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
-            os.replace(path, old / path.name)
+            old = _fresh_name_beside(path, ".old")
+            os.replace(path, old)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -279,3 +279,17 @@ def test_the_command_list_shows_each_summary_on_one_line():
     result = runner.invoke(app, ["--help"], terminal_width=400, env={"COLUMNS": "400"})
     summary = " ".join(inspect.getdoc(cli.evaluate).split("\n\n")[0].split())
     assert any(summary in line for line in result.output.splitlines()), result.output
+
+
+def test_a_forced_run_folder_replaces_the_old_one_and_leaves_nothing_beside_it(tmp_path):
+    run = tmp_path / "runs" / "demo"
+    with atomic_directory(run) as folder:
+        (folder / "report.md").write_text("first")
+    with pytest.raises(fvae.OutputExistsError):
+        with atomic_directory(run) as folder:
+            pass
+    with atomic_directory(run, force=True) as folder:
+        (folder / "report.md").write_text("second")
+        assert (run / "report.md").read_text() == "first"  # the old run stays until the new one is whole
+    assert (run / "report.md").read_text() == "second"
+    assert [p.name for p in run.parent.iterdir()] == ["demo"]  # no .part or .old folder left
