@@ -224,31 +224,31 @@ def vae_figures(encoder, images, labels, out_dir, *, frames=(), force=True) -> l
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = {Path(name).stem: out / name for name in vae_figure_names(encoder.latent_dim, encoder.conditional)}
+    path = {name: out / name for name in vae_figure_names(encoder.latent_dim, encoder.conditional)}
     written = []
     shown = spread_rows(len(images), 2000)
     images = images[shown]
     labels = None if labels is None else labels[shown]
     cond = bool(encoder.conditional)
     cond_labels = labels if cond else None
-    written.append(save_samples(encoder, path["samples"], force=force))
+    written.append(save_samples(encoder, path["samples.png"], force=force))
     codes = encoder.transform(images, cond_labels)[:, : encoder.latent_dim]
     picked = spread_rows(len(images), 16)
     decoded = encoder.inverse_transform(codes[picked], None if cond_labels is None else cond_labels[picked])
     written.append(save_reconstructions(to_unit_float(images[picked], "figures"), decoded,
-                                        path["reconstructions"], force=force))
-    written.append(save_embedding(codes, labels, path["latent"],
+                                        path["reconstructions.png"], force=force))
+    written.append(save_embedding(codes, labels, path["latent.png"],
                                   title="test codes (posterior means)" + (", PCA" if encoder.latent_dim > 2 else ""),
                                   force=force))
-    if "manifold" in path:
+    if "manifold.png" in path:
         grid = np.linspace(-3, 3, 20, dtype=np.float32)
         z = np.array([[x, y] for y in grid[::-1] for x in grid], dtype=np.float32)
-        written.append(save_grid(encoder.inverse_transform(z), path["manifold"], n_cols=20,
+        written.append(save_grid(encoder.inverse_transform(z), path["manifold.png"], n_cols=20,
                                  title="latent manifold over [-3, 3]^2", force=force))
     if encoder.history_:
-        written.append(save_curves(encoder.history_, path["training_curves"], force=force))
+        written.append(save_curves(encoder.history_, path["training_curves.png"], force=force))
     if frames:
-        written.append(save_gif(list(frames), path["training"], force=force))
+        written.append(save_gif(list(frames), path["training.gif"], force=force))
     return written
 
 
