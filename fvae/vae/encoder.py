@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..data import check_image_batch, to_unit_float
 from ..errors import InputError, ModelFileError
-from ..persist import ZIP_DATE, load_model, save_model
+from ..persist import ZIP_DATE, atomic_output, load_model, refuse_overwrite, save_model
 from .model import ARCHITECTURES, BINARIZATIONS, LIKELIHOODS
 
 KERAS_MEMBER = "model.keras"
@@ -362,10 +366,6 @@ def keras_bytes(model) -> bytes:
     The archive is rewritten without them: same members, same compression, entries dated
     :data:`~fvae.persist.ZIP_DATE`.
     """
-    import io
-    import json
-    import zipfile
-
     with tempfile.TemporaryDirectory() as tmp:
         keras_path = Path(tmp) / KERAS_MEMBER
         model.save(keras_path)
@@ -404,12 +404,6 @@ def history_paths(model_path) -> dict[str, Path]:
 
 def write_history(history: dict, model_path, *, force: bool = False) -> dict[str, Path]:
     """Write the per-epoch history as JSON (everything) and CSV (one row per epoch)."""
-    import csv
-    import io
-    import json
-
-    from ..persist import atomic_output
-
     paths = history_paths(model_path)
     per_epoch = {k: v for k, v in history.items() if isinstance(v, list)}
     with atomic_output(paths["json"], force=force) as tmp:
@@ -434,7 +428,6 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
     dict
         ``checksum``, ``history`` paths, ``test`` numbers (or None), ``figures`` paths.
     """
-    from ..persist import refuse_overwrite
     from .train import progress_frames
 
     refuse_overwrite(model_path, *history_paths(model_path).values(), force=force)
@@ -462,7 +455,6 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
 def _check_figures_dir(figures_dir: Path, encoder: VAEEncoder, force: bool) -> None:
     """Before training: the figures can go into ``figures_dir`` without overwriting any (unless
     ``force``), and neither it nor a parent is a file."""
-    from ..persist import refuse_overwrite
     from ..report import vae_figure_names
 
     existing = figures_dir  # the folder or its nearest existing parent
