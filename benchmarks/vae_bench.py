@@ -198,11 +198,11 @@ def main():
     # sometimes never saw the fast level (0.59x once). Every epoch's rate is printed.
     # The matmul that gives the machine's reference rate takes part in the rounds too.
     product, product_flops = matmul_product()
-    rates = {"tutorial": len(fashion_binary), "fvae": len(fashion_binary), "matmul": product_flops / 1e9}
-    units = {"tutorial": "img/s", "fvae": "img/s", "matmul": "GFLOP/s"}
+    work = {"tutorial": (len(fashion_binary), "img/s"), "fvae": (len(fashion_binary), "img/s"),
+            "matmul": (product_flops / 1e9, "GFLOP/s")}  # per call, for the log
     timings = interleaved_best(
         {"tutorial": tutorial_epoch(fashion_binary), "fvae": fvae_epoch(fashion_binary), "matmul": product}, rounds=5,
-        log=lambda r, name, seconds: print(f"  round {r + 1} {name:8s} {rates[name] / seconds:6.0f} {units[name]}",
+        log=lambda r, name, seconds: print(f"  round {r + 1} {name:8s} {work[name][0] / seconds:6.0f} {work[name][1]}",
                                            flush=True),
     )
     tutorial_img_s = len(fashion_binary) / timings["tutorial"][0]
