@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .errors import FvaeError, OutputExistsError
+from .errors import DataError, FvaeError, OutputExistsError
 
 app = typer.Typer(
     help="Encode images as Fisher Vectors or VAE latent codes, and compare them.",
@@ -22,7 +22,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-fit_app = typer.Typer(help="Fit an encoder on a dataset's train split and save it.", no_args_is_help=True)
+fit_app = typer.Typer(help="Fit an encoder on a split of a dataset (train by default) and save it.",
+                      no_args_is_help=True)
 app.add_typer(fit_app, name="fit")
 
 
@@ -65,6 +66,8 @@ DataDirOpt = Annotated[Optional[Path], typer.Option(help="Extra folder searched 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or spinner.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed: same seed, same output.")]
+FitSplitOpt = Annotated[SplitName, typer.Option(
+    "--split", help="Split to fit on: test or all for a source without a train split, such as a .npy.")]
 
 
 def _version(value: bool):
@@ -183,12 +186,13 @@ def fit_fisher(
     intra_norm: Annotated[bool, typer.Option(help="Intra-normalize per component.")] = False,
     samples: Annotated[int, typer.Option(help="Descriptors sampled to fit PCA and GMM.")] = 50_000,
     em_iter: Annotated[int, typer.Option(help="EM iterations of the GMM, at most.")] = 100,
+    split: FitSplitOpt = SplitName.train,
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ):
-    """Fit a Fisher Vector encoder (PCA + GMM) on the train split of --data and save it."""
+    """Fit a Fisher Vector encoder (PCA + GMM) on the train split of --data (or --split) and save it."""
     import time
 
     from .data import load_dataset
@@ -200,7 +204,7 @@ def fit_fisher(
     given = {} if alpha is None else {"alpha": alpha}  # otherwise FisherVectorEncoder's default
     refuse_overwrite(output, force=force)
     dataset = load_dataset(data, data_dir)
-    train = dataset.split("train")
+    train = _fitting_split(dataset, split)
     encoder = _fisher_encoder(
         n_components=components, pca_components=pca, patch_size=patch_size, stride=stride,
         patch_normalization=patch_norm.value, whiten=whiten, xy=xy, spatial_pyramid=pyramid,
@@ -213,7 +217,7 @@ def fit_fisher(
         encoder.fit(train.images)
     checksum = encoder.save(output, force=force)
     typer.echo(
-        f"fitted fisher on {len(train):,} {dataset.name} train images in {time.perf_counter() - started:.1f} s; "
+        f"fitted fisher on {len(train):,} {dataset.name} {split.value} images in {time.perf_counter() - started:.1f} s; "
         f"{encoder.n_features_out_} dims; wrote {output} (checksum {checksum[:12]})"
     )
 
@@ -251,12 +255,17 @@ def fit_vae(
     patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.")] = 10,
     max_seconds: Annotated[Optional[float], typer.Option(help="Stop training after this many seconds.")] = None,
     figures: Annotated[Optional[Path], typer.Option(help="Folder for samples, reconstructions, latent plots, GIF.")] = None,
+    split: FitSplitOpt = SplitName.train,
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ):
-    """Train a VAE on the train split of --data, save it with its history, and report test numbers."""
+    """Train a VAE on the train split of --data (or --split), save it with its history, and report test
+    numbers.
+
+    The test numbers are left out when the test images were trained on (--split test or all).
+    """
     import time
 
     from .data import load_dataset
@@ -274,7 +283,8 @@ def fit_vae(
         given["binarization"] = binarization.value
     refuse_overwrite(output, force=force)
     dataset = load_dataset(data, data_dir)
-    train = dataset.split("train")
+    train = _fitting_split(dataset, split)
+    held_out = dataset.test if split == SplitName.train else None
     from .vae.encoder import VAEEncoder, fit_and_save
 
     encoder = VAEEncoder(
@@ -284,14 +294,16 @@ def fit_vae(
         random_state=seed, verbose=_training_verbosity(quiet), **given,
     )
     started = time.perf_counter()
-    result = fit_and_save(encoder, train, dataset.test, output, figures_dir=figures, force=force)
+    result = fit_and_save(encoder, train, held_out, output, figures_dir=figures, force=force)
     history = encoder.history_
     best = history["best_epoch"]
     typer.echo(
-        f"trained vae on {len(train):,} {dataset.name} train images in {time.perf_counter() - started:.1f} s: "
+        f"trained vae on {len(train):,} {dataset.name} {split.value} images in {time.perf_counter() - started:.1f} s: "
         f"{_epochs(history['epochs_run'])} ({history['stopped_by']}), best epoch {best + 1}"
         + (f", validation ELBO {history['val_elbo'][best]:.2f} nats" if "val_elbo" in history else "")
     )
+    if held_out is None and dataset.test is not None:
+        typer.echo(f"test: no numbers, the test images were trained on (--split {split.value})")
     if result["test"]:
         t = result["test"]
         typer.echo(
@@ -301,6 +313,13 @@ def fit_vae(
     typer.echo(f"wrote {output} (checksum {result['checksum'][:12]}), {result['history']['json']}, {result['history']['csv']}")
     if result["figures"]:
         typer.echo(f"figures: {', '.join(str(p) for p in result['figures'])}")
+
+
+def _fitting_split(dataset, split: SplitName):
+    """The images a ``fit`` command fits on; a source without a train split says which --split has images."""
+    if split == SplitName.train and dataset.train is None:
+        raise DataError(f"{dataset.name} has no train split, only test images: fit on them with --split test")
+    return dataset.split(split.value)
 
 
 def _epochs(n: int) -> str:
@@ -392,6 +411,9 @@ def encode(
         encoder = load(model, method=method.value)
         checksum = encoder.checksum_
     else:
+        if dataset.train is None:
+            raise DataError(f"{dataset.name} has no train split to fit a model on: fit one on its test images with "
+                            f"'fvae fit {method.value} --data {data} --split test -o MODEL', then pass --model MODEL")
         train = dataset.split("train")
         started = time.perf_counter()
         encoder = default_encoder(method.value, dataset.image_shape, seed=seed)

@@ -102,10 +102,9 @@ class Dataset:
             return Split(np.concatenate([p.images for p in parts]), labels)
         found = self.train if which == "train" else self.test
         if found is None:
-            raise DataError(
-                f"{self.name} has no {which} split (found at {self.location}); "
-                f"this needs a {which} split: pass a source that has one"
-            )
+            other = "test" if which == "train" else "train"
+            where = "" if self.location == self.name else f" (found at {self.location})"
+            raise DataError(f"{self.name} has no {which} split, only {other} images{where}; this needs a {which} split")
         return found
 
 

@@ -169,10 +169,28 @@ def test_wrong_image_size_and_test_only_source_in_a_subprocess(tmp_path, shared_
                                "but m.npz was fitted on 8x8 images\n")
     assert not list(tmp_path.glob("f.*"))
     no_train = fvae_cli("encode", "--data", str(shared_mnist_test), "-o", "f.npy", cwd=tmp_path)
-    assert no_train.returncode == 2 and "needs a train split" in no_train.stderr
+    assert no_train.returncode == 2 and no_train.stderr == (
+        f"fvae: error: {shared_mnist_test} has no train split to fit a model on: fit one on its test images with "
+        f"'fvae fit fisher --data {shared_mnist_test} --split test -o MODEL', then pass --model MODEL\n")
     usage = fvae_cli("encode", "--data", "digits", "--method", "nope", "-o", "f.npy", cwd=tmp_path)
     assert usage.returncode == 2 and len(usage.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "f.npy").exists()
+
+
+def test_fit_fisher_on_a_npy_of_unlabelled_images_needs_split_test(tmp_path, digits):
+    np.save(tmp_path / "mine.npy", digits.train.images[:300])
+    refused = runner.invoke(app, ["fit", "fisher", "--data", str(tmp_path / "mine.npy"), "-o", str(tmp_path / "m.npz"),
+                                  *SMALL_FIT])
+    assert refused.exit_code == 2 and refused.output == (
+        f"fvae: error: {tmp_path / 'mine.npy'} has no train split, only test images: fit on them with --split test\n")
+    assert not (tmp_path / "m.npz").exists()
+    fitted = runner.invoke(app, ["fit", "fisher", "--data", str(tmp_path / "mine.npy"), "-o", str(tmp_path / "m.npz"),
+                                 *SMALL_FIT, "--split", "test"])
+    assert fitted.exit_code == 0 and "fitted fisher on 300 " in fitted.output and " test images in " in fitted.output
+    model = fvae.load(tmp_path / "m.npz")
+    reference = fvae.FisherVectorEncoder(patch_size=3, stride=1, n_components=8, pca_components=6,
+                                         n_descriptor_samples=4000, random_state=0).fit(digits.train.images[:300])
+    np.testing.assert_array_equal(model.transform(digits.test.images[:5]), reference.transform(digits.test.images[:5]))
 
 
 def test_corrupt_input_file_fails_cleanly_in_a_subprocess(tmp_path):

@@ -52,7 +52,7 @@ def test_shared_mnist_test_folder_is_test_only(shared_mnist_test):
     assert ds.train is None
     assert ds.test.images.shape == (10000, 28, 28) and ds.test.images.dtype == np.uint8
     assert np.bincount(ds.test.labels).tolist()[:3] == [980, 1135, 1032]  # the official class counts
-    with pytest.raises(DataError, match="needs a train split"):
+    with pytest.raises(DataError, match="has no train split, only test images; this needs a train split"):
         ds.split("train")
 
 

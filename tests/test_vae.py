@@ -432,6 +432,15 @@ def test_early_stopping_waits_for_the_kl_warm_up_to_finish():
     assert (kept, last, stopper.best_epoch, stopper.stop_reason) == (5, 5, 5, "epoch limit")
 
 
+def test_cli_fit_vae_on_every_image_reports_no_test_numbers(tmp_path):
+    fit = fvae_cli("fit", "vae", "--data", "digits", "--split", "all", "-o", "vae.npz", "--arch", "mlp",
+                   "--hidden", "16", "--epochs", "1", "--quiet", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    assert fit.stdout.startswith("trained vae on 1,797 digits all images in ")
+    assert "test: no numbers, the test images were trained on (--split all)" in fit.stdout
+    assert "test: ELBO" not in fit.stdout
+
+
 def test_cli_marks_warm_up_epochs_and_warns_when_the_warm_up_cannot_finish(tmp_path):
     fit = fvae_cli("fit", "vae", "--data", "digits", "-o", "vae.npz", "--arch", "mlp", "--hidden", "16",
                    "--epochs", "2", "--warmup", "5", cwd=tmp_path)
