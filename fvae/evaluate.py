@@ -548,11 +548,13 @@ def vae_reconstruction(encoder, test_codes, test_pixels, *, seed=0) -> tuple[dic
 # the whole evaluation
 
 
-def _labelled(split: Split | None, what: str) -> Split:
+def _labelled(split: Split | None, what: str, source: str | None = None) -> Split:
+    named = source or f"the {what} split"
     if split is None or len(split) == 0:
-        raise DataError(f"evaluate needs {what} images")
+        raise DataError(f"{named} has no {what} images, and evaluate needs them")
     if split.labels is None:
-        raise DataError(f"evaluate needs labels for the {what} images; this source has none")
+        raise DataError(f"{named} has no labels, and evaluate needs labelled {what} images: give an idx folder, "
+                        "a Keras-style .npz or an image folder with a subfolder per class")
     return split
 
 
@@ -585,7 +587,7 @@ def load_splits(data, test_data=None, data_dir=None) -> tuple[Split, Split, dict
         "train": {"source": source.name, "location": source.location, "split": train_split},
         "test": {"source": test_source.name, "location": test_source.location, "split": test_split},
     }
-    return _labelled(train, "train"), _labelled(test, "test"), description
+    return _labelled(train, "train", source.name), _labelled(test, "test", test_source.name), description
 
 
 def versions() -> dict:
@@ -627,7 +629,8 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
         what the figures are drawn from.
     """
     started = time.perf_counter()
-    train, test = _labelled(train, "train"), _labelled(test, "test")
+    sources = {what: part.get("source") for what, part in (data or {}).items()}
+    train, test = _labelled(train, "train", sources.get("train")), _labelled(test, "test", sources.get("test"))
     if train.images.shape[1:] != test.images.shape[1:]:
         (th, tw), (eh, ew) = train.images.shape[1:], test.images.shape[1:]
         raise DataError(f"train images are {th}x{tw}, test images {eh}x{ew}: they must have the same size")

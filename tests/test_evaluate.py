@@ -153,8 +153,10 @@ def test_library_evaluate_validates_against_the_schema(digits):
     _validate({"name": "library", **report, "figures": []})
     assert report["encodings"]["pca"]["dim"] == 64 and report["vae"] is None  # the VAE latent's size, all 64 pixels
     assert set(artifacts["reconstructions"]) == {"pca", "ridge_pca", "ridge_raw"}
-    with pytest.raises(fvae.DataError, match="needs labels"):
+    with pytest.raises(fvae.DataError, match="^the test split has no labels, and evaluate needs labelled test images"):
         evaluate(digits.train, Split(digits.test.images, None), settings)
+    with pytest.raises(fvae.DataError, match="^mine.npy has no labels, and evaluate needs labelled test images"):
+        evaluate(digits.train, Split(digits.test.images, None), settings, data={"test": {"source": "mine.npy"}})
     with pytest.raises(fvae.DataError, match="^train images are 8x8, test images 8x7: they must have the same size$"):
         evaluate(digits.train, Split(digits.test.images[:, :, :7], digits.test.labels), settings)
 
@@ -232,8 +234,12 @@ def test_cli_reuses_saved_models_and_refuses_to_overwrite(cli_run, tmp_path):
 
 def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
     np.savez(tmp_path / "unlabelled.npz", x_train=np.zeros((20, 8, 8), np.uint8))
+    np.save(tmp_path / "images.npy", np.zeros((20, 8, 8), np.uint8))
     cases = [
         (["--data", "unlabelled.npz", "--methods", "raw"], "labels"),
+        (["--data", "digits", "--test-data", "images.npy", "--methods", "raw"],
+         "images.npy has no labels, and evaluate needs labelled test images: give an idx folder, a Keras-style .npz "
+         "or an image folder with a subfolder per class\n"),
         (["--data", "digits", "--methods", "fisher,sift"], "choose from fisher, vae, pca, raw"),
         (["--data", "digits", "--test-data", "nowhere"], "nowhere: no such file or folder"),
     ]
