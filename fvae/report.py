@@ -289,6 +289,20 @@ def evaluation_figures(report: dict, artifacts: dict, out_dir, *, n_shown: int =
     return written
 
 
+def _label_draws(repeats: int) -> str:
+    return "from one stratified draw" if repeats == 1 else f"the mean over {repeats} stratified draws"
+
+
+def _code_notes(encodings) -> str:
+    """What the vae and pca rows hold, for those of them in the report."""
+    notes = []
+    if "vae" in encodings:
+        notes.append(" The vae codes are the posterior's means and log-variances.")
+    if "pca" in encodings:
+        notes.append(" PCA has as many components as the VAE latent.")
+    return "".join(notes)
+
+
 def markdown_report(report: dict) -> str:
     """``report.md``: the comparison table, a plain reading of it, the figures and the settings."""
     from .evaluate import markdown_table, reading
@@ -310,10 +324,9 @@ def markdown_report(report: dict) -> str:
         "",
         f"Logistic regression on standardized codes, C from {settings['c_grid']} by {settings['cv_folds']}-fold "
         f"cross-validation on the train codes; {settings['knn_k']}-NN on the codes as they are; "
-        "\"acc @100 labels\" is the mean over "
-        f"{settings['label_repeats']} stratified draw(s); ridge recon MSE is a linear probe from codes to pixels "
-        "(same for every encoding), own recon MSE the model's own reconstruction. Pixels are in [0, 1]. "
-        "The vae codes are the posterior's means and log-variances; pca has as many components as the VAE latent.",
+        f"\"acc @100 labels\" is {_label_draws(settings['label_repeats'])}; ridge recon MSE is a linear probe "
+        "from codes to pixels (same for every encoding), own recon MSE the model's own reconstruction. "
+        "Pixels are in [0, 1]." + _code_notes(report["encodings"]),
         "",
         "## Reading",
         "",

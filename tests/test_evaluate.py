@@ -13,6 +13,7 @@ from fvae.evaluate import (
     ProbeSpace, ridge_probe, stratified_subset,
 )
 from fvae.errors import InputError
+from fvae.report import markdown_report
 
 FIGURES = ("confusion_matrices", "label_efficiency", "embeddings", "reconstructions", "vae_samples",
            "vae_training_curves")
@@ -153,6 +154,10 @@ def test_library_evaluate_validates_against_the_schema(digits):
     _validate({"name": "library", **report, "figures": []})
     assert report["encodings"]["pca"]["dim"] == 64 and report["vae"] is None  # the VAE latent's size, all 64 pixels
     assert set(artifacts["reconstructions"]) == {"pca", "ridge_pca", "ridge_raw"}
+    text = markdown_report({"name": "library", **report})
+    assert '"acc @100 labels" is from one stratified draw;' in text  # --quick draws once
+    assert "Pixels are in [0, 1]. PCA has as many components as the VAE latent.\n" in text
+    assert "posterior's means" not in text  # no vae row, so no note on its codes
     with pytest.raises(fvae.DataError, match="^the test split has no labels, and evaluate needs labelled test images"):
         evaluate(digits.train, Split(digits.test.images, None), settings)
     with pytest.raises(fvae.DataError, match="^mine.npy has no labels, and evaluate needs labelled test images"):
