@@ -796,7 +796,7 @@ def reading(report: dict) -> list[str]:
         lines.append(f"Through the same linear probe (ridge from codes to pixels), {_names(ridge)} codes keep the most "
                      f"pixel information (test MSE {learned[ridge[0]]:.4f}).")
     if "vae" in enc and "pca" in enc:
-        lines.append(_vae_against_pca(enc["vae"], enc["pca"], report["data"]["image_shape"]))
+        lines.append(_vae_against_pca(enc["vae"], enc["pca"], report["data"]["image_shape"], _latent_dim(report)))
     costly = max(enc, key=lambda n: enc[n]["dim"])
     lines.append(f"Cost: {costly} codes are the widest ({enc[costly]['dim']:,} dims, "
                  f"{enc[costly]['cost']['encode_images_per_second']:,.0f} images/s to encode); "
@@ -804,7 +804,7 @@ def reading(report: dict) -> list[str]:
     return lines
 
 
-def _vae_against_pca(vae: dict, pca: dict, image_shape) -> str:
+def _vae_against_pca(vae: dict, pca: dict, image_shape, latent_dim: int) -> str:
     """The VAE decoder's reconstruction against PCA's, unless PCA keeps every pixel dimension."""
     v, p = vae["reconstruction"]["own"], pca["reconstruction"]["own"]
     h, w = image_shape
@@ -812,8 +812,26 @@ def _vae_against_pca(vae: dict, pca: dict, image_shape) -> str:
         return (f"PCA with {pca['dim']} components keeps all {h * w} pixels of {h}x{w} images, so it reconstructs "
                 f"exactly: no yardstick for the VAE's decoder (MSE {v['mse']:.4f}) at this size.")
     verdict = "beats" if v["mse"] < p["mse"] else "does not beat"
-    return (f"The VAE's own decoder {verdict} PCA of the same dimension ({pca['dim']}): "
+    pca_size = f"of the same dimension ({pca['dim']})" if pca["dim"] == latent_dim else f"with {pca['dim']} components"
+    return (f"The VAE's own decoder {verdict} PCA {pca_size}: "
             f"MSE {v['mse']:.4f} ({v['psnr']:.1f} dB) against {p['mse']:.4f} ({p['psnr']:.1f} dB).")
+
+
+def _latent_dim(report: dict) -> int:
+    """The compared VAE's latent size; without one, the evaluation VAE's, which PCA's size follows."""
+    return report["vae"]["test"]["latent_dim"] if report.get("vae") else EVALUATION_VAE["latent_dim"]
+
+
+def pca_size_note(report: dict) -> str:
+    """One sentence on PCA's number of components: the VAE latent's, unless the pixels or the train
+    images are fewer."""
+    dim, latent = report["encodings"]["pca"]["dim"], _latent_dim(report)
+    whose = "the VAE latent" if report.get("vae") else "the evaluation VAE's latent"
+    if dim == latent:
+        return f"PCA has as many components as {whose} ({latent})."
+    h, w = report["data"]["image_shape"]
+    fewer = "pixels" if dim == h * w else "train images"
+    return f"PCA has {dim} components, as many as there are {fewer} ({whose} has {latent})."
 
 
 def _pct(fraction: float) -> str:

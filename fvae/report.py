@@ -293,13 +293,15 @@ def _label_draws(repeats: int) -> str:
     return "from one stratified draw" if repeats == 1 else f"the mean over {repeats} stratified draws"
 
 
-def _code_notes(encodings) -> str:
+def _code_notes(report: dict) -> str:
     """What the vae and pca rows hold, for those of them in the report."""
+    from .evaluate import pca_size_note
+
     notes = []
-    if "vae" in encodings:
+    if "vae" in report["encodings"]:
         notes.append(" The vae codes are the posterior's means and log-variances.")
-    if "pca" in encodings:
-        notes.append(" PCA has as many components as the VAE latent.")
+    if "pca" in report["encodings"]:
+        notes.append(" " + pca_size_note(report))
     return "".join(notes)
 
 
@@ -326,7 +328,7 @@ def markdown_report(report: dict) -> str:
         f"cross-validation on the train codes; {settings['knn_k']}-NN on the codes as they are; "
         f"\"acc @100 labels\" is {_label_draws(settings['label_repeats'])}; ridge recon MSE is a linear probe "
         "from codes to pixels (same for every encoding), own recon MSE the model's own reconstruction. "
-        "Pixels are in [0, 1]." + _code_notes(report["encodings"]),
+        "Pixels are in [0, 1]." + _code_notes(report),
         "",
         "## Reading",
         "",

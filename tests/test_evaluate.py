@@ -156,7 +156,7 @@ def test_library_evaluate_validates_against_the_schema(digits):
     assert set(artifacts["reconstructions"]) == {"pca", "ridge_pca", "ridge_raw"}
     text = markdown_report({"name": "library", **report})
     assert '"acc @100 labels" is from one stratified draw;' in text  # --quick draws once
-    assert "Pixels are in [0, 1]. PCA has as many components as the VAE latent.\n" in text
+    assert "Pixels are in [0, 1]. PCA has as many components as the evaluation VAE's latent (64).\n" in text
     assert "posterior's means" not in text  # no vae row, so no note on its codes
     with pytest.raises(fvae.DataError, match="^the test split has no labels, and evaluate needs labelled test images"):
         evaluate(digits.train, Split(digits.test.images, None), settings)
@@ -283,3 +283,20 @@ def test_reading_names_every_encoding_in_a_tie_and_says_when_pca_is_lossless():
     # a narrower PCA is the yardstick
     report["data"]["image_shape"] = [28, 28]
     assert fvae.evaluate.reading(report)[4].startswith("The VAE's own decoder does not beat PCA of the same dimension (64)")
+    assert fvae.evaluate.pca_size_note(report) == "PCA has as many components as the evaluation VAE's latent (64)."
+
+
+def test_pca_size_note_says_when_too_few_pixels_or_train_images_cap_it():
+    report = {"data": {"image_shape": [28, 28]}, "vae": {"test": {"latent_dim": 64}},
+              "encodings": {"vae": _encoding(128, 0.9, 0.9, 0.7, 0.01, own=0.012),
+                            "pca": _encoding(48, 0.9, 0.9, 0.6, 0.01, own=0.009)}}
+    assert fvae.evaluate.pca_size_note(report) == ("PCA has 48 components, as many as there are train images "
+                                                   "(the VAE latent has 64).")
+    assert fvae.evaluate.reading(report)[4] == ("The VAE's own decoder does not beat PCA with 48 components: "
+                                                "MSE 0.0120 (19.2 dB) against 0.0090 (20.5 dB).")
+    report["data"]["image_shape"], report["encodings"]["pca"]["dim"] = [6, 6], 36
+    assert fvae.evaluate.pca_size_note(report) == "PCA has 36 components, as many as there are pixels (the VAE latent has 64)."
+    report["encodings"]["pca"]["dim"] = 64
+    del report["vae"], report["encodings"]["vae"]
+    report["data"]["image_shape"] = [28, 28]
+    assert fvae.evaluate.pca_size_note(report) == "PCA has as many components as the evaluation VAE's latent (64)."
