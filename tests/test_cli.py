@@ -206,12 +206,15 @@ def test_corrupt_input_file_fails_cleanly_in_a_subprocess(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "f.npy").exists()
 
 
-def test_datasets_command_and_checkout_shim(tmp_path):
+def test_datasets_command_checkout_shim_and_python_m_fvae(tmp_path):
     result = runner.invoke(app, ["datasets"])
     assert result.exit_code == 0
     assert "digits" in result.output and "mnist-5k       yes" in result.output
     shim = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--version"], capture_output=True, text=True)
     assert shim.returncode == 0 and shim.stdout.strip() == f"fvae {fvae.__version__}"
+    module = subprocess.run([sys.executable, "-m", "fvae", "fit", "vae", "--latent-dim", "0"], capture_output=True,
+                            text=True, cwd=tmp_path)
+    assert module.returncode == 2 and module.stderr.endswith("(see 'python -m fvae fit vae --help')\n"), module.stderr
 
 
 def stderr_on_a_terminal(*args, cwd, interrupt_on=None):
