@@ -423,8 +423,10 @@ def _as_uint8_images(images: np.ndarray, where) -> np.ndarray:
         raise DataError(f"{where}: contains no images")
     if images.dtype == np.uint8:
         return images
-    if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
-        raise DataError(f"{where}: images have non-numeric dtype {images.dtype}")
+    if images.dtype == bool:  # binarized images: True is a full pixel
+        return images.astype(np.uint8) * np.uint8(255)
+    if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+        raise DataError(f"{where}: images must be real numbers, not dtype {images.dtype}")
     values = np.asarray(images, dtype=np.float64)
     if not np.isfinite(values).all():
         raise DataError(f"{where}: images contain NaN or infinite values")
@@ -782,9 +784,11 @@ def check_image_batch(X, image_shape=None, where: str = "input") -> np.ndarray:
     ------
     InputError
     """
+    if hasattr(X, "toarray"):  # scipy.sparse: np.asarray would wrap it in an object array
+        raise InputError(f"{where}: sparse matrices are not supported: pass dense images (X.toarray())")
     X = X if isinstance(X, np.ndarray) else np.asarray(X)
-    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
-        raise InputError(f"{where}: images must be numeric arrays, got dtype {X.dtype}")
+    if not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating) or X.dtype == bool):
+        raise InputError(f"{where}: images must be arrays of real numbers, got dtype {X.dtype}")
     if X.ndim == 2:
         if image_shape is None:
             raise InputError(f"{where}: flat images of shape {X.shape} need image_shape=(h, w)")
@@ -803,7 +807,8 @@ def check_image_batch(X, image_shape=None, where: str = "input") -> np.ndarray:
 
 
 def to_unit_float(images: np.ndarray, where: str = "input") -> np.ndarray:
-    """Pixels as float32 in [0, 1]: integers are read as 0..255, floats must already be in [0, 1].
+    """Pixels as float32 in [0, 1]: integers are read as 0..255, booleans as 0 and 1, floats must already be
+    in [0, 1].
 
     Raises
     ------
@@ -813,7 +818,9 @@ def to_unit_float(images: np.ndarray, where: str = "input") -> np.ndarray:
     if images.dtype == np.uint8:
         return images.astype(np.float32) * np.float32(1 / 255)
     values = images.astype(np.float32)
-    if np.issubdtype(images.dtype, np.integer) or images.dtype == bool:
+    if images.dtype == bool:  # binarized images: True is a full pixel, not 1/255
+        return values
+    if np.issubdtype(images.dtype, np.integer):
         if values.min() < 0 or values.max() > 255:
             raise InputError(f"{where}: integer pixels must lie in [0, 255]")
         return values * np.float32(1 / 255)

@@ -3,6 +3,7 @@ import logging
 
 import numpy as np
 import pytest
+import scipy.sparse
 from PIL import Image
 
 import fvae
@@ -130,6 +131,11 @@ def test_npy_is_unlabelled_test_only(tmp_path, tiny):
     ds = fvae.load_dataset(tmp_path / "x.npy")
     assert ds.train is None and ds.test.labels is None
     np.testing.assert_array_equal(ds.test.images, tiny[0])
+    np.save(tmp_path / "binary.npy", tiny[0] > 127)  # binarized images: True is white
+    np.testing.assert_array_equal(fvae.load_dataset(tmp_path / "binary.npy").test.images, (tiny[0] > 127) * 255)
+    np.save(tmp_path / "complex.npy", tiny[0] + 0j)
+    with pytest.raises(DataError, match="complex.npy: images must be real numbers, not dtype complex128"):
+        fvae.load_dataset(tmp_path / "complex.npy")
 
 
 def test_image_folder_classes_split_and_grayscale(tmp_path, tiny):
@@ -255,8 +261,13 @@ def test_estimator_input_validation():
     assert check_image_batch(np.zeros((2, 64)), (8, 8)).shape == (2, 8, 8)
     with pytest.raises(InputError, match="no images"):
         check_image_batch(np.zeros((0, 8, 8)))
-    with pytest.raises(InputError, match="numeric"):
+    with pytest.raises(InputError, match="real numbers, got dtype <U1"):
         check_image_batch(np.array([["a"]]))
+    with pytest.raises(InputError, match="^fit: images must be arrays of real numbers, got dtype complex128$"):
+        check_image_batch(np.zeros((2, 8, 8), complex), where="fit")  # not cast, dropping the imaginary part
+    with pytest.raises(InputError, match=r"^fit: sparse matrices are not supported: pass dense images \(X.toarray\(\)\)$"):
+        check_image_batch(scipy.sparse.csr_matrix(np.zeros((2, 64))), (8, 8), where="fit")
     np.testing.assert_allclose(to_unit_float(np.array([[[0, 255]]], np.uint8)), [[[0.0, 1.0]]])
+    np.testing.assert_array_equal(to_unit_float(np.array([[[False, True]]])), [[[0.0, 1.0]]])  # not 1/255
     with pytest.raises(InputError, match=r"\[0, 255\]"):
         to_unit_float(np.array([[[0, 256]]]))

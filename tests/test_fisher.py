@@ -219,6 +219,12 @@ def test_bad_inputs_raise_clear_errors(digits):
             FisherVectorEncoder(**{name: value}).fit(digits.train.images)
 
 
+def test_binarized_images_as_booleans_encode_like_black_and_white_uint8(digits):
+    encoder = FisherVectorEncoder(**SMALL).fit(digits.train.images)
+    binary = digits.test.images[:20] > 127
+    np.testing.assert_array_equal(encoder.transform(binary), encoder.transform(binary.astype(np.uint8) * 255))
+
+
 def test_save_load_round_trip_is_bit_identical(digits, tmp_path):
     encoder = FisherVectorEncoder(**SMALL).fit(digits.train.images)
     path = tmp_path / "model.npz"
