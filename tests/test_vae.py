@@ -123,6 +123,12 @@ def test_transform_is_deterministic_and_sklearn_shaped(trained, digits):
     with pytest.raises(InputError, match=r"^this VAE is not conditional, so it draws no chosen class "
                                          r"\(fit one with conditional=True, --conditional\)$"):
         trained.sample(6, label=3)
+    for bad in (-1, 2.5):
+        with pytest.raises(InputError, match=rf"^sample: n must be a whole number >= 0, got {bad}$"):
+            trained.sample(bad)
+    with pytest.raises(InputError, match=r"^evaluate: iwae_k must be a whole number >= 0 \(0: no IWAE bound\), got -3$"):
+        trained.evaluate(digits.test.images[:10], iwae_k=-3)
+    assert "iwae_bound" not in trained.evaluate(digits.test.images[:10], iwae_k=0)
     params = clone(trained).get_params()
     assert params["latent_dim"] == 4 and params["hidden"] == (64,)
 

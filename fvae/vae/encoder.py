@@ -258,6 +258,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         if label is not None and not 0 <= label < self.n_classes_:
             raise InputError(f"label {label}: this model knows classes 0..{self.n_classes_ - 1}")
         if z is None:
+            if not isinstance(n, (int, np.integer)) or n < 0:
+                raise InputError(f"sample: n must be a whole number >= 0, got {n!r}")
             seed = self.random_state if random_state is None else random_state
             z = np.random.default_rng(seed).standard_normal((n, self.latent_dim)).astype(np.float32)
         labels = None if label is None else np.full(len(z), label, dtype=np.int64)
@@ -267,9 +269,20 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         """ELBO, reconstruction term, KL, active units and the IWAE bound (nats per image) on ``X``.
 
         Every sample is drawn with ``seed``: the same seed gives the same numbers.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, h, w) or (n_images, h * w)
+        y : array-like of shape (n_images,), default=None
+            The labels; a conditional VAE needs them.
+        iwae_k : int, default=64
+            Importance samples per image for the IWAE bound; 0 leaves the bound out.
+        seed : int, default=0
         """
         from .train import evaluate
 
+        if not isinstance(iwae_k, (int, np.integer)) or iwae_k < 0:
+            raise InputError(f"evaluate: iwae_k must be a whole number >= 0 (0: no IWAE bound), got {iwae_k!r}")
         images, labels = self._checked_inputs(X, y, "evaluate")
         return evaluate(self.model_, images, labels, iwae_k=iwae_k, seed=seed)
 
