@@ -784,6 +784,8 @@ def check_image_batch(X, image_shape=None, where: str = "input") -> np.ndarray:
     ------
     InputError
     """
+    if image_shape is not None and not _is_image_shape(image_shape):
+        raise InputError(f"{where}: image_shape must be (h, w), two whole numbers >= 1, got {image_shape!r}")
     if hasattr(X, "toarray"):  # scipy.sparse: np.asarray would wrap it in an object array
         raise InputError(f"{where}: sparse matrices are not supported: pass dense images (X.toarray())")
     X = X if isinstance(X, np.ndarray) else np.asarray(X)
@@ -804,6 +806,13 @@ def check_image_batch(X, image_shape=None, where: str = "input") -> np.ndarray:
     if len(X) == 0:
         raise InputError(f"{where}: no images")
     return X
+
+
+def _is_image_shape(shape) -> bool:
+    try:
+        return len(shape) == 2 and all(isinstance(d, (int, np.integer)) and d >= 1 for d in shape)
+    except TypeError:  # not a sequence
+        return False
 
 
 def to_unit_float(images: np.ndarray, where: str = "input") -> np.ndarray:

@@ -259,6 +259,9 @@ def test_estimator_input_validation():
     with pytest.raises(InputError, match="need image_shape"):
         check_image_batch(np.zeros((2, 64)))
     assert check_image_batch(np.zeros((2, 64)), (8, 8)).shape == (2, 8, 8)
+    for shape in ((8,), 64, (8, 0), (8.0, 8)):
+        with pytest.raises(InputError, match=r"^fit: image_shape must be \(h, w\), two whole numbers >= 1, got "):
+            check_image_batch(np.zeros((2, 64)), shape, where="fit")
     with pytest.raises(InputError, match="no images"):
         check_image_batch(np.zeros((0, 8, 8)))
     with pytest.raises(InputError, match="real numbers, got dtype <U1"):
