@@ -156,6 +156,12 @@ def _remove(path: Path) -> None:
 # the manifest of finished chunks
 
 
+def _shown(value) -> str:
+    """A setting as an error message shows it: checksums and long paths cut short."""
+    text = str(value)
+    return text if len(text) <= 40 else text[:12] + "..."
+
+
 class Manifest:
     """What an unfinished run is (``identity``) and which chunks are done, saved atomically after
     every chunk, always after the chunk's rows are written: it never lists a chunk not in the file."""
@@ -171,9 +177,11 @@ class Manifest:
             saved = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise InputError(f"{path}: unreadable manifest of the interrupted run ({exc}); pass --force to start over") from None
-        differs = sorted(k for k in identity if saved.get("identity", {}).get(k) != identity[k])
+        before = saved.get("identity", {})
+        differs = sorted(k for k in identity if before.get(k) != identity[k])
         if differs:
-            raise InputError(f"{path}: the interrupted run had other settings ({', '.join(differs)}); "
+            changes = "; ".join(f"{k} was {_shown(before.get(k))}, now {_shown(identity[k])}" for k in differs)
+            raise InputError(f"{path}: the interrupted run had other settings ({changes}); "
                              "repeat its command with --resume, or pass --force to start over")
         manifest = cls(path, identity)
         manifest.done = set(saved["done"])

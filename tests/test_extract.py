@@ -137,7 +137,7 @@ def test_resume_refuses_other_settings(mnist_like, tmp_path):
         extract_features(encoder, split, paths["features"], metadata={"source": "t"}, batch_size=500,
                          progress=stop_after_two)
     assert json.loads(paths["manifest"].read_text())["done"] == [0, 1]
-    with pytest.raises(fvae.InputError, match=r"other settings \(batch_size\)"):
+    with pytest.raises(fvae.InputError, match=r"had other settings \(batch_size was 500, now 400\); repeat its command with --resume"):
         extract_features(encoder, split, paths["features"], metadata={"source": "t"}, batch_size=400, resume=True)
     with pytest.raises(fvae.OutputExistsError, match="pass --resume"):
         extract_features(encoder, split, paths["features"], metadata={"source": "t"}, batch_size=500)
