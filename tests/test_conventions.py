@@ -1,0 +1,71 @@
+"""scikit-learn's estimator conventions, checked on images for both encoders.
+
+``sklearn.utils.estimator_checks.check_estimator`` feeds estimators random tabular data of a
+few columns, which no image encoder can take, so the checks that matter are written here on
+images: fit leaves its input and parameters alone, refits give the same model, and encoding
+does not depend on how the images are batched, ordered, laid out or stored.
+"""
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+
+import fvae
+
+ENCODERS = {
+    "fisher": lambda: fvae.FisherVectorEncoder(patch_size=3, stride=1, n_components=4, pca_components=4,
+                                               n_descriptor_samples=3000, random_state=0),
+    "vae": lambda: fvae.VAEEncoder(arch="mlp", hidden=(16,), latent_dim=3, epochs=2, verbose=0, random_state=0),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(ENCODERS))
+def fitted(request, digits):
+    """(name, unfitted maker, fitted encoder, its codes of the test images)."""
+    make = ENCODERS[request.param]
+    encoder = make().fit(digits.train.images[:400])
+    return request.param, make, encoder, encoder.transform(digits.test.images[:50])
+
+
+def test_fit_leaves_its_input_and_parameters_alone_and_refits_identically(fitted, digits):
+    _, make, _, codes = fitted
+    images = digits.train.images[:400].copy()
+    encoder = make()
+    params = copy.deepcopy(encoder.get_params())
+    encoder.fit(images)
+    np.testing.assert_array_equal(images, digits.train.images[:400])
+    assert encoder.get_params() == params
+    np.testing.assert_array_equal(encoder.transform(digits.test.images[:50]), codes)
+    np.testing.assert_array_equal(encoder.fit(images).transform(digits.test.images[:50]), codes)
+
+
+def test_codes_do_not_depend_on_batching_order_or_memory_layout(fitted, digits, tmp_path):
+    _, _, encoder, codes = fitted
+    images = digits.test.images[:50]
+    order = np.random.default_rng(0).permutation(len(images))
+    np.testing.assert_allclose(encoder.transform(images[order]), codes[order], atol=1e-6)
+    np.testing.assert_allclose(np.concatenate([encoder.transform(images[:7]), encoder.transform(images[7:])]), codes,
+                               atol=1e-6)
+    np.testing.assert_allclose(encoder.transform(np.asfortranarray(images)), codes, atol=1e-6)
+    np.save(tmp_path / "images.npy", images)
+    read_only = np.load(tmp_path / "images.npy", mmap_mode="r")  # as joblib hands large arrays to workers
+    np.testing.assert_array_equal(encoder.transform(read_only), codes)
+    assert encoder.transform(images.astype(np.float64) / 255).dtype == np.float32
+
+
+def test_a_pickled_encoder_gives_the_same_codes(fitted, digits):
+    _, _, encoder, codes = fitted
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(encoder)).transform(digits.test.images[:50]), codes)
+    assert clone(encoder).get_params() == encoder.get_params()
+
+
+def test_fisher_pipeline_cross_validates_in_worker_processes(digits):
+    pipeline = make_pipeline(ENCODERS["fisher"](), LogisticRegression(max_iter=300))
+    scores = cross_val_score(pipeline, digits.train.images[:400], digits.train.labels[:400], cv=2, n_jobs=2)
+    assert scores.shape == (2,) and scores.min() > 0.6  # 10 classes: chance is 0.1
