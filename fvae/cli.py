@@ -469,7 +469,7 @@ def evaluate(
     """Compare Fisher Vectors, VAE codes, PCA and raw pixels on one split: classification,
     reconstruction and cost.
 
-    Writes runs/NAME/report.json, report.md, figures/ and the fitted models."""
+    Writes runs/NAME/report.json, report.md, figures/ and the models it fits (models/)."""
     from .evaluate import Settings, evaluate as run_evaluation, load_splits, markdown_table, parse_methods, run_name
     from .persist import atomic_directory
     from .report import write_run
@@ -485,8 +485,10 @@ def evaluate(
                                            models_dir=tmp / "models", data=description)
         report = write_run(report, artifacts, tmp, run_dir.name)
     typer.echo(markdown_table(report))
+    fitted = [e["cost"]["model_path"] for e in report["encodings"].values()
+              if e["cost"]["model_path"] and not e["cost"]["reused_model"]]
     typer.echo(f"evaluated {', '.join(chosen)} in {report['seconds']:.0f} s; wrote {run_dir}/report.json, "
-               f"report.md, {len(report['figures'])} figures and the models")
+               f"report.md, {len(report['figures'])} figures" + (f" and {', '.join(fitted)}" if fitted else ""))
 
 
 def _reflow_command_help(*typers: typer.Typer) -> None:

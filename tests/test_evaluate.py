@@ -217,6 +217,7 @@ def test_cli_report_numbers_are_consistent(cli_run):
     for e in enc.values():
         assert e["label_efficiency"][-1]["accuracy_mean"] == e["classification"]["logistic"]["accuracy"]
         assert np.asarray(e["classification"]["knn"]["confusion"]).sum() == 360
+    assert result.stdout.splitlines()[-1].endswith(" figures and models/fisher.npz, models/vae.npz")
 
 
 def test_cli_reuses_saved_models_and_refuses_to_overwrite(cli_run, tmp_path):
@@ -241,6 +242,8 @@ def test_cli_reuses_saved_models_and_refuses_to_overwrite(cli_run, tmp_path):
     second = json.loads((tmp_path / "reuse" / "report.json").read_text())
     _validate(second)
     assert second["encodings"]["fisher"]["cost"]["reused_model"] is True
+    assert reuse.stdout.splitlines()[-1].endswith(" figures")  # it fitted no model, so names none
+    assert not (tmp_path / "reuse" / "models").exists()
     assert second["data"]["train"]["split"] == "all" and second["data"]["test"]["source"].endswith("test.npz")
     assert second["encodings"]["fisher"]["classification"] == first["encodings"]["fisher"]["classification"]
     assert "vae_samples.png" not in " ".join(second["figures"])
