@@ -284,6 +284,8 @@ def fit_vae(
     refuse_overwrite(output, force=force)
     dataset = load_dataset(data, data_dir)
     train = _fitting_split(dataset, split)
+    if conditional and train.labels is None:
+        raise DataError(f"{dataset.name} has no labels, and a conditional VAE (--conditional) needs them")
     held_out = dataset.test if split == SplitName.train else None
     from .vae.encoder import VAEEncoder, fit_and_save
 

@@ -445,6 +445,12 @@ def test_cli_fit_vae_on_every_image_reports_no_test_numbers(tmp_path):
     assert fit.stdout.startswith("trained vae on 1,797 digits all images in ")
     assert "test: no numbers, the test images were trained on (--split all)" in fit.stdout
     assert "test: ELBO" not in fit.stdout
+    np.save(tmp_path / "mine.npy", np.zeros((30, 8, 8), np.uint8))
+    unlabelled = fvae_cli("fit", "vae", "--data", "mine.npy", "--split", "test", "--conditional", "-o", "c.npz",
+                          cwd=tmp_path)
+    assert unlabelled.returncode == 2 and unlabelled.stderr == (
+        "fvae: error: mine.npy has no labels, and a conditional VAE (--conditional) needs them\n")
+    assert not (tmp_path / "c.npz").exists()
 
 
 def test_cli_marks_warm_up_epochs_and_warns_when_the_warm_up_cannot_finish(tmp_path):
