@@ -808,9 +808,14 @@ def check_image_batch(X, image_shape=None, where: str = "input") -> np.ndarray:
     return X
 
 
+def is_whole_number(value, minimum: int = 0) -> bool:
+    """``value`` is an integer (Python's or NumPy's, not a float such as 2.0) and at least ``minimum``."""
+    return isinstance(value, (int, np.integer)) and value >= minimum
+
+
 def _is_image_shape(shape) -> bool:
     try:
-        return len(shape) == 2 and all(isinstance(d, (int, np.integer)) and d >= 1 for d in shape)
+        return len(shape) == 2 and all(is_whole_number(d, 1) for d in shape)
     except TypeError:  # not a sequence
         return False
 

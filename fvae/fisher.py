@@ -56,7 +56,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from .data import check_image_batch, to_unit_float
+from .data import check_image_batch, is_whole_number, to_unit_float
 from .descriptors import PATCH_NORMALIZATIONS, PatchLayout, dense_patches, fit_pca, normalize_patches, patch_layout, project
 from .errors import InputError
 from .persist import load_model, save_model
@@ -766,7 +766,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
             raise InputError(f"patch_normalization must be one of {PATCH_NORMALIZATIONS}, got {self.patch_normalization!r}")
         for name in ("n_components", "pca_components", "patch_size", "stride", "n_descriptor_samples", "max_iter"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
+            if not is_whole_number(value, 1):
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not 0 < self.alpha <= 1:
             raise InputError(f"alpha must be in (0, 1], got {self.alpha}")

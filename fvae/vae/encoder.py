@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ..data import check_image_batch, to_unit_float
+from ..data import check_image_batch, is_whole_number, to_unit_float
 from ..errors import InputError, ModelFileError
 from ..persist import ZIP_DATE, atomic_output, load_model, refuse_overwrite, save_model
 from .model import ARCHITECTURES, BINARIZATIONS, LIKELIHOODS
@@ -159,9 +159,9 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
             raise InputError(f"binarization must be one of {BINARIZATIONS}, got {self.binarization!r}")
         for name in ("latent_dim", "epochs", "batch_size", "patience"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
+            if not is_whole_number(value, 1):
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.warmup_epochs, (int, np.integer)) or self.warmup_epochs < 0:
+        if not is_whole_number(self.warmup_epochs):
             raise InputError(f"warmup_epochs must be a non-negative integer, got {self.warmup_epochs!r}")
         # written as "not (inside)" so that NaN is refused too
         for name in ("validation_fraction", "dropout"):
@@ -258,7 +258,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         if label is not None and not 0 <= label < self.n_classes_:
             raise InputError(f"label {label}: this model knows classes 0..{self.n_classes_ - 1}")
         if z is None:
-            if not isinstance(n, (int, np.integer)) or n < 0:
+            if not is_whole_number(n):
                 raise InputError(f"sample: n must be a whole number >= 0, got {n!r}")
             seed = self.random_state if random_state is None else random_state
             z = np.random.default_rng(seed).standard_normal((n, self.latent_dim)).astype(np.float32)
@@ -281,7 +281,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         """
         from .train import evaluate
 
-        if not isinstance(iwae_k, (int, np.integer)) or iwae_k < 0:
+        if not is_whole_number(iwae_k):
             raise InputError(f"evaluate: iwae_k must be a whole number >= 0 (0: no IWAE bound), got {iwae_k!r}")
         images, labels = self._checked_inputs(X, y, "evaluate")
         return evaluate(self.model_, images, labels, iwae_k=iwae_k, seed=seed)
