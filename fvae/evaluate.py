@@ -805,7 +805,7 @@ def reading(report: dict) -> list[str]:
         lines.append(f"Through the same linear probe (ridge from codes to pixels), {_names(ridge)} codes keep the most "
                      f"pixel information (test MSE {learned[ridge[0]]:.4f}).")
     if "vae" in enc and "pca" in enc:
-        lines.append(_vae_against_pca(enc["vae"], enc["pca"], report["data"]["image_shape"], _latent_dim(report)))
+        lines.append(_vae_against_pca(report))
     costly = max(enc, key=lambda n: enc[n]["dim"])
     lines.append(f"Cost: {costly} codes are the widest ({enc[costly]['dim']:,} dims, "
                  f"{enc[costly]['cost']['encode_images_per_second']:,.0f} images/s to encode); "
@@ -813,15 +813,17 @@ def reading(report: dict) -> list[str]:
     return lines
 
 
-def _vae_against_pca(vae: dict, pca: dict, image_shape, latent_dim: int) -> str:
+def _vae_against_pca(report: dict) -> str:
     """The VAE decoder's reconstruction against PCA's, unless PCA keeps every pixel dimension."""
-    v, p = vae["reconstruction"]["own"], pca["reconstruction"]["own"]
-    h, w = image_shape
+    pca = report["encodings"]["pca"]
+    v, p = report["encodings"]["vae"]["reconstruction"]["own"], pca["reconstruction"]["own"]
+    h, w = report["data"]["image_shape"]
     if pca["dim"] >= h * w:
         return (f"PCA with {pca['dim']} components keeps all {h * w} pixels of {h}x{w} images, so it reconstructs "
                 f"exactly: no yardstick for the VAE's decoder (MSE {v['mse']:.4f}) at this size.")
     verdict = "beats" if v["mse"] < p["mse"] else "does not beat"
-    pca_size = f"of the same dimension ({pca['dim']})" if pca["dim"] == latent_dim else f"with {pca['dim']} components"
+    pca_size = (f"of the same dimension ({pca['dim']})" if pca["dim"] == _latent_dim(report)
+                else f"with {pca['dim']} components")
     return (f"The VAE's own decoder {verdict} PCA {pca_size}: "
             f"MSE {v['mse']:.4f} ({v['psnr']:.1f} dB) against {p['mse']:.4f} ({p['psnr']:.1f} dB).")
 

@@ -444,10 +444,9 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
     from .train import progress_frames
 
     refuse_overwrite(model_path, *history_paths(model_path).values(), force=force)
-    if figures_dir is not None:
-        _check_figures_dir(Path(figures_dir), encoder, force)
     callbacks = []
     if figures_dir is not None:
+        _check_figures_dir(Path(figures_dir), encoder, force)
         n_classes = int(np.max(train.labels)) + 1 if encoder.conditional and train.labels is not None else 0
         callbacks.append(progress_frames(encoder.latent_dim, n_classes))
     encoder.fit(train.images, train.labels if encoder.conditional else None, callbacks=callbacks)
