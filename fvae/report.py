@@ -97,7 +97,8 @@ def _scatter_2d(ax, codes, labels, title) -> None:
 
         codes = PCA(n_components=2, random_state=0).fit_transform(codes)
         axes_label = ("PC 1", "PC 2")
-    scatter = ax.scatter(codes[:, 0], codes[:, 1], c=labels, cmap="tab10", s=4, alpha=0.7)
+    colours = {} if labels is None else {"c": labels, "cmap": "tab10"}
+    scatter = ax.scatter(codes[:, 0], codes[:, 1], s=4, alpha=0.7, **colours)
     ax.set_xlabel(axes_label[0])
     ax.set_ylabel(axes_label[1])
     ax.set_title(title)

@@ -205,6 +205,17 @@ def test_figures_show_every_class_of_a_class_sorted_test_split(trained, digits, 
     assert len(shown["labels"]) == len(labels) and set(shown["labels"]) == set(range(10))
 
 
+def test_figures_of_unlabelled_images_draw_without_warnings(trained, digits, tmp_path):
+    import warnings
+
+    from fvae import report
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warned that a colour map without colours is ignored
+        written = report.vae_figures(trained, digits.test.images[:50], None, tmp_path)
+    assert (tmp_path / "latent.png") in written and (tmp_path / "latent.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_newer_format_version_is_refused(trained, tmp_path):
     trained.save(tmp_path / "vae.npz")
     with zipfile.ZipFile(tmp_path / "vae.npz") as src, zipfile.ZipFile(tmp_path / "newer.npz", "w") as dst:
