@@ -518,7 +518,7 @@ def _read_image_file(file: Path, shape=None) -> np.ndarray:
 
     try:
         with Image.open(file) as img:
-            pixels = np.asarray(img.convert("L"), dtype=np.uint8)
+            pixels = _grey_levels(img)
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{file}: cannot read image ({exc})") from None
     if shape is not None and pixels.shape != tuple(shape):
@@ -526,6 +526,15 @@ def _read_image_file(file: Path, shape=None) -> np.ndarray:
         raise DataError(f"{file}: {pixels.shape[0]}x{pixels.shape[1]} pixels (height x width), the other images "
                         f"{shape[0]}x{shape[1]}; all images must have one size")
     return pixels
+
+
+def _grey_levels(img) -> np.ndarray:
+    """A Pillow image as uint8 grey levels. 16-bit greyscale (PNG modes I;16 and I) is scaled to
+    0..255: Pillow's convert("L") clips it at 255 instead, which turns most such images white."""
+    if img.mode.startswith("I"):
+        deep = np.asarray(img, dtype=np.float64)
+        return np.rint(deep * (255.0 / 65535.0)).clip(0, 255).astype(np.uint8)
+    return np.asarray(img.convert("L"), dtype=np.uint8)
 
 
 def _read_class_folders(folder: Path, class_names: list[str], lazy: bool = False) -> Split:

@@ -158,6 +158,18 @@ def test_image_folder_classes_split_and_grayscale(tmp_path, tiny):
         fvae.load_dataset(tmp_path / "imgs")
 
 
+def test_image_folder_reads_16_bit_greyscale_pngs_scaled_to_8_bits(tmp_path):
+    deep = np.array([[0, 257, 1000, 32768, 65535]], dtype=np.uint16)
+    for cls in ("a", "b"):
+        (tmp_path / "deep" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(deep).save(tmp_path / "deep" / cls / f"{i}.png")
+    assert Image.open(tmp_path / "deep" / "a" / "0.png").mode.startswith("I")  # a real 16-bit file
+    pixels = fvae.load_dataset(tmp_path / "deep").split("all").images
+    # Pillow's convert("L") gave [0, 255, 255, 255, 255]: everything above 255 clipped to white
+    assert pixels.shape == (6, 1, 5) and (pixels == [[0, 1, 4, 128, 255]]).all()
+
+
 def test_image_folder_with_train_and_test_subfolders(tmp_path, tiny):
     images, _ = tiny
     for split, n in (("train", 4), ("test", 2)):
