@@ -296,14 +296,28 @@ def refuse_existing_outputs(out, *, force: bool, resume: bool) -> None:
                                 "pass --resume to finish it or --force to start over")
 
 
+def _where(metadata: dict) -> str:
+    """'SOURCE (SPLIT split): ' for messages, when the metadata names them."""
+    return f"{metadata['source']} ({metadata['split']} split): " if {"source", "split"} <= metadata.keys() else ""
+
+
 def _check_image_size(encoder, split: Split, metadata: dict) -> None:
     """Refuse, before any output exists, images of another size than the model was fitted on."""
     fitted = tuple(getattr(encoder, "image_shape_", ()))
     given = tuple(split.images.shape[1:])
     if fitted and given != fitted:
-        where = f"{metadata['source']} ({metadata['split']} split): " if {"source", "split"} <= metadata.keys() else ""
         model = metadata.get("model") or "the model"
-        raise InputError(f"{where}images are {given[0]}x{given[1]}, but {model} was fitted on {fitted[0]}x{fitted[1]} images")
+        raise InputError(f"{_where(metadata)}images are {given[0]}x{given[1]}, but {model} was fitted on "
+                         f"{fitted[0]}x{fitted[1]} images")
+
+
+def _check_labels(encoder, split: Split, metadata: dict) -> None:
+    """Refuse, before any output exists, unlabelled images for a conditional VAE, which encodes
+    each image with its label."""
+    if getattr(encoder, "conditional", False) and split.labels is None:
+        model = metadata.get("model") or "the model"
+        raise InputError(f"{_where(metadata)}no labels, and {model} is a conditional VAE: it encodes each image "
+                         "with its label")
 
 
 def extract_features(
@@ -361,11 +375,9 @@ def extract_features(
     if force:
         _remove(partial)
         _remove(manifest_path)
-    needs_labels = bool(getattr(encoder, "conditional", False))  # a conditional VAE encodes (image, label)
-    if needs_labels and split.labels is None:
-        raise InputError("this conditional VAE needs labels, and the split has none")
-
+    _check_labels(encoder, split, metadata)
     _check_image_size(encoder, split, metadata)
+    needs_labels = bool(getattr(encoder, "conditional", False))
     n, dim = len(split), int(encoder.n_features_out_)
     identity = {**metadata, "n_images": n, "dim": dim, "batch_size": batch_size, "format": fmt}
     reopen = resume and partial.exists() and manifest_path.exists()

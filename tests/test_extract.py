@@ -173,6 +173,25 @@ def test_vae_encoder_pickles_through_the_keras_format(digits):
     np.testing.assert_array_equal(copy.transform(digits.test.images), vae.transform(digits.test.images))
 
 
+def test_a_conditional_vae_on_unlabelled_images_is_refused_naming_the_source(digits, tmp_path):
+    from typer.testing import CliRunner
+
+    from fvae.cli import app
+    from fvae.vae import VAEEncoder
+
+    images, labels = digits.train.images[:200], digits.train.labels[:200]
+    VAEEncoder(arch="mlp", hidden=(16,), latent_dim=2, epochs=1, conditional=True,
+               random_state=0).fit(images, labels).save(tmp_path / "cvae.npz")
+    np.save(tmp_path / "mine.npy", images)
+    result = CliRunner().invoke(app, ["encode", "--data", str(tmp_path / "mine.npy"), "--model", str(tmp_path / "cvae.npz"),
+                                      "-o", str(tmp_path / "codes.npy")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        f"fvae: error: {tmp_path / 'mine.npy'} (test split): no labels, and {tmp_path / 'cvae.npz'} is a conditional "
+        "VAE: it encodes each image with its label")
+    assert not list(tmp_path.glob("codes*"))
+
+
 def test_dask_local_cluster_output_equals_local_output(mnist_like, tmp_path):
     pytest.importorskip("distributed", reason="dask[distributed] is in the dask extra: pip install 'fvae[dask]'")
     from fvae.extract import dask_client
