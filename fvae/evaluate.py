@@ -245,7 +245,8 @@ def encode_all(train: Split, test: Split, probe_index, settings: Settings, *, fi
             continue
         encoder, seconds, path = _fit_or_load(method, models[method], train.images, image_shape, settings, models_dir)
         if tuple(getattr(encoder, "image_shape_", image_shape)) != tuple(image_shape):
-            raise InputError(f"{path}: the model was fitted on {encoder.image_shape_} images, the data is {image_shape}")
+            (h, w), (fitted_h, fitted_w) = image_shape, encoder.image_shape_
+            raise InputError(f"images are {h}x{w}, but {path} was fitted on {fitted_h}x{fitted_w} images")
         if method == "vae":
             latent_dim = encoder.latent_dim
             encoder.set_params(return_log_var=True)  # the codes are the whole posterior: means, log-variances

@@ -252,7 +252,12 @@ def test_cli_reuses_saved_models_and_refuses_to_overwrite(cli_run, tmp_path):
 def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
     np.savez(tmp_path / "unlabelled.npz", x_train=np.zeros((20, 8, 8), np.uint8))
     np.save(tmp_path / "images.npy", np.zeros((20, 8, 8), np.uint8))
+    bigger = np.random.default_rng(0).integers(0, 256, (40, 12, 12), dtype=np.uint8)
+    fvae.FisherVectorEncoder(n_components=2, pca_components=4, patch_size=4, stride=2, spatial_pyramid=False,
+                             random_state=0).fit(bigger).save(tmp_path / "f12.npz")
     cases = [
+        (["--data", "digits", "--methods", "fisher", "--fisher-model", "f12.npz"],
+         "fvae: error: images are 8x8, but f12.npz was fitted on 12x12 images\n"),
         (["--data", "unlabelled.npz", "--methods", "raw"], "labels"),
         (["--data", "digits", "--test-data", "images.npy", "--methods", "raw"],
          "images.npy has no labels, and evaluate needs labelled test images: give an idx folder, a Keras-style .npz "
