@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import llvmlite.ir
 import numba
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
@@ -586,7 +586,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
     image_shape : tuple of (h, w), default=None
         Needed when images are passed flat, as (n, h * w).
     n_jobs : int, default=None
-        Threads encoding blocks of images in parallel (None or 1: one).
+        Threads encoding blocks of images in parallel (None or 1: one; -1: every core, as joblib counts).
     random_state : int, RandomState instance or None, default=None
         Seeds the descriptor sample, the PCA and the GMM.
 
@@ -710,7 +710,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
             block = slice(start, start + step)
             self._encode_block(images[block], layout, gmm, out[block])
 
-        n_jobs = self.n_jobs or 1
+        n_jobs = self._n_threads()
         if n_jobs == 1 or len(starts) == 1:
             for start in starts:
                 encode(start)
@@ -760,6 +760,15 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "means_")
         n_cells = 5 if self.spatial_pyramid else 1
         return fisher_vector_dim(len(self.weights_), self.means_.shape[1], n_cells, self.weight_gradients)
+
+    def _n_threads(self) -> int:
+        """The threads ``n_jobs`` asks for, as joblib counts them (-1: every core)."""
+        if self.n_jobs is None:
+            return 1
+        if not is_whole_number(self.n_jobs, -math.inf) or self.n_jobs == 0:
+            raise InputError(f"n_jobs must be None, a number of threads >= 1, or negative (-1: every core), "
+                             f"got {self.n_jobs!r}")
+        return effective_n_jobs(self.n_jobs)
 
     def _check_params(self) -> None:
         if self.patch_normalization not in PATCH_NORMALIZATIONS:

@@ -160,6 +160,10 @@ def test_transform_is_independent_of_threads_and_batch(digits):
     two = clone(encoder).set_params(n_jobs=2).fit(digits.train.images).transform(images)
     np.testing.assert_array_equal(one, two)
     np.testing.assert_array_equal(encoder.transform(images[:7]), one[:7])
+    np.testing.assert_array_equal(clone(encoder).set_params(n_jobs=-1).fit(digits.train.images).transform(images), one)
+    for bad in (0, 1.5, "2"):  # joblib: "n_jobs == 0 in Parallel has no meaning"; 0 used to run as 1
+        with pytest.raises(InputError, match=r"^n_jobs must be None, a number of threads >= 1, or negative"):
+            encoder.set_params(n_jobs=bad).transform(images)
 
 
 def test_output_dimension_formula(digits):
