@@ -119,6 +119,10 @@ def test_transform_is_deterministic_and_sklearn_shaped(trained, digits):
     flat = trained.transform(digits.test.images.reshape(len(digits.test.images), -1).astype(np.float32) / 255)
     np.testing.assert_allclose(flat, codes, atol=1e-5)
     assert trained.inverse_transform(codes[:5]).shape == (5, 8, 8)
+    broken = codes[:5].copy()
+    broken[2, 1] = np.nan  # it was decoded to an image of NaN
+    with pytest.raises(InputError, match=r"^inverse_transform: codes contain NaN or infinite values$"):
+        trained.inverse_transform(broken)
     assert trained.sample(6).shape == (6, 8, 8)
     with pytest.raises(InputError, match=r"^this VAE is not conditional, so it draws no chosen class "
                                          r"\(fit one with conditional=True, --conditional\)$"):

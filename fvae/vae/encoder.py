@@ -228,6 +228,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         Z = np.asarray(Z, dtype=np.float32)
         if Z.ndim != 2 or Z.shape[1] not in (self.latent_dim, 2 * self.latent_dim):
             raise InputError(f"inverse_transform: codes must have shape (n, {self.latent_dim}), got {Z.shape}")
+        if not np.isfinite(Z).all():
+            raise InputError("inverse_transform: codes contain NaN or infinite values")
         Z = Z[:, : self.latent_dim]
         labels = self._check_labels(y, len(Z), "inverse_transform")
         out = np.empty((len(Z),) + self.image_shape_, dtype=np.float32)
