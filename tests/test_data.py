@@ -206,6 +206,8 @@ def test_mnist_prefers_data_dir_then_keras_cache(tmp_path, tiny, monkeypatch):
     images, labels = tiny
     write_idx_split(tmp_path / "mine" / "mnist", "train", images, labels)
     assert len(fvae.load_dataset("mnist", data_dir=tmp_path / "mine").train) == 12
+    with pytest.raises(DataError, match=r"mnie: no such folder \(data_dir, --data-dir\)$"):
+        fvae.load_dataset("mnist", data_dir=tmp_path / "mnie")  # fell back to the 5k stand-in offline
     cache = tmp_path / "keras-home" / "datasets"
     cache.mkdir(parents=True)
     np.savez(cache / "mnist.npz", x_train=images[:5], y_train=labels[:5], x_test=images[:2], y_test=labels[:2])
