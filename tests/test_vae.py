@@ -3,6 +3,7 @@ scikit-learn transformer, persistence, and the CLI end to end."""
 
 import io
 import json
+import logging
 import math
 import zipfile
 
@@ -110,6 +111,15 @@ def test_short_training_lowers_the_validation_loss(trained):
     assert history["best_epoch"] == int(np.argmax(history["val_elbo"]))
     # The best epoch's weights are the ones kept.
     assert history["stopped_by"] == "epoch limit"
+
+
+def test_too_few_images_for_a_validation_split_say_there_is_no_early_stopping(digits, caplog):
+    with caplog.at_level(logging.WARNING, logger="fvae"):
+        vae = VAEEncoder(arch="mlp", hidden=(8,), latent_dim=2, epochs=2, random_state=0).fit(digits.train.images[:4])
+    assert vae.history_["stopped_by"] == "epoch limit" and "val_elbo" not in vae.history_
+    assert [r.getMessage() for r in caplog.records] == [
+        "4 images are too few to hold out a validation split (validation_fraction 0.1): no early stopping, "
+        "the last epoch's weights are kept"]
 
 
 def test_transform_is_deterministic_and_sklearn_shaped(trained, digits):

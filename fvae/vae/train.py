@@ -168,6 +168,9 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
     order = np.random.default_rng(seed).permutation(len(images))
     n_val = int(round(validation_fraction * len(images))) if validation_fraction else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
+    if validation_fraction and not n_val:
+        log.warning("%d images are too few to hold out a validation split (validation_fraction %g): no early "
+                    "stopping, the last epoch's weights are kept", len(images), validation_fraction)
     train_data = make_dataset(images[train_idx], None if labels is None else labels[train_idx], batch_size,
                               shuffle=True, seed=seed)
     val_data = None
