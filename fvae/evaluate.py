@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import platform
 import tempfile
 import time
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Split, to_unit_float
+from .data import Split, is_whole_number, to_unit_float
 from .errors import DataError, InputError
 
 METHODS = ("fisher", "vae", "pca", "raw")
@@ -68,6 +69,18 @@ class Settings:
     seed: int = 0
     vae_seconds: float | None = None
     max_train: int = 10_000
+
+    def __post_init__(self):
+        if isinstance(self.methods, str) or not self.methods or not set(self.methods) <= set(METHODS):
+            raise InputError(f"methods must be a tuple of names from {', '.join(METHODS)}, got {self.methods!r} "
+                             "(parse_methods turns 'fisher,pca' into one)")
+        if not is_whole_number(self.seed):
+            raise InputError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        if not is_whole_number(self.max_train, 1):
+            raise InputError(f"max_train must be a whole number >= 1, got {self.max_train!r}")
+        # written as "not (inside)" so that NaN is refused too
+        if self.vae_seconds is not None and not 0 < self.vae_seconds < math.inf:
+            raise InputError(f"vae_seconds must be positive, got {self.vae_seconds!r}")
 
     @property
     def c_grid(self) -> tuple:

@@ -155,6 +155,20 @@ def test_methods_are_parsed_and_checked():
         parse_methods("fisher,sift")
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("methods", ("sift",), r"^methods must be a tuple of names from fisher, vae, pca, raw, got \('sift',\)"),
+    ("methods", "fisher,pca", r"^methods must be a tuple .* \(parse_methods turns 'fisher,pca' into one\)$"),
+    ("methods", (), r"^methods must be a tuple"),
+    ("max_train", 0, r"^max_train must be a whole number >= 1, got 0$"),
+    ("seed", -1, r"^seed must be a whole number >= 0, got -1$"),
+    ("vae_seconds", float("nan"), r"^vae_seconds must be positive, got nan$"),
+])
+def test_library_settings_are_checked_when_made(field, value, message):
+    # Before: ("sift",) ran an evaluation of nothing, max_train=0 failed deep in numpy.
+    with pytest.raises(InputError, match=message):
+        Settings(**{field: value})
+
+
 def test_library_evaluate_validates_against_the_schema(digits):
     settings = Settings(methods=("pca", "raw"), quick=True)
     report, artifacts = evaluate(digits.train, digits.test, settings, data={
