@@ -65,7 +65,7 @@ DataOpt = Annotated[str, typer.Option("--data", "-d", help="mnist, mnist-5k, fas
 DataDirOpt = Annotated[Optional[Path], typer.Option(help="Extra folder searched for named datasets.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or spinner.")]
-SeedOpt = Annotated[int, typer.Option(help="Random seed: same seed, same output.")]
+SeedOpt = Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed: same seed, same output.")]
 FitSplitOpt = Annotated[SplitName, typer.Option(
     "--split", help="Split to fit on: test or all for a source without a train split, such as a .npy.")]
 

@@ -177,6 +177,19 @@ def test_wrong_image_size_and_test_only_source_in_a_subprocess(tmp_path, shared_
     assert not (tmp_path / "f.npy").exists()
 
 
+@pytest.mark.parametrize("command", [["fit", "fisher", "--data", "digits", "-o", "m.npz"],
+                                     ["fit", "vae", "--data", "digits", "-o", "m.npz"],
+                                     ["encode", "--data", "digits", "-o", "f.npy"],
+                                     ["evaluate", "--data", "digits"],
+                                     ["sample", "--model", "m.npz", "-o", "s.png"]], ids=lambda c: c[0] + c[1] * (c[0] == "fit"))
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_a_seed_numpy_cannot_take_is_a_usage_error(tmp_path, command, seed):
+    # numpy's 'Seed must be between 0 and 2**32 - 1' came out as a traceback
+    result = runner.invoke(app, [*command, "--seed", seed])
+    assert result.exit_code == 2 and "Invalid value for '--seed'" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_fit_fisher_on_a_npy_of_unlabelled_images_needs_split_test(tmp_path, digits):
     np.save(tmp_path / "mine.npy", digits.train.images[:300])
     refused = runner.invoke(app, ["fit", "fisher", "--data", str(tmp_path / "mine.npy"), "-o", str(tmp_path / "m.npz"),
