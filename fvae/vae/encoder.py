@@ -39,7 +39,9 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         binarization; its test ELBOs are ~15 nats lower on MNIST and not comparable with
         thresholded ones).
     gaussian_variance : float or None, default=None
-        Fixed variance of the Gaussian likelihood; None learns one per pixel.
+        Fixed variance of the Gaussian likelihood; None learns one, shared by all pixels and set
+        in each training step to the batch's mean squared error, its maximum-likelihood value
+        (the σ-VAE's calibrated decoder; see :mod:`fvae.vae.model`).
     beta : float, default=1.0
     warmup_epochs : int, default=0
         Epochs over which the KL weight ramps up to ``beta``. Early stopping judges only the

@@ -9,8 +9,13 @@ Encoder :math:`q(z|x) = N(\mu(x), \mathrm{diag}\,\sigma^2(x))` with a log-varian
     \mathrm{KL} = \tfrac12 \sum_j \left(\mu_j^2 + \sigma_j^2 - 1 - \log \sigma_j^2\right)
 
 Likelihoods: ``bernoulli`` (logits; the targets are the binarized or the grey pixels) and
-``gaussian`` (sigmoid mean, fixed or learned per-pixel variance):
-:math:`\log p(x|z) = -\tfrac12 \sum_i [(x_i - m_i)^2/s_i^2 + \log 2\pi s_i^2]`.
+``gaussian`` (sigmoid mean, fixed or learned variance):
+:math:`\log p(x|z) = -\tfrac12 \sum_i [(x_i - m_i)^2/s^2 + \log 2\pi s^2]`. A learned
+variance is the σ-VAE's calibrated decoder (Rybkin et al. 2021): one variance shared by all
+pixels, set in each training step to its maximum-likelihood value, the batch's mean squared
+error, and kept for evaluation as BatchNorm keeps its statistics. Learned by Adam instead, it
+needs thousands of steps to fall from 1 to the data's ~0.01, and while it is large the KL term
+wins: on 8x8 digits every latent unit collapsed.
 Training minimizes :math:`-(\log p(x|z) - \beta_t \mathrm{KL})`, where :math:`\beta_t` ramps
 linearly from 0 to ``beta`` over the warm-up epochs.
 
@@ -30,6 +35,9 @@ from keras import layers, ops
 
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
+#: Floor of a learned Gaussian variance: the variance of 8-bit quantization noise, (1/255)^2 / 12;
+#: finer is not in the data, and the likelihood of a perfect fit would grow without bound.
+MIN_OUTPUT_VARIANCE = (1 / 255) ** 2 / 12
 BINARIZATIONS = ("none", "threshold", "dynamic")
 LOG_2PI = math.log(2 * math.pi)
 
@@ -163,10 +171,10 @@ class VAE(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.output_log_var = None
         if likelihood == "gaussian":
-            fixed = gaussian_variance is not None
+            # One value per pixel: files of earlier versions learned each pixel's variance.
             self.output_log_var = self.add_weight(
-                shape=(self.image_shape[0] * self.image_shape[1],), trainable=not fixed, name="output_log_var",
-                initializer=keras.initializers.Constant(math.log(gaussian_variance) if fixed else 0.0),
+                shape=(self.image_shape[0] * self.image_shape[1],), trainable=False, name="output_log_var",
+                initializer=keras.initializers.Constant(0.0 if gaussian_variance is None else math.log(gaussian_variance)),
             )
         # KL weight of the loss, stepped by the warm-up callback; not the ELBO's.
         self.kl_weight = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.beta),
@@ -198,17 +206,28 @@ class VAE(keras.Model):
         """Pixel means in [0, 1] from the decoder output."""
         return ops.sigmoid(decoded)
 
-    def log_likelihood(self, targets, decoded):
-        """log p(x|z) per image, in nats."""
+    def log_likelihood(self, targets, decoded, fit_variance=False):
+        """log p(x|z) per image, in nats.
+
+        With ``fit_variance`` (a training step), a learned Gaussian variance is first set to its
+        maximum-likelihood value for this batch, the mean squared error (at least
+        ``MIN_OUTPUT_VARIANCE``), and the likelihood is taken at it.
+        """
         n = ops.shape(targets)[0]
         targets = ops.reshape(targets, (n, -1))
         decoded = ops.reshape(decoded, (n, -1))
         if self.likelihood == "bernoulli":
             # -BCE with logits, stable form: t*l - softplus(l)
             return ops.sum(targets * decoded - ops.softplus(decoded), axis=-1)
-        mean = ops.sigmoid(decoded)
+        squared = ops.square(targets - ops.sigmoid(decoded))
         log_var = self.output_log_var
-        return -0.5 * ops.sum(LOG_2PI + log_var + ops.square(targets - mean) * ops.exp(-log_var), axis=-1)
+        if fit_variance and self.gaussian_variance is None:
+            # At the optimum the likelihood's gradient in the variance is 0, so stopping it there
+            # leaves the other gradients as they are.
+            mse = ops.maximum(ops.stop_gradient(ops.mean(squared)), MIN_OUTPUT_VARIANCE)
+            log_var = ops.full(ops.shape(self.output_log_var), ops.log(mse))
+            self.output_log_var.assign(log_var)
+        return -0.5 * ops.sum(LOG_2PI + log_var + squared * ops.exp(-log_var), axis=-1)
 
     @property
     def target_binarization(self) -> str:
@@ -230,13 +249,16 @@ class VAE(keras.Model):
         labels : tensor of shape (n,), int, only for a conditional VAE
         eps : tensor of shape (n, latent_dim), default=None
             The standard normal noise; drawn from the model's seed generator when None.
+        training : bool, default=False
+            A training step: dropout is on, and a learned Gaussian variance is fitted to the
+            batch (:meth:`log_likelihood`).
         """
         mean, log_var = self.encode(images, labels, training=training)
         if eps is None:
             eps = keras.random.normal(ops.shape(mean), seed=self.seed_generator)
         z = mean + ops.exp(0.5 * log_var) * eps
         decoded = self.decode(z, labels, training=training)
-        reconstruction = self.log_likelihood(self.targets(images), decoded)
+        reconstruction = self.log_likelihood(self.targets(images), decoded, fit_variance=training)
         return reconstruction, kl_divergence(mean, log_var)
 
     # -- Keras protocol -----------------------------------------------------------------------
