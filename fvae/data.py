@@ -425,7 +425,7 @@ def _as_uint8_images(images: np.ndarray, where) -> np.ndarray:
         return images
     if images.dtype == bool:  # binarized images: True is a full pixel
         return images.astype(np.uint8) * np.uint8(255)
-    if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+    if not _is_pixel_dtype(images.dtype):
         raise DataError(f"{where}: images must be real numbers, not dtype {images.dtype}")
     values = np.asarray(images, dtype=np.float64)
     if not np.isfinite(values).all():
@@ -804,7 +804,7 @@ def check_image_batch(X, image_shape=None, where: str = "input") -> np.ndarray:
     if hasattr(X, "toarray"):  # scipy.sparse: np.asarray would wrap it in an object array
         raise InputError(f"{where}: sparse matrices are not supported: pass dense images (X.toarray())")
     X = X if isinstance(X, np.ndarray) else np.asarray(X)
-    if not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating) or X.dtype == bool):
+    if not _is_pixel_dtype(X.dtype):
         raise InputError(f"{where}: images must be arrays of real numbers, got dtype {X.dtype}")
     if X.ndim == 2:
         if image_shape is None:
@@ -821,6 +821,11 @@ def check_image_batch(X, image_shape=None, where: str = "input") -> np.ndarray:
     if len(X) == 0:
         raise InputError(f"{where}: no images")
     return X
+
+
+def _is_pixel_dtype(dtype) -> bool:
+    """Integers, floats or booleans: what pixels can be (not complex, object or strings)."""
+    return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == bool
 
 
 def is_whole_number(value, minimum: int = 0) -> bool:
