@@ -173,9 +173,13 @@ def fit_fisher(
     data: DataOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.npz).")],
     components: Annotated[int, typer.Option(help="GMM components K.")] = 64,
-    pca: Annotated[int, typer.Option(help="PCA dimension of the patch descriptors.")] = 32,
-    patch_size: Annotated[int, typer.Option(help="Patch side in pixels.")] = 7,
-    stride: Annotated[int, typer.Option(help="Step between patches in pixels.")] = 2,
+    pca: Annotated[Optional[int], typer.Option(
+        help="PCA dimension of the patch descriptors (default: 32, or 12 on images under 14 pixels a side, "
+             "at most the patch's pixels).")] = None,
+    patch_size: Annotated[Optional[int], typer.Option(
+        help="Patch side in pixels (default: 7; 4 on images under 14 pixels a side).")] = None,
+    stride: Annotated[Optional[int], typer.Option(
+        help="Step between patches in pixels (default: 2; 1 on images under 14 pixels a side).")] = None,
     patch_norm: Annotated[PatchNorm, typer.Option(help="Per-patch normalization.")] = PatchNorm.none,
     whiten: Annotated[bool, typer.Option(help="Whiten the PCA output.")] = False,
     xy: Annotated[bool, typer.Option(help="Append patch positions to descriptors.")] = True,
@@ -196,6 +200,7 @@ def fit_fisher(
     import time
 
     from .data import load_dataset
+    from .fisher import patch_defaults
     from .persist import refuse_overwrite
 
     if alpha is not None and not improved:
@@ -205,20 +210,22 @@ def fit_fisher(
     refuse_overwrite(output, force=force)
     dataset = load_dataset(data, data_dir)
     train = _fitting_split(dataset, split)
+    patches = patch_defaults(dataset.image_shape, patch_size=patch_size, stride=stride, pca_components=pca)
     encoder = _fisher_encoder(
-        n_components=components, pca_components=pca, patch_size=patch_size, stride=stride,
+        **patches, n_components=components,
         patch_normalization=patch_norm.value, whiten=whiten, xy=xy, spatial_pyramid=pyramid,
         improved=improved, weight_gradients=weight_gradients, intra_normalization=intra_norm,
         n_descriptor_samples=samples, max_iter=em_iter, random_state=seed, **given,
     )
     started = time.perf_counter()
-    doing = f"fitting fisher on {len(train):,} images: PCA to {pca} dims, a GMM of {components} components"
+    doing = (f"fitting fisher on {len(train):,} images: PCA to {encoder.pca_components} dims, "
+             f"a GMM of {components} components")
     with _status(doing, quiet):
         encoder.fit(train.images)
     checksum = encoder.save(output, force=force)
     typer.echo(
         f"fitted fisher on {len(train):,} {dataset.name} {split.value} images in {time.perf_counter() - started:.1f} s; "
-        f"{encoder.n_features_out_} dims; wrote {output} (checksum {checksum[:12]})"
+        f"{encoder.n_features_out_:,} dims; wrote {output} (checksum {checksum[:12]})"
     )
 
 

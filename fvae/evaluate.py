@@ -126,20 +126,17 @@ def default_encoder(method: str, image_shape, *, seed: int = 0, vae_seconds: flo
     """The encoder ``fvae encode`` fits when it is given no model: the method's defaults, adapted
     to the image.
 
-    Fisher Vectors use 7x7 patches at stride 2, except on images under 14 pixels a side (such as
-    the 8x8 digits), where those leave too few patches for the 2x2 pyramid: 4x4 at stride 1,
-    reduced by PCA to 12 dimensions.
+    Fisher Vectors take their patches and PCA dimension from :func:`fvae.fisher.patch_defaults`:
+    7x7 at stride 2, or 4x4 at stride 1 on images under 14 pixels a side (such as the 8x8 digits).
     """
     if method == "vae":
         from .vae import VAEEncoder
 
         return VAEEncoder(random_state=seed, max_seconds=vae_seconds)
     if method == "fisher":
-        from .fisher import FisherVectorEncoder
+        from .fisher import FisherVectorEncoder, patch_defaults
 
-        if min(image_shape) < 14:
-            return FisherVectorEncoder(patch_size=4, stride=1, pca_components=12, random_state=seed)
-        return FisherVectorEncoder(random_state=seed)
+        return FisherVectorEncoder(**patch_defaults(image_shape), random_state=seed)
     raise InputError(f"no default encoder for method {method!r}")
 
 

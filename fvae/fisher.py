@@ -542,6 +542,35 @@ def fit_gmm(samples: np.ndarray, n_components: int, *, reg_covar: float, max_ite
     return gmm.weights_.astype(np.float64), gmm.means_.astype(np.float64), gmm.covariances_.astype(np.float64)
 
 
+def patch_defaults(image_shape, *, patch_size=None, stride=None, pca_components=None) -> dict:
+    """The patch size, stride and PCA dimension, with fvae's choice for each one not given.
+
+    7x7 patches at stride 2 reduced to 32 dimensions, except on images under 14 pixels a side
+    (such as the 8x8 digits), where those leave too few patches for the 2x2 spatial pyramid:
+    4x4 patches at stride 1, reduced to 12 dimensions. The PCA dimension chosen is never more
+    than a patch's pixels.
+
+    Parameters
+    ----------
+    image_shape : tuple of (h, w)
+    patch_size, stride, pca_components : int or None, default=None
+        The user's choices; None for fvae's.
+
+    Returns
+    -------
+    dict
+        ``patch_size``, ``stride`` and ``pca_components``, as :class:`FisherVectorEncoder` takes them.
+    """
+    small = min(image_shape) < 14
+    if patch_size is None:
+        patch_size = 4 if small else 7
+    if stride is None:
+        stride = 1 if small else 2
+    if pca_components is None:
+        pca_components = min(12 if small else 32, patch_size**2)
+    return {"patch_size": patch_size, "stride": stride, "pca_components": pca_components}
+
+
 # ----------------------------------------------------------------------------------------------------
 # the estimator
 

@@ -49,8 +49,23 @@ def test_encode_without_model_adapts_the_default_patches_to_small_images(tmp_pat
     assert np.load(tmp_path / "f.npy").shape == (360, model.n_features_out_)
 
 
+def test_fit_fisher_adapts_the_patches_it_is_not_given_to_small_images(tmp_path):
+    # it used to fail on digits with its 28x28 defaults, while encode without --model adapted them
+    result = runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(tmp_path / "m.npz"), "--samples", "4000"])
+    assert result.exit_code == 0, result.output
+    assert "8,960 dims" in result.output  # 5 cells x 2 x 64 components x (12 + 2 xy)
+    model = fvae.load(tmp_path / "m.npz")
+    assert (model.patch_size, model.stride, model.pca_components) == (4, 1, 12)
+    chosen = runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(tmp_path / "p.npz"), "--samples", "4000",
+                                 "--patch-size", "3", "--components", "8"])
+    assert chosen.exit_code == 0, chosen.output
+    model = fvae.load(tmp_path / "p.npz")
+    assert (model.patch_size, model.stride, model.pca_components) == (3, 1, 9)  # a 3x3 patch has 9 pixels
+
+
 def test_too_small_images_for_the_chosen_patches_fail_with_one_line(tmp_path):
-    result = runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(tmp_path / "m.npz")])
+    result = runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(tmp_path / "m.npz"),
+                                 "--patch-size", "7", "--stride", "2", "--pca", "32"])
     assert result.exit_code == 2  # 7x7 patches at stride 2 on 8x8 images: too few for the 2x2 pyramid
     assert "quadrants" in result.output
     assert not (tmp_path / "m.npz").exists()

@@ -310,3 +310,15 @@ def test_kernels_compile_without_a_writable_cache_location(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == f"(5, {4 * 5 * 2 * 6}) True"
+
+
+@pytest.mark.parametrize("shape, given, expected", [
+    ((28, 28), {}, (7, 2, 32)),
+    ((8, 8), {}, (4, 1, 12)),
+    ((13, 40), {}, (4, 1, 12)),  # the smaller side decides
+    ((28, 28), {"patch_size": 4}, (4, 2, 16)),  # PCA never asks for more dimensions than a patch has
+    ((8, 8), {"stride": 2, "pca_components": 5}, (4, 2, 5)),
+])
+def test_patch_defaults_fill_only_what_the_user_left_out(shape, given, expected):
+    chosen = fisher.patch_defaults(shape, **given)
+    assert (chosen["patch_size"], chosen["stride"], chosen["pca_components"]) == expected
