@@ -665,7 +665,7 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
         results, reconstructions = {}, {}
         vae_section = None
         for name, enc in encodings.items():
-            log.info("probing %s codes (%d dims)", name, enc.test.shape[1])
+            log.info("probing %s codes (%s dims)", name, f"{enc.test.shape[1]:,}")
             space = ProbeSpace(enc.train, enc.test)
             logistic = logistic_probe(space, probe_labels, test.labels, c_grid=settings.c_grid,
                                       seed=settings.seed, classes=classes)
@@ -748,7 +748,7 @@ def comparison_rows(report: dict) -> list[list[str]]:
         own = r["reconstruction"]["own"]
         fit = r["cost"]["fit_seconds"]
         rows.append([
-            name, str(r["dim"]), f"{c['logistic']['accuracy']:.4f}", f"{c['logistic']['macro_f1']:.4f}",
+            name, f"{r['dim']:,}", f"{c['logistic']['accuracy']:.4f}", f"{c['logistic']['macro_f1']:.4f}",
             f"{c['knn']['accuracy']:.4f}", "-" if few is None else f"{few['accuracy_mean']:.4f}",
             f"{r['reconstruction']['ridge']['mse']:.4f}", "-" if own is None else f"{own['mse']:.4f}",
             "reused" if fit is None else f"{fit:.1f}", f"{r['cost']['encode_images_per_second']:,.0f}",

@@ -211,6 +211,8 @@ def test_cli_writes_every_file_valid(cli_run):
     assert all(f"](figures/{name}.png)" in markdown for name in FIGURES)
     for encoding in ("fisher", "vae", "pca", "raw"):
         assert f"| {encoding} " in markdown and f"| {encoding} " in result.stdout  # the table, printed too
+    fisher_dim = report["encodings"]["fisher"]["dim"]
+    assert fisher_dim > 1000 and f"| fisher   | {fisher_dim:,} |" in markdown  # 8,960, not 8960
     assert (run / "models" / "fisher.npz").exists() and (run / "models" / "vae.npz").exists()
     assert report["encodings"]["vae"]["cost"]["model_path"] == "models/vae.npz"
     assert not list((cwd / "runs").glob(".*"))  # no temporary folder left behind
