@@ -453,7 +453,7 @@ def encode(
         raise typer.Exit(130) from None
     speed = f" ({sidecar['images_per_second']:,.0f} img/s)" if sidecar["images_per_second"] else ""
     resumed = f", {sidecar['resumed_chunks']} chunks kept from the interrupted run" if sidecar["resumed_chunks"] else ""
-    typer.echo(f"encoded {sidecar['n_images']:,} images -> {sidecar['shape'][1]} dims in "
+    typer.echo(f"encoded {sidecar['n_images']:,} images -> {sidecar['shape'][1]:,} dims in "
                f"{sidecar['encode_seconds']:.1f} s{speed}{resumed}; wrote {output}")
 
 

@@ -78,6 +78,7 @@ def test_encode_without_model_on_mnist_5k(tmp_path):
     features = np.load(tmp_path / "f.npy")
     assert features.shape == (1000, model.n_features_out_)
     assert json.loads((tmp_path / "f.json").read_text())["model_checksum"] == model.checksum_
+    assert "encoded 1,000 images -> 21,760 dims in " in result.output
 
 
 def test_existing_outputs_are_not_overwritten_without_force(tmp_path):
