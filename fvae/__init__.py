@@ -6,7 +6,9 @@ only when a VAE is built or loaded.
 
 __version__ = "0.1.0"
 
-from .errors import DataError, FvaeError, InputError, ModelFileError, OutputExistsError  # noqa: E402
+from .errors import (  # noqa: E402
+    DataError, FvaeError, InputError, ModelFileError, OutputExistsError, TrainingInterrupted,
+)
 
 _LAZY = {
     "Dataset": "data",
@@ -63,4 +65,5 @@ __all__ = [
     "InputError",
     "ModelFileError",
     "OutputExistsError",
+    "TrainingInterrupted",
 ]

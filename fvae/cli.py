@@ -272,6 +272,8 @@ def fit_vae(
     numbers.
 
     The test numbers are left out when the test images were trained on (--split test or all).
+    Ctrl-C after the first epoch stops the training there and keeps the best epoch so far: it is
+    saved, evaluated and drawn as usual, and the command exits with code 130.
     """
     import time
 
@@ -322,6 +324,8 @@ def fit_vae(
     typer.echo(f"wrote {output} (checksum {result['checksum'][:12]}), {result['history']['json']}, {result['history']['csv']}")
     if result["figures"]:
         typer.echo(f"figures: {', '.join(str(p) for p in result['figures'])}")
+    if result["interrupted"]:  # everything above is complete, but the command did not run to its end
+        raise typer.Exit(130)
 
 
 def _fitting_split(dataset, split: SplitName):

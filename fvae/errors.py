@@ -19,3 +19,11 @@ class ModelFileError(FvaeError):
 
 class OutputExistsError(FvaeError, FileExistsError):
     """An output file exists already and ``force`` was not given."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C) after at least one finished epoch.
+
+    The estimator is left fitted with the weights training kept, as early stopping would leave
+    it, so a caller can still save it; a caller that does not catch this sees the interrupt.
+    """

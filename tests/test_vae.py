@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import math
+import signal
 import zipfile
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from sklearn.base import clone
 
 pytest.importorskip("tensorflow", reason="the VAE needs TensorFlow, a core dependency of fvae")
+import keras  # noqa: E402
 
 from conftest import fvae_cli  # noqa: E402
 import fvae  # noqa: E402
@@ -519,3 +521,64 @@ def test_cli_marks_warm_up_epochs_and_warns_when_the_warm_up_cannot_finish(tmp_p
     assert warning == ("fvae: WARNING: the KL warm-up did not finish (2 of 5 epochs): the KL weight reached 0.4, "
                        "not beta = 1; the last epoch's weights are kept")
     assert "2 epochs (epoch limit), best epoch 2," in fit.stdout
+
+
+class _CtrlC(keras.callbacks.Callback):
+    """Raise KeyboardInterrupt, as Ctrl-C does, in the middle of epoch ``epoch`` (0-based)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == 2:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("validation_fraction", [0.1, 0.0], ids=["best-epoch", "no-validation"])
+def test_ctrl_c_after_an_epoch_leaves_the_encoder_fitted_as_if_training_had_stopped_there(digits, validation_fraction):
+    images = digits.train.images[:600]
+    settings = {**TINY, "epochs": 50, "validation_fraction": validation_fraction}
+    interrupted = VAEEncoder(**settings)
+    with pytest.raises(fvae.TrainingInterrupted) as caught:
+        interrupted.fit(images, callbacks=[_CtrlC(epoch=2)])
+    assert isinstance(caught.value, KeyboardInterrupt)
+    history = interrupted.history_
+    assert (history["epochs_run"], history["stopped_by"]) == (2, "interrupted")
+    assert len(history["elbo"]) == len(history["seconds"]) == 2
+    # the weights are those a two-epoch training keeps (its best epoch, or its last without validation)
+    two_epochs = VAEEncoder(**{**settings, "epochs": 2}).fit(images)
+    assert history["best_epoch"] == two_epochs.history_["best_epoch"]
+    np.testing.assert_array_equal(interrupted.transform(digits.test.images), two_epochs.transform(digits.test.images))
+
+
+def test_ctrl_c_in_the_first_epoch_propagates_and_fits_nothing(digits):
+    encoder = VAEEncoder(**TINY)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        encoder.fit(digits.train.images[:600], callbacks=[_CtrlC(epoch=0)])
+    assert not isinstance(caught.value, fvae.TrainingInterrupted)
+    assert not hasattr(encoder, "model_")
+
+
+def test_cli_ctrl_c_in_fit_vae_saves_the_best_epoch_so_far(tmp_path):
+    run = fvae_cli("fit", "vae", "--data", "digits", "-o", "vae.npz", "--arch", "mlp", "--hidden", "16",
+                   "--epochs", "5000", "--patience", "5000", "--figures", "figs", cwd=tmp_path, wait=False)
+    lines = []
+    for line in run.stderr:  # one line per finished epoch (stderr is a pipe)
+        lines.append(line)
+        if line.startswith("epoch 2/5000"):
+            run.send_signal(signal.SIGINT)
+            break
+    stdout, rest = run.communicate(timeout=300)
+    stderr = "".join(lines) + rest
+    assert run.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted in epoch " in stderr
+    history = json.loads((tmp_path / "vae.history.json").read_text())
+    assert history["stopped_by"] == "interrupted" and 2 <= history["epochs_run"] < 5000
+    assert f"{history['epochs_run']} epochs (interrupted), best epoch {history['best_epoch'] + 1}" in stdout
+    assert "test: ELBO" in stdout and "figures: " in stdout
+    codes = fvae.load(tmp_path / "vae.npz").transform(fvae.load_dataset("digits").test.images)
+    assert codes.shape == (360, 32) and np.isfinite(codes).all()

@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ..data import check_image_batch, is_whole_number, to_unit_float
-from ..errors import InputError, ModelFileError
+from ..errors import InputError, ModelFileError, TrainingInterrupted
 from ..persist import ZIP_DATE, atomic_output, load_model, refuse_overwrite, save_model
 from .model import ARCHITECTURES, BINARIZATIONS, LIKELIHOODS
 
@@ -126,6 +126,13 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         Returns
         -------
         self
+
+        Raises
+        ------
+        TrainingInterrupted
+            On Ctrl-C once an epoch has finished, with the encoder fitted: the best epoch's
+            weights, ``history_["stopped_by"] == "interrupted"``. It is a ``KeyboardInterrupt``;
+            before the first epoch finishes, a plain one propagates and no model is kept.
         """
         import keras
 
@@ -138,18 +145,21 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         keras.utils.set_random_seed(self.random_state)
         self.image_shape_ = tuple(int(s) for s in images.shape[1:])
         self.n_features_in_ = int(np.prod(self.image_shape_))
-        self.model_ = VAE(
+        model = VAE(
             self.image_shape_, latent_dim=self.latent_dim, arch=self.arch, hidden=tuple(self.hidden),
             likelihood=self.likelihood, binarization=self.binarization, gaussian_variance=self.gaussian_variance,
             beta=self.beta, dropout=self.dropout, n_classes=self.n_classes_ if self.conditional else 0,
             seed=self.random_state,
         )
         self.history_ = train(
-            self.model_, images, labels, epochs=self.epochs, batch_size=self.batch_size,
+            model, images, labels, epochs=self.epochs, batch_size=self.batch_size,
             learning_rate=self.learning_rate, validation_fraction=self.validation_fraction,
             patience=self.patience, warmup_epochs=self.warmup_epochs, max_seconds=self.max_seconds,
             seed=self.random_state, callbacks=list(callbacks), verbose=self.verbose,
         )
+        self.model_ = model
+        if self.history_["stopped_by"] == "interrupted":
+            raise TrainingInterrupted(f"interrupted after {self.history_['epochs_run']} epochs")
         return self
 
     def _check_params(self):
@@ -440,10 +450,14 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
     """Fit ``encoder`` on a train split, save it with its history, evaluate it on the test split
     (when there is one) and draw the figures. The library side of ``fvae fit vae``.
 
+    A Ctrl-C once an epoch has finished ends the training only: the best epoch so far is saved,
+    evaluated and drawn like a finished training's, and ``interrupted`` says so.
+
     Returns
     -------
     dict
-        ``checksum``, ``history`` paths, ``test`` numbers (or None), ``figures`` paths.
+        ``checksum``, ``history`` paths, ``test`` numbers (or None), ``figures`` paths,
+        ``interrupted``.
     """
     from .train import progress_frames
 
@@ -453,7 +467,11 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
         _check_figures_dir(Path(figures_dir), encoder, force)
         n_classes = int(np.max(train.labels)) + 1 if encoder.conditional and train.labels is not None else 0
         callbacks.append(progress_frames(encoder.latent_dim, n_classes))
-    encoder.fit(train.images, train.labels if encoder.conditional else None, callbacks=callbacks)
+    interrupted = False
+    try:
+        encoder.fit(train.images, train.labels if encoder.conditional else None, callbacks=callbacks)
+    except TrainingInterrupted:
+        interrupted = True
     checksum = encoder.save(model_path, force=force)
     history = write_history(encoder.history_, model_path, force=force)
     scores = None
@@ -465,7 +483,7 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
 
         shown = test if test is not None and len(test) else train
         figures = vae_figures(encoder, shown.images, shown.labels, figures_dir, frames=callbacks[0].frames, force=force)
-    return {"checksum": checksum, "history": history, "test": scores, "figures": figures}
+    return {"checksum": checksum, "history": history, "test": scores, "figures": figures, "interrupted": interrupted}
 
 
 def _check_figures_dir(figures_dir: Path, encoder: VAEEncoder, force: bool) -> None:

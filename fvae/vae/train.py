@@ -75,6 +75,8 @@ class BestOnValidationElbo(keras.callbacks.Callback):
                 self.best, self.best_epoch, self.best_weights = float(elbo), epoch, self.model.get_weights()
             if epoch - max(self.best_epoch, self.start_epoch) >= self.patience:
                 self.model.stop_training, self.stop_reason = True, "early stopping"
+        if self.best_weights is None:  # the weights an interrupt in the next epoch falls back to
+            self.last_weights = self.model.get_weights()
         if self.max_seconds is not None and time.perf_counter() - self.started >= self.max_seconds:
             self.model.stop_training, self.stop_reason = True, "time limit"
 
@@ -83,6 +85,14 @@ class BestOnValidationElbo(keras.callbacks.Callback):
             self.model.set_weights(self.best_weights)
         else:
             self.best_epoch = self.last_epoch
+
+    def interrupted(self):
+        """End an interrupted training as a stopped one: the best epoch's weights, or those of the
+        last finished epoch when none was judged best. Keras calls no ``on_train_end`` then."""
+        if self.best_weights is None:
+            self.model.set_weights(self.last_weights)
+        self.stop_reason = "interrupted"
+        self.on_train_end()
 
 
 class EpochLines(keras.callbacks.Callback):
@@ -158,12 +168,16 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
     goes to stderr: ``verbose`` 0 shows none, 1 a progress bar through each epoch and a line
     per epoch (:class:`EpochProgressBar`), 2 the lines only (:class:`EpochLines`).
 
+    An interrupt (Ctrl-C, ``KeyboardInterrupt``) once an epoch has finished stops training as
+    early stopping would: the best epoch's weights are kept and ``stopped_by`` says
+    ``"interrupted"``. Before the first epoch finishes, it propagates.
+
     Returns
     -------
     dict
         Per-epoch lists (``loss``, ``elbo``, ``reconstruction``, ``kl`` and their ``val_``
         versions, ``seconds``), plus ``best_epoch`` (0-based), ``stopped_by`` (``"epoch limit"``,
-        ``"early stopping"`` or ``"time limit"``) and ``epochs_run``.
+        ``"early stopping"``, ``"time limit"`` or ``"interrupted"``) and ``epochs_run``.
     """
     order = np.random.default_rng(seed).permutation(len(images))
     n_val = int(round(validation_fraction * len(images))) if validation_fraction else 0
@@ -180,22 +194,31 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile,
                   steps_per_execution=steps_per_execution)
     stopper = BestOnValidationElbo(patience, max_seconds, start_epoch=max(warmup_epochs - 1, 0))
-    timer = _EpochTimer()
+    record = _EpochRecord()
     if verbose == 1:
         shown = [EpochProgressBar(epochs, steps=math.ceil(len(train_idx) / batch_size), stopper=stopper)]
     else:
         shown = [EpochLines(epochs, stopper)] if verbose else []
+    interrupted = False
     try:
-        history = model.fit(train_data, validation_data=val_data, epochs=epochs, verbose=0, shuffle=False,
-                            callbacks=[KLWarmup(model.beta, warmup_epochs), stopper, timer, *shown, *callbacks])
+        model.fit(train_data, validation_data=val_data, epochs=epochs, verbose=0, shuffle=False,
+                  callbacks=[KLWarmup(model.beta, warmup_epochs), stopper, record, *shown, *callbacks])
+    except KeyboardInterrupt:
+        if not record.seconds:  # not one epoch finished: nothing worth keeping
+            raise
+        interrupted = True
     finally:  # Keras calls no callback when fit is interrupted: take a bar down, or the cursor stays hidden
         for shower in shown:
             shower.close()
-    result = {name: [float(v) for v in values] for name, values in history.history.items()}
-    result["seconds"] = timer.seconds
+    if interrupted:
+        stopper.interrupted()
+        log.warning("interrupted in epoch %d: training stopped there, with the weights of epoch %d",
+                    len(record.seconds) + 1, stopper.best_epoch + 1)
+    result = dict(record.history)
+    result["seconds"] = record.seconds
     result["best_epoch"] = stopper.best_epoch  # the last epoch when nothing was validated
     result["stopped_by"] = stopper.stop_reason
-    result["epochs_run"] = len(timer.seconds)
+    result["epochs_run"] = len(record.seconds)
     if result["epochs_run"] < warmup_epochs:
         log.warning("the KL warm-up did not finish (%d of %d epochs): the KL weight reached %.3g, not beta = %g; "
                     "the last epoch's weights are kept", result["epochs_run"], warmup_epochs,
@@ -204,11 +227,16 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
     return result
 
 
-class _EpochTimer(keras.callbacks.Callback):
+class _EpochRecord(keras.callbacks.Callback):
+    """Each finished epoch's logs and its time since training began. Unlike the History that
+    ``fit`` returns, it is still there when ``fit`` is interrupted."""
+
     def on_train_begin(self, logs=None):
-        self.seconds, self.started = [], time.perf_counter()
+        self.history, self.seconds, self.started = {}, [], time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            self.history.setdefault(name, []).append(float(value))
         self.seconds.append(round(time.perf_counter() - self.started, 3))
 
 
