@@ -189,7 +189,7 @@ def fit_fisher(
     weight_gradients: Annotated[bool, typer.Option(help="Add mixture-weight gradients.")] = False,
     intra_norm: Annotated[bool, typer.Option(help="Intra-normalize per component.")] = False,
     samples: Annotated[int, typer.Option(help="Descriptors sampled to fit PCA and GMM.")] = 50_000,
-    em_iter: Annotated[int, typer.Option(help="EM iterations of the GMM, at most.")] = 100,
+    em_iter: Annotated[int, typer.Option(help="EM iterations of the GMM, at most.")] = 200,
     split: FitSplitOpt = SplitName.train,
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,

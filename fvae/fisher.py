@@ -608,8 +608,9 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         Descriptors sampled at random from the training images to fit the PCA and the GMM.
     reg_covar : float, default=1e-3
         GMM variance floor, relative to the mean variance of the descriptors.
-    max_iter : int, default=100
-        EM iterations of the GMM.
+    max_iter : int, default=200
+        EM iterations of the GMM, at most. Twice scikit-learn's 100: on MNIST's patches EM took
+        84 to 158 iterations to reach ``tol``.
     tol : float, default=1e-3
         EM convergence threshold on the per-descriptor log-likelihood.
     image_shape : tuple of (h, w), default=None
@@ -650,7 +651,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         intra_normalization=False,
         n_descriptor_samples=50_000,
         reg_covar=1e-3,
-        max_iter=100,
+        max_iter=200,
         tol=1e-3,
         image_shape=None,
         n_jobs=None,
