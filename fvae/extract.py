@@ -16,6 +16,7 @@ Output formats, chosen by the suffix of ``out``: ``.npy`` (default), ``.npz`` (`
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -244,6 +245,8 @@ def _run_dask(client, encoder, split, chunks, needs_labels, writer, manifest, pr
 
     # hash=False: a fresh key per run. With content hashing, a second run with the same model would
     # share the key of the first, and the first run's release could drop the model under it.
+    if "n_jobs" in encoder.get_params():  # the workers are the parallelism: threads within a task would
+        encoder = copy.copy(encoder).set_params(n_jobs=1)  # only make joblib warn, in a daemon worker
     model = client.scatter(encoder, broadcast=True, hash=False)
     window = 2 * max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
     pending = iter(chunks)
@@ -474,6 +477,8 @@ def dask_client(scheduler: str | None = None, *, workers: int | None = None):
         with client:
             yield client
         return
+    # The scheduler serves HTTP even without a dashboard, by default on port 8787; where another
+    # cluster holds that port, Dask prints a UserWarning. Any free port will do.
     with LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster) as client:
+                      host="127.0.0.1", dashboard_address=":0") as cluster, Client(cluster) as client:
         yield client
