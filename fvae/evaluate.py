@@ -74,8 +74,8 @@ class Settings:
         if isinstance(self.methods, str) or not self.methods or not set(self.methods) <= set(METHODS):
             raise InputError(f"methods must be a tuple of names from {', '.join(METHODS)}, got {self.methods!r} "
                              "(parse_methods turns 'fisher,pca' into one)")
-        if not is_whole_number(self.seed):
-            raise InputError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        if not (is_whole_number(self.seed) and self.seed < 2**32):  # numpy's seed range
+            raise InputError(f"seed must be a whole number in [0, 2**32 - 1], got {self.seed!r}")
         if not is_whole_number(self.max_train, 1):
             raise InputError(f"max_train must be a whole number >= 1, got {self.max_train!r}")
         # written as "not (inside)" so that NaN is refused too

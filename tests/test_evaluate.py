@@ -160,7 +160,8 @@ def test_methods_are_parsed_and_checked():
     ("methods", "fisher,pca", r"^methods must be a tuple .* \(parse_methods turns 'fisher,pca' into one\)$"),
     ("methods", (), r"^methods must be a tuple"),
     ("max_train", 0, r"^max_train must be a whole number >= 1, got 0$"),
-    ("seed", -1, r"^seed must be a whole number >= 0, got -1$"),
+    ("seed", -1, r"^seed must be a whole number in \[0, 2\*\*32 - 1\], got -1$"),
+    ("seed", 2**32, r"^seed must be a whole number in \[0, 2\*\*32 - 1\], got 4294967296$"),  # was numpy's error
     ("vae_seconds", float("nan"), r"^vae_seconds must be positive, got nan$"),
 ])
 def test_library_settings_are_checked_when_made(field, value, message):
