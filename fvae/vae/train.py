@@ -63,7 +63,7 @@ class BestOnValidationElbo(keras.callbacks.Callback):
         self.patience, self.max_seconds, self.start_epoch = patience, max_seconds, start_epoch
 
     def on_train_begin(self, logs=None):
-        self.best, self.best_epoch, self.best_weights = -math.inf, -1, None
+        self.best, self.best_epoch, self.kept_weights = -math.inf, -1, None
         self.started = time.perf_counter()
         self.stop_reason = "epoch limit"
 
@@ -72,25 +72,22 @@ class BestOnValidationElbo(keras.callbacks.Callback):
         elbo = (logs or {}).get("val_elbo")
         if elbo is not None and epoch >= self.start_epoch:
             if np.isfinite(elbo) and elbo > self.best:
-                self.best, self.best_epoch, self.best_weights = float(elbo), epoch, self.model.get_weights()
+                self.best, self.best_epoch = float(elbo), epoch
             if epoch - max(self.best_epoch, self.start_epoch) >= self.patience:
                 self.model.stop_training, self.stop_reason = True, "early stopping"
-        if self.best_weights is None:  # the weights an interrupt in the next epoch falls back to
-            self.last_weights = self.model.get_weights()
+        if self.best_epoch in (epoch, -1):  # the weights training ends with, were it to end now
+            self.kept_weights = self.model.get_weights()
         if self.max_seconds is not None and time.perf_counter() - self.started >= self.max_seconds:
             self.model.stop_training, self.stop_reason = True, "time limit"
 
     def on_train_end(self, logs=None):
-        if self.best_weights is not None:
-            self.model.set_weights(self.best_weights)
-        else:
+        if self.best_epoch < 0:  # none judged best: the last epoch is
             self.best_epoch = self.last_epoch
+        self.model.set_weights(self.kept_weights)
 
     def interrupted(self):
-        """End an interrupted training as a stopped one: the best epoch's weights, or those of the
-        last finished epoch when none was judged best. Keras calls no ``on_train_end`` then."""
-        if self.best_weights is None:
-            self.model.set_weights(self.last_weights)
+        """End an interrupted training as a stopped one, with the weights it would have ended
+        with after its last finished epoch. Keras calls no ``on_train_end`` then."""
         self.stop_reason = "interrupted"
         self.on_train_end()
 
