@@ -79,7 +79,7 @@ def _label_channels(labels, h, w):
     return layers.UpSampling2D((h, w))(layers.Reshape((1, 1, labels.shape[-1]))(labels))
 
 
-def _build_encoder(image_shape, arch, hidden, latent_dim, n_classes, dropout, labels_as_channels=False):
+def _build_encoder(image_shape, arch, hidden, latent_dim, n_classes, dropout, *, labels_as_channels):
     h, w = image_shape
     images = keras.Input(shape=(h, w), name="images")
     inputs = [images]
