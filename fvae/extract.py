@@ -243,10 +243,10 @@ def _run_dask(client, encoder, split, chunks, needs_labels, writer, manifest, pr
     """
     from distributed import as_completed
 
+    if "n_jobs" in encoder.get_params():  # the workers are the parallelism: threads in each task
+        encoder = copy.copy(encoder).set_params(n_jobs=1)  # would only oversubscribe their cores
     # hash=False: a fresh key per run. With content hashing, a second run with the same model would
     # share the key of the first, and the first run's release could drop the model under it.
-    if "n_jobs" in encoder.get_params():  # the workers are the parallelism: threads within a task would
-        encoder = copy.copy(encoder).set_params(n_jobs=1)  # only make joblib warn, in a daemon worker
     model = client.scatter(encoder, broadcast=True, hash=False)
     window = 2 * max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
     pending = iter(chunks)

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import llvmlite.ir
 import numba
 import numpy as np
-from joblib import Parallel, delayed, effective_n_jobs
+from joblib import Parallel, cpu_count, delayed
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
@@ -792,13 +792,15 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         return fisher_vector_dim(len(self.weights_), self.means_.shape[1], n_cells, self.weight_gradients)
 
     def _n_threads(self) -> int:
-        """The threads ``n_jobs`` asks for, as joblib counts them (-1: every core)."""
+        """The threads ``n_jobs`` asks for, counted as joblib's threading backend counts them
+        (-1: every core, -2: all but one). Not ``joblib.effective_n_jobs``: it asks the default
+        process backend, which in a daemon process (a Dask worker) warns and answers 1."""
         if self.n_jobs is None:
             return 1
         if not is_whole_number(self.n_jobs, -math.inf) or self.n_jobs == 0:
             raise InputError(f"n_jobs must be None, a number of threads >= 1, or negative (-1: every core), "
                              f"got {self.n_jobs!r}")
-        return effective_n_jobs(self.n_jobs)
+        return self.n_jobs if self.n_jobs > 0 else max(1, cpu_count() + 1 + self.n_jobs)
 
     def _check_params(self) -> None:
         if self.patch_normalization not in PATCH_NORMALIZATIONS:

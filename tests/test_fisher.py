@@ -167,6 +167,33 @@ def test_transform_is_independent_of_threads_and_batch(digits):
             encoder.set_params(n_jobs=bad).transform(images)
 
 
+def _threads_asked_in_a_daemon(n_jobs, answers):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            answers.put(FisherVectorEncoder(n_jobs=n_jobs)._n_threads())
+        except Warning as warning:
+            answers.put(f"{type(warning).__name__}: {warning}")
+
+
+def test_threads_are_counted_without_asking_the_process_backend():
+    import multiprocessing
+
+    from joblib import cpu_count
+
+    # A Dask worker is a daemon process: joblib.effective_n_jobs warned there and answered 1
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    for n_jobs in (2, -1):
+        worker = context.Process(target=_threads_asked_in_a_daemon, args=(n_jobs, answers), daemon=True)
+        worker.start()
+        worker.join(60)
+        assert answers.get(timeout=5) == (2 if n_jobs == 2 else cpu_count())
+    assert FisherVectorEncoder(n_jobs=-cpu_count() - 5)._n_threads() == 1  # never fewer than one
+
+
 def test_output_dimension_formula(digits):
     for pyramid, wg in itertools.product([False, True], [False, True]):
         enc = FisherVectorEncoder(spatial_pyramid=pyramid, weight_gradients=wg, **SMALL).fit(digits.train.images)
