@@ -314,10 +314,10 @@ def _check_image_size(encoder, split: Split, metadata: dict) -> None:
                          f"{fitted[0]}x{fitted[1]} images")
 
 
-def _check_labels(encoder, split: Split, metadata: dict) -> None:
+def _check_labels(needs_labels: bool, split: Split, metadata: dict) -> None:
     """Refuse, before any output exists, unlabelled images for a conditional VAE, which encodes
     each image with its label."""
-    if getattr(encoder, "conditional", False) and split.labels is None:
+    if needs_labels and split.labels is None:
         model = metadata.get("model") or "the model"
         raise InputError(f"{_where(metadata)}no labels, and {model} is a conditional VAE: it encodes each image "
                          "with its label")
@@ -378,9 +378,9 @@ def extract_features(
     if force:
         _remove(partial)
         _remove(manifest_path)
-    _check_labels(encoder, split, metadata)
+    needs_labels = bool(getattr(encoder, "conditional", False))  # a conditional VAE encodes (image, label)
+    _check_labels(needs_labels, split, metadata)
     _check_image_size(encoder, split, metadata)
-    needs_labels = bool(getattr(encoder, "conditional", False))
     n, dim = len(split), int(encoder.n_features_out_)
     identity = {**metadata, "n_images": n, "dim": dim, "batch_size": batch_size, "format": fmt}
     reopen = resume and partial.exists() and manifest_path.exists()
