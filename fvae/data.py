@@ -521,11 +521,33 @@ def _read_image_file(file: Path, shape=None) -> np.ndarray:
             pixels = _grey_levels(img)
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{file}: cannot read image ({exc})") from None
-    if shape is not None and pixels.shape != tuple(shape):
-        # height x width, as every other message of fvae (and numpy's shapes) says it
-        raise DataError(f"{file}: {pixels.shape[0]}x{pixels.shape[1]} pixels (height x width), the other images "
-                        f"{shape[0]}x{shape[1]}; all images must have one size")
+    if shape is not None:
+        _check_same_size(file, pixels.shape, shape)
     return pixels
+
+
+def _check_same_size(file: Path, found, shape) -> None:
+    if tuple(found) != tuple(shape):
+        # height x width, as every other message of fvae (and numpy's shapes) says it
+        raise DataError(f"{file}: {found[0]}x{found[1]} pixels (height x width), the other images "
+                        f"{shape[0]}x{shape[1]}; all images must have one size")
+
+
+def _check_image_headers(files, shape) -> None:
+    """Check that every file opens as an image of ``shape``, reading only its header (~25 us).
+
+    Lazy image folders are decoded only when sliced, which for ``encode`` is after a model was
+    fitted on the train split; checking the headers here makes a bad file fail before that work.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                width, height = img.size
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"{file}: cannot read image ({exc})") from None
+        _check_same_size(file, (height, width), shape)
 
 
 def _grey_levels(img) -> np.ndarray:
@@ -548,6 +570,7 @@ def _read_class_folders(folder: Path, class_names: list[str], lazy: bool = False
     shape = _read_image_file(files[0]).shape
     labels = np.asarray(labels, dtype=np.int64)
     if lazy:
+        _check_image_headers(files[1:], shape)
         return Split(ImageFiles(files, shape), labels)
     return Split(np.stack([_read_image_file(f, shape) for f in files]), labels)
 

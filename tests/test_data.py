@@ -150,12 +150,16 @@ def test_image_folder_classes_split_and_grayscale(tmp_path, tiny):
     everything = ds.split("all")
     # grey RGB converts back to the same grey levels
     assert {img.tobytes() for img in everything.images} == {img.tobytes() for img in images}
+    # streaming (lazy) loads decode later, but check every file's size when the source is opened,
+    # so `encode` fails before it fits a model on the train split
     Image.fromarray(np.zeros((3, 5), np.uint8)).save(tmp_path / "imgs" / "class0" / "odd.png")
-    with pytest.raises(DataError, match=r"odd.png: 3x5 pixels \(height x width\), the other images 5x6;"):
-        fvae.load_dataset(tmp_path / "imgs")
+    for lazy in (False, True):
+        with pytest.raises(DataError, match=r"odd.png: 3x5 pixels \(height x width\), the other images 5x6;"):
+            fvae.load_dataset(tmp_path / "imgs", lazy=lazy)
     (tmp_path / "imgs" / "class0" / "odd.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match="odd.png: cannot read image"):
-        fvae.load_dataset(tmp_path / "imgs")
+    for lazy in (False, True):
+        with pytest.raises(DataError, match="odd.png: cannot read image"):
+            fvae.load_dataset(tmp_path / "imgs", lazy=lazy)
 
 
 def test_image_folder_reads_16_bit_greyscale_pngs_scaled_to_8_bits(tmp_path):
