@@ -269,7 +269,9 @@ def encode_all(train: Split, test: Split, probe_index, settings: Settings, *, fi
         encodings[method] = Encoding(method, codes_train, codes_test, seconds, speed, path.stat().st_size,
                                      shown_path, encoder)
     if "pca" in settings.methods:
-        dim = min(latent_dim or EVALUATION_VAE["latent_dim"], int(np.prod(image_shape)), len(train))
+        # n centred images span at most n - 1 directions: an nth component would be rounding noise,
+        # which standardizing in the probes blows up to the size of the signal
+        dim = min(latent_dim or EVALUATION_VAE["latent_dim"], int(np.prod(image_shape)), max(len(train) - 1, 1))
         started = time.perf_counter()
         pca = _PixelPCA(dim, settings.seed).fit(train.images)
         seconds = time.perf_counter() - started
@@ -852,8 +854,10 @@ def pca_size_note(report: dict) -> str:
     if dim == latent:
         return f"PCA has as many components as {whose} ({latent})."
     h, w = report["data"]["image_shape"]
-    fewer = "pixels" if dim == h * w else "train images"
-    return f"PCA has {dim} components, as many as there are {fewer} ({whose} has {latent})."
+    if dim == h * w:
+        return f"PCA has {dim} components, as many as there are pixels ({whose} has {latent})."
+    return (f"PCA has {dim} components, one fewer than there are train images: centred, they span no more "
+            f"({whose} has {latent}).")
 
 
 def _pct(fraction: float) -> str:
