@@ -155,8 +155,9 @@ def datasets(data_dir: DataDirOpt = None):
 
     for row in describe_sources(data_dir):
         if row["available"]:
-            h, w = row["image_shape"]
-            typer.echo(f"{row['name']:<14} yes  train {row['train']:>6}  test {row['test']:>6}  {h}x{w}  {row['location']}")
+            size = "x".join(str(side) for side in row["image_shape"])
+            typer.echo(f"{row['name']:<14} yes  train {row['train']:>6,}  test {row['test']:>6,}  {size:<5}  "
+                       f"{row['location']}")
         else:
             typer.echo(f"{row['name']:<14} no   {row['note']}")
 

