@@ -201,7 +201,6 @@ def fit_fisher(
     import time
 
     from .data import load_dataset
-    from .fisher import patch_defaults
     from .persist import refuse_overwrite
 
     if alpha is not None and not improved:
@@ -211,21 +210,20 @@ def fit_fisher(
     refuse_overwrite(output, force=force)
     dataset = load_dataset(data, data_dir)
     train = _fitting_split(dataset, split)
-    patches = patch_defaults(dataset.image_shape, patch_size=patch_size, stride=stride, pca_components=pca)
     encoder = _fisher_encoder(
-        **patches, n_components=components,
+        patch_size=patch_size, stride=stride, pca_components=pca, n_components=components,
         patch_normalization=patch_norm.value, whiten=whiten, xy=xy, spatial_pyramid=pyramid,
         improved=improved, weight_gradients=weight_gradients, intra_normalization=intra_norm,
         n_descriptor_samples=samples, max_iter=em_iter, random_state=seed, **given,
     )
     started = time.perf_counter()
-    doing = (f"fitting fisher on {len(train):,} images: PCA to {encoder.pca_components} dims, "
-             f"a GMM of {components} components")
-    with _status(doing, quiet):
+    with _status(f"fitting fisher on {len(train):,} images: PCA, then a GMM of {components} components", quiet):
         encoder.fit(train.images)
     checksum = encoder.save(output, force=force)
+    size = encoder.patch_size_
     typer.echo(
-        f"fitted fisher on {len(train):,} {dataset.name} {split.value} images in {time.perf_counter() - started:.1f} s; "
+        f"fitted fisher on {len(train):,} {dataset.name} {split.value} images in {time.perf_counter() - started:.1f} s: "
+        f"{size}x{size} patches at stride {encoder.stride_}, PCA-{encoder.pca_components_}, K={components}; "
         f"{encoder.n_features_out_:,} dims; wrote {output} (checksum {checksum[:12]})"
     )
 
@@ -430,7 +428,7 @@ def encode(
                             f"'fvae fit {method.value} --data {data} --split test -o MODEL', then pass --model MODEL")
         train = dataset.split("train")
         started = time.perf_counter()
-        encoder = default_encoder(method.value, dataset.image_shape, seed=seed)
+        encoder = default_encoder(method.value, seed=seed)
         if method == Method.vae:  # training shows its own epochs
             encoder.set_params(verbose=_training_verbosity(quiet))
         with _status(f"fitting {method.value} on {len(train):,} train images", quiet or method == Method.vae):

@@ -586,10 +586,18 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
     ----------
     n_components : int, default=64
         GMM components K.
-    pca_components : int, default=32
-        Dimension of the PCA-reduced patch descriptor (D is this, plus 2 with ``xy``).
-    patch_size : int, default=7
-    stride : int, default=2
+    pca_components : int, default=None
+        Dimension of the PCA-reduced patch descriptor (D is this, plus 2 with ``xy``). None: 32,
+        or 12 on images under 14 pixels a side, never more than a patch's pixels.
+    patch_size : int, default=None
+        Side of the square patches in pixels. None: 7, or 4 on images under 14 pixels a side.
+    stride : int, default=None
+        Step between patches in pixels. None: 2, or 1 on images under 14 pixels a side.
+
+        What None chooses (:func:`patch_defaults`) is decided in ``fit`` from the image size, so
+        the defaults also suit the 8x8 digits, where 7x7 patches would leave too few for the 2x2
+        pyramid; the values used are the attributes ``patch_size_``, ``stride_`` and
+        ``pca_components_``.
     patch_normalization : {"none", "center", "standardize", "l2"}, default="none"
     whiten : bool, default=False
         Whiten the PCA output.
@@ -625,7 +633,9 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
     image_shape_ : tuple of (h, w)
     n_features_in_ : int
         Pixels per image.
-    pca_projection_ : ndarray of shape (patch_size**2, pca_components)
+    patch_size_, stride_, pca_components_ : int
+        The patch geometry and PCA dimension used: the parameters, or what None chose.
+    pca_projection_ : ndarray of shape (patch_size_**2, pca_components_)
     weights_ : ndarray of shape (n_components,)
     means_, covariances_ : ndarray of shape (n_components, n_features)
     n_features_out_ : int
@@ -638,9 +648,9 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         self,
         *,
         n_components=64,
-        pca_components=32,
-        patch_size=7,
-        stride=2,
+        pca_components=None,
+        patch_size=None,
+        stride=None,
         patch_normalization="none",
         whiten=False,
         xy=True,
@@ -692,6 +702,9 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         """
         self._check_params()
         images = check_image_batch(X, self.image_shape, "fit")
+        sizes = patch_defaults(images.shape[1:], patch_size=self.patch_size, stride=self.stride,
+                               pca_components=self.pca_components)
+        self.patch_size_, self.stride_, self.pca_components_ = sizes["patch_size"], sizes["stride"], sizes["pca_components"]
         layout = self._layout(images.shape[1:])
         rng = check_random_state(self.random_state)
         n_total = len(images) * layout.n_patches
@@ -700,7 +713,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         image_idx, patch_idx = np.divmod(picks, layout.n_patches)
         patches = images.reshape(len(images), -1)[image_idx[:, None], layout.pixels[patch_idx]]
         patches = normalize_patches(to_unit_float(patches, "fit"), self.patch_normalization)
-        self.pca_projection_ = fit_pca(patches, self.pca_components, self.whiten, rng)
+        self.pca_projection_ = fit_pca(patches, self.pca_components_, self.whiten, rng)
         descriptors = project(patches, self.pca_projection_)
         if self.xy:
             descriptors = np.concatenate([descriptors, layout.xy[patch_idx]], axis=1)
@@ -751,7 +764,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         return out
 
     def _patch_descriptors(self, images: np.ndarray, layout: PatchLayout) -> np.ndarray:
-        """PCA-reduced patch descriptors without positions: ``(n_images, n_patches, pca_components)``."""
+        """PCA-reduced patch descriptors without positions: ``(n_images, n_patches, pca_components_)``."""
         patches = dense_patches(to_unit_float(images, "transform"), layout)
         return project(normalize_patches(patches, self.patch_normalization), self.pca_projection_)
 
@@ -782,7 +795,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         return np.asarray([f"fisher{i}" for i in range(self.n_features_out_)], dtype=object)
 
     def _layout(self, image_shape) -> PatchLayout:
-        return patch_layout(image_shape, self.patch_size, self.stride, self.spatial_pyramid)
+        return patch_layout(image_shape, self.patch_size_, self.stride_, self.spatial_pyramid)
 
     @property
     def n_features_out_(self) -> int:
@@ -807,7 +820,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
             raise InputError(f"patch_normalization must be one of {PATCH_NORMALIZATIONS}, got {self.patch_normalization!r}")
         for name in ("n_components", "pca_components", "patch_size", "stride", "n_descriptor_samples", "max_iter"):
             value = getattr(self, name)
-            if not is_whole_number(value, 1):
+            if not (is_whole_number(value, 1) or (value is None and name in self._chosen_at_fit)):
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not 0 < self.alpha <= 1:
             raise InputError(f"alpha must be in (0, 1], got {self.alpha}")
@@ -820,6 +833,8 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
     # persistence -------------------------------------------------------------------------------
 
     _fitted_arrays = ("pca_projection_", "weights_", "means_", "covariances_")
+    #: Parameters that None leaves to fit; the values used are saved as the 0-d arrays NAME_.
+    _chosen_at_fit = ("patch_size", "stride", "pca_components")
 
     def save(self, path, *, force: bool = False) -> str:
         """Save the fitted encoder (arrays in .npz, JSON header; no pickle). Returns the checksum."""
@@ -828,7 +843,8 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
             path,
             method="fisher",
             params=self.get_params(),
-            arrays={name: getattr(self, name) for name in self._fitted_arrays},
+            arrays={name: getattr(self, name) for name in self._fitted_arrays}
+            | {f"{name}_": np.asarray(getattr(self, f"{name}_"), np.int64) for name in self._chosen_at_fit},
             input_shape=self.image_shape_,
             force=force,
         )
@@ -840,6 +856,10 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         encoder = cls(**header["params"])
         for name in cls._fitted_arrays:
             setattr(encoder, name, arrays[name])
+        for name in cls._chosen_at_fit:
+            # files saved before None was a choice hold only the parameter, always a number
+            used = arrays.get(f"{name}_", header["params"][name])
+            setattr(encoder, f"{name}_", int(used))
         encoder.image_shape_ = tuple(header["input_shape"])
         encoder.n_features_in_ = int(np.prod(encoder.image_shape_))
         encoder.checksum_ = header["checksum"]

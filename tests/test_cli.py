@@ -45,7 +45,7 @@ def test_encode_without_model_adapts_the_default_patches_to_small_images(tmp_pat
     result = runner.invoke(app, ["encode", "--data", "digits", "-o", str(tmp_path / "f.npy"), "-q"])
     assert result.exit_code == 0, result.output  # 8x8 images: 4x4 patches at stride 1, not 7x7 at 2
     model = fvae.load(tmp_path / "f.model.npz")
-    assert (model.patch_size, model.stride, model.pca_components) == (4, 1, 12)
+    assert (model.patch_size_, model.stride_, model.pca_components_) == (4, 1, 12)
     assert np.load(tmp_path / "f.npy").shape == (360, model.n_features_out_)
 
 
@@ -53,14 +53,15 @@ def test_fit_fisher_adapts_the_patches_it_is_not_given_to_small_images(tmp_path)
     # it used to fail on digits with its 28x28 defaults, while encode without --model adapted them
     result = runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(tmp_path / "m.npz"), "--samples", "4000"])
     assert result.exit_code == 0, result.output
-    assert "8,960 dims" in result.output  # 5 cells x 2 x 64 components x (12 + 2 xy)
+    assert "4x4 patches at stride 1, PCA-12, K=64; 8,960 dims" in result.output  # 5 cells x 2 x 64 x (12 + 2 xy)
     model = fvae.load(tmp_path / "m.npz")
-    assert (model.patch_size, model.stride, model.pca_components) == (4, 1, 12)
+    assert (model.patch_size_, model.stride_, model.pca_components_) == (4, 1, 12)
     chosen = runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(tmp_path / "p.npz"), "--samples", "4000",
                                  "--patch-size", "3", "--components", "8"])
     assert chosen.exit_code == 0, chosen.output
     model = fvae.load(tmp_path / "p.npz")
-    assert (model.patch_size, model.stride, model.pca_components) == (3, 1, 9)  # a 3x3 patch has 9 pixels
+    assert (model.patch_size, model.stride, model.pca_components) == (3, None, None)  # as the user gave them
+    assert (model.patch_size_, model.stride_, model.pca_components_) == (3, 1, 9)  # a 3x3 patch has 9 pixels
 
 
 def test_too_small_images_for_the_chosen_patches_fail_with_one_line(tmp_path):
@@ -122,10 +123,16 @@ def test_a_model_left_by_a_failed_encode_is_named_with_how_to_use_it(tmp_path, d
             folder = tmp_path / "imgs" / split / f"class{i % 2}"
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(digits.train.images[i]).save(folder / f"{i}.png")
-    Image.fromarray(np.zeros((9, 8), np.uint8)).save(tmp_path / "imgs" / "test" / "class0" / "odd.png")
+    odd = tmp_path / "imgs" / "test" / "class0" / "odd.png"
+    Image.fromarray(np.zeros((9, 8), np.uint8)).save(odd)
     args = ["encode", "--data", str(tmp_path / "imgs"), "-o", str(tmp_path / "f.npy")]
-    first = runner.invoke(app, args)  # fits on train, then meets the odd test image
-    assert first.exit_code == 2 and "odd.png: 9x8 pixels (height x width), the other images 8x8" in first.output
+    size = runner.invoke(app, args)  # every file's size is read when the folder is opened: before any fit
+    assert size.exit_code == 2 and "odd.png: 9x8 pixels (height x width), the other images 8x8" in size.output
+    assert not (tmp_path / "f.model.npz").exists()
+    Image.fromarray(digits.test.images[0]).save(odd)
+    odd.write_bytes(odd.read_bytes()[:45])  # its header (the first 33 bytes) is whole, its pixels are not
+    first = runner.invoke(app, args)  # fits on train, then fails to decode the test image
+    assert first.exit_code == 2 and "odd.png: cannot read image" in first.output
     assert (tmp_path / "f.model.npz").exists() and not (tmp_path / "f.npy").exists()
     again = runner.invoke(app, args)
     assert again.exit_code == 2
@@ -276,7 +283,7 @@ def stderr_on_a_terminal(*args, cwd, interrupt_on=None):
 
 def test_long_commands_draw_progress_on_a_terminal_and_nothing_when_quiet(tmp_path):
     code, drawn = stderr_on_a_terminal("fit", "fisher", "--data", "digits", "-o", "m.npz", *SMALL_FIT, cwd=tmp_path)
-    assert code == 0 and "fitting fisher on 1,437 images: PCA to 6 dims, a GMM of 8 components" in drawn
+    assert code == 0 and "fitting fisher on 1,437 images: PCA, then a GMM of 8 components" in drawn
     code, drawn = stderr_on_a_terminal("encode", "--data", "digits", "--model", "m.npz", "-o", "f.npy",
                                        "--batch-size", "100", cwd=tmp_path)
     assert code == 0 and "encoding test" in drawn and "img/s" in drawn

@@ -274,6 +274,29 @@ def test_save_load_round_trip_is_bit_identical(digits, tmp_path):
         np.testing.assert_array_equal(archive["means_"], encoder.means_)
 
 
+def test_default_patches_are_chosen_at_fit_from_the_image_size(digits, tmp_path):
+    # FisherVectorEncoder() used to fail on the 8x8 digits (7x7 patches leave no 2x2 pyramid) while
+    # the CLI adapted its patches; None now leaves the choice to fit, and the file keeps it
+    from fvae.persist import save_model
+
+    encoder = FisherVectorEncoder(n_components=4, n_descriptor_samples=3000, random_state=0).fit(digits.train.images)
+    assert (encoder.patch_size, encoder.stride, encoder.pca_components) == (None, None, None)  # as given
+    assert (encoder.patch_size_, encoder.stride_, encoder.pca_components_) == (4, 1, 12)
+    assert encoder.transform(digits.test.images[:3]).shape == (3, fisher_vector_dim(4, 12 + 2, 5))
+    encoder.save(tmp_path / "chosen.npz")
+    loaded = FisherVectorEncoder.load(tmp_path / "chosen.npz")
+    assert loaded.get_params() == encoder.get_params()
+    assert (loaded.patch_size_, loaded.stride_, loaded.pca_components_) == (4, 1, 12)
+    np.testing.assert_array_equal(loaded.transform(digits.test.images), encoder.transform(digits.test.images))
+    # a file from before None was a choice has the numbers in its parameters and no size arrays
+    explicit = {**encoder.get_params(), "patch_size": 4, "stride": 1, "pca_components": 12}
+    save_model(tmp_path / "old.npz", method="fisher", params=explicit, input_shape=(8, 8),
+               arrays={name: getattr(encoder, name) for name in ("pca_projection_", "weights_", "means_", "covariances_")})
+    old = FisherVectorEncoder.load(tmp_path / "old.npz")
+    assert (old.patch_size_, old.stride_, old.pca_components_) == (4, 1, 12)
+    np.testing.assert_array_equal(old.transform(digits.test.images), encoder.transform(digits.test.images))
+
+
 def test_load_refuses_modified_newer_or_foreign_files(digits, tmp_path):
     import json
     import zipfile
