@@ -344,23 +344,29 @@ def sample(
     model: Annotated[Path, typer.Option(help="A saved VAE model.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Image grid to write (.png).")],
     n: Annotated[int, typer.Option("-n", min=1, max=10_000, help="How many samples.")] = 64,
-    label: Annotated[Optional[int], typer.Option(help="Class to generate (conditional VAE).")] = None,
+    label: Annotated[Optional[int], typer.Option(
+        help="Class to generate (conditional VAE; without it, one row per class).")] = None,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
 ):
-    """Draw images from a VAE's prior and save them as a PNG grid."""
+    """Draw images from a VAE's prior and save them as a PNG grid.
+
+    A conditional VAE draws the class --label names, or without it every class, one row per
+    class (-n rounded up to whole rows).
+    """
     from .persist import refuse_overwrite
 
     if output.suffix.lower() != ".png":
         raise typer.BadParameter(f"{output}: the sample grid is written as .png", param_hint="--output")
     refuse_overwrite(output, force=force)
-    from .report import save_grid
+    from .report import save_samples
     from .vae.encoder import VAEEncoder
 
     encoder = VAEEncoder.load(model)
-    images = encoder.sample(n, label=label, random_state=seed)
-    save_grid(images, output, title=None if label is None else f"class {label}", force=force)
-    typer.echo(f"wrote {n} samples to {output}")
+    drawn = save_samples(encoder, output, n=n, label=label, random_state=seed, force=force)
+    every_class = encoder.conditional and label is None
+    rows = f" ({drawn // encoder.n_classes_} of each of {encoder.n_classes_} classes)" if every_class else ""
+    typer.echo(f"wrote {drawn} samples{rows} to {output}")
 
 
 @app.command()

@@ -189,14 +189,22 @@ def _save(fig, path, force) -> Path:
     return Path(path)
 
 
-def save_samples(encoder, path, *, force=True) -> Path:
-    """Samples of a fitted VAE: 64 from the prior, or for a conditional VAE one row per class."""
-    if encoder.conditional:
+def save_samples(encoder, path, *, n=64, label=None, random_state=0, force=True) -> int:
+    """Draw ``n`` images from a fitted VAE's prior and save them as a grid; returns how many.
+
+    A conditional VAE draws ``label``'s class, or without one every class: one row per class of
+    ``ceil(n / n_classes)`` samples (so ``n`` is rounded up to whole rows).
+    """
+    if encoder.conditional and label is None:
         n_classes = encoder.n_classes_
-        rows = [encoder.sample(10, label=c, random_state=0) for c in range(n_classes)]
-        return save_grid(np.concatenate(rows), path, n_cols=10, row_labels=range(n_classes),
-                         title="samples, one row per class", force=force)
-    return save_grid(encoder.sample(64, random_state=0), path, n_cols=8, title="samples from the prior", force=force)
+        per_class = -(-n // n_classes)
+        rows = [encoder.sample(per_class, label=c, random_state=random_state) for c in range(n_classes)]
+        save_grid(np.concatenate(rows), path, n_cols=per_class, row_labels=range(n_classes),
+                  title="samples, one row per class", force=force)
+        return per_class * n_classes
+    title = "samples from the prior" if label is None else f"class {label}"
+    save_grid(encoder.sample(n, label=label, random_state=random_state), path, title=title, force=force)
+    return n
 
 
 def spread_rows(n: int, k: int) -> np.ndarray:
@@ -232,7 +240,8 @@ def vae_figures(encoder, images, labels, out_dir, *, frames=(), force=True) -> l
     labels = None if labels is None else labels[shown]
     cond = bool(encoder.conditional)
     cond_labels = labels if cond else None
-    written.append(save_samples(encoder, path["samples.png"], force=force))
+    save_samples(encoder, path["samples.png"], force=force)
+    written.append(path["samples.png"])
     codes = encoder.transform(images, cond_labels)[:, : encoder.latent_dim]
     picked = spread_rows(len(images), 16)
     decoded = encoder.inverse_transform(codes[picked], None if cond_labels is None else cond_labels[picked])
@@ -284,7 +293,8 @@ def evaluation_figures(report: dict, artifacts: dict, out_dir, *, n_shown: int =
                              title="test images and their reconstructions"))
     if "vae" in artifacts["encodings"]:
         vae = artifacts["encodings"]["vae"].estimator
-        written.append(save_samples(vae, out / "vae_samples.png"))
+        save_samples(vae, out / "vae_samples.png")
+        written.append(out / "vae_samples.png")
         if vae.history_:
             written.append(save_curves(vae.history_, out / "vae_training_curves.png"))
     return written

@@ -461,8 +461,12 @@ def test_cli_conditional_vae_samples_a_chosen_class_in_a_subprocess(tmp_path):
     unknown = fvae_cli("sample", "--model", "cvae.npz", "--label", "12", "-o", "twelve.png", cwd=tmp_path)
     assert unknown.returncode == 2 and "this model knows classes 0..9" in unknown.stderr
     assert unknown.stderr.count("\n") == 1 and not (tmp_path / "twelve.png").exists()
-    unlabelled = fvae_cli("sample", "--model", "cvae.npz", "-o", "any.png", cwd=tmp_path)
-    assert unlabelled.returncode == 2 and "--label" in unlabelled.stderr and unlabelled.stderr.count("\n") == 1
+    # without --label every class is drawn, one row each (it used to be refused)
+    every = fvae_cli("sample", "--model", "cvae.npz", "-n", "25", "-o", "every.png", cwd=tmp_path)
+    assert every.returncode == 0, every.stderr
+    assert every.stdout == "wrote 30 samples (3 of each of 10 classes) to every.png\n"
+    with Image.open(tmp_path / "every.png") as picture:
+        assert picture.format == "PNG" and picture.size[1] > picture.size[0]  # 10 rows of 3: taller than wide
 
     enc = fvae_cli("encode", "--method", "vae", "--model", "cvae.npz", "--data", "digits", "-o", "codes.npy", "--quiet",
                 cwd=tmp_path)
