@@ -2,8 +2,9 @@
 
 Every loader returns a :class:`Dataset` of uint8 images ``(n, h, w)`` and int64 labels. A source is a
 named dataset (``mnist``, ``mnist-5k``, ``fashion-mnist``, ``digits``) or a path: a directory of idx
-files (``.gz`` or not), a Keras-style ``.npz`` (``x_train, y_train, x_test, y_test``), a ``.npy`` of
-unlabelled images, or an image folder with one subfolder per class.
+files (``.gz`` or not), a Keras-style ``.npz`` (``x_train, y_train, x_test, y_test``, or one
+labelled set such as ``images, labels``, split 80/20), a ``.npy`` of unlabelled images, or an image
+folder with one subfolder per class.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _IDX_PREFIXES = {"train": "train", "test": "t10k"}
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _SPLIT_SEED = 0
+#: Images/labels pairs of an .npz holding one labelled set, tried in this order.
+_NPZ_UNSPLIT_KEYS = (("x", "y"), ("X", "y"), ("images", "labels"))
 
 
 @dataclass(frozen=True)
@@ -481,10 +484,19 @@ def _load_npz(path: Path) -> Dataset:
             raise DataError(f"{path}: labels missing: has x_{split} but no y_{split}")
         images = _as_uint8_images(arrays[f"x_{split}"], f"{path}[x_{split}]")
         splits[split] = Split(images, _as_labels(arrays[f"y_{split}"], len(images), f"{path}[y_{split}]"))
-    if not splits:
-        keys = ", ".join(arrays) or "nothing"
-        raise DataError(f"{path}: expected arrays x_train/y_train and/or x_test/y_test, found {keys}")
-    return Dataset(str(path), str(path), splits.get("train"), splits.get("test"), _digit_names(splits))
+    if splits:
+        return Dataset(str(path), str(path), splits.get("train"), splits.get("test"), _digit_names(splits))
+    for x_key, y_key in _NPZ_UNSPLIT_KEYS:
+        if x_key in arrays and y_key in arrays:
+            # one labelled set, split as an image folder without train/ and test/ is
+            images = _as_uint8_images(arrays[x_key], f"{path}[{x_key}]")
+            everything = Split(images, _as_labels(arrays[y_key], len(images), f"{path}[{y_key}]"))
+            train, test = _stratified_split(everything, test_fraction=0.2)
+            return Dataset(str(path), str(path), train, test, _digit_names({"all": everything}))
+    keys = ", ".join(arrays) or "nothing"
+    pairs = ", ".join(f"{x}/{y}" for x, y in _NPZ_UNSPLIT_KEYS)
+    raise DataError(f"{path}: expected arrays x_train/y_train and/or x_test/y_test, or one labelled set "
+                    f"({pairs}), found {keys}")
 
 
 def _load_npy(path: Path, lazy: bool = False) -> Dataset:

@@ -94,6 +94,15 @@ def test_keras_npz(tmp_path, tiny):
     np.savez(tmp_path / "nolabels.npz", x_train=images)
     with pytest.raises(DataError, match="labels missing: has x_train but no y_train"):
         fvae.load_dataset(tmp_path / "nolabels.npz")
+    # one labelled set under a common pair of names is split 80/20, stratified, as an image folder is
+    np.savez(tmp_path / "one.npz", images=images, labels=labels)
+    one = fvae.load_dataset(tmp_path / "one.npz")
+    assert (len(one.train), len(one.test)) == (9, 3) and sorted(one.test.labels.tolist()) == [0, 1, 2]
+    assert {img.tobytes() for img in one.split("all").images} == {img.tobytes() for img in images}
+    np.savez(tmp_path / "other.npz", pixels=images, classes=labels)
+    with pytest.raises(DataError, match=r"other.npz: expected arrays x_train/y_train and/or x_test/y_test, or one "
+                                        r"labelled set \(x/y, X/y, images/labels\), found pixels, classes$"):
+        fvae.load_dataset(tmp_path / "other.npz")
     np.savez(tmp_path / "floats.npz", x_test=images / 255.0, y_test=labels)
     np.testing.assert_array_equal(fvae.load_dataset(tmp_path / "floats.npz").test.images, images)
     bad = (images / 255.0).astype(np.float32)
