@@ -435,7 +435,10 @@ def _as_uint8_images(images: np.ndarray, where) -> np.ndarray:
         raise DataError(f"{where}: images contain NaN or infinite values")
     low, high = values.min(), values.max()
     if low < 0 or high > 255:
-        raise DataError(f"{where}: pixel values must lie in [0, 255] (or [0, 1]), found [{low:g}, {high:g}]")
+        # deeper integers are not scaled: a uint16 array may hold 8-, 12- or 16-bit levels alike
+        deeper = (f"; scale {images.dtype} images of a greater bit depth to 0..255 first, e.g. "
+                  "np.rint(x / (2**bits - 1) * 255)" if low >= 0 and np.issubdtype(images.dtype, np.integer) else "")
+        raise DataError(f"{where}: pixel values must lie in [0, 255] (or [0, 1]), found [{low:g}, {high:g}]{deeper}")
     if np.issubdtype(images.dtype, np.floating) and high <= 1.0:
         values = values * 255.0
     return np.rint(values).astype(np.uint8)

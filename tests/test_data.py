@@ -171,7 +171,7 @@ def test_image_folder_classes_split_and_grayscale(tmp_path, tiny):
             fvae.load_dataset(tmp_path / "imgs", lazy=lazy)
 
 
-def test_image_folder_reads_16_bit_greyscale_pngs_scaled_to_8_bits(tmp_path):
+def test_16_bit_pngs_are_scaled_to_8_bits_and_deep_arrays_refused_with_how_to_scale_them(tmp_path):
     deep = np.array([[0, 257, 1000, 32768, 65535]], dtype=np.uint16)
     for cls in ("a", "b"):
         (tmp_path / "deep" / cls).mkdir(parents=True)
@@ -181,6 +181,15 @@ def test_image_folder_reads_16_bit_greyscale_pngs_scaled_to_8_bits(tmp_path):
     pixels = fvae.load_dataset(tmp_path / "deep").split("all").images
     # Pillow's convert("L") gave [0, 255, 255, 255, 255]: everything above 255 clipped to white
     assert pixels.shape == (6, 1, 5) and (pixels == [[0, 1, 4, 128, 255]]).all()
+    # a uint16 array is not scaled (it may hold 8-, 12- or 16-bit levels): values above 255 are
+    # refused with how to scale them, values within 0..255 read as grey levels
+    np.save(tmp_path / "deep.npy", np.stack([deep] * 2))
+    with pytest.raises(DataError, match=r"deep.npy: pixel values must lie in \[0, 255\] \(or \[0, 1\]\), found "
+                                        r"\[0, 65535\]; scale uint16 images of a greater bit depth to 0..255 first"):
+        fvae.load_dataset(tmp_path / "deep.npy")
+    advised = np.rint(deep / (2**16 - 1) * 255)  # x * 255 first would overflow uint16
+    np.save(tmp_path / "eight.npy", np.stack([advised.astype(np.uint16)] * 2))
+    np.testing.assert_array_equal(fvae.load_dataset(tmp_path / "eight.npy").test.images, pixels[:2])
 
 
 def test_image_folder_with_train_and_test_subfolders(tmp_path, tiny):
