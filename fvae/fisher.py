@@ -704,8 +704,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         images = check_image_batch(X, self.image_shape, "fit")
         sizes = patch_defaults(images.shape[1:], patch_size=self.patch_size, stride=self.stride,
                                pca_components=self.pca_components)
-        self.patch_size_, self.stride_, self.pca_components_ = sizes["patch_size"], sizes["stride"], sizes["pca_components"]
-        layout = self._layout(images.shape[1:])
+        layout = patch_layout(images.shape[1:], sizes["patch_size"], sizes["stride"], self.spatial_pyramid)
         rng = check_random_state(self.random_state)
         n_total = len(images) * layout.n_patches
         n_samples = min(self.n_descriptor_samples, n_total)
@@ -713,18 +712,16 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         image_idx, patch_idx = np.divmod(picks, layout.n_patches)
         patches = images.reshape(len(images), -1)[image_idx[:, None], layout.pixels[patch_idx]]
         patches = normalize_patches(to_unit_float(patches, "fit"), self.patch_normalization)
-        self.pca_projection_ = fit_pca(patches, self.pca_components_, self.whiten, rng)
-        descriptors = project(patches, self.pca_projection_)
+        projection = fit_pca(patches, sizes["pca_components"], self.whiten, rng)
+        descriptors = project(patches, projection)
         if self.xy:
             descriptors = np.concatenate([descriptors, layout.xy[patch_idx]], axis=1)
-        self.weights_, self.means_, self.covariances_ = fit_gmm(
-            descriptors,
-            self.n_components,
-            reg_covar=self.reg_covar,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            random_state=rng,
-        )
+        gmm = fit_gmm(descriptors, self.n_components, reg_covar=self.reg_covar, max_iter=self.max_iter, tol=self.tol,
+                      random_state=rng)
+        # set together at the end: a refit that fails keeps the previous fit whole
+        self.patch_size_, self.stride_, self.pca_components_ = sizes["patch_size"], sizes["stride"], sizes["pca_components"]
+        self.pca_projection_ = projection
+        self.weights_, self.means_, self.covariances_ = gmm
         self.image_shape_ = tuple(int(s) for s in images.shape[1:])
         self.n_features_in_ = int(np.prod(self.image_shape_))
         return self

@@ -288,6 +288,13 @@ def test_default_patches_are_chosen_at_fit_from_the_image_size(digits, tmp_path)
     assert loaded.get_params() == encoder.get_params()
     assert (loaded.patch_size_, loaded.stride_, loaded.pca_components_) == (4, 1, 12)
     np.testing.assert_array_equal(loaded.transform(digits.test.images), encoder.transform(digits.test.images))
+    # a refit that fails (blank 20x20 images: nothing for the PCA) leaves the previous fit whole,
+    # its 4x4 patches too, not the 7x7 ones chosen for the new size
+    before = encoder.transform(digits.test.images[:5])
+    with pytest.raises(InputError, match="sampled patches are the same"):
+        encoder.fit(np.zeros((30, 20, 20), np.uint8))
+    assert (encoder.patch_size_, encoder.stride_, encoder.pca_components_) == (4, 1, 12)
+    np.testing.assert_array_equal(encoder.transform(digits.test.images[:5]), before)
     # a file from before None was a choice has the numbers in its parameters and no size arrays
     explicit = {**encoder.get_params(), "patch_size": 4, "stride": 1, "pca_components": 12}
     save_model(tmp_path / "old.npz", method="fisher", params=explicit, input_shape=(8, 8),
