@@ -536,6 +536,31 @@ def test_early_stopping_waits_for_the_kl_warm_up_to_finish():
     assert (kept, last, stopper.best_epoch, stopper.stop_reason) == (5, 5, 5, "epoch limit")
 
 
+class _CountSteps(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.steps = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.steps += 1
+
+
+def test_the_time_limit_cuts_an_epoch_short_and_that_epoch_is_validated(digits, capsys):
+    # It was checked at epoch ends only, so a 45-s limit trained Fashion-MNIST's 20-s epochs for
+    # 58 s. A limit already passed at the first step now stops training after that step.
+    counter = _CountSteps()
+    encoder = VAEEncoder(**{**TINY, "batch_size": 32, "max_seconds": 1e-9, "verbose": 2})
+    encoder.fit(digits.train.images, callbacks=[counter])
+    history = encoder.history_
+    assert counter.steps == 1 and math.ceil(len(digits.train.images) * 0.9 / 32) > 1
+    assert (history["epochs_run"], history["stopped_by"], history["best_epoch"]) == (1, "time limit", 0)
+    assert np.isfinite(history["val_elbo"][0])  # the cut epoch was validated
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("epoch 1/4  ") and line.endswith(" s  (cut short by the time limit)")
+    # an epoch that ends before the limit is not marked
+    encoder.set_params(max_seconds=None).fit(digits.train.images)
+    assert "cut short" not in capsys.readouterr().err
+
+
 def test_cli_fit_vae_on_every_image_reports_no_test_numbers(tmp_path):
     fit = fvae_cli("fit", "vae", "--data", "digits", "--split", "all", "-o", "vae.npz", "--arch", "mlp",
                    "--hidden", "16", "--epochs", "1", "--quiet", cwd=tmp_path)

@@ -60,7 +60,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
     patience : int, default=10
         Epochs without a better validation ELBO before stopping.
     max_seconds : float, default=None
-        Stop training after this long (the best weights so far are kept).
+        Stop training after this long, within one step: the epoch it cuts short is validated
+        and judged like a whole one, and the best weights so far are kept.
     return_log_var : bool, default=False
         ``transform`` returns ``[mean, log_var]`` (2 x latent_dim columns) instead of the mean.
     image_shape : tuple of (h, w), default=None

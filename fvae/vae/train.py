@@ -53,6 +53,9 @@ class BestOnValidationElbo(keras.callbacks.Callback):
     """Stop when the validation ELBO has not improved for ``patience`` epochs, or when
     ``max_seconds`` have passed, and end with the weights of the best epoch.
 
+    The time limit is checked before every step, so training ends within one step of it: the
+    epoch it cuts short is validated and judged like a whole one (Keras does both after a stop).
+
     Epochs before ``start_epoch`` (those of a KL warm-up, whose loss weighs the KL less than
     beta) count neither as best nor against the patience; if training ends before it, or
     without a validation ELBO at all, the last weights are kept and are the best epoch.
@@ -65,7 +68,7 @@ class BestOnValidationElbo(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.best, self.best_epoch, self.kept_weights = -math.inf, -1, None
         self.started = time.perf_counter()
-        self.stop_reason = "epoch limit"
+        self.stop_reason, self.cut_short = "epoch limit", False
 
     def on_epoch_end(self, epoch, logs=None):
         self.last_epoch = epoch
@@ -77,8 +80,17 @@ class BestOnValidationElbo(keras.callbacks.Callback):
                 self.model.stop_training, self.stop_reason = True, "early stopping"
         if self.best_epoch in (epoch, -1):  # the weights training ends with, were it to end now
             self.kept_weights = self.model.get_weights()
-        if self.max_seconds is not None and time.perf_counter() - self.started >= self.max_seconds:
+        if self._out_of_time():
             self.model.stop_training, self.stop_reason = True, "time limit"
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # a begin hook: Keras passes it no logs, so it adds no per-step synchronization (an end
+        # hook would turn off Keras' asynchronous dispatch and convert every step's logs)
+        if self._out_of_time():
+            self.model.stop_training, self.stop_reason, self.cut_short = True, "time limit", True
+
+    def _out_of_time(self) -> bool:
+        return self.max_seconds is not None and time.perf_counter() - self.started >= self.max_seconds
 
     def on_train_end(self, logs=None):
         if self.best_epoch < 0:  # none judged best: the last epoch is
@@ -96,7 +108,8 @@ class EpochLines(keras.callbacks.Callback):
     """One line per epoch on stderr, so that stdout keeps only results: the loss, the ELBO, its
     reconstruction term and KL (nats, plain decimals), the validation ELBO and the epoch's time.
     The validation ELBO is marked ``(best)`` when ``stopper`` (which runs first) took the epoch
-    as the best so far, and ``(warm-up)`` in the epochs it does not judge."""
+    as the best so far, and ``(warm-up)`` in the epochs it does not judge; an epoch the time
+    limit ended before its last step says so."""
 
     def __init__(self, epochs: int, stopper: BestOnValidationElbo):
         super().__init__()
@@ -117,7 +130,8 @@ class EpochLines(keras.callbacks.Callback):
                 line += " (warm-up)"
             elif epoch == self.stopper.best_epoch:
                 line += " (best)"
-        print(f"{line}  {time.perf_counter() - self.started:.1f} s", file=sys.stderr, flush=True)
+        cut = "  (cut short by the time limit)" if self.stopper.cut_short else ""
+        print(f"{line}  {time.perf_counter() - self.started:.1f} s{cut}", file=sys.stderr, flush=True)
 
 
 class EpochProgressBar(EpochLines):
