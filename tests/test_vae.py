@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import math
+import os
 import signal
 import zipfile
 
@@ -14,6 +15,7 @@ from sklearn.base import clone
 
 pytest.importorskip("tensorflow", reason="the VAE needs TensorFlow, a core dependency of fvae")
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from conftest import fvae_cli  # noqa: E402
 import fvae  # noqa: E402
@@ -617,6 +619,54 @@ def test_ctrl_c_after_an_epoch_leaves_the_encoder_fitted_as_if_training_had_stop
     two_epochs = VAEEncoder(**{**settings, "epochs": 2}).fit(images)
     assert history["best_epoch"] == two_epochs.history_["best_epoch"]
     np.testing.assert_array_equal(interrupted.transform(digits.test.images), two_epochs.transform(digits.test.images))
+
+
+class _ArrayLike:
+    """An array whose conversion runs Python code, called back from TensorFlow's C++."""
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray([float(i) for i in range(1000)], dtype=np.float32)
+
+
+class _RealCtrlC(keras.callbacks.Callback):
+    """Send this process SIGINT at the end of epoch 2, then convert arrays in TensorFlow, as the
+    figure callback does: where a real Ctrl-C after an epoch line lands."""
+
+    finished = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100):
+                tf.convert_to_tensor(_ArrayLike())
+            self.finished = True
+
+
+def test_a_real_ctrl_c_waits_for_the_next_step_instead_of_breaking_into_a_callback(digits):
+    # The CLI test's SIGINT once landed inside NumPy's __array__ under TensorFlow's conversion:
+    # "SystemError: ... returned a result with an exception set", a traceback and exit code 1.
+    # The handler now only marks the request, the callback runs to its end, and the next step
+    # or epoch boundary raises it.
+    encoder, ctrl_c = VAEEncoder(**{**TINY, "epochs": 50}), _RealCtrlC()
+    with pytest.raises(fvae.TrainingInterrupted):
+        encoder.fit(digits.train.images[:600], callbacks=[ctrl_c])
+    assert ctrl_c.finished
+    assert (encoder.history_["epochs_run"], encoder.history_["stopped_by"]) == (2, "interrupted")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
+
+
+def test_a_second_ctrl_c_interrupts_at_once():
+    from fvae.vae.train import DeferredCtrlC
+
+    ctrl_c = DeferredCtrlC()
+    with ctrl_c.installed():
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(10_000))  # Python runs the handler within a few bytecodes
+        assert ctrl_c.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(10_000))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_ctrl_c_in_the_first_epoch_propagates_and_fits_nothing(digits):

@@ -4,9 +4,12 @@ numbers (ELBO and its terms, active units, the importance-weighted bound)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 
 import keras
@@ -104,6 +107,46 @@ class BestOnValidationElbo(keras.callbacks.Callback):
         self.on_train_end()
 
 
+class DeferredCtrlC(keras.callbacks.Callback):
+    """Ctrl-C (SIGINT) during ``fit``, raised as ``KeyboardInterrupt`` at the next step or epoch
+    boundary instead of wherever Python happened to be.
+
+    Python raises it at the next bytecode, which can be inside a callback that a C extension
+    called (NumPy's ``__array__`` under TensorFlow's conversion, in a figure callback's decode):
+    the extension then fails with ``SystemError: ... returned a result with an exception set``
+    and training is lost. A second Ctrl-C before the boundary interrupts at once.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.requested = False
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Handle SIGINT while in the block, where Python's own handler is in place (not in
+        another thread, nor under a handler the program set itself)."""
+        if (threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            yield
+            return
+        signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _on_sigint(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def _raise_if_requested(self, *args, **kwargs):
+        if self.requested:
+            raise KeyboardInterrupt
+
+    on_epoch_begin = on_train_batch_begin = on_test_batch_begin = _raise_if_requested
+
+
 class EpochLines(keras.callbacks.Callback):
     """One line per epoch on stderr, so that stdout keeps only results: the loss, the ELBO, its
     reconstruction term and KL (nats, plain decimals), the validation ELBO and the epoch's time.
@@ -181,7 +224,8 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
 
     An interrupt (Ctrl-C, ``KeyboardInterrupt``) once an epoch has finished stops training as
     early stopping would: the best epoch's weights are kept and ``stopped_by`` says
-    ``"interrupted"``. Before the first epoch finishes, it propagates.
+    ``"interrupted"``. Before the first epoch finishes, it propagates. A Ctrl-C is raised at the
+    next step or epoch boundary (:class:`DeferredCtrlC`).
 
     Returns
     -------
@@ -210,21 +254,25 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
         shown = [EpochProgressBar(epochs, steps=math.ceil(len(train_idx) / batch_size), stopper=stopper)]
     else:
         shown = [EpochLines(epochs, stopper)] if verbose else []
-    interrupted = False
+    ctrl_c = DeferredCtrlC()
+    interrupted = None  # where, if it was
     try:
-        model.fit(train_data, validation_data=val_data, epochs=epochs, verbose=0, shuffle=False,
-                  callbacks=[KLWarmup(model.beta, warmup_epochs), stopper, record, *shown, *callbacks])
+        with ctrl_c.installed():
+            model.fit(train_data, validation_data=val_data, epochs=epochs, verbose=0, shuffle=False,
+                      callbacks=[ctrl_c, KLWarmup(model.beta, warmup_epochs), stopper, record, *shown, *callbacks])
+        if ctrl_c.requested:  # pressed after the last boundary: training ended anyway, but the user asked to stop
+            interrupted = f"after epoch {len(record.seconds)}"
     except KeyboardInterrupt:
         if not record.seconds:  # not one epoch finished: nothing worth keeping
             raise
-        interrupted = True
+        interrupted = f"in epoch {len(record.seconds) + 1}"
     finally:  # Keras calls no callback when fit is interrupted: take a bar down, or the cursor stays hidden
         for shower in shown:
             shower.close()
     if interrupted:
         stopper.interrupted()
-        log.warning("interrupted in epoch %d: training stopped there, with the weights of epoch %d",
-                    len(record.seconds) + 1, stopper.best_epoch + 1)
+        log.warning("interrupted %s: training stopped there, with the weights of epoch %d", interrupted,
+                    stopper.best_epoch + 1)
     result = dict(record.history)
     result["seconds"] = record.seconds
     result["best_epoch"] = stopper.best_epoch  # the last epoch when nothing was validated
