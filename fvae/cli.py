@@ -99,7 +99,11 @@ def _user_errors(command):
         except FvaeError as exc:
             typer.echo(f"fvae: error: {exc}", err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemError) as exc:
+            # Ctrl-C inside a Python callback of a C extension (NumPy's __array__ under TensorFlow)
+            # surfaces as "SystemError: ... returned a result with an exception set", caused by it
+            if isinstance(exc, SystemError) and not isinstance(exc.__cause__, KeyboardInterrupt):
+                raise
             # Here, not in run(): typer turns an interrupt that leaves a command into a silent exit 130.
             typer.echo("fvae: interrupted; no half-written output was left", err=True)
             raise typer.Exit(130) from None

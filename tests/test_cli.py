@@ -254,6 +254,24 @@ def test_datasets_command_checkout_shim_and_python_m_fvae(tmp_path):
     assert module.returncode == 2 and module.stderr.endswith("(see 'python -m fvae fit vae --help')\n"), module.stderr
 
 
+def test_ctrl_c_that_a_c_extension_turned_into_a_system_error_is_an_interrupt(monkeypatch):
+    # Python raises KeyboardInterrupt in whatever Python code runs when Ctrl-C arrives; inside a
+    # callback of a C extension (NumPy's __array__ under TensorFlow) it comes out as this
+    def interrupted_in_c(data_dir=None):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise SystemError("<built-in method __array__> returned a result with an exception set") from exc
+
+    import fvae.data
+
+    monkeypatch.setattr(fvae.data, "describe_sources", interrupted_in_c)
+    result = runner.invoke(app, ["datasets"])
+    assert result.exit_code == 130 and "fvae: interrupted; no half-written output was left" in result.output
+    monkeypatch.setattr(fvae.data, "describe_sources", lambda data_dir=None: {}.pop("a real bug"))
+    assert isinstance(runner.invoke(app, ["datasets"]).exception, KeyError)  # other errors stay errors
+
+
 def stderr_on_a_terminal(*args, cwd, interrupt_on=None):
     """Run the console script with its stderr on a pseudo-terminal; return (exit code, what it drew).
 
