@@ -719,7 +719,8 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         gmm = fit_gmm(descriptors, self.n_components, reg_covar=self.reg_covar, max_iter=self.max_iter, tol=self.tol,
                       random_state=rng)
         # set together at the end: a refit that fails keeps the previous fit whole
-        self.patch_size_, self.stride_, self.pca_components_ = sizes["patch_size"], sizes["stride"], sizes["pca_components"]
+        for name in self._chosen_at_fit:
+            setattr(self, f"{name}_", sizes[name])
         self.pca_projection_ = projection
         self.weights_, self.means_, self.covariances_ = gmm
         self.image_shape_ = tuple(int(s) for s in images.shape[1:])
