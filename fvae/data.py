@@ -9,6 +9,7 @@ folder with one subfolder per class.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
@@ -527,15 +528,22 @@ def _load_image_folder(folder: Path, lazy: bool = False) -> Dataset:
     return Dataset(str(folder), str(folder), train, test, tuple(class_names))
 
 
-def _read_image_file(file: Path, shape=None) -> np.ndarray:
-    """One image file as uint8 grayscale; with ``shape``, it must have that size."""
+@contextlib.contextmanager
+def _opened_image(file: Path):
+    """``file`` opened with Pillow; failing to open or decode it is a DataError naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(file) as img:
-            pixels = _grey_levels(img)
+            yield img
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{file}: cannot read image ({exc})") from None
+
+
+def _read_image_file(file: Path, shape=None) -> np.ndarray:
+    """One image file as uint8 grayscale; with ``shape``, it must have that size."""
+    with _opened_image(file) as img:
+        pixels = _grey_levels(img)
     if shape is not None:
         _check_same_size(file, pixels.shape, shape)
     return pixels
@@ -554,14 +562,9 @@ def _check_image_headers(files, shape) -> None:
     Lazy image folders are decoded only when sliced, which for ``encode`` is after a model was
     fitted on the train split; checking the headers here makes a bad file fail before that work.
     """
-    from PIL import Image, UnidentifiedImageError
-
     for file in files:
-        try:
-            with Image.open(file) as img:
-                width, height = img.size
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"{file}: cannot read image ({exc})") from None
+        with _opened_image(file) as img:
+            width, height = img.size
         _check_same_size(file, (height, width), shape)
 
 
