@@ -280,8 +280,14 @@ def stderr_on_a_terminal(*args, cwd, interrupt_on=None):
     import pty
     import signal
 
+    def as_from_a_terminal():
+        # A suite started in the background ("make test &") hands its children SIGINT ignored,
+        # and Python keeps it so: the child would never see the Ctrl-C. A terminal's never is.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     main, replica = pty.openpty()
-    process = subprocess.Popen([FVAE, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=replica)
+    process = subprocess.Popen([FVAE, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=replica,
+                               preexec_fn=as_from_a_terminal)
     os.close(replica)
     drawn = b""
     while True:  # read as it comes, so a full terminal buffer cannot block the child
