@@ -89,28 +89,43 @@ def main(
     logger.propagate = False
 
 
+def _is_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Ctrl-C, or an error a Ctrl-C turned into.
+
+    Python raises KeyboardInterrupt in whatever Python code runs when Ctrl-C arrives. Inside code a
+    C extension called, the extension reports its own error, chained to the interrupt: NumPy's
+    ``__array__`` under TensorFlow gives "SystemError: ... returned a result with an exception set",
+    a Cython module being imported gives "ValueError: ... is not a valid PEP 3118 buffer format".
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:  # the chain a traceback would show
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ if exc.__cause__ is not None or exc.__suppress_context__ else exc.__context__
+    return False
+
+
 def _user_errors(command):
-    """Turn the errors a user can cause into one line on stderr and exit code 2."""
+    """Turn the errors a user can cause into one line on stderr and exit code 2 (130 for Ctrl-C)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except FvaeError as exc:
-            typer.echo(f"fvae: error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except (KeyboardInterrupt, SystemError) as exc:
-            # Ctrl-C inside a Python callback of a C extension (NumPy's __array__ under TensorFlow)
-            # surfaces as "SystemError: ... returned a result with an exception set", caused by it
-            if isinstance(exc, SystemError) and not isinstance(exc.__cause__, KeyboardInterrupt):
-                raise
-            # Here, not in run(): typer turns an interrupt that leaves a command into a silent exit 130.
-            typer.echo("fvae: interrupted; no half-written output was left", err=True)
-            raise typer.Exit(130) from None
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            typer.echo(f"fvae: error: {where}{exc.strerror or exc}", err=True)
-            raise typer.Exit(2) from None
+        except BaseException as exc:
+            if _is_interrupt(exc):
+                # Here, not in run(): typer turns an interrupt that leaves a command into a silent exit 130.
+                typer.echo("fvae: interrupted; no half-written output was left", err=True)
+                raise typer.Exit(130) from None
+            if isinstance(exc, FvaeError):
+                typer.echo(f"fvae: error: {exc}", err=True)
+                raise typer.Exit(2) from None
+            if isinstance(exc, OSError):
+                where = f"{exc.filename}: " if exc.filename else ""
+                typer.echo(f"fvae: error: {where}{exc.strerror or exc}", err=True)
+                raise typer.Exit(2) from None
+            raise
 
     return wrapper
 
@@ -458,7 +473,9 @@ def encode(
                 metadata={"method": method.value, "model": str(model), "model_checksum": checksum,
                           "source": dataset.name, "source_location": dataset.location, "split": split.value},
             )
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not _is_interrupt(exc):
+            raise
         typer.echo(f"fvae: interrupted; the finished chunks are kept in {paths['partial']}: "
                    "run the same command with --resume to finish", err=True)
         raise typer.Exit(130) from None

@@ -254,22 +254,59 @@ def test_datasets_command_checkout_shim_and_python_m_fvae(tmp_path):
     assert module.returncode == 2 and module.stderr.endswith("(see 'python -m fvae fit vae --help')\n"), module.stderr
 
 
-def test_ctrl_c_that_a_c_extension_turned_into_a_system_error_is_an_interrupt(monkeypatch):
-    # Python raises KeyboardInterrupt in whatever Python code runs when Ctrl-C arrives; inside a
-    # callback of a C extension (NumPy's __array__ under TensorFlow) it comes out as this
-    def interrupted_in_c(data_dir=None):
-        try:
-            raise KeyboardInterrupt
-        except KeyboardInterrupt as exc:
-            raise SystemError("<built-in method __array__> returned a result with an exception set") from exc
+def _raise_as_a_c_extension_would(error):
+    """Raise ``error`` as a C extension does when a Ctrl-C lands in Python code it called."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt as exc:
+        raise error from exc
 
+
+# Python raises KeyboardInterrupt in whatever Python code runs when Ctrl-C arrives; inside code a
+# C extension called, the extension's own error comes out, chained to it. Both were seen for real.
+C_EXTENSION_ERRORS = [
+    SystemError("<built-in method __array__> returned a result with an exception set"),  # NumPy under TensorFlow
+    ValueError("'T{d:val:q:i1:q:i2:}' is not a valid PEP 3118 buffer format string"),  # importing sklearn.neighbors
+]
+
+
+@pytest.mark.parametrize("error", C_EXTENSION_ERRORS, ids=["SystemError", "ValueError"])
+def test_ctrl_c_that_a_c_extension_turned_into_its_own_error_is_an_interrupt(monkeypatch, error):
     import fvae.data
 
-    monkeypatch.setattr(fvae.data, "describe_sources", interrupted_in_c)
+    monkeypatch.setattr(fvae.data, "describe_sources", lambda data_dir=None: _raise_as_a_c_extension_would(error))
     result = runner.invoke(app, ["datasets"])
     assert result.exit_code == 130 and "fvae: interrupted; no half-written output was left" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_errors_that_no_ctrl_c_caused_stay_errors(monkeypatch):
+    import fvae.data
+
     monkeypatch.setattr(fvae.data, "describe_sources", lambda data_dir=None: {}.pop("a real bug"))
-    assert isinstance(runner.invoke(app, ["datasets"]).exception, KeyError)  # other errors stay errors
+    assert isinstance(runner.invoke(app, ["datasets"]).exception, KeyError)
+
+    def raised_while_handling_another_error(data_dir=None):
+        try:
+            {}.pop("first")
+        except KeyError:
+            raise ValueError("a second bug")
+
+    monkeypatch.setattr(fvae.data, "describe_sources", raised_while_handling_another_error)
+    assert isinstance(runner.invoke(app, ["datasets"]).exception, ValueError)
+
+
+def test_a_converted_ctrl_c_while_encoding_keeps_the_chunks_and_says_so_once(monkeypatch, tmp_path):
+    import fvae.extract
+
+    model = tmp_path / "m.npz"
+    assert runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(model), *SMALL_FIT, "-q"]).exit_code == 0
+    monkeypatch.setattr(fvae.extract, "extract_features",
+                        lambda *args, **kwargs: _raise_as_a_c_extension_would(C_EXTENSION_ERRORS[0]))
+    result = runner.invoke(app, ["encode", "--data", "digits", "--model", str(model), "-o", str(tmp_path / "f.npy"), "-q"])
+    assert result.exit_code == 130, result.output
+    assert "run the same command with --resume to finish" in result.output
+    assert "no half-written output was left" not in result.output  # the chunks are kept: one message, the right one
 
 
 def stderr_on_a_terminal(*args, cwd, interrupt_on=None):
