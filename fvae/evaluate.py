@@ -202,20 +202,27 @@ def evaluation_encoder(method: str, *, seed: int = 0, vae_seconds: float | None 
     return encoder.set_params(**EVALUATION_VAE) if method == "vae" else encoder
 
 
-def _fit_or_load(method, model_path, train_images, settings, models_dir):
-    """(encoder, fit seconds or None when reused, model file path).
-
-    A model fitted here is saved as ``<models_dir>/<method>.npz`` (with its training history for a
-    VAE), so that a later run can reuse it.
-    """
+def _load_given(method, model_path, image_shape):
+    """The saved model a run reuses, checked before any work: its method, image size, and that it
+    can encode without labels."""
     from . import load
 
-    if model_path is not None:
-        encoder = load(model_path, method=method)
-        if method == "vae" and encoder.conditional:
-            raise InputError(f"{model_path}: a conditional VAE needs the labels to encode, which would leak "
-                             "the test labels into the codes; evaluate an unconditional VAE")
-        return encoder, None, Path(model_path)
+    encoder = load(model_path, method=method)
+    if tuple(encoder.image_shape_) != tuple(image_shape):
+        (h, w), (fitted_h, fitted_w) = image_shape, encoder.image_shape_
+        raise InputError(f"images are {h}x{w}, but {model_path} was fitted on {fitted_h}x{fitted_w} images")
+    if method == "vae" and encoder.conditional:
+        raise InputError(f"{model_path}: a conditional VAE needs the labels to encode, which would leak "
+                         "the test labels into the codes; evaluate an unconditional VAE")
+    return encoder
+
+
+def _fit_and_save(method, train_images, settings, models_dir):
+    """(encoder, fit seconds, model file path).
+
+    The model is saved as ``<models_dir>/<method>.npz`` (with its training history for a VAE), so
+    that a later run can reuse it.
+    """
     vae_seconds = settings.vae_budget if method == "vae" else None
     encoder = evaluation_encoder(method, seed=settings.seed, vae_seconds=vae_seconds)
     log.info("fitting %s on %s train images%s", method, f"{len(train_images):,}",
@@ -243,16 +250,23 @@ def encode_all(train: Split, test: Split, probe_index, settings: Settings, *, fi
     compared), at most the number of pixels and of train images.
     """
     image_shape = train.images.shape[1:]
-    models = {"fisher": fisher_model, "vae": vae_model}
+    paths = {method: path for method, path in (("fisher", fisher_model), ("vae", vae_model)) if path is not None}
+    unused = [method for method in paths if method not in settings.methods]
+    if unused:
+        method = unused[0]
+        raise InputError(f"a saved {method} model ({paths[method]}) is given, but {method} is not among the methods "
+                         f"compared ({', '.join(settings.methods)}): add {method} to them, or leave the model out")
+    # every given model is checked before anything is fitted, so a wrong one fails at once
+    given = {method: _load_given(method, path, image_shape) for method, path in paths.items()}
     encodings = {}
     latent_dim = None
     for method in ("fisher", "vae"):
         if method not in settings.methods:
             continue
-        encoder, seconds, path = _fit_or_load(method, models[method], train.images, settings, models_dir)
-        if tuple(getattr(encoder, "image_shape_", image_shape)) != tuple(image_shape):
-            (h, w), (fitted_h, fitted_w) = image_shape, encoder.image_shape_
-            raise InputError(f"images are {h}x{w}, but {path} was fitted on {fitted_h}x{fitted_w} images")
+        if method in given:
+            encoder, seconds, path = given[method], None, Path(paths[method])
+        else:
+            encoder, seconds, path = _fit_and_save(method, train.images, settings, models_dir)
         if method == "vae":
             latent_dim = encoder.latent_dim
             encoder.set_params(return_log_var=True)  # the codes are the whole posterior: means, log-variances

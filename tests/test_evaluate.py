@@ -282,6 +282,12 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
         (["--data", "digits", "--test-data", "images.npy", "--methods", "raw"],
          "images.npy has no labels, and evaluate needs labelled test images: give an idx folder, a Keras-style .npz "
          "or an image folder with a subfolder per class\n"),
+        # a wrong saved model fails before anything is fitted (here: fisher)
+        (["--data", "digits", "--methods", "fisher,vae", "--vae-model", "f12.npz"],
+         "fvae: error: f12.npz: holds a 'fisher' model, not a 'vae' model\n"),
+        (["--data", "digits", "--methods", "raw", "--fisher-model", "f12.npz"],
+         "a saved fisher model (f12.npz) is given, but fisher is not among the methods compared (raw): "
+         "add fisher to them, or leave the model out\n"),
         (["--data", "digits", "--methods", "fisher,sift"], "choose from fisher, vae, pca, raw"),
         (["--data", "digits", "--test-data", "nowhere"], "nowhere: no such file or folder"),
     ]
@@ -289,7 +295,7 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
         result = fvae_cli("evaluate", *args, "--name", "bad", cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("fvae: error:") and message in result.stderr
-        assert "Traceback" not in result.stderr
+        assert "Traceback" not in result.stderr and "fitting" not in result.stderr
         assert not (tmp_path / "runs" / "bad").exists()
 
 
