@@ -46,38 +46,67 @@ def tile(images: np.ndarray, n_cols: int | None = None, pad: int = 1) -> np.ndar
     return grid.reshape(n_rows * (h + pad), n_cols * (w + pad))[:-pad or None, :-pad or None]
 
 
+DPI = 100
+GRID_PIXELS = 480  # small grids are enlarged to about this side, by a whole factor
+CAPTION_PIXELS = 20
+
+
+def _grid_scale(shape) -> int:
+    """The whole factor that enlarges a grid of this (height, width) to about GRID_PIXELS a side."""
+    return max(1, round(GRID_PIXELS / max(shape)))
+
+
 def save_grid(images, path, *, n_cols=None, title=None, row_labels=None, force=True) -> Path:
-    """Save images in [0, 1] as one grid PNG (row labels on the left, e.g. a class per row)."""
+    """Save images in [0, 1] as one grid PNG (row labels on the left, e.g. a class per row).
+
+    Every image pixel becomes a whole square of screen pixels, never a fraction: a grid wider than
+    the figure used to be resampled, dropping rows and columns of the 20x20 manifold's digits.
+    """
     plt = _pyplot()
     grid = tile(images, n_cols)
-    height = max(2.0, 6.0 * grid.shape[0] / grid.shape[1])
-    fig, ax = plt.subplots(figsize=(6, height))
-    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    scale = _grid_scale(grid.shape)
+    grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+    margin = {"left": 30 if row_labels is not None else 0, "right": 0, "top": 30 if title else 0, "bottom": 0}
+    width, height = grid.shape[1] + margin["left"] + margin["right"], grid.shape[0] + margin["top"] + margin["bottom"]
+    fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    ax = fig.add_axes((margin["left"] / width, margin["bottom"] / height, grid.shape[1] / width, grid.shape[0] / height))
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+    ax.spines[:].set_visible(False)  # a frame would be drawn over the outer images' edge pixels
     ax.set_xticks([])
     if row_labels is not None:
-        h = images.shape[1]
-        ax.set_yticks([(h + 1) * i + h / 2 for i in range(len(row_labels))], [str(r) for r in row_labels])
+        h = (images.shape[1] + 1) * scale
+        ax.set_yticks([h * i + h / 2 for i in range(len(row_labels))], [str(r) for r in row_labels])
     else:
         ax.set_yticks([])
     if title:
         ax.set_title(title)
-    if row_labels is not None:
-        fig.tight_layout()
-    return _save(fig, path, force)
+    return _save(fig, path, force, tight=True)  # tight: a title wider than a narrow grid is kept whole
 
 
-def save_gif(frames, path, *, seconds_per_frame=0.3, scale=3, force=True) -> Path:
-    """Assemble 2-D frames in [0, 1] (e.g. one sample grid per epoch) into a looping GIF."""
-    from PIL import Image
+def save_gif(frames, path, *, captions=None, seconds_per_frame=0.3, last_frame_seconds=2.0, force=True) -> Path:
+    """Assemble 2-D frames in [0, 1] (e.g. one sample grid per epoch) into a looping GIF.
 
-    pictures = [
-        Image.fromarray((np.clip(f, 0, 1) * 255).astype(np.uint8)).resize(
-            (f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST)
-        for f in frames
-    ]
+    Each frame is enlarged as :func:`save_grid` enlarges a grid, under its caption when
+    ``captions`` gives one per frame (e.g. "epoch 3"); the last frame is held longer, so the
+    trained model's samples can be looked at before the loop starts over.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    scale = _grid_scale(frames[0].shape)
+    font = ImageFont.load_default(size=14)
+    pictures = []
+    for i, frame in enumerate(frames):
+        picture = Image.fromarray((np.clip(frame, 0, 1) * 255).astype(np.uint8)).resize(
+            (frame.shape[1] * scale, frame.shape[0] * scale), Image.NEAREST)
+        if captions is not None:
+            captioned = Image.new("L", (picture.width, picture.height + CAPTION_PIXELS), 255)
+            captioned.paste(picture, (0, CAPTION_PIXELS))
+            ImageDraw.Draw(captioned).text((4, 2), captions[i], fill=0, font=font)
+            picture = captioned
+        pictures.append(picture)
+    durations = [round(seconds_per_frame * 1000)] * (len(pictures) - 1) + [round(last_frame_seconds * 1000)]
     with atomic_output(path, force=force) as tmp:
-        pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:],
-                         duration=int(seconds_per_frame * 1000), loop=0)
+        pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0)
     return Path(path)
 
 
@@ -179,11 +208,11 @@ def save_curves(history: dict, path, *, force=True) -> Path:
     return _save(fig, path, force)
 
 
-def _save(fig, path, force) -> Path:
+def _save(fig, path, force, tight=False) -> Path:
     plt = _pyplot()
     try:
         with atomic_output(path, force=force) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
+            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight" if tight else None, pad_inches=0.05)
     finally:
         plt.close(fig)
     return Path(path)
@@ -258,7 +287,9 @@ def vae_figures(encoder, images, labels, out_dir, *, frames=(), force=True) -> l
     if encoder.history_:
         written.append(save_curves(encoder.history_, path["training_curves.png"], force=force))
     if frames:
-        written.append(save_gif(list(frames), path["training.gif"], force=force))
+        # the callback keeps one frame per finished epoch, from the first
+        captions = [f"epoch {epoch}" for epoch in range(1, len(frames) + 1)]
+        written.append(save_gif(list(frames), path["training.gif"], captions=captions, force=force))
     return written
 
 

@@ -373,6 +373,61 @@ def test_bad_parameters_are_refused_by_message(digits):
         VAEEncoder(gaussian_variance=0.1).fit(digits.train.images[:50])
 
 
+@pytest.mark.parametrize("side, n, scale", [(28, 400, 1), (8, 64, 7)], ids=["manifold-like", "digits"])
+def test_a_grid_png_shows_every_image_pixel_as_a_whole_square(tmp_path, side, n, scale):
+    from PIL import Image
+
+    from fvae import report
+
+    images = np.random.default_rng(0).integers(0, 2, (n, side, side)).astype(np.float32)
+    images[0, 0, 0] = 0  # the grid's top-left pixel is black: where the grid starts in the picture
+    expected = report.tile(images)  # 579 pixels wide for 20 columns of 28: wider than the old 6-inch figure
+    expected = (np.repeat(np.repeat(expected, scale, axis=0), scale, axis=1) * 255).astype(np.uint8)
+    report.save_grid(images, tmp_path / "grid.png")
+    with Image.open(tmp_path / "grid.png") as picture:
+        grey = np.asarray(picture.convert("L"))
+    top, left = np.argwhere(grey == 0).min(axis=0)
+    assert np.array_equal(grey[top:top + expected.shape[0], left:left + expected.shape[1]], expected)
+
+
+def test_a_title_wider_than_its_grid_is_drawn_whole(tmp_path):
+    from PIL import Image
+
+    from fvae import report
+
+    title = "samples, one row per class"
+    report.save_grid(np.zeros((30, 8, 8), np.float32), tmp_path / "narrow.png", n_cols=3, title=title,
+                     row_labels=range(10))
+    plt = report._pyplot()
+    fig = plt.figure(dpi=report.DPI)
+    title_width = fig.text(0, 0, title, fontsize="large").get_window_extent(fig.canvas.get_renderer()).width
+    plt.close(fig)
+    with Image.open(tmp_path / "narrow.png") as picture:
+        assert picture.size[0] > title_width > (3 * 9 - 1) * report._grid_scale((10 * 9 - 1, 3 * 9 - 1))
+
+
+def test_the_training_gif_captions_each_epoch_and_holds_the_last_frame(tmp_path):
+    from PIL import Image
+
+    from fvae import report
+
+    frame = report.tile(np.random.default_rng(0).integers(0, 2, (64, 28, 28)).astype(np.float32))  # 231 pixels
+    path = tmp_path / "training.gif"
+    report.save_gif([frame] * 3, path, captions=["epoch 1", "epoch 2", "epoch 3"])
+    with Image.open(path) as gif:
+        pictures, durations = [], []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            pictures.append(np.asarray(gif.convert("L")))
+            durations.append(gif.info["duration"])
+    assert durations == [300, 300, 2000]
+    caption = report.CAPTION_PIXELS
+    assert pictures[0].shape == (caption + 2 * frame.shape[0], 2 * frame.shape[1])  # enlarged 2x, as samples.png
+    assert np.array_equal(pictures[0][caption:], np.repeat(np.repeat(frame, 2, 0), 2, 1) * 255)
+    assert not np.array_equal(pictures[0][:caption], pictures[1][:caption])  # "epoch 1" is not "epoch 2"
+    assert (pictures[0][:caption] < 128).any()  # and a caption is drawn at all
+
+
 def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):
     from PIL import Image
 
