@@ -191,7 +191,8 @@ def save_label_efficiency(curves: dict, path, *, force=True) -> Path:
 
 
 def save_curves(history: dict, path, *, force=True) -> Path:
-    """Training and validation ELBO, reconstruction term and KL per epoch."""
+    """Training and validation ELBO, reconstruction term and KL per epoch, and the epoch whose
+    weights training kept (``history["best_epoch"]``) as a dotted line."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
@@ -200,6 +201,9 @@ def save_curves(history: dict, path, *, force=True) -> Path:
             if prefix + key in history:
                 ax.plot(np.arange(1, len(history[prefix + key]) + 1), history[prefix + key], style,
                         label="validation" if prefix else "train")
+        if history.get("best_epoch") is not None:  # 0-based; the axis counts epochs from 1
+            ax.axvline(history["best_epoch"] + 1, color="0.5", linestyle=":", linewidth=1.2,
+                       label=f"kept: epoch {history['best_epoch'] + 1}")
         ax.set_title(f"{key} (nats)")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

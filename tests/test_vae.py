@@ -543,6 +543,20 @@ def test_training_curves_mark_whole_epochs_only(tmp_path, monkeypatch):
     report.save_curves(history, tmp_path / "curves.png")
     ticks = np.concatenate([ax.get_xticks() for ax in drawn[0].axes])
     assert len(ticks) and np.array_equal(ticks, np.round(ticks)), ticks
+    assert all("kept" not in text.get_text() for text in drawn[0].axes[0].get_legend().get_texts())
+
+
+def test_training_curves_mark_the_epoch_whose_weights_were_kept(tmp_path, monkeypatch):
+    from fvae import report
+
+    drawn = []
+    monkeypatch.setattr(report, "_save", lambda fig, path, force: drawn.append(fig) or path)
+    history = {"elbo": [-42.0, -37.8, -36.3], "val_elbo": [-40.1, -34.2, -35.3], "reconstruction": [-42.0, -37.7, -36.1],
+               "kl": [0.03, 0.02, 0.22], "best_epoch": 1}  # 0-based, as train() records it: the second epoch
+    report.save_curves(history, tmp_path / "curves.png")
+    for ax in drawn[0].axes:
+        assert [text.get_text() for text in ax.get_legend().get_texts()][-1] == "kept: epoch 2"
+        assert ax.lines[-1].get_xdata()[0] == 2
 
 
 class _Weights:
