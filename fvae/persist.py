@@ -24,7 +24,10 @@ import numpy as np
 
 from .errors import ModelFileError, OutputExistsError
 
-FORMAT_VERSION = 1
+#: The newest model format this fvae reads and writes. 2: a conditional VAE's classes other than
+#: 0..n-1. A file is written in the oldest format that holds it, so older fvae versions read
+#: every file they would read right, and refuse the others.
+FORMAT_VERSION = 2
 HEADER = "header.json"
 METHODS = ("fisher", "vae")
 #: Parameters that say how an estimator runs (threads, progress output), not what it learned:
@@ -131,7 +134,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def save_model(path, *, method: str, params: dict, arrays: dict, input_shape, force: bool = False,
-               files: dict[str, bytes] | None = None) -> str:
+               files: dict[str, bytes] | None = None, format_version: int = 1) -> str:
     """Write a model file atomically and return its checksum.
 
     Parameters
@@ -147,13 +150,15 @@ def save_model(path, *, method: str, params: dict, arrays: dict, input_shape, fo
         Overwrite an existing file.
     files : dict of str to bytes, default=None
         Extra members stored as they are.
+    format_version : int, default=1
+        The oldest format that holds what the file holds (see :data:`FORMAT_VERSION`).
     """
     members = {f"{name}.npy": _npy_bytes(np.asarray(value)) for name, value in arrays.items()}
     members.update(files or {})
     params = {name: value for name, value in params.items() if name not in RUNTIME_PARAMS}
     params = json.loads(json.dumps(params, default=_jsonable))
     header = {
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version,
         "fvae_version": fvae_version(),
         "method": method,
         "params": params,

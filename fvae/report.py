@@ -229,12 +229,11 @@ def save_samples(encoder, path, *, n=64, label=None, random_state=0, force=True)
     ``ceil(n / n_classes)`` samples (so ``n`` is rounded up to whole rows).
     """
     if encoder.conditional and label is None:
-        n_classes = encoder.n_classes_
-        per_class = -(-n // n_classes)
-        rows = [encoder.sample(per_class, label=c, random_state=random_state) for c in range(n_classes)]
-        save_grid(np.concatenate(rows), path, n_cols=per_class, row_labels=range(n_classes),
+        per_class = -(-n // encoder.n_classes_)
+        rows = [encoder.sample(per_class, label=c, random_state=random_state) for c in encoder.classes_]
+        save_grid(np.concatenate(rows), path, n_cols=per_class, row_labels=encoder.classes_,
                   title="samples, one row per class", force=force)
-        return per_class * n_classes
+        return per_class * encoder.n_classes_
     title = "samples from the prior" if label is None else f"class {label}"
     save_grid(encoder.sample(n, label=label, random_state=random_state), path, title=title, force=force)
     return n

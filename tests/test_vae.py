@@ -266,6 +266,43 @@ def test_figures_of_unlabelled_images_draw_without_warnings(trained, digits, tmp
     assert (tmp_path / "latent.png") in written and (tmp_path / "latent.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_conditional_vae_learns_its_classes_from_the_labels(tmp_path):
+    from fvae import report
+    from fvae.persist import read_header
+    from fvae.vae.encoder import KERAS_MEMBER, keras_bytes
+
+    digits = fvae.load_dataset("digits").train
+    chosen = np.isin(digits.labels, [3, 7])
+    images, labels = digits.images[chosen], digits.labels[chosen]
+    small = dict(arch="mlp", hidden=(16,), latent_dim=2, epochs=1, conditional=True, random_state=0)
+    vae = VAEEncoder(**small).fit(images, labels)
+    # before: classes 0..7, six of them never seen, and sample(label=5) drew from an untrained one-hot
+    assert vae.classes_.tolist() == [3, 7] and vae.n_classes_ == vae.model_.n_classes == 2
+    with pytest.raises(InputError, match="^label 5: this model knows classes 3, 7$"):
+        vae.sample(2, label=5)
+    with pytest.raises(InputError, match=r"^transform: label 5 is not a class this model was fitted on \(3, 7\)$"):
+        vae.transform(images[:2], np.array([3, 5]))
+    z = np.zeros((1, 2), np.float32)
+    second_class = vae.model_.mean_image(vae.model_.decode(z, np.array([1], np.int32)))  # one-hot position 1
+    np.testing.assert_array_equal(vae.sample(1, label=7, z=z), keras.ops.convert_to_numpy(second_class).reshape(1, 8, 8))
+    assert report.save_samples(vae, tmp_path / "rows.png", n=4) == 4  # 2 rows (3 and 7) of 2, not 8 rows of 1
+
+    vae.save(tmp_path / "c37.npz")
+    assert read_header(tmp_path / "c37.npz")["format_version"] == 2  # an older fvae would misread 3 and 7
+    loaded = VAEEncoder.load(tmp_path / "c37.npz")
+    assert loaded.classes_.tolist() == [3, 7]
+    np.testing.assert_array_equal(loaded.transform(images[:5], labels[:5]), vae.transform(images[:5], labels[:5]))
+
+    zero_based = VAEEncoder(**small).fit(digits.images[:300], digits.labels[:300])
+    zero_based.save(tmp_path / "c10.npz")
+    assert read_header(tmp_path / "c10.npz")["format_version"] == 1  # nothing an older fvae would misread
+    # a file written before classes_ were saved: its classes are 0..n-1
+    save_model(tmp_path / "before.npz", method="vae", params=zero_based.get_params(),
+               arrays={"n_classes_": np.asarray(10)}, input_shape=zero_based.image_shape_,
+               files={KERAS_MEMBER: keras_bytes(zero_based.model_)})
+    assert VAEEncoder.load(tmp_path / "before.npz").classes_.tolist() == list(range(10))
+
+
 def test_a_newer_format_version_is_refused(trained, tmp_path):
     trained.save(tmp_path / "vae.npz")
     with zipfile.ZipFile(tmp_path / "vae.npz") as src, zipfile.ZipFile(tmp_path / "newer.npz", "w") as dst:
@@ -293,7 +330,7 @@ def test_conv_conditional_gaussian_variants_run_on_8x8(digits, tmp_path):
     conditional = VAEEncoder(arch="conv", latent_dim=3, epochs=2, conditional=True, random_state=0).fit(images, labels)
     assert conditional.transform(images[:10], labels[:10]).shape == (10, 3)
     assert conditional.sample(4, label=7).shape == (4, 8, 8)
-    with pytest.raises(InputError, match="label 12: this model knows classes 0..9"):
+    with pytest.raises(InputError, match="^label 12: this model knows classes 0..9$"):
         conditional.sample(4, label=12)
     with pytest.raises(InputError, match=r"^this VAE is conditional: name the class to draw \(label, --label\)$"):
         conditional.sample(4)

@@ -79,8 +79,11 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         Per-epoch training and validation numbers (see :func:`fvae.vae.train.train`).
     image_shape_ : tuple of (h, w)
     n_features_in_ : int
+    classes_ : ndarray of shape (n_classes,)
+        Only for a conditional VAE: the labels seen in ``fit``, sorted. Any integers; the one-hot
+        code of a label is its position here.
     n_classes_ : int
-        Only for a conditional VAE.
+        Only for a conditional VAE: ``len(classes_)``.
     checksum_ : str
         Only on a loaded encoder.
     """
@@ -191,6 +194,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
             raise InputError(f"gaussian_variance applies to likelihood='gaussian' only, not {self.likelihood!r}")
 
     def _check_labels(self, y, n, where, fitting=False):
+        """A conditional VAE's labels as positions in ``classes_`` (learned here when fitting);
+        None for an unconditional VAE."""
         if not self.conditional:
             return None
         if y is None:
@@ -199,12 +204,17 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
             raise InputError(f"{where}: labels must be {n} integers, got shape {labels.shape} dtype {labels.dtype}")
         if fitting:
-            if labels.min() < 0:
-                raise InputError(f"{where}: labels must be >= 0")
-            self.n_classes_ = int(labels.max()) + 1
-        elif labels.min() < 0 or labels.max() >= self.n_classes_:
-            raise InputError(f"{where}: labels must lie in [0, {self.n_classes_ - 1}]")
-        return labels.astype(np.int32)
+            self.classes_ = np.unique(labels).astype(np.int64)
+            self.n_classes_ = len(self.classes_)
+        return self._class_positions(labels, where)
+
+    def _class_positions(self, labels, where):
+        positions = np.searchsorted(self.classes_, labels)
+        known = self.classes_[np.minimum(positions, self.n_classes_ - 1)] == labels
+        if not known.all():
+            raise InputError(f"{where}: label {labels[~known][0]} is not a class this model was fitted on "
+                             f"({_listed(self.classes_)})")
+        return positions.astype(np.int32)
 
     # -- using ----------------------------------------------------------------------------------
 
@@ -270,8 +280,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         if not self.conditional and label is not None:
             raise InputError("this VAE is not conditional, so it draws no chosen class "
                              "(fit one with conditional=True, --conditional)")
-        if label is not None and not 0 <= label < self.n_classes_:
-            raise InputError(f"label {label}: this model knows classes 0..{self.n_classes_ - 1}")
+        if label is not None and (not isinstance(label, (int, np.integer)) or label not in self.classes_):
+            raise InputError(f"label {label!r}: this model knows classes {_listed(self.classes_)}")
         if z is None:
             if not is_whole_number(n):
                 raise InputError(f"sample: n must be a whole number >= 0, got {n!r}")
@@ -342,8 +352,13 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         payload = keras_bytes(self.model_)
         arrays = {"n_classes_": np.asarray(getattr(self, "n_classes_", 0))}
+        format_version = 1
+        if self.conditional:
+            arrays["classes_"] = self.classes_
+            # format 1 knows classes 0..n-1 only: an older fvae would take label 3 of (3, 7) for the 4th class
+            format_version = 1 if np.array_equal(self.classes_, np.arange(self.n_classes_)) else 2
         return save_model(path, method="vae", params=self.get_params(), arrays=arrays, input_shape=self.image_shape_,
-                          force=force, files={KERAS_MEMBER: payload})
+                          force=force, files={KERAS_MEMBER: payload}, format_version=format_version)
 
     @classmethod
     def load(cls, path) -> "VAEEncoder":
@@ -363,6 +378,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         if encoder.conditional:
             # .item(): files written before fvae kept 0-d arrays 0-d hold this scalar with shape (1,)
             encoder.n_classes_ = int(members["n_classes_"].item())
+            encoder.classes_ = members.get("classes_", np.arange(encoder.n_classes_, dtype=np.int64))  # format 1: 0..n-1
         encoder.history_ = None
         encoder.checksum_ = header["checksum"]
         return encoder
@@ -384,6 +400,14 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         self.__dict__.update(state)
         if payload is not None:
             self.model_ = keras_from_bytes(payload)
+
+
+def _listed(classes) -> str:
+    """Classes for a message: "0..9" when they run without a gap, else "3, 7" (the first 12)."""
+    if len(classes) > 2 and np.array_equal(classes, np.arange(classes[0], classes[0] + len(classes))):
+        return f"{classes[0]}..{classes[-1]}"
+    shown = ", ".join(str(c) for c in classes[:12])
+    return shown + (f", ... ({len(classes)} in all)" if len(classes) > 12 else "")
 
 
 def keras_bytes(model) -> bytes:
