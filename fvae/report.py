@@ -66,10 +66,10 @@ def save_grid(images, path, *, n_cols=None, title=None, row_labels=None, force=T
     grid = tile(images, n_cols)
     scale = _grid_scale(grid.shape)
     grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
-    margin = {"left": 30 if row_labels is not None else 0, "right": 0, "top": 30 if title else 0, "bottom": 0}
-    width, height = grid.shape[1] + margin["left"] + margin["right"], grid.shape[0] + margin["top"] + margin["bottom"]
+    left, top = (30 if row_labels is not None else 0), (30 if title else 0)  # room for the labels and the title
+    width, height = grid.shape[1] + left, grid.shape[0] + top
     fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
-    ax = fig.add_axes((margin["left"] / width, margin["bottom"] / height, grid.shape[1] / width, grid.shape[0] / height))
+    ax = fig.add_axes((left / width, 0, grid.shape[1] / width, grid.shape[0] / height))
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
     ax.spines[:].set_visible(False)  # a frame would be drawn over the outer images' edge pixels
     ax.set_xticks([])
