@@ -48,6 +48,7 @@ def tile(images: np.ndarray, n_cols: int | None = None, pad: int = 1) -> np.ndar
 
 DPI = 100
 GRID_PIXELS = 480  # small grids are enlarged to about this side, by a whole factor
+GRID_MAX_PIXELS = 4096  # larger grids are reduced by a whole factor, each pixel the mean of its block
 CAPTION_PIXELS = 20
 
 
@@ -56,14 +57,29 @@ def _grid_scale(shape) -> int:
     return max(1, round(GRID_PIXELS / max(shape)))
 
 
+def _reduced(grid: np.ndarray, factor: int) -> np.ndarray:
+    """``grid`` with each ``factor`` x ``factor`` block replaced by its mean (white past the edges)."""
+    h, w = (-(-side // factor) * factor for side in grid.shape)
+    padded = np.ones((h, w), dtype=grid.dtype)
+    padded[: grid.shape[0], : grid.shape[1]] = grid
+    return padded.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
 def save_grid(images, path, *, n_cols=None, title=None, row_labels=None, force=True) -> Path:
     """Save images in [0, 1] as one grid PNG (row labels on the left, e.g. a class per row).
 
     Every image pixel becomes a whole square of screen pixels, never a fraction: a grid wider than
-    the figure used to be resampled, dropping rows and columns of the 20x20 manifold's digits.
+    the figure used to be resampled, dropping rows and columns of the 20x20 manifold's digits. A
+    grid over GRID_MAX_PIXELS a side (the manifold of 256-pixel images: 5,139) is reduced instead,
+    by block means.
     """
     plt = _pyplot()
+    images = np.asarray(images)
     grid = tile(images, n_cols)
+    row_height = images.shape[1] + 1
+    reduction = -(-max(grid.shape) // GRID_MAX_PIXELS)
+    if reduction > 1:
+        grid, row_height = _reduced(grid, reduction), row_height / reduction
     scale = _grid_scale(grid.shape)
     grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
     left, top = (30 if row_labels is not None else 0), (30 if title else 0)  # room for the labels and the title
@@ -74,7 +90,7 @@ def save_grid(images, path, *, n_cols=None, title=None, row_labels=None, force=T
     ax.spines[:].set_visible(False)  # a frame would be drawn over the outer images' edge pixels
     ax.set_xticks([])
     if row_labels is not None:
-        h = (images.shape[1] + 1) * scale
+        h = row_height * scale
         ax.set_yticks([h * i + h / 2 for i in range(len(row_labels))], [str(r) for r in row_labels])
     else:
         ax.set_yticks([])

@@ -427,6 +427,29 @@ def test_a_grid_png_shows_every_image_pixel_as_a_whole_square(tmp_path, side, n,
     assert np.array_equal(grey[top:top + expected.shape[0], left:left + expected.shape[1]], expected)
 
 
+def test_a_grid_too_large_to_show_whole_is_reduced_by_block_means(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from fvae import report
+
+    monkeypatch.setattr(report, "GRID_MAX_PIXELS", 100)  # as a 20x20 manifold of 256-pixel images is to 4,096
+    images = np.random.default_rng(0).integers(0, 2, (16, 28, 28)).astype(np.float32)
+    images[0, :2, :2] = 0  # the first 2x2 block is black: where the grid starts in the picture
+    report.save_grid(images, tmp_path / "big.png")  # a 115-pixel grid: halved, then enlarged 8x
+    tiled = report.tile(images)
+    halved = np.ones((58, 58), np.float32)
+    halved[:57, :57] = tiled[:114, :114].reshape(57, 2, 57, 2).mean(axis=(1, 3))
+    halved[57, :57] = (tiled[114, :114].reshape(57, 2).mean(axis=1) + 1) / 2  # the last row's blocks: half white
+    halved[:57, 57] = (tiled[:114, 114].reshape(57, 2).mean(axis=1) + 1) / 2
+    halved[57, 57] = (tiled[114, 114] + 3) / 4
+    expected = np.repeat(np.repeat(halved, 8, axis=0), 8, axis=1) * 255
+    with Image.open(tmp_path / "big.png") as picture:
+        grey = np.asarray(picture.convert("L")).astype(np.float32)
+    top, left = np.argwhere(grey == 0).min(axis=0)
+    shown = grey[top:top + expected.shape[0], left:left + expected.shape[1]]
+    assert shown.shape == expected.shape and np.abs(shown - expected).max() <= 1  # the colormap rounds to 1/255
+
+
 def test_a_title_wider_than_its_grid_is_drawn_whole(tmp_path):
     from PIL import Image
 
