@@ -266,7 +266,7 @@ def test_figures_of_unlabelled_images_draw_without_warnings(trained, digits, tmp
     assert (tmp_path / "latent.png") in written and (tmp_path / "latent.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_conditional_vae_learns_its_classes_from_the_labels(tmp_path):
+def test_a_conditional_vae_learns_its_classes_from_the_labels(tmp_path, monkeypatch):
     from fvae import report
     from fvae.persist import read_header
     from fvae.vae.encoder import KERAS_MEMBER, keras_bytes
@@ -292,6 +292,16 @@ def test_a_conditional_vae_learns_its_classes_from_the_labels(tmp_path):
     loaded = VAEEncoder.load(tmp_path / "c37.npz")
     assert loaded.classes_.tolist() == [3, 7]
     np.testing.assert_array_equal(loaded.transform(images[:5], labels[:5]), vae.transform(images[:5], labels[:5]))
+
+    # the training GIF has one row per class too: 2 rows of 10 draws, not one per label up to the largest
+    from fvae.data import Split
+    from fvae.vae.encoder import fit_and_save
+
+    drawn = []
+    real_save_gif = report.save_gif
+    monkeypatch.setattr(report, "save_gif", lambda frames, path, **kw: drawn.append(frames) or real_save_gif(frames, path, **kw))
+    fit_and_save(VAEEncoder(**small), Split(images, labels), None, tmp_path / "g.npz", figures_dir=tmp_path / "figs")
+    assert drawn[0][0].shape == (2 * 9 - 1, 10 * 9 - 1)
 
     zero_based = VAEEncoder(**small).fit(digits.images[:300], digits.labels[:300])
     zero_based.save(tmp_path / "c10.npz")

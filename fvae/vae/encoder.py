@@ -484,14 +484,13 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
         ``checksum``, ``history`` paths, ``test`` numbers (or None), ``figures`` paths,
         ``interrupted``.
     """
-    from .train import progress_frames
+    from .train import EpochSamples
 
     refuse_overwrite(model_path, *history_paths(model_path).values(), force=force)
     callbacks = []
     if figures_dir is not None:
         _check_figures_dir(Path(figures_dir), encoder, force)
-        n_classes = int(np.max(train.labels)) + 1 if encoder.conditional and train.labels is not None else 0
-        callbacks.append(progress_frames(encoder.latent_dim, n_classes))
+        callbacks.append(EpochSamples(encoder.latent_dim))
     interrupted = False
     try:
         encoder.fit(train.images, train.labels if encoder.conditional else None, callbacks=callbacks)

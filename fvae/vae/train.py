@@ -395,32 +395,33 @@ def evaluate(model, images, labels=None, *, iwae_k: int = 64, seed: int = 0, bat
 
 
 class EpochSamples(keras.callbacks.Callback):
-    """Decode one fixed set of latent vectors after every epoch and keep the grid (for the GIF).
+    """Decode one fixed set of latent vectors after every epoch and keep the grid (for the GIF):
+    64 prior draws, or for a conditional VAE 10 draws per class, one row per class. The classes
+    are the model's own one-hot positions, read when training begins.
 
     Parameters
     ----------
-    z : ndarray of shape (n, latent_dim)
-    labels : ndarray of shape (n,), default=None
-        For a conditional VAE (e.g. one row per class).
-    n_cols : int
+    latent_dim : int
+    seed : int, default=0
+        Seeds the latent vectors.
     """
 
-    def __init__(self, z, labels=None, n_cols=8):
+    def __init__(self, latent_dim: int, seed: int = 0):
         super().__init__()
-        self.z, self.labels, self.n_cols = z, labels, n_cols
+        self.latent_dim, self.seed = latent_dim, seed
         self.frames = []
+
+    def on_train_begin(self, logs=None):
+        rng = np.random.default_rng(self.seed)
+        n_classes = self.model.n_classes
+        if n_classes:
+            z = rng.standard_normal((10, self.latent_dim)).astype(np.float32)
+            self.z, self.labels, self.n_cols = np.tile(z, (n_classes, 1)), np.repeat(np.arange(n_classes, dtype=np.int32), 10), 10
+        else:
+            self.z, self.labels, self.n_cols = rng.standard_normal((64, self.latent_dim)).astype(np.float32), None, 8
 
     def on_epoch_end(self, epoch, logs=None):
         from ..report import tile
 
         images = ops.convert_to_numpy(self.model.mean_image(self.model.decode(self.z, self.labels)))
         self.frames.append(tile(images, self.n_cols))
-
-
-def progress_frames(latent_dim: int, n_classes: int = 0, seed: int = 0) -> EpochSamples:
-    """The training-progress callback: 64 fixed prior draws, or 10 per class for a conditional VAE."""
-    rng = np.random.default_rng(seed)
-    if n_classes:
-        z = rng.standard_normal((10, latent_dim)).astype(np.float32)
-        return EpochSamples(np.tile(z, (n_classes, 1)), np.repeat(np.arange(n_classes), 10).astype(np.int32), n_cols=10)
-    return EpochSamples(rng.standard_normal((64, latent_dim)).astype(np.float32), None, n_cols=8)
