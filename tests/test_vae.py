@@ -313,6 +313,22 @@ def test_a_conditional_vae_learns_its_classes_from_the_labels(tmp_path, monkeypa
     assert VAEEncoder.load(tmp_path / "before.npz").classes_.tolist() == list(range(10))
 
 
+def test_a_refit_that_fails_keeps_the_previous_fit_whole():
+    class FailsAtOnce(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            raise RuntimeError("no training today")
+
+    digits = fvae.load_dataset("digits").train
+    vae = VAEEncoder(arch="mlp", hidden=(16,), latent_dim=2, epochs=1, conditional=True, random_state=0)
+    vae.fit(digits.images[:200], digits.labels[:200])
+    before = vae.transform(digits.images[:5], digits.labels[:5])
+    smaller = digits.images[:200, :7, :7]
+    with pytest.raises(RuntimeError, match="no training today"):
+        vae.fit(smaller, np.where(digits.labels[:200] < 5, 3, 7), callbacks=[FailsAtOnce()])
+    assert vae.image_shape_ == (8, 8) and vae.classes_.tolist() == list(range(10))
+    np.testing.assert_array_equal(vae.transform(digits.images[:5], digits.labels[:5]), before)
+
+
 def test_a_newer_format_version_is_refused(trained, tmp_path):
     trained.save(tmp_path / "vae.npz")
     with zipfile.ZipFile(tmp_path / "vae.npz") as src, zipfile.ZipFile(tmp_path / "newer.npz", "w") as dst:

@@ -83,7 +83,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         Only for a conditional VAE: the labels seen in ``fit``, sorted. Any integers; the one-hot
         code of a label is its position here.
     n_classes_ : int
-        Only for a conditional VAE: ``len(classes_)``.
+        Only for a conditional VAE: ``len(classes_)`` (a property).
     checksum_ : str
         Only on a loaded encoder.
     """
@@ -145,23 +145,28 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
 
         self._check_params()
         images = to_unit_float(check_image_batch(X, self.image_shape, "fit"), "fit")
-        labels = self._check_labels(y, len(images), "fit", fitting=True)
+        labels = self._valid_labels(y, len(images), "fit")
+        classes = None if labels is None else np.unique(labels).astype(np.int64)
         keras.utils.set_random_seed(self.random_state)
-        self.image_shape_ = tuple(int(s) for s in images.shape[1:])
-        self.n_features_in_ = int(np.prod(self.image_shape_))
+        image_shape = tuple(int(s) for s in images.shape[1:])
         model = VAE(
-            self.image_shape_, latent_dim=self.latent_dim, arch=self.arch, hidden=tuple(self.hidden),
+            image_shape, latent_dim=self.latent_dim, arch=self.arch, hidden=tuple(self.hidden),
             likelihood=self.likelihood, binarization=self.binarization, gaussian_variance=self.gaussian_variance,
-            beta=self.beta, dropout=self.dropout, n_classes=self.n_classes_ if self.conditional else 0,
+            beta=self.beta, dropout=self.dropout, n_classes=0 if classes is None else len(classes),
             seed=self.random_state,
         )
-        self.history_ = train(
-            model, images, labels, epochs=self.epochs, batch_size=self.batch_size,
+        history = train(
+            model, images, None if labels is None else _class_positions(labels, classes, "fit"),
+            epochs=self.epochs, batch_size=self.batch_size,
             learning_rate=self.learning_rate, validation_fraction=self.validation_fraction,
             patience=self.patience, warmup_epochs=self.warmup_epochs, max_seconds=self.max_seconds,
             seed=self.random_state, callbacks=list(callbacks), verbose=self.verbose,
         )
-        self.model_ = model
+        # set together once training is done (as FisherVectorEncoder.fit): a refit that fails keeps the previous fit
+        self.model_, self.history_, self.image_shape_ = model, history, image_shape
+        self.n_features_in_ = int(np.prod(image_shape))
+        if classes is not None:
+            self.classes_ = classes
         if self.history_["stopped_by"] == "interrupted":
             raise TrainingInterrupted(f"interrupted after {self.history_['epochs_run']} epochs")
         return self
@@ -193,9 +198,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         if self.gaussian_variance is not None and self.likelihood != "gaussian":
             raise InputError(f"gaussian_variance applies to likelihood='gaussian' only, not {self.likelihood!r}")
 
-    def _check_labels(self, y, n, where, fitting=False):
-        """A conditional VAE's labels as positions in ``classes_`` (learned here when fitting);
-        None for an unconditional VAE."""
+    def _valid_labels(self, y, n, where):
+        """A conditional VAE's labels, checked: ``n`` integers (None for an unconditional VAE)."""
         if not self.conditional:
             return None
         if y is None:
@@ -203,18 +207,12 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         labels = np.asarray(y)
         if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
             raise InputError(f"{where}: labels must be {n} integers, got shape {labels.shape} dtype {labels.dtype}")
-        if fitting:
-            self.classes_ = np.unique(labels).astype(np.int64)
-            self.n_classes_ = len(self.classes_)
-        return self._class_positions(labels, where)
+        return labels
 
-    def _class_positions(self, labels, where):
-        positions = np.searchsorted(self.classes_, labels)
-        known = self.classes_[np.minimum(positions, self.n_classes_ - 1)] == labels
-        if not known.all():
-            raise InputError(f"{where}: label {labels[~known][0]} is not a class this model was fitted on "
-                             f"({_listed(self.classes_)})")
-        return positions.astype(np.int32)
+    @property
+    def n_classes_(self) -> int:
+        """Only for a conditional VAE: ``len(classes_)``."""
+        return len(self.classes_)
 
     # -- using ----------------------------------------------------------------------------------
 
@@ -222,7 +220,12 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         """Images as float32 in [0, 1] and the labels a conditional VAE needs (None otherwise)."""
         check_is_fitted(self, "model_")
         images = to_unit_float(check_image_batch(X, self.image_shape_, where), where)
-        return images, self._check_labels(y, len(images), where)
+        return images, self._positions(y, len(images), where)
+
+    def _positions(self, y, n, where):
+        """A fitted conditional VAE's labels as positions in ``classes_`` (None if unconditional)."""
+        labels = self._valid_labels(y, n, where)
+        return None if labels is None else _class_positions(labels, self.classes_, where)
 
     def transform(self, X, y=None, *, batch_size=1024):
         """Posterior means (or ``[mean, log_var]``), float32 of shape (n_images, latent_dim[*2]).
@@ -254,7 +257,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         if not np.isfinite(Z).all():
             raise InputError("inverse_transform: codes contain NaN or infinite values")
         Z = Z[:, : self.latent_dim]
-        labels = self._check_labels(y, len(Z), "inverse_transform")
+        labels = self._positions(y, len(Z), "inverse_transform")
         out = np.empty((len(Z),) + self.image_shape_, dtype=np.float32)
         for start in range(0, len(Z), batch_size):
             s = slice(start, start + batch_size)
@@ -377,8 +380,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         encoder.n_features_in_ = int(np.prod(encoder.image_shape_))
         if encoder.conditional:
             # .item(): files written before fvae kept 0-d arrays 0-d hold this scalar with shape (1,)
-            encoder.n_classes_ = int(members["n_classes_"].item())
-            encoder.classes_ = members.get("classes_", np.arange(encoder.n_classes_, dtype=np.int64))  # format 1: 0..n-1
+            n_classes = int(members["n_classes_"].item())
+            encoder.classes_ = members.get("classes_", np.arange(n_classes, dtype=np.int64))  # format 1: 0..n-1
         encoder.history_ = None
         encoder.checksum_ = header["checksum"]
         return encoder
@@ -400,6 +403,17 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         self.__dict__.update(state)
         if payload is not None:
             self.model_ = keras_from_bytes(payload)
+
+
+def _class_positions(labels, classes, where) -> np.ndarray:
+    """Each label's position in the sorted ``classes`` (its one-hot index); a label that is not
+    one of them is an InputError."""
+    positions = np.searchsorted(classes, labels)
+    known = classes[np.minimum(positions, len(classes) - 1)] == labels
+    if not known.all():
+        raise InputError(f"{where}: label {labels[~known][0]} is not a class this model was fitted on "
+                         f"({_listed(classes)})")
+    return positions.astype(np.int32)
 
 
 def _listed(classes) -> str:
