@@ -727,8 +727,8 @@ def _str_or_none(value):
 
 
 def _params(encoding: Encoding | None):
-    """The encoder's parameters as used: one that was None and chosen by ``fit`` (Fisher's patch
-    size, say) is reported as the value chosen, its fitted attribute ``NAME_``."""
+    """The encoder's parameters as used: those its ``fit`` chooses when None (``_chosen_at_fit``:
+    Fisher's patch size, say) are reported as the values chosen, the fitted ``NAME_``."""
     if encoding is None:
         return None
     import json
@@ -736,8 +736,9 @@ def _params(encoding: Encoding | None):
     from .persist import _jsonable
 
     estimator = encoding.estimator
-    params = {name: getattr(estimator, f"{name}_", None) if value is None else value
-              for name, value in estimator.get_params().items()}
+    params = estimator.get_params()
+    for name in getattr(estimator, "_chosen_at_fit", ()):
+        params[name] = getattr(estimator, f"{name}_")
     return json.loads(json.dumps(params, default=_jsonable))
 
 

@@ -231,6 +231,8 @@ def test_cli_report_numbers_are_consistent(cli_run):
     fisher_params = report["settings"]["fisher_params"]  # as used: the patches fit chose for 8x8 images
     assert (fisher_params["patch_size"], fisher_params["stride"], fisher_params["pca_components"]) == (4, 1, 12)
     assert report["settings"]["vae_params"]["latent_dim"] == 64
+    # a parameter fit does not choose stays as given: image_shape None (the images were not flat)
+    assert fisher_params["image_shape"] is None and report["settings"]["vae_params"]["image_shape"] is None
     assert enc["raw"]["reconstruction"]["ridge"]["mse"] < 1e-3  # pixels reconstruct themselves
     assert enc["vae"]["reconstruction"]["own"]["bce"] > 0
     assert report["vae"]["test"]["iwae_bound"] >= report["vae"]["test"]["elbo"] - 0.5
