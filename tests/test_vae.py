@@ -436,10 +436,19 @@ def test_bad_parameters_are_refused_by_message(digits):
         VAEEncoder(gaussian_variance=0.1).fit(digits.train.images[:50])
 
 
-@pytest.mark.parametrize("side, n, scale", [(28, 400, 1), (8, 64, 7)], ids=["manifold-like", "digits"])
-def test_a_grid_png_shows_every_image_pixel_as_a_whole_square(tmp_path, side, n, scale):
+def _drawn_grid(path, shape):
+    """The (height, width) block of a grid PNG's grey levels that starts at its first black pixel
+    (the grids drawn here start with one, and have no title)."""
     from PIL import Image
 
+    with Image.open(path) as picture:
+        grey = np.asarray(picture.convert("L"))
+    top, left = np.argwhere(grey == 0).min(axis=0)
+    return grey[top:top + shape[0], left:left + shape[1]]
+
+
+@pytest.mark.parametrize("side, n, scale", [(28, 400, 1), (8, 64, 7)], ids=["manifold-like", "digits"])
+def test_a_grid_png_shows_every_image_pixel_as_a_whole_square(tmp_path, side, n, scale):
     from fvae import report
 
     images = np.random.default_rng(0).integers(0, 2, (n, side, side)).astype(np.float32)
@@ -447,32 +456,21 @@ def test_a_grid_png_shows_every_image_pixel_as_a_whole_square(tmp_path, side, n,
     expected = report.tile(images)  # 579 pixels wide for 20 columns of 28: wider than the old 6-inch figure
     expected = (np.repeat(np.repeat(expected, scale, axis=0), scale, axis=1) * 255).astype(np.uint8)
     report.save_grid(images, tmp_path / "grid.png")
-    with Image.open(tmp_path / "grid.png") as picture:
-        grey = np.asarray(picture.convert("L"))
-    top, left = np.argwhere(grey == 0).min(axis=0)
-    assert np.array_equal(grey[top:top + expected.shape[0], left:left + expected.shape[1]], expected)
+    assert np.array_equal(_drawn_grid(tmp_path / "grid.png", expected.shape), expected)
 
 
 def test_a_grid_too_large_to_show_whole_is_reduced_by_block_means(tmp_path, monkeypatch):
-    from PIL import Image
-
     from fvae import report
 
     monkeypatch.setattr(report, "GRID_MAX_PIXELS", 100)  # as a 20x20 manifold of 256-pixel images is to 4,096
     images = np.random.default_rng(0).integers(0, 2, (16, 28, 28)).astype(np.float32)
     images[0, :2, :2] = 0  # the first 2x2 block is black: where the grid starts in the picture
     report.save_grid(images, tmp_path / "big.png")  # a 115-pixel grid: halved, then enlarged 8x
-    tiled = report.tile(images)
-    halved = np.ones((58, 58), np.float32)
-    halved[:57, :57] = tiled[:114, :114].reshape(57, 2, 57, 2).mean(axis=(1, 3))
-    halved[57, :57] = (tiled[114, :114].reshape(57, 2).mean(axis=1) + 1) / 2  # the last row's blocks: half white
-    halved[:57, 57] = (tiled[:114, 114].reshape(57, 2).mean(axis=1) + 1) / 2
-    halved[57, 57] = (tiled[114, 114] + 3) / 4
+    padded = np.ones((116, 116), np.float32)  # the grid, white past its edge to whole 2x2 blocks
+    padded[:115, :115] = report.tile(images)
+    halved = np.array([[padded[i:i + 2, j:j + 2].mean() for j in range(0, 116, 2)] for i in range(0, 116, 2)])
     expected = np.repeat(np.repeat(halved, 8, axis=0), 8, axis=1) * 255
-    with Image.open(tmp_path / "big.png") as picture:
-        grey = np.asarray(picture.convert("L")).astype(np.float32)
-    top, left = np.argwhere(grey == 0).min(axis=0)
-    shown = grey[top:top + expected.shape[0], left:left + expected.shape[1]]
+    shown = _drawn_grid(tmp_path / "big.png", expected.shape).astype(np.float32)
     assert shown.shape == expected.shape and np.abs(shown - expected).max() <= 1  # the colormap rounds to 1/255
 
 
