@@ -823,6 +823,18 @@ def _describe_idx_folder(folder: Path) -> dict:
 # estimator inputs
 
 
+def check_fitted_size(image_shape, fitted_shape, model, where: str = "") -> None:
+    """Refuse images of another (h, w) than ``model`` (its name in the message) was fitted on.
+
+    Raises
+    ------
+    InputError
+    """
+    if tuple(image_shape) != tuple(fitted_shape):
+        (h, w), (fitted_h, fitted_w) = image_shape, fitted_shape
+        raise InputError(f"{where}images are {h}x{w}, but {model} was fitted on {fitted_h}x{fitted_w} images")
+
+
 def check_image_batch(X, image_shape=None, where: str = "input") -> np.ndarray:
     """Validate the shape of images passed to an encoder, without copying them.
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Split, is_whole_number, to_unit_float
+from .data import Split, check_fitted_size, is_whole_number, to_unit_float
 from .errors import DataError, InputError
 
 METHODS = ("fisher", "vae", "pca", "raw")
@@ -208,9 +208,7 @@ def _load_given(method, model_path, image_shape):
     from . import load
 
     encoder = load(model_path, method=method)
-    if tuple(encoder.image_shape_) != tuple(image_shape):
-        (h, w), (fitted_h, fitted_w) = image_shape, encoder.image_shape_
-        raise InputError(f"images are {h}x{w}, but {model_path} was fitted on {fitted_h}x{fitted_w} images")
+    check_fitted_size(image_shape, encoder.image_shape_, model_path)
     if method == "vae" and encoder.conditional:
         raise InputError(f"{model_path}: a conditional VAE needs the labels to encode, which would leak "
                          "the test labels into the codes; evaluate an unconditional VAE")

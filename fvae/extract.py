@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from .data import Split
+from .data import Split, check_fitted_size
 from .errors import FvaeError, InputError, OutputExistsError
 from .persist import ZIP_DATE, atomic_output, fvae_version, refuse_overwrite
 
@@ -306,12 +306,9 @@ def _where(metadata: dict) -> str:
 
 def _check_image_size(encoder, split: Split, metadata: dict) -> None:
     """Refuse, before any output exists, images of another size than the model was fitted on."""
-    fitted = tuple(getattr(encoder, "image_shape_", ()))
-    given = tuple(split.images.shape[1:])
-    if fitted and given != fitted:
-        model = metadata.get("model") or "the model"
-        raise InputError(f"{_where(metadata)}images are {given[0]}x{given[1]}, but {model} was fitted on "
-                         f"{fitted[0]}x{fitted[1]} images")
+    if hasattr(encoder, "image_shape_"):
+        check_fitted_size(split.images.shape[1:], encoder.image_shape_, metadata.get("model") or "the model",
+                          _where(metadata))
 
 
 def _check_labels(needs_labels: bool, split: Split, metadata: dict) -> None:
