@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +16,20 @@ os.environ["FVAE_OFFLINE"] = "1"
 FVAE = str(Path(sys.executable).parent / "fvae")
 
 
+def as_from_a_terminal():
+    """``preexec_fn`` of a child the test will Ctrl-C. A suite started in the background
+    ("make test &", nohup) hands its children SIGINT ignored, and Python keeps it so: the child
+    would never see the Ctrl-C. A terminal's never is."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def fvae_cli(*args, cwd, wait=True):
     """Run ``fvae ARGS`` in ``cwd``; the finished process (text output captured), or with
     ``wait=False`` the running one (to interrupt it)."""
     command = [FVAE, *map(str, args)]
     if not wait:
-        return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=as_from_a_terminal)
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
 
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import fvae
-from conftest import FVAE, ROOT, fvae_cli
+from conftest import FVAE, ROOT, as_from_a_terminal, fvae_cli
 from fvae import cli
 from fvae.cli import app
 from fvae.persist import atomic_directory, save_model
@@ -316,11 +316,6 @@ def stderr_on_a_terminal(*args, cwd, interrupt_on=None):
     """
     import pty
     import signal
-
-    def as_from_a_terminal():
-        # A suite started in the background ("make test &") hands its children SIGINT ignored,
-        # and Python keeps it so: the child would never see the Ctrl-C. A terminal's never is.
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     main, replica = pty.openpty()
     process = subprocess.Popen([FVAE, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=replica,
