@@ -471,7 +471,8 @@ def encode(
                 encoder, images, output, batch_size=batch_size, force=force, resume=resume, progress=advance,
                 client=client,
                 metadata={"method": method.value, "model": str(model), "model_checksum": checksum,
-                          "source": dataset.name, "source_location": dataset.location, "split": split.value},
+                          "source": dataset.name, "source_location": dataset.location, "split": split.value,
+                          **_class_names(dataset, images)},
             )
     except BaseException as exc:
         if not _is_interrupt(exc):
@@ -483,6 +484,11 @@ def encode(
     resumed = f", {sidecar['resumed_chunks']} chunks kept from the interrupted run" if sidecar["resumed_chunks"] else ""
     typer.echo(f"encoded {sidecar['n_images']:,} images -> {sidecar['shape'][1]:,} dims in "
                f"{sidecar['encode_seconds']:.1f} s{speed}{resumed}; wrote {output}")
+
+
+def _class_names(dataset, split) -> dict:
+    """``class_names`` for the sidecar, when the split has labels: label i is ``class_names[i]``."""
+    return {"class_names": list(dataset.class_names)} if split.labels is not None and dataset.class_names else {}
 
 
 @app.command()

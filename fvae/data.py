@@ -31,6 +31,9 @@ log = logging.getLogger("fvae")
 NAMED_SOURCES = ("mnist", "mnist-5k", "fashion-mnist", "digits")
 SPLITS = ("train", "test", "all")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+#: Fashion-MNIST's labels 0..9, named as Zalando's README names them.
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
 MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -713,11 +716,12 @@ def _load_fashion_mnist(data_dir, lazy: bool = False) -> Dataset:
             f"fashion-mnist: no idx files in {places} or {DEBIAN_FASHION_MNIST} "
             "(install the Debian package dataset-fashion-mnist)"
         )
-    return _named(_load_idx_folder(folder, "fashion-mnist", lazy), "fashion-mnist")
+    return _named(_load_idx_folder(folder, "fashion-mnist", lazy), "fashion-mnist", FASHION_MNIST_CLASSES)
 
 
-def _named(dataset: Dataset, name: str) -> Dataset:
-    return Dataset(name, dataset.location, dataset.train, dataset.test, dataset.class_names)
+def _named(dataset: Dataset, name: str, class_names: tuple[str, ...] | None = None) -> Dataset:
+    """``dataset`` under the name the user gave, with ``class_names`` when the source does not carry them."""
+    return Dataset(name, dataset.location, dataset.train, dataset.test, class_names or dataset.class_names)
 
 
 def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None = None, *, lazy: bool = False) -> Dataset:

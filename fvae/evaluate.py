@@ -616,6 +616,7 @@ def load_splits(data, test_data=None, data_dir=None) -> tuple[Split, Split, dict
     description = {
         "train": {"source": source.name, "location": source.location, "split": train_split},
         "test": {"source": test_source.name, "location": test_source.location, "split": test_split},
+        "class_names": list(source.class_names),  # label i is class_names[i], as the train source names them
     }
     return _labelled(train, "train", source.name), _labelled(test, "test", test_source.name), description
 
@@ -659,7 +660,7 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
         what the figures are drawn from.
     """
     started = time.perf_counter()
-    sources = {what: part.get("source") for what, part in (data or {}).items()}
+    sources = {what: (data or {}).get(what, {}).get("source") for what in ("train", "test")}
     train, test = _labelled(train, "train", sources.get("train")), _labelled(test, "test", sources.get("test"))
     if train.images.shape[1:] != test.images.shape[1:]:
         (th, tw), (eh, ew) = train.images.shape[1:], test.images.shape[1:]
@@ -710,7 +711,8 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
                      "vae_model": _str_or_none(vae_model),
                      "fisher_params": _params(encodings.get("fisher")), "vae_params": _params(encodings.get("vae"))},
         "data": {**(data or {}), "image_shape": list(train.images.shape[1:]), "n_train": len(train),
-                 "n_probe_train": len(probe_index), "n_test": len(test), "classes": [int(c) for c in classes]},
+                 "n_probe_train": len(probe_index), "n_test": len(test), "classes": [int(c) for c in classes],
+                 "class_names": class_names_of(classes, (data or {}).get("class_names", ()))},
         "encodings": results,
         "vae": vae_section,
         "seconds": time.perf_counter() - started,
@@ -718,6 +720,11 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
     artifacts = {"encodings": encodings, "reconstructions": reconstructions, "test_pixels": test_pixels,
                  "test_labels": test.labels}
     return report, artifacts
+
+
+def class_names_of(classes, names) -> list[str]:
+    """The name of each of ``classes``: ``names[c]`` where the source names label c, else the label itself."""
+    return [names[c] if 0 <= c < len(names) else str(c) for c in (int(c) for c in classes)]
 
 
 def _str_or_none(value):

@@ -133,7 +133,24 @@ def save_reconstructions(originals, reconstructions, path, *, n=16, force=True) 
                      force=force)
 
 
-def _scatter_2d(ax, codes, labels, title) -> None:
+#: Up to this many classes get a colour each (tab10, tab20) and a named tick; more share a colour map.
+MAX_NAMED_CLASSES = 20
+
+
+def _class_colours(labels) -> dict:
+    """``scatter`` keywords colouring points by class: one colour per class, each class's colour
+    the same in every panel, or a continuous map over the labels when there are too many classes."""
+    classes = np.unique(labels)
+    if len(classes) > MAX_NAMED_CLASSES:
+        return {"c": labels, "cmap": "viridis"}
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    palette = _pyplot().get_cmap("tab10" if len(classes) <= 10 else "tab20").colors[: len(classes)]
+    return {"c": np.searchsorted(classes, labels), "cmap": ListedColormap(palette),
+            "norm": BoundaryNorm(np.arange(len(classes) + 1) - 0.5, len(classes))}
+
+
+def _scatter_2d(ax, codes, labels, title):
     """Codes in 2-D coloured by class on ``ax``; PCA to 2-D when the codes are wider."""
     codes = np.asarray(codes, dtype=np.float64)
     axes_label = ("z1", "z2")
@@ -142,7 +159,7 @@ def _scatter_2d(ax, codes, labels, title) -> None:
 
         codes = PCA(n_components=2, random_state=0).fit_transform(codes)
         axes_label = ("PC 1", "PC 2")
-    colours = {} if labels is None else {"c": labels, "cmap": "tab10"}
+    colours = {} if labels is None else _class_colours(labels)
     scatter = ax.scatter(codes[:, 0], codes[:, 1], s=4, alpha=0.7, **colours)
     ax.set_xlabel(axes_label[0])
     ax.set_ylabel(axes_label[1])
@@ -150,30 +167,43 @@ def _scatter_2d(ax, codes, labels, title) -> None:
     return scatter
 
 
-def save_embedding(codes, labels, path, *, title="latent codes", force=True) -> Path:
-    """2-D scatter of codes coloured by class; PCA to 2-D when the codes are wider."""
+def _class_colorbar(fig, scatter, axes, labels, class_names=None) -> None:
+    """The colour bar of a scatter coloured by :func:`_class_colours`: a tick per class, named by
+    ``class_names`` (label -> name) where it names the label."""
+    bar = fig.colorbar(scatter, ax=axes, label="class")
+    classes = np.unique(labels)
+    if len(classes) <= MAX_NAMED_CLASSES:
+        names = class_names or {}
+        bar.set_ticks(np.arange(len(classes)), labels=[str(names.get(int(c), c)) for c in classes])
+
+
+def save_embedding(codes, labels, path, *, title="latent codes", class_names=None, force=True) -> Path:
+    """2-D scatter of codes coloured by class (``class_names``: label -> name); PCA to 2-D when
+    the codes are wider."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
     scatter = _scatter_2d(ax, codes, labels, title)
     if labels is not None:
-        fig.colorbar(scatter, ax=ax, label="class")
+        _class_colorbar(fig, scatter, ax, labels, class_names)
     return _save(fig, path, force)
 
 
-def save_embeddings(codes: dict, labels, path, *, force=True) -> Path:
-    """One 2-D scatter per encoding (name -> codes), side by side, coloured by class."""
+def save_embeddings(codes: dict, labels, path, *, class_names=None, force=True) -> Path:
+    """One 2-D scatter per encoding (name -> codes), side by side, coloured by class
+    (``class_names``: label -> name)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(codes), figsize=(4.2 * len(codes), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(codes), figsize=(4.2 * len(codes), 4), squeeze=False, layout="constrained")
     for ax, (name, z) in zip(axes[0], codes.items()):
         scatter = _scatter_2d(ax, z, labels, f"{name} ({z.shape[1]} dims)")
-    fig.colorbar(scatter, ax=list(axes[0]), label="class")
+    _class_colorbar(fig, scatter, list(axes[0]), labels, class_names)
     return _save(fig, path, force)
 
 
-def save_confusion_matrices(matrices: dict, path, *, force=True) -> Path:
-    """Row-normalized confusion matrices (name -> counts, rows = true class), one panel each."""
+def save_confusion_matrices(matrices: dict, path, *, class_names=None, force=True) -> Path:
+    """Row-normalized confusion matrices (name -> counts, rows = true class), one panel each, the
+    classes named on both axes by ``class_names`` (default: 0, 1, ...)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(matrices), figsize=(3.8 * len(matrices), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(3.8 * len(matrices), 3.8), squeeze=False, layout="constrained")
     for ax, (name, counts) in zip(axes[0], matrices.items()):
         counts = np.asarray(counts, dtype=np.float64)
         rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -183,10 +213,11 @@ def save_confusion_matrices(matrices: dict, path, *, force=True) -> Path:
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ticks = np.arange(len(counts))
-        ax.set_xticks(ticks)
-        ax.set_yticks(ticks)
-    fig.tight_layout()
-    return _save(fig, path, force)
+        names = [str(c) for c in (ticks if class_names is None else class_names)]
+        long_names = max(len(name) for name in names) > 2
+        ax.set_xticks(ticks, names, rotation=90 if long_names else 0, fontsize=7 if long_names else None)
+        ax.set_yticks(ticks, names, fontsize=7 if long_names else None)
+    return _save(fig, path, force, tight=True)  # square panels: the layout alone cut the titles
 
 
 def save_label_efficiency(curves: dict, path, *, force=True) -> Path:
@@ -324,16 +355,16 @@ def evaluation_figures(report: dict, artifacts: dict, out_dir, *, n_shown: int =
     the reconstruction grid, 2-D embeddings of every encoding and, with a VAE, its samples and
     training curves. Returns the paths written."""
     out = Path(out_dir)
-    encodings = report["encodings"]
+    encodings, data = report["encodings"], report["data"]
     n_test = len(artifacts["test_labels"])
     shown_rows = spread_rows(n_test, n_shown)
     labels = artifacts["test_labels"][shown_rows]
     written = [
         save_confusion_matrices({n: e["classification"]["logistic"]["confusion"] for n, e in encodings.items()},
-                                out / "confusion_matrices.png"),
+                                out / "confusion_matrices.png", class_names=data["class_names"]),
         save_label_efficiency({n: e["label_efficiency"] for n, e in encodings.items()}, out / "label_efficiency.png"),
         save_embeddings({n: e.test[shown_rows] for n, e in artifacts["encodings"].items()}, labels,
-                        out / "embeddings.png"),
+                        out / "embeddings.png", class_names=dict(zip(data["classes"], data["class_names"]))),
     ]
     shown = [(key, title) for key, title in RECONSTRUCTION_ROWS if key in artifacts["reconstructions"]]
     picked = spread_rows(n_test, 12)

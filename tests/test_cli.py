@@ -139,6 +139,23 @@ def test_a_model_left_by_a_failed_encode_is_named_with_how_to_use_it(tmp_path, d
     assert f"f.model.npz exists (fitted by an earlier run): pass --model {tmp_path / 'f.model.npz'}" in again.output
 
 
+def test_the_sidecar_names_the_classes_of_the_labels(tmp_path, digits):
+    from PIL import Image
+
+    for i in range(60):  # label 0 is the folder "cat", 1 "dog": labels.npy alone does not say which
+        folder = tmp_path / "imgs" / ("cat", "dog")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(digits.train.images[i]).save(folder / f"{i}.png")
+    result = runner.invoke(app, ["encode", "--data", str(tmp_path / "imgs"), "-o", str(tmp_path / "f.npy"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "f.json").read_text())["class_names"] == ["cat", "dog"]
+    np.save(tmp_path / "unlabelled.npy", digits.test.images[:10])
+    result = runner.invoke(app, ["encode", "--data", str(tmp_path / "unlabelled.npy"), "--model", str(tmp_path / "f.model.npz"),
+                                 "-o", str(tmp_path / "u.npy"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "class_names" not in json.loads((tmp_path / "u.json").read_text())  # no labels, no names
+
+
 @pytest.mark.parametrize("args, message", [
     (["encode", "--data", "no/such/dir", "-o", "f.npy"], "no such file or folder"),
     (["encode", "--data", "digits", "--model", "missing.npz", "-o", "f.npy"], "no such model file"),

@@ -276,6 +276,7 @@ def test_fashion_mnist_from_data_dir(tmp_path, tiny, monkeypatch):
     write_idx_split(tmp_path / "data" / "fashion-mnist", "t10k", images, labels)
     ds = fvae.load_dataset("fashion-mnist")  # ./data is searched (tests run in tmp_path)
     assert ds.name == "fashion-mnist" and len(ds.test) == 12
+    assert ds.class_names[0] == "T-shirt/top" and ds.class_names[9] == "Ankle boot" and len(ds.class_names) == 10
 
 
 def test_describe_sources_reports_availability(tmp_path, tiny):

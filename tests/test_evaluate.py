@@ -1,6 +1,7 @@
 """``fvae evaluate``: the probes, the report and its schema, and the CLI end to end."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,6 +191,35 @@ def test_library_evaluate_validates_against_the_schema(digits):
         evaluate(digits.train, Split(digits.test.images[:, :, :7], digits.test.labels), settings)
 
 
+def test_the_report_and_its_figures_name_the_classes(digits, tmp_path, monkeypatch):
+    from fvae import report as report_module
+
+    def only(split, digits_kept):
+        kept = np.isin(split.labels, digits_kept)
+        return Split(split.images[kept], split.labels[kept])
+
+    train, test = only(digits.train, [3, 7]), only(digits.test, [3, 7])
+    settings = Settings(methods=("pca", "raw"), quick=True)
+    names = [f"digit {i}" for i in range(10)]  # label i is names[i], as a source gives them
+    report, artifacts = evaluate(train, test, settings, data={"class_names": names})
+    assert report["data"]["classes"] == [3, 7] and report["data"]["class_names"] == ["digit 3", "digit 7"]
+    assert evaluate(train, test, settings)[0]["data"]["class_names"] == ["3", "7"]  # unnamed: the labels
+
+    figures = {}
+
+    def keep_figure(fig, path, force, tight=False):
+        figures[Path(path).name] = fig
+        return Path(path)
+
+    monkeypatch.setattr(report_module, "_save", keep_figure)
+    report_module.evaluation_figures({"name": "named", **report}, artifacts, tmp_path)
+    confusion = figures["confusion_matrices.png"].axes[0]
+    for ticks in (confusion.get_xticklabels(), confusion.get_yticklabels()):
+        assert [t.get_text() for t in ticks] == ["digit 3", "digit 7"]  # before: 0 and 1, the matrix's rows
+    colour_bar = figures["embeddings.png"].axes[-1]  # one colour and one named tick per class
+    assert [t.get_text() for t in colour_bar.get_yticklabels()] == ["digit 3", "digit 7"]
+
+
 # -- the CLI end to end ----------------------------------------------------------------------------
 
 
@@ -231,6 +261,7 @@ def test_cli_report_numbers_are_consistent(cli_run):
     fisher_params = report["settings"]["fisher_params"]  # as used: the patches fit chose for 8x8 images
     assert (fisher_params["patch_size"], fisher_params["stride"], fisher_params["pca_components"]) == (4, 1, 12)
     assert report["settings"]["vae_params"]["latent_dim"] == 64
+    assert report["data"]["class_names"] == [str(digit) for digit in range(10)]
     # a parameter fit does not choose stays as given: image_shape None (the images were not flat)
     assert fisher_params["image_shape"] is None and report["settings"]["vae_params"]["image_shape"] is None
     assert enc["raw"]["reconstruction"]["ridge"]["mse"] < 1e-3  # pixels reconstruct themselves
