@@ -321,7 +321,8 @@ def fit_vae(
         batch_size=batch_size, learning_rate=learning_rate, patience=patience, max_seconds=max_seconds,
         random_state=seed, verbose=_training_verbosity(quiet), **given,
     )
-    result = fit_and_save(encoder, train, held_out, output, figures_dir=figures, force=force)
+    result = fit_and_save(encoder, train, held_out, output, figures_dir=figures, force=force,
+                          class_names=dict(enumerate(dataset.class_names)))
     history = encoder.history_
     best = history["best_epoch"]
     typer.echo(  # the training's own seconds, what --max-seconds limits (not the test scores' or figures')
@@ -361,8 +362,8 @@ def sample(
     model: Annotated[Path, typer.Option(help="A saved VAE model.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Image grid to write (.png).")],
     n: Annotated[int, typer.Option("-n", min=1, max=10_000, help="How many samples.")] = 64,
-    label: Annotated[Optional[int], typer.Option(
-        help="Class to generate (conditional VAE; without it, one row per class).")] = None,
+    label: Annotated[Optional[str], typer.Option(
+        help="Class to generate, by label or name (conditional VAE; without it, one row per class).")] = None,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
 ):
@@ -377,13 +378,29 @@ def sample(
         raise typer.BadParameter(f"{output}: the sample grid is written as .png", param_hint="--output")
     refuse_overwrite(output, force=force)
     from .report import save_samples
-    from .vae.encoder import VAEEncoder
+    from .vae.encoder import VAEEncoder, saved_class_names
 
     encoder = VAEEncoder.load(model)
-    drawn = save_samples(encoder, output, n=n, label=label, random_state=seed, force=force)
+    names = saved_class_names(model)
+    drawn = save_samples(encoder, output, n=n, label=_label_of(label, names), random_state=seed, class_names=names,
+                         force=force)
     every_class = encoder.conditional and label is None
     rows = f" ({drawn // encoder.n_classes_} of each of {encoder.n_classes_} classes)" if every_class else ""
     typer.echo(f"wrote {drawn} samples{rows} to {output}")
+
+
+def _label_of(text: str | None, class_names: dict[int, str]) -> int | None:
+    """The label ``--label`` names: a class name the model file gives, else a label number."""
+    if text is None:
+        return None
+    by_name = {name: label for label, name in class_names.items()}
+    if text in by_name:
+        return by_name[text]
+    try:
+        return int(text)
+    except ValueError:
+        known = f": this model's classes are {', '.join(by_name)}" if by_name else " (a label number)"
+        raise typer.BadParameter(f"{text!r} names no class{known}", param_hint="--label") from None
 
 
 @app.command()

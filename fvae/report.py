@@ -269,19 +269,22 @@ def _save(fig, path, force, tight=False) -> Path:
     return Path(path)
 
 
-def save_samples(encoder, path, *, n=64, label=None, random_state=0, force=True) -> int:
+def save_samples(encoder, path, *, n=64, label=None, random_state=0, class_names=None, force=True) -> int:
     """Draw ``n`` images from a fitted VAE's prior and save them as a grid; returns how many.
 
     A conditional VAE draws ``label``'s class, or without one every class: one row per class of
-    ``ceil(n / n_classes)`` samples (so ``n`` is rounded up to whole rows).
+    ``ceil(n / n_classes)`` samples (so ``n`` is rounded up to whole rows), named by
+    ``class_names`` (label -> name) where it names them.
     """
+    names = class_names or {}
     if encoder.conditional and label is None:
         per_class = -(-n // encoder.n_classes_)
         rows = [encoder.sample(per_class, label=c, random_state=random_state) for c in encoder.classes_]
-        save_grid(np.concatenate(rows), path, n_cols=per_class, row_labels=encoder.classes_,
-                  title="samples, one row per class", force=force)
+        save_grid(np.concatenate(rows), path, n_cols=per_class,
+                  row_labels=[names.get(int(c), c) for c in encoder.classes_], title="samples, one row per class",
+                  force=force)
         return per_class * encoder.n_classes_
-    title = "samples from the prior" if label is None else f"class {label}"
+    title = "samples from the prior" if label is None else f"class {names.get(label, label)}"
     save_grid(encoder.sample(n, label=label, random_state=random_state), path, title=title, force=force)
     return n
 
@@ -298,7 +301,7 @@ def vae_figure_names(latent_dim: int, conditional: bool) -> list[str]:
     return ["samples.png", "reconstructions.png", "latent.png", *manifold, "training_curves.png", "training.gif"]
 
 
-def vae_figures(encoder, images, labels, out_dir, *, frames=(), force=True) -> list[Path]:
+def vae_figures(encoder, images, labels, out_dir, *, frames=(), class_names=None, force=True) -> list[Path]:
     """The VAE's figures in ``out_dir``: samples, reconstructions, latent codes in 2-D, training
     curves, the training-progress GIF (from ``frames``) and, for latent_dim 2, the 20x20 manifold.
 
@@ -309,6 +312,8 @@ def vae_figures(encoder, images, labels, out_dir, *, frames=(), force=True) -> l
     out_dir : path-like
     frames : list of 2-D arrays
         One sample grid per epoch, from the training callback.
+    class_names : dict of int to str, default=None
+        Names of the classes (label -> name) for the samples' rows and the latent plot's colours.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -319,7 +324,7 @@ def vae_figures(encoder, images, labels, out_dir, *, frames=(), force=True) -> l
     labels = None if labels is None else labels[shown]
     cond = bool(encoder.conditional)
     cond_labels = labels if cond else None
-    save_samples(encoder, path["samples.png"], force=force)
+    save_samples(encoder, path["samples.png"], class_names=class_names, force=force)
     written.append(path["samples.png"])
     codes = encoder.transform(images, cond_labels)[:, : encoder.latent_dim]
     picked = spread_rows(len(images), 16)
@@ -328,7 +333,7 @@ def vae_figures(encoder, images, labels, out_dir, *, frames=(), force=True) -> l
                                         path["reconstructions.png"], force=force))
     written.append(save_embedding(codes, labels, path["latent.png"],
                                   title="test codes (posterior means)" + (", PCA" if encoder.latent_dim > 2 else ""),
-                                  force=force))
+                                  class_names=class_names, force=force))
     if "manifold.png" in path:
         grid = np.linspace(-3, 3, 20, dtype=np.float32)
         z = np.array([[x, y] for y in grid[::-1] for x in grid], dtype=np.float32)

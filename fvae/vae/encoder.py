@@ -349,15 +349,28 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
 
     # -- persistence ----------------------------------------------------------------------------
 
-    def save(self, path, *, force: bool = False) -> str:
+    def save(self, path, *, force: bool = False, class_names=None) -> str:
         """Save as an fvae model file: the JSON header plus the Keras ``.keras`` archive. Returns
-        the checksum."""
+        the checksum.
+
+        Parameters
+        ----------
+        path : path-like
+        force : bool, default=False
+            Overwrite an existing file.
+        class_names : dict of int to str, default=None
+            A conditional VAE's classes by name (label -> name), kept in the file for
+            :func:`saved_class_names` (``fvae sample`` labels its rows with them and takes
+            ``--label NAME``). Classes it does not name keep their label.
+        """
         check_is_fitted(self, "model_")
         payload = keras_bytes(self.model_)
         arrays = {"n_classes_": np.asarray(getattr(self, "n_classes_", 0))}
         format_version = 1
         if self.conditional:
             arrays["classes_"] = self.classes_
+            if class_names:  # older fvae versions ignore this member: no newer format needed
+                arrays["class_names"] = np.asarray([str(class_names.get(int(c), c)) for c in self.classes_])
             # format 1 knows classes 0..n-1 only: an older fvae would take label 3 of (3, 7) for the 4th class
             format_version = 1 if np.array_equal(self.classes_, np.arange(self.n_classes_)) else 2
         return save_model(path, method="vae", params=self.get_params(), arrays=arrays, input_shape=self.image_shape_,
@@ -403,6 +416,15 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         self.__dict__.update(state)
         if payload is not None:
             self.model_ = keras_from_bytes(payload)
+
+
+def saved_class_names(path) -> dict[int, str]:
+    """The names a conditional VAE's file gives its classes (label -> name; see
+    :meth:`VAEEncoder.save`), or an empty dict."""
+    _, members = load_model(path, method="vae")
+    if "class_names" not in members:
+        return {}
+    return {int(c): str(name) for c, name in zip(members["classes_"], members["class_names"])}
 
 
 def _class_positions(labels, classes, where) -> np.ndarray:
@@ -485,9 +507,13 @@ def write_history(history: dict, model_path, *, force: bool = False) -> dict[str
     return paths
 
 
-def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=None, force=False, iwae_k=16) -> dict:
+def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=None, force=False, iwae_k=16,
+                 class_names=None) -> dict:
     """Fit ``encoder`` on a train split, save it with its history, evaluate it on the test split
     (when there is one) and draw the figures. The library side of ``fvae fit vae``.
+
+    ``class_names`` (label -> name) name the classes in the figures and, for a conditional VAE,
+    in the model file.
 
     A Ctrl-C once an epoch has finished ends the training only: the best epoch so far is saved,
     evaluated and drawn like a finished training's, and ``interrupted`` says so.
@@ -510,7 +536,7 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
         encoder.fit(train.images, train.labels if encoder.conditional else None, callbacks=callbacks)
     except TrainingInterrupted:
         interrupted = True
-    checksum = encoder.save(model_path, force=force)
+    checksum = encoder.save(model_path, force=force, class_names=class_names)
     history = write_history(encoder.history_, model_path, force=force)
     scores = None
     if test is not None and len(test):
@@ -520,7 +546,8 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
         from ..report import vae_figures
 
         shown = test if test is not None and len(test) else train
-        figures = vae_figures(encoder, shown.images, shown.labels, figures_dir, frames=callbacks[0].frames, force=force)
+        figures = vae_figures(encoder, shown.images, shown.labels, figures_dir, frames=callbacks[0].frames,
+                              class_names=class_names, force=force)
     return {"checksum": checksum, "history": history, "test": scores, "figures": figures, "interrupted": interrupted}
 
 
