@@ -614,6 +614,12 @@ def _stratified_split(split: Split, test_fraction: float) -> tuple[Split, Split]
     return subset(train_idx), subset(test_idx)
 
 
+def class_names_of(classes, class_names) -> list[str]:
+    """The name of each of ``classes``: its name in ``class_names`` (a dict label -> name), else
+    the label itself as text. A dataset's names are ``dict(enumerate(dataset.class_names))``."""
+    return [str(class_names.get(int(c), int(c))) for c in classes]
+
+
 def _digit_names(splits: dict[str, Split]) -> tuple[str, ...]:
     labelled = [s.labels for s in splits.values() if s.labels is not None]
     n_classes = int(max(lab.max() for lab in labelled)) + 1 if labelled else 0

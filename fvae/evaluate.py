@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Split, check_fitted_size, is_whole_number, to_unit_float
+from .data import Split, check_fitted_size, class_names_of, is_whole_number, to_unit_float
 from .errors import DataError, InputError
 
 METHODS = ("fisher", "vae", "pca", "raw")
@@ -712,7 +712,7 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
                      "fisher_params": _params(encodings.get("fisher")), "vae_params": _params(encodings.get("vae"))},
         "data": {**(data or {}), "image_shape": list(train.images.shape[1:]), "n_train": len(train),
                  "n_probe_train": len(probe_index), "n_test": len(test), "classes": [int(c) for c in classes],
-                 "class_names": class_names_of(classes, (data or {}).get("class_names", ()))},
+                 "class_names": class_names_of(classes, dict(enumerate((data or {}).get("class_names", ()))))},
         "encodings": results,
         "vae": vae_section,
         "seconds": time.perf_counter() - started,
@@ -720,11 +720,6 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
     artifacts = {"encodings": encodings, "reconstructions": reconstructions, "test_pixels": test_pixels,
                  "test_labels": test.labels}
     return report, artifacts
-
-
-def class_names_of(classes, names) -> list[str]:
-    """The name of each of ``classes``: ``names[c]`` where the source names label c, else the label itself."""
-    return [names[c] if 0 <= c < len(names) else str(c) for c in (int(c) for c in classes)]
 
 
 def _str_or_none(value):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import to_unit_float
+from .data import class_names_of, to_unit_float
 from .persist import atomic_output
 
 
@@ -173,8 +173,7 @@ def _class_colorbar(fig, scatter, axes, labels, class_names=None) -> None:
     bar = fig.colorbar(scatter, ax=axes, label="class")
     classes = np.unique(labels)
     if len(classes) <= MAX_NAMED_CLASSES:
-        names = class_names or {}
-        bar.set_ticks(np.arange(len(classes)), labels=[str(names.get(int(c), c)) for c in classes])
+        bar.set_ticks(np.arange(len(classes)), labels=class_names_of(classes, class_names or {}))
 
 
 def save_embedding(codes, labels, path, *, title="latent codes", class_names=None, force=True) -> Path:
@@ -204,6 +203,9 @@ def save_confusion_matrices(matrices: dict, path, *, class_names=None, force=Tru
     classes named on both axes by ``class_names`` (default: 0, 1, ...)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(matrices), figsize=(3.8 * len(matrices), 3.8), squeeze=False, layout="constrained")
+    ticks = np.arange(len(next(iter(matrices.values()))))
+    tick_names = [str(c) for c in (ticks if class_names is None else class_names)]
+    long_names = max(len(text) for text in tick_names) > 2
     for ax, (name, counts) in zip(axes[0], matrices.items()):
         counts = np.asarray(counts, dtype=np.float64)
         rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -212,11 +214,8 @@ def save_confusion_matrices(matrices: dict, path, *, class_names=None, force=Tru
         ax.set_title(f"{name}: {100 * accuracy:.1f}%")
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ticks = np.arange(len(counts))
-        names = [str(c) for c in (ticks if class_names is None else class_names)]
-        long_names = max(len(name) for name in names) > 2
-        ax.set_xticks(ticks, names, rotation=90 if long_names else 0, fontsize=7 if long_names else None)
-        ax.set_yticks(ticks, names, fontsize=7 if long_names else None)
+        ax.set_xticks(ticks, tick_names, rotation=90 if long_names else 0, fontsize=7 if long_names else None)
+        ax.set_yticks(ticks, tick_names, fontsize=7 if long_names else None)
     return _save(fig, path, force, tight=True)  # square panels: the layout alone cut the titles
 
 
@@ -280,11 +279,10 @@ def save_samples(encoder, path, *, n=64, label=None, random_state=0, class_names
     if encoder.conditional and label is None:
         per_class = -(-n // encoder.n_classes_)
         rows = [encoder.sample(per_class, label=c, random_state=random_state) for c in encoder.classes_]
-        save_grid(np.concatenate(rows), path, n_cols=per_class,
-                  row_labels=[names.get(int(c), c) for c in encoder.classes_], title="samples, one row per class",
-                  force=force)
+        save_grid(np.concatenate(rows), path, n_cols=per_class, row_labels=class_names_of(encoder.classes_, names),
+                  title="samples, one row per class", force=force)
         return per_class * encoder.n_classes_
-    title = "samples from the prior" if label is None else f"class {names.get(label, label)}"
+    title = "samples from the prior" if label is None else f"class {class_names_of([label], names)[0]}"
     save_grid(encoder.sample(n, label=label, random_state=random_state), path, title=title, force=force)
     return n
 

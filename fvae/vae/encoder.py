@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ..data import check_image_batch, is_whole_number, to_unit_float
+from ..data import check_image_batch, class_names_of, is_whole_number, to_unit_float
 from ..errors import InputError, ModelFileError, TrainingInterrupted
 from ..persist import ZIP_DATE, atomic_output, load_model, refuse_overwrite, save_model
 from .model import ARCHITECTURES, BINARIZATIONS, LIKELIHOODS
@@ -370,7 +370,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         if self.conditional:
             arrays["classes_"] = self.classes_
             if class_names:  # older fvae versions ignore this member: no newer format needed
-                arrays["class_names"] = np.asarray([str(class_names.get(int(c), c)) for c in self.classes_])
+                arrays["class_names"] = np.asarray(class_names_of(self.classes_, class_names))
             # format 1 knows classes 0..n-1 only: an older fvae would take label 3 of (3, 7) for the 4th class
             format_version = 1 if np.array_equal(self.classes_, np.arange(self.n_classes_)) else 2
         return save_model(path, method="vae", params=self.get_params(), arrays=arrays, input_shape=self.image_shape_,
