@@ -378,10 +378,10 @@ def sample(
         raise typer.BadParameter(f"{output}: the sample grid is written as .png", param_hint="--output")
     refuse_overwrite(output, force=force)
     from .report import save_samples
-    from .vae.encoder import VAEEncoder, saved_class_names
+    from .vae.encoder import VAEEncoder
 
     encoder = VAEEncoder.load(model)
-    names = saved_class_names(model)
+    names = encoder.class_names_
     drawn = save_samples(encoder, output, n=n, label=_label_of(label, names), random_state=seed, class_names=names,
                          force=force)
     every_class = encoder.conditional and label is None

@@ -620,8 +620,6 @@ def test_cli_conditional_vae_samples_a_chosen_class_in_a_subprocess(tmp_path):
 def test_cli_a_conditional_vae_on_named_classes_draws_them_by_name(tmp_path, digits):
     from PIL import Image
 
-    from fvae.vae.encoder import saved_class_names
-
     for name, digit in (("three", 3), ("seven", 7)):  # labels 0 and 1 by the folders' sorted names
         folder = tmp_path / "imgs" / name
         folder.mkdir(parents=True)
@@ -630,7 +628,7 @@ def test_cli_a_conditional_vae_on_named_classes_draws_them_by_name(tmp_path, dig
     fit = fvae_cli("fit", "vae", "--data", "imgs", "-o", "named.npz", "--conditional", "--arch", "mlp", "--hidden", "16",
                    "--latent-dim", "2", "--epochs", "2", "--quiet", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
-    assert saved_class_names(tmp_path / "named.npz") == {0: "seven", 1: "three"}
+    assert fvae.load(tmp_path / "named.npz").class_names_ == {0: "seven", 1: "three"}
     by_name = fvae_cli("sample", "--model", "named.npz", "-n", "4", "--label", "three", "-o", "by_name.png", cwd=tmp_path)
     by_label = fvae_cli("sample", "--model", "named.npz", "-n", "4", "--label", "1", "-o", "by_label.png", cwd=tmp_path)
     assert by_name.returncode == by_label.returncode == 0, by_name.stderr + by_label.stderr
@@ -640,7 +638,7 @@ def test_cli_a_conditional_vae_on_named_classes_draws_them_by_name(tmp_path, dig
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
     assert "'eight' names no class: this model's classes are seven, three" in unknown.stderr
     fvae.load(tmp_path / "named.npz").save(tmp_path / "unnamed.npz")  # the library saves no names unless given
-    assert saved_class_names(tmp_path / "unnamed.npz") == {}
+    assert fvae.load(tmp_path / "unnamed.npz").class_names_ == {}
 
 
 def test_training_curves_mark_whole_epochs_only(tmp_path, monkeypatch):

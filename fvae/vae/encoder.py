@@ -86,6 +86,9 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         Only for a conditional VAE: ``len(classes_)`` (a property).
     checksum_ : str
         Only on a loaded encoder.
+    class_names_ : dict of int to str
+        Only on a loaded encoder: the names its file gives a conditional VAE's classes (label ->
+        name, see :meth:`save`); empty when it gives none.
     """
 
     def __init__(self, *, latent_dim=32, arch="conv", hidden=(512, 256), likelihood="bernoulli",
@@ -359,8 +362,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         force : bool, default=False
             Overwrite an existing file.
         class_names : dict of int to str, default=None
-            A conditional VAE's classes by name (label -> name), kept in the file for
-            :func:`saved_class_names` (``fvae sample`` labels its rows with them and takes
+            A conditional VAE's classes by name (label -> name), kept in the file: the loaded
+            encoder's ``class_names_`` (``fvae sample`` labels its rows with them and takes
             ``--label NAME``). Classes it does not name keep their label.
         """
         check_is_fitted(self, "model_")
@@ -395,6 +398,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
             # .item(): files written before fvae kept 0-d arrays 0-d hold this scalar with shape (1,)
             n_classes = int(members["n_classes_"].item())
             encoder.classes_ = members.get("classes_", np.arange(n_classes, dtype=np.int64))  # format 1: 0..n-1
+        named = zip(members["classes_"], members["class_names"]) if "class_names" in members else ()
+        encoder.class_names_ = {int(c): str(name) for c, name in named}
         encoder.history_ = None
         encoder.checksum_ = header["checksum"]
         return encoder
@@ -416,15 +421,6 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         self.__dict__.update(state)
         if payload is not None:
             self.model_ = keras_from_bytes(payload)
-
-
-def saved_class_names(path) -> dict[int, str]:
-    """The names a conditional VAE's file gives its classes (label -> name; see
-    :meth:`VAEEncoder.save`), or an empty dict."""
-    _, members = load_model(path, method="vae")
-    if "class_names" not in members:
-        return {}
-    return {int(c): str(name) for c, name in zip(members["classes_"], members["class_names"])}
 
 
 def _class_positions(labels, classes, where) -> np.ndarray:
