@@ -16,6 +16,15 @@ os.environ["FVAE_OFFLINE"] = "1"
 FVAE = str(Path(sys.executable).parent / "fvae")
 
 
+def write_image_folder(folder, images, class_folders):
+    """An image-folder source: image i saved as ``folder/<class_folders[i]>/<i>.png``."""
+    from PIL import Image
+
+    for i, (image, name) in enumerate(zip(images, class_folders)):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / name / f"{i}.png")
+
+
 def as_from_a_terminal():
     """``preexec_fn`` of a child the test will Ctrl-C. A suite started in the background
     ("make test &", nohup) hands its children SIGINT ignored, and Python keeps it so: the child

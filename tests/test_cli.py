@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import fvae
-from conftest import FVAE, ROOT, as_from_a_terminal, fvae_cli
+from conftest import FVAE, ROOT, as_from_a_terminal, fvae_cli, write_image_folder
 from fvae import cli
 from fvae.cli import app
 from fvae.persist import atomic_directory, save_model
@@ -119,10 +119,7 @@ def test_a_model_left_by_a_failed_encode_is_named_with_how_to_use_it(tmp_path, d
     from PIL import Image
 
     for split, count in (("train", 60), ("test", 5)):
-        for i in range(count):
-            folder = tmp_path / "imgs" / split / f"class{i % 2}"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(digits.train.images[i]).save(folder / f"{i}.png")
+        write_image_folder(tmp_path / "imgs" / split, digits.train.images[:count], [f"class{i % 2}" for i in range(count)])
     odd = tmp_path / "imgs" / "test" / "class0" / "odd.png"
     Image.fromarray(np.zeros((9, 8), np.uint8)).save(odd)
     args = ["encode", "--data", str(tmp_path / "imgs"), "-o", str(tmp_path / "f.npy")]
@@ -140,12 +137,8 @@ def test_a_model_left_by_a_failed_encode_is_named_with_how_to_use_it(tmp_path, d
 
 
 def test_the_sidecar_names_the_classes_of_the_labels(tmp_path, digits):
-    from PIL import Image
-
-    for i in range(60):  # label 0 is the folder "cat", 1 "dog": labels.npy alone does not say which
-        folder = tmp_path / "imgs" / ("cat", "dog")[i % 2]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(digits.train.images[i]).save(folder / f"{i}.png")
+    # label 0 is the folder "cat", 1 "dog": labels.npy alone does not say which
+    write_image_folder(tmp_path / "imgs", digits.train.images[:60], [("cat", "dog")[i % 2] for i in range(60)])
     result = runner.invoke(app, ["encode", "--data", str(tmp_path / "imgs"), "-o", str(tmp_path / "f.npy"), "-q"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "f.json").read_text())["class_names"] == ["cat", "dog"]

@@ -6,6 +6,7 @@ import pytest
 import scipy.sparse
 from PIL import Image
 
+from conftest import write_image_folder
 import fvae
 from fvae import DataError, InputError
 from fvae.data import check_image_batch, describe_sources, read_idx, to_unit_float
@@ -149,10 +150,7 @@ def test_npy_is_unlabelled_test_only(tmp_path, tiny):
 
 def test_image_folder_classes_split_and_grayscale(tmp_path, tiny):
     images, labels = tiny
-    for i, (img, lab) in enumerate(zip(images, labels)):
-        (tmp_path / "imgs" / f"class{lab}").mkdir(parents=True, exist_ok=True)
-        rgb = np.stack([img] * 3, axis=-1)
-        Image.fromarray(rgb).save(tmp_path / "imgs" / f"class{lab}" / f"{i}.png")
+    write_image_folder(tmp_path / "imgs", np.stack([images] * 3, axis=-1), [f"class{lab}" for lab in labels])  # RGB
     ds = fvae.load_dataset(tmp_path / "imgs")
     assert ds.class_names == ("class0", "class1", "class2")
     assert len(ds.train) + len(ds.test) == 12 and ds.image_shape == (5, 6)
@@ -173,10 +171,7 @@ def test_image_folder_classes_split_and_grayscale(tmp_path, tiny):
 
 def test_16_bit_pngs_are_scaled_to_8_bits_and_deep_arrays_refused_with_how_to_scale_them(tmp_path):
     deep = np.array([[0, 257, 1000, 32768, 65535]], dtype=np.uint16)
-    for cls in ("a", "b"):
-        (tmp_path / "deep" / cls).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(deep).save(tmp_path / "deep" / cls / f"{i}.png")
+    write_image_folder(tmp_path / "deep", [deep] * 6, ["a"] * 3 + ["b"] * 3)
     assert Image.open(tmp_path / "deep" / "a" / "0.png").mode.startswith("I")  # a real 16-bit file
     pixels = fvae.load_dataset(tmp_path / "deep").split("all").images
     # Pillow's convert("L") gave [0, 255, 255, 255, 255]: everything above 255 clipped to white
@@ -195,11 +190,7 @@ def test_16_bit_pngs_are_scaled_to_8_bits_and_deep_arrays_refused_with_how_to_sc
 def test_image_folder_with_train_and_test_subfolders(tmp_path, tiny):
     images, _ = tiny
     for split, n in (("train", 4), ("test", 2)):
-        for cls in ("a", "b"):
-            folder = tmp_path / "f" / split / cls
-            folder.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(images[i]).save(folder / f"{i}.png")
+        write_image_folder(tmp_path / "f" / split, np.concatenate([images[:n]] * 2), ["a"] * n + ["b"] * n)
     ds = fvae.load_dataset(tmp_path / "f")
     assert (len(ds.train), len(ds.test)) == (8, 4)
     assert ds.train.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]

@@ -17,7 +17,7 @@ pytest.importorskip("tensorflow", reason="the VAE needs TensorFlow, a core depen
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from conftest import fvae_cli  # noqa: E402
+from conftest import fvae_cli, write_image_folder  # noqa: E402
 import fvae  # noqa: E402
 from fvae import InputError, ModelFileError  # noqa: E402
 from fvae.persist import load_model, save_model  # noqa: E402
@@ -620,11 +620,9 @@ def test_cli_conditional_vae_samples_a_chosen_class_in_a_subprocess(tmp_path):
 def test_cli_a_conditional_vae_on_named_classes_draws_them_by_name(tmp_path, digits):
     from PIL import Image
 
-    for name, digit in (("three", 3), ("seven", 7)):  # labels 0 and 1 by the folders' sorted names
-        folder = tmp_path / "imgs" / name
-        folder.mkdir(parents=True)
-        for i in np.flatnonzero(digits.train.labels == digit)[:40]:
-            Image.fromarray(digits.train.images[i]).save(folder / f"{i}.png")
+    picked = np.concatenate([np.flatnonzero(digits.train.labels == digit)[:40] for digit in (3, 7)])
+    names = {3: "three", 7: "seven"}  # labels 0 and 1 by the folders' sorted names
+    write_image_folder(tmp_path / "imgs", digits.train.images[picked], [names[d] for d in digits.train.labels[picked]])
     fit = fvae_cli("fit", "vae", "--data", "imgs", "-o", "named.npz", "--conditional", "--arch", "mlp", "--hidden", "16",
                    "--latent-dim", "2", "--epochs", "2", "--quiet", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
