@@ -382,25 +382,35 @@ def sample(
 
     encoder = VAEEncoder.load(model)
     names = encoder.class_names_
-    drawn = save_samples(encoder, output, n=n, label=_label_of(label, names), random_state=seed, class_names=names,
+    drawn = save_samples(encoder, output, n=n, label=_label_of(label, encoder), random_state=seed, class_names=names,
                          force=force)
     every_class = encoder.conditional and label is None
     rows = f" ({drawn // encoder.n_classes_} of each of {encoder.n_classes_} classes)" if every_class else ""
     typer.echo(f"wrote {drawn} samples{rows} to {output}")
 
 
-def _label_of(text: str | None, class_names: dict[int, str]) -> int | None:
-    """The label ``--label`` names: a class name the model file gives, else a label number."""
+def _label_of(text: str | None, encoder) -> int | str | None:
+    """The label ``--label`` names: a class name the model file gives, else the label itself (a
+    number, or the text for a model fitted on string labels)."""
     if text is None:
         return None
-    by_name = {name: label for label, name in class_names.items()}
+    by_name = {name: label for label, name in encoder.class_names_.items()}
     if text in by_name:
         return by_name[text]
-    try:
-        return int(text)
-    except ValueError:
-        known = f": this model's classes are {', '.join(by_name)}" if by_name else " (a label number)"
-        raise typer.BadParameter(f"{text!r} names no class{known}", param_hint="--label") from None
+    classes = getattr(encoder, "classes_", None)
+    string_labels = classes is not None and classes.dtype.kind == "U"
+    if string_labels and text in classes.tolist():
+        return text
+    if not string_labels:
+        with contextlib.suppress(ValueError):
+            return int(text)
+    if by_name or string_labels:
+        from .data import class_names_of
+
+        known = f": this model's classes are {', '.join(class_names_of(classes, encoder.class_names_))}"
+    else:
+        known = " (a label number)"
+    raise typer.BadParameter(f"{text!r} names no class{known}", param_hint="--label")
 
 
 @app.command()

@@ -615,9 +615,10 @@ def _stratified_split(split: Split, test_fraction: float) -> tuple[Split, Split]
 
 
 def class_names_of(classes, class_names) -> list[str]:
-    """The name of each of ``classes``: its name in ``class_names`` (a dict label -> name), else
-    the label itself as text. A dataset's names are ``dict(enumerate(dataset.class_names))``."""
-    return [str(class_names.get(int(c), int(c))) for c in classes]
+    """The name of each of ``classes`` (integer or string labels): its name in ``class_names`` (a
+    dict label -> name), else the label itself as text. A dataset's names are
+    ``dict(enumerate(dataset.class_names))``."""
+    return [str(class_names.get(c, c)) for c in np.asarray(classes).tolist()]
 
 
 def _digit_names(splits: dict[str, Split]) -> tuple[str, ...]:

@@ -25,9 +25,9 @@ import numpy as np
 from .errors import ModelFileError, OutputExistsError
 
 #: The newest model format this fvae reads and writes. 2: a conditional VAE's classes other than
-#: 0..n-1. A file is written in the oldest format that holds it, so older fvae versions read
-#: every file they would read right, and refuse the others.
-FORMAT_VERSION = 2
+#: 0..n-1; 3: a conditional VAE's classes are strings. A file is written in the oldest format that
+#: holds it, so older fvae versions read every file they would read right, and refuse the others.
+FORMAT_VERSION = 3
 HEADER = "header.json"
 METHODS = ("fisher", "vae")
 #: Parameters that say how an estimator runs (threads, progress output), not what it learned:

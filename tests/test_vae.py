@@ -313,6 +313,44 @@ def test_a_conditional_vae_learns_its_classes_from_the_labels(tmp_path, monkeypa
     assert VAEEncoder.load(tmp_path / "before.npz").classes_.tolist() == list(range(10))
 
 
+def test_a_conditional_vae_takes_string_labels_as_classifiers_do(tmp_path):
+    """A scikit-learn user's labels are often names ("cat", a pandas column of objects)."""
+    from fvae.persist import read_header
+
+    digits = fvae.load_dataset("digits").train
+    chosen = np.isin(digits.labels, [3, 7])
+    images = digits.images[chosen]
+    words = np.where(digits.labels[chosen] == 3, "three", "seven")
+    small = dict(arch="mlp", hidden=(16,), latent_dim=2, epochs=1, conditional=True, random_state=0)
+    vae = VAEEncoder(**small).fit(images, words.astype(object))  # before: "labels must be ... integers"
+    assert vae.classes_.tolist() == ["seven", "three"]
+    z = np.zeros((1, 2), np.float32)
+    second_class = vae.model_.mean_image(vae.model_.decode(z, np.array([1], np.int32)))  # one-hot position 1
+    np.testing.assert_array_equal(vae.sample(1, label="three", z=z),
+                                  keras.ops.convert_to_numpy(second_class).reshape(1, 8, 8))
+    np.testing.assert_array_equal(vae.transform(images[:4], words[:4]), vae.transform(images[:4], list(words[:4])))
+    with pytest.raises(InputError, match="^label 3: this model knows classes seven, three$"):
+        vae.sample(1, label=3)
+    with pytest.raises(InputError, match=r"^transform: label 3 is not a class this model was fitted on \(seven, three\)$"):
+        vae.transform(images[:2], np.array([3, 3]))
+    with pytest.raises(InputError, match=r"^fit: labels must be 3 integers or 3 strings, got a mix"):
+        VAEEncoder(**small).fit(images[:3], np.array(["three", 7, "seven"], dtype=object))
+
+    vae.save(tmp_path / "words.npz")
+    assert read_header(tmp_path / "words.npz")["format_version"] == 3  # an fvae that knows integer classes only refuses it
+    loaded = VAEEncoder.load(tmp_path / "words.npz")
+    assert loaded.classes_.tolist() == ["seven", "three"] and loaded.class_names_ == {}
+    np.testing.assert_array_equal(loaded.transform(images[:5], words[:5]), vae.transform(images[:5], words[:5]))
+
+    # the CLI draws such a model's classes by their labels, and names the rows with them
+    by_word = fvae_cli("sample", "--model", "words.npz", "-n", "2", "--label", "three", "-o", "three.png", cwd=tmp_path)
+    assert by_word.returncode == 0, by_word.stderr
+    number = fvae_cli("sample", "--model", "words.npz", "--label", "1", "-o", "one.png", cwd=tmp_path)
+    assert number.returncode == 2 and "'1' names no class: this model's classes are seven, three" in number.stderr
+    every = fvae_cli("sample", "--model", "words.npz", "-n", "4", "-o", "rows.png", cwd=tmp_path)
+    assert every.returncode == 0 and "2 of each of 2 classes" in every.stdout + every.stderr
+
+
 def test_a_refit_that_fails_keeps_the_previous_fit_whole():
     class FailsAtOnce(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):

@@ -80,15 +80,15 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
     image_shape_ : tuple of (h, w)
     n_features_in_ : int
     classes_ : ndarray of shape (n_classes,)
-        Only for a conditional VAE: the labels seen in ``fit``, sorted. Any integers; the one-hot
-        code of a label is its position here.
+        Only for a conditional VAE: the labels seen in ``fit``, sorted. Any integers, or strings
+        (as scikit-learn's classifiers take them); the one-hot code of a label is its position here.
     n_classes_ : int
         Only for a conditional VAE: ``len(classes_)`` (a property).
     checksum_ : str
         Only on a loaded encoder.
-    class_names_ : dict of int to str
+    class_names_ : dict of label to str
         Only on a loaded encoder: the names its file gives a conditional VAE's classes (label ->
-        name, see :meth:`save`); empty when it gives none.
+        name, see :meth:`save`); empty when it gives none (string labels name themselves).
     """
 
     def __init__(self, *, latent_dim=32, arch="conv", hidden=(512, 256), likelihood="bernoulli",
@@ -149,7 +149,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         self._check_params()
         images = to_unit_float(check_image_batch(X, self.image_shape, "fit"), "fit")
         labels = self._valid_labels(y, len(images), "fit")
-        classes = None if labels is None else np.unique(labels).astype(np.int64)
+        classes = None if labels is None else np.unique(labels)
         keras.utils.set_random_seed(self.random_state)
         image_shape = tuple(int(s) for s in images.shape[1:])
         model = VAE(
@@ -202,15 +202,23 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
             raise InputError(f"gaussian_variance applies to likelihood='gaussian' only, not {self.likelihood!r}")
 
     def _valid_labels(self, y, n, where):
-        """A conditional VAE's labels, checked: ``n`` integers (None for an unconditional VAE)."""
+        """A conditional VAE's labels, checked: ``n`` integers (int64) or ``n`` strings (str);
+        None for an unconditional VAE."""
         if not self.conditional:
             return None
         if y is None:
             raise InputError(f"{where}: a conditional VAE needs labels")
         labels = np.asarray(y)
-        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-            raise InputError(f"{where}: labels must be {n} integers, got shape {labels.shape} dtype {labels.dtype}")
-        return labels
+        if labels.dtype == object and labels.shape == (n,):  # a list or pandas column of names
+            kinds = {_label_kind(t) for t in set(map(type, labels.tolist()))}
+            if len(kinds) > 1:
+                raise InputError(f"{where}: labels must be {n} integers or {n} strings, got a mix of "
+                                 f"{', '.join(sorted(kinds))}")
+            labels = np.array(labels.tolist())
+        if labels.shape != (n,) or labels.dtype.kind not in "iuU":
+            raise InputError(f"{where}: labels must be {n} integers or {n} strings, got shape {labels.shape} "
+                             f"dtype {labels.dtype}")
+        return labels if labels.dtype.kind == "U" else labels.astype(np.int64)
 
     @property
     def n_classes_(self) -> int:
@@ -274,8 +282,9 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         Parameters
         ----------
         n : int
-        label : int, default=None
-            The class to generate; required for a conditional VAE, refused otherwise.
+        label : int or str, default=None
+            The class to generate, one of ``classes_``; required for a conditional VAE, refused
+            otherwise.
         random_state : int, default=None
             Seeds z; None uses the encoder's ``random_state``.
         z : ndarray of shape (n, latent_dim), default=None
@@ -286,14 +295,14 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         if not self.conditional and label is not None:
             raise InputError("this VAE is not conditional, so it draws no chosen class "
                              "(fit one with conditional=True, --conditional)")
-        if label is not None and (not isinstance(label, (int, np.integer)) or label not in self.classes_):
+        if label is not None and not _is_one_of(label, self.classes_):
             raise InputError(f"label {label!r}: this model knows classes {_listed(self.classes_)}")
         if z is None:
             if not is_whole_number(n):
                 raise InputError(f"sample: n must be a whole number >= 0, got {n!r}")
             seed = self.random_state if random_state is None else random_state
             z = np.random.default_rng(seed).standard_normal((n, self.latent_dim)).astype(np.float32)
-        labels = None if label is None else np.full(len(z), label, dtype=np.int64)
+        labels = None if label is None else np.full(len(z), label, dtype=self.classes_.dtype)
         return self.inverse_transform(z, labels)
 
     def evaluate(self, X, y=None, *, iwae_k=64, seed=0):
@@ -361,10 +370,13 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         path : path-like
         force : bool, default=False
             Overwrite an existing file.
-        class_names : dict of int to str, default=None
+        class_names : dict of label to str, default=None
             A conditional VAE's classes by name (label -> name), kept in the file: the loaded
             encoder's ``class_names_`` (``fvae sample`` labels its rows with them and takes
             ``--label NAME``). Classes it does not name keep their label.
+
+        A conditional VAE's classes decide the file's format version: 1 for 0..n-1, 2 for other
+        integers, 3 for strings, so that an older fvae refuses what it would misread.
         """
         check_is_fitted(self, "model_")
         payload = keras_bytes(self.model_)
@@ -376,6 +388,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
                 arrays["class_names"] = np.asarray(class_names_of(self.classes_, class_names))
             # format 1 knows classes 0..n-1 only: an older fvae would take label 3 of (3, 7) for the 4th class
             format_version = 1 if np.array_equal(self.classes_, np.arange(self.n_classes_)) else 2
+            if self.classes_.dtype.kind == "U":  # format 2 reads integer classes only
+                format_version = 3
         return save_model(path, method="vae", params=self.get_params(), arrays=arrays, input_shape=self.image_shape_,
                           force=force, files={KERAS_MEMBER: payload}, format_version=format_version)
 
@@ -399,7 +413,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
             n_classes = int(members["n_classes_"].item())
             encoder.classes_ = members.get("classes_", np.arange(n_classes, dtype=np.int64))  # format 1: 0..n-1
         named = zip(members["classes_"], members["class_names"]) if "class_names" in members else ()
-        encoder.class_names_ = {int(c): str(name) for c, name in named}
+        encoder.class_names_ = {c.item(): str(name) for c, name in named}
         encoder.history_ = None
         encoder.checksum_ = header["checksum"]
         return encoder
@@ -426,6 +440,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
 def _class_positions(labels, classes, where) -> np.ndarray:
     """Each label's position in the sorted ``classes`` (its one-hot index); a label that is not
     one of them is an InputError."""
+    if (labels.dtype.kind == "U") != (classes.dtype.kind == "U"):  # numbers and strings do not sort together
+        raise InputError(f"{where}: label {labels[0]} is not a class this model was fitted on ({_listed(classes)})")
     positions = np.searchsorted(classes, labels)
     known = classes[np.minimum(positions, len(classes) - 1)] == labels
     if not known.all():
@@ -434,9 +450,25 @@ def _class_positions(labels, classes, where) -> np.ndarray:
     return positions.astype(np.int32)
 
 
+def _label_kind(kind: type) -> str:
+    """What a label of this Python type is, for telling strings from integers from the rest."""
+    if issubclass(kind, str):
+        return "strings"
+    if issubclass(kind, (int, np.integer)) and not issubclass(kind, (bool, np.bool_)):
+        return "integers"
+    return kind.__name__
+
+
+def _is_one_of(label, classes) -> bool:
+    """Whether ``label`` is one of ``classes``, without numbers matching strings or True matching 1."""
+    kind = "strings" if classes.dtype.kind == "U" else "integers"
+    return _label_kind(type(label)) == kind and label in classes.tolist()
+
+
 def _listed(classes) -> str:
     """Classes for a message: "0..9" when they run without a gap, else "3, 7" (the first 12)."""
-    if len(classes) > 2 and np.array_equal(classes, np.arange(classes[0], classes[0] + len(classes))):
+    if (len(classes) > 2 and classes.dtype.kind != "U"
+            and np.array_equal(classes, np.arange(classes[0], classes[0] + len(classes)))):
         return f"{classes[0]}..{classes[-1]}"
     shown = ", ".join(str(c) for c in classes[:12])
     return shown + (f", ... ({len(classes)} in all)" if len(classes) > 12 else "")
