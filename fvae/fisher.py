@@ -59,7 +59,7 @@ from threadpoolctl import threadpool_limits
 from .data import check_image_batch, is_whole_number, to_unit_float
 from .descriptors import PATCH_NORMALIZATIONS, PatchLayout, dense_patches, fit_pca, normalize_patches, patch_layout, project
 from .errors import InputError
-from .persist import load_model, save_model
+from .persist import forget_file, load_model, save_model
 
 log = logging.getLogger("fvae")
 
@@ -641,7 +641,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
     n_features_out_ : int
         Length of a Fisher Vector, see :func:`fisher_vector_dim`.
     checksum_ : str
-        Only on a loaded encoder: the model file's checksum.
+        Only on a loaded encoder, until it is refitted: the model file's checksum.
     """
 
     def __init__(
@@ -725,6 +725,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         self.weights_, self.means_, self.covariances_ = gmm
         self.image_shape_ = tuple(int(s) for s in images.shape[1:])
         self.n_features_in_ = int(np.prod(self.image_shape_))
+        forget_file(self)
         return self
 
     def transform(self, X):

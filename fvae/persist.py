@@ -29,6 +29,8 @@ from .errors import ModelFileError, OutputExistsError
 #: holds it, so older fvae versions read every file they would read right, and refuse the others.
 FORMAT_VERSION = 3
 HEADER = "header.json"
+#: What a loaded estimator knows of the file it came from, not of its fit: a refit forgets it.
+FILE_ATTRIBUTES = ("checksum_", "class_names_")
 METHODS = ("fisher", "vae")
 #: Parameters that say how an estimator runs (threads, progress output), not what it learned:
 #: never saved, so that the same fit writes the same file wherever it ran.
@@ -131,6 +133,13 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     # not np.ascontiguousarray: it turns a 0-d array (a saved scalar) into shape (1,)
     np.lib.format.write_array(buffer, np.asarray(array, order="C"), allow_pickle=False)
     return buffer.getvalue()
+
+
+def forget_file(estimator) -> None:
+    """Drop what ``estimator`` knew of the file it was loaded from (:data:`FILE_ATTRIBUTES`): a
+    refit replaced that file's model."""
+    for name in FILE_ATTRIBUTES:
+        estimator.__dict__.pop(name, None)
 
 
 def save_model(path, *, method: str, params: dict, arrays: dict, input_shape, force: bool = False,

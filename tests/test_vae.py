@@ -673,8 +673,13 @@ def test_cli_a_conditional_vae_on_named_classes_draws_them_by_name(tmp_path, dig
     unknown = fvae_cli("sample", "--model", "named.npz", "--label", "eight", "-o", "eight.png", cwd=tmp_path)
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
     assert "'eight' names no class: this model's classes are seven, three" in unknown.stderr
-    fvae.load(tmp_path / "named.npz").save(tmp_path / "unnamed.npz")  # the library saves no names unless given
-    assert fvae.load(tmp_path / "unnamed.npz").class_names_ == {}
+    fvae.load(tmp_path / "named.npz").save(tmp_path / "copy.npz")  # before: the copy lost the names
+    assert fvae.load(tmp_path / "copy.npz").class_names_ == {0: "seven", 1: "three"}
+    # a refit is no longer the file's model: the file's names and checksum go with it
+    refit = fvae.load(tmp_path / "named.npz").fit(digits.train.images[picked], (digits.train.labels[picked] == 3) * 1)
+    assert not hasattr(refit, "class_names_") and not hasattr(refit, "checksum_")
+    refit.save(tmp_path / "refit.npz")
+    assert fvae.load(tmp_path / "refit.npz").class_names_ == {}
 
 
 def test_training_curves_mark_whole_epochs_only(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..data import check_image_batch, class_names_of, is_whole_number, to_unit_float
 from ..errors import InputError, ModelFileError, TrainingInterrupted
-from ..persist import ZIP_DATE, atomic_output, load_model, refuse_overwrite, save_model
+from ..persist import ZIP_DATE, atomic_output, forget_file, load_model, refuse_overwrite, save_model
 from .model import ARCHITECTURES, BINARIZATIONS, LIKELIHOODS
 
 KERAS_MEMBER = "model.keras"
@@ -85,10 +85,11 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
     n_classes_ : int
         Only for a conditional VAE: ``len(classes_)`` (a property).
     checksum_ : str
-        Only on a loaded encoder.
+        Only on a loaded encoder, until it is refitted: the model file's checksum.
     class_names_ : dict of label to str
-        Only on a loaded encoder: the names its file gives a conditional VAE's classes (label ->
-        name, see :meth:`save`); empty when it gives none (string labels name themselves).
+        Only on a loaded encoder, until it is refitted: the names its file gives a conditional
+        VAE's classes (label -> name, see :meth:`save`); empty when it gives none (string labels
+        name themselves).
     """
 
     def __init__(self, *, latent_dim=32, arch="conv", hidden=(512, 256), likelihood="bernoulli",
@@ -170,6 +171,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         self.n_features_in_ = int(np.prod(image_shape))
         if classes is not None:
             self.classes_ = classes
+        forget_file(self)
         if self.history_["stopped_by"] == "interrupted":
             raise TrainingInterrupted(f"interrupted after {self.history_['epochs_run']} epochs")
         return self
@@ -373,7 +375,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         class_names : dict of label to str, default=None
             A conditional VAE's classes by name (label -> name), kept in the file: the loaded
             encoder's ``class_names_`` (``fvae sample`` labels its rows with them and takes
-            ``--label NAME``). Classes it does not name keep their label.
+            ``--label NAME``). Classes it does not name keep their label. None keeps the names
+            this encoder was loaded with, if it was.
 
         A conditional VAE's classes decide the file's format version: 1 for 0..n-1, 2 for other
         integers, 3 for strings, so that an older fvae refuses what it would misread.
@@ -382,6 +385,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         payload = keras_bytes(self.model_)
         arrays = {"n_classes_": np.asarray(getattr(self, "n_classes_", 0))}
         format_version = 1
+        if class_names is None:
+            class_names = getattr(self, "class_names_", None)
         if self.conditional:
             arrays["classes_"] = self.classes_
             if class_names:  # older fvae versions ignore this member: no newer format needed
