@@ -621,6 +621,35 @@ def class_names_of(classes, class_names) -> list[str]:
     return [str(class_names.get(c, c)) for c in np.asarray(classes).tolist()]
 
 
+def labels_named_as(split: Split, names: tuple[str, ...], to_names: tuple[str, ...], source: str,
+                    to_source: str) -> Split:
+    """``split`` (of ``source``, whose label i is ``names[i]``) with its labels renumbered as
+    ``to_names`` numbers the same classes: two image folders number their classes each by its own
+    subfolders, so a test folder of dogs and foxes calls them 0 and 1, where cat, dog, fox are
+    0, 1, 2 to the train folder.
+
+    Labels are kept as they are when either source only numbers its classes ("0".."n-1", as idx
+    files and arrays do) or the names agree.
+
+    Raises
+    ------
+    DataError
+        If ``source`` names a class that ``to_source`` does not.
+    """
+    if split.labels is None or names == to_names or _only_numbered(names) or _only_numbered(to_names):
+        return split
+    unknown = [name for name in names if name not in to_names]
+    if unknown:
+        raise DataError(f"{source}: class {', '.join(unknown)} is not a class of {to_source} ({', '.join(to_names)})")
+    renumbered = np.array([to_names.index(name) for name in names], dtype=np.int64)
+    return Split(split.images, renumbered[split.labels])
+
+
+def _only_numbered(names: tuple[str, ...]) -> bool:
+    """Whether a source's class names are only its label numbers (or it has none)."""
+    return tuple(names) == tuple(str(i) for i in range(len(names)))
+
+
 def _digit_names(splits: dict[str, Split]) -> tuple[str, ...]:
     labelled = [s.labels for s in splits.values() if s.labels is not None]
     n_classes = int(max(lab.max() for lab in labelled)) + 1 if labelled else 0

@@ -601,9 +601,10 @@ def load_splits(data, test_data=None, data_dir=None) -> tuple[Split, Split, dict
 
     Without ``test_data`` the source's own train and test splits are used. With it, the test
     images come from ``test_data`` (its test split, or its only split) and every image of
-    ``data`` trains (its train and test splits together), since none of them is tested on.
+    ``data`` trains (its train and test splits together), since none of them is tested on; where
+    both sources name their classes, the test labels follow the train source's names.
     """
-    from .data import load_dataset
+    from .data import labels_named_as, load_dataset
 
     source = load_dataset(data, data_dir)
     if test_data is None:
@@ -613,6 +614,7 @@ def load_splits(data, test_data=None, data_dir=None) -> tuple[Split, Split, dict
         test_source = load_dataset(test_data, data_dir)
         test_split = "test" if test_source.test is not None else "train"
         test, train, train_split = test_source.split(test_split), source.split("all"), "all"
+        test = labels_named_as(test, test_source.class_names, source.class_names, test_source.name, source.name)
     description = {
         "train": {"source": source.name, "location": source.location, "split": train_split},
         "test": {"source": test_source.name, "location": test_source.location, "split": test_split},

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import fvae_cli
+from conftest import fvae_cli, write_image_folder
 import fvae
 from fvae.data import Split, to_unit_float
 from fvae.evaluate import (
@@ -300,6 +300,33 @@ def test_cli_reuses_saved_models_and_refuses_to_overwrite(cli_run, tmp_path):
     assert second["data"]["train"]["split"] == "all" and second["data"]["test"]["source"].endswith("test.npz")
     assert second["encodings"]["fisher"]["classification"] == first["encodings"]["fisher"]["classification"]
     assert "vae_samples.png" not in " ".join(second["figures"])
+
+
+def test_cli_a_test_folder_of_some_classes_is_scored_by_class_name(tmp_path, digits):
+    """Two image folders number their classes each by its own subfolders: a test folder of dogs
+    and foxes has them as 0 and 1, which the train folder calls cat and dog."""
+    from fvae.evaluate import load_splits
+
+    animals = {3: "cat", 7: "dog", 0: "fox"}
+    for split, per_class, kept in ((digits.train, 40, (3, 7, 0)), (digits.test, 20, (7, 0))):
+        rows = np.concatenate([np.flatnonzero(split.labels == d)[:per_class] for d in kept])
+        folder = tmp_path / ("train" if per_class == 40 else "test")
+        write_image_folder(folder, split.images[rows], [animals[d] for d in split.labels[rows]])
+    train, test, description = load_splits(tmp_path / "train", tmp_path / "test")
+    assert description["class_names"] == ["cat", "dog", "fox"]
+    assert np.bincount(test.labels).tolist() == [0, 4, 4]  # before: [4, 4], cat and dog to the train folder
+
+    result = fvae_cli("evaluate", "--data", "train", "--test-data", "test", "--methods", "raw", "--quick", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "runs" / "train" / "report.json").read_text())
+    assert report["encodings"]["raw"]["classification"]["logistic"]["accuracy"] >= 0.9  # before: 0.0
+
+    write_image_folder(tmp_path / "test", digits.test.images[:1], ["wolf"])
+    unknown = fvae_cli("evaluate", "--data", "train", "--test-data", "test", "--methods", "raw", "--name", "wolf",
+                       cwd=tmp_path)
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "Traceback" not in unknown.stderr
+    assert "test: class wolf is not a class of train (cat, dog, fox)" in unknown.stderr
+    assert not (tmp_path / "runs" / "wolf").exists()
 
 
 def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
