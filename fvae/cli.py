@@ -522,7 +522,7 @@ def _class_names(dataset, split) -> dict:
 @_user_errors
 def evaluate(
     data: Annotated[str, typer.Option("--data", "-d", help="Train source: mnist, mnist-5k, fashion-mnist, digits, or a path.")] = "mnist",
-    test_data: Annotated[Optional[str], typer.Option(help="Separate test source; then every --data image trains.")] = None,
+    test_data: Annotated[Optional[str], typer.Option(help="Separate test source (all of it, or its own test split); then every --data image trains.")] = None,
     methods: Annotated[str, typer.Option(help="Encodings to compare, comma-separated: fisher,vae,pca,raw.")] = "fisher,vae,pca,raw",
     fisher_model: Annotated[Optional[Path], typer.Option(help="Reuse this saved Fisher model instead of fitting.")] = None,
     vae_model: Annotated[Optional[Path], typer.Option(help="Reuse this saved VAE instead of training.")] = None,

