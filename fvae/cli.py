@@ -469,9 +469,11 @@ def encode(
                                 f"{paths['model']} to encode with it, or --force to fit a new one")
     dataset = load_dataset(data, data_dir, lazy=True)
     images = dataset.split(split.value)
+    class_names = dataset.class_names
     if model is not None:
         encoder = load(model, method=method.value)
         checksum = encoder.checksum_
+        images, class_names = _labelled_as_the_model_names_them(encoder, images, dataset, model)
     else:
         if dataset.train is None:
             raise DataError(f"{dataset.name} has no train split to fit a model on: fit one on its test images with "
@@ -499,7 +501,7 @@ def encode(
                 client=client,
                 metadata={"method": method.value, "model": str(model), "model_checksum": checksum,
                           "source": dataset.name, "source_location": dataset.location, "split": split.value,
-                          **_class_names(dataset, images)},
+                          **_class_names(class_names, images)},
             )
     except BaseException as exc:
         if not _is_interrupt(exc):
@@ -513,9 +515,23 @@ def encode(
                f"{sidecar['encode_seconds']:.1f} s{speed}{resumed}; wrote {output}")
 
 
-def _class_names(dataset, split) -> dict:
+def _class_names(class_names, split) -> dict:
     """``class_names`` for the sidecar, when the split has labels: label i is ``class_names[i]``."""
-    return {"class_names": list(dataset.class_names)} if split.labels is not None and dataset.class_names else {}
+    return {"class_names": list(class_names)} if split.labels is not None and class_names else {}
+
+
+def _labelled_as_the_model_names_them(encoder, split, dataset, model):
+    """``split`` with the labels a conditional VAE was fitted with, matched by the class names
+    of its file and of ``dataset`` (two image folders number their classes each by its own
+    subfolders), and the names of those labels; as they are for any other model."""
+    from .data import labels_named_as
+
+    names = getattr(encoder, "class_names_", {})
+    if not getattr(encoder, "conditional", False) or not names or encoder.classes_.dtype.kind == "U":
+        return split, dataset.class_names
+    model_names = tuple(names.get(label, str(label)) for label in range(max(names) + 1))
+    renamed = labels_named_as(split, dataset.class_names, model_names, dataset.name, str(model))
+    return (split, dataset.class_names) if renamed is split else (renamed, model_names)
 
 
 @app.command()

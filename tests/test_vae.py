@@ -655,6 +655,28 @@ def test_cli_conditional_vae_samples_a_chosen_class_in_a_subprocess(tmp_path):
                                   fvae.load(tmp_path / "cvae.npz").transform(test.images, test.labels))
 
 
+def test_cli_encode_gives_a_conditional_vae_the_labels_it_was_fitted_with(tmp_path, digits):
+    """Another image folder numbers its classes by its own subfolders: dogs and foxes are 0 and 1
+    there, cat and dog to a VAE fitted on cat, dog and fox."""
+    animals = {3: "cat", 7: "dog", 0: "fox"}
+    for folder, split, kept in (("fitted", digits.train, (3, 7, 0)), ("new", digits.test, (7, 0))):
+        rows = np.concatenate([np.flatnonzero(split.labels == d)[:30] for d in kept])
+        write_image_folder(tmp_path / folder, split.images[rows], [animals[d] for d in split.labels[rows]])
+    fit = fvae_cli("fit", "vae", "--data", "fitted", "-o", "cvae.npz", "--conditional", "--arch", "mlp", "--hidden", "16",
+                   "--latent-dim", "2", "--epochs", "1", "--quiet", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    encode = fvae_cli("encode", "--model", "cvae.npz", "--data", "new", "--split", "all", "-o", "codes.npy", "--quiet",
+                      cwd=tmp_path)
+    assert encode.returncode == 0, encode.stderr
+    labels = np.load(tmp_path / "codes.labels.npy")
+    sidecar = json.loads((tmp_path / "codes.json").read_text())
+    source = fvae.load_dataset(str(tmp_path / "new")).split("all")
+    assert sidecar["class_names"] == ["cat", "dog", "fox"]  # before: dog, fox, numbered 0 and 1
+    assert np.array(sidecar["class_names"])[labels].tolist() == np.array(["dog", "fox"])[source.labels].tolist()
+    np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"),
+                                  fvae.load(tmp_path / "cvae.npz").transform(source.images, labels))
+
+
 def test_cli_a_conditional_vae_on_named_classes_draws_them_by_name(tmp_path, digits):
     from PIL import Image
 
