@@ -390,26 +390,20 @@ def sample(
 
 
 def _label_of(text: str | None, encoder) -> int | str | None:
-    """The label ``--label`` names: a class name the model file gives, else the label itself (a
-    number, or the text for a model fitted on string labels)."""
+    """The label ``--label`` names: a class by its name in the model file (a class it does not
+    name, or a string label, by the label itself), else a label number for ``sample`` to check."""
     if text is None:
         return None
-    by_name = {name: label for label, name in encoder.class_names_.items()}
+    from .data import class_names_of
+
+    classes = encoder.classes_ if encoder.conditional else ()
+    by_name = dict(zip(class_names_of(classes, encoder.class_names_), classes))
     if text in by_name:
         return by_name[text]
-    classes = getattr(encoder, "classes_", None)
-    string_labels = classes is not None and classes.dtype.kind == "U"
-    if string_labels and text in classes.tolist():
-        return text
-    if not string_labels:
+    if not (encoder.conditional and encoder.classes_.dtype.kind == "U"):
         with contextlib.suppress(ValueError):
             return int(text)
-    if by_name or string_labels:
-        from .data import class_names_of
-
-        known = f": this model's classes are {', '.join(class_names_of(classes, encoder.class_names_))}"
-    else:
-        known = " (a label number)"
+    known = f": this model's classes are {', '.join(by_name)}" if by_name else " (a label number)"
     raise typer.BadParameter(f"{text!r} names no class{known}", param_hint="--label")
 
 
@@ -524,12 +518,12 @@ def _labelled_as_the_model_names_them(encoder, split, dataset, model):
     """``split`` with the labels a conditional VAE was fitted with, matched by the class names
     of its file and of ``dataset`` (two image folders number their classes each by its own
     subfolders), and the names of those labels; as they are for any other model."""
-    from .data import labels_named_as
+    from .data import class_names_of, labels_named_as
 
     names = getattr(encoder, "class_names_", {})
     if not getattr(encoder, "conditional", False) or not names or encoder.classes_.dtype.kind == "U":
         return split, dataset.class_names
-    model_names = tuple(names.get(label, str(label)) for label in range(max(names) + 1))
+    model_names = tuple(class_names_of(range(max(names) + 1), names))
     renamed = labels_named_as(split, dataset.class_names, model_names, dataset.name, str(model))
     return (split, dataset.class_names) if renamed is split else (renamed, model_names)
 
