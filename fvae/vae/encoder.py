@@ -384,17 +384,13 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         payload = keras_bytes(self.model_)
         arrays = {"n_classes_": np.asarray(getattr(self, "n_classes_", 0))}
-        format_version = 1
         if class_names is None:
             class_names = getattr(self, "class_names_", None)
         if self.conditional:
             arrays["classes_"] = self.classes_
             if class_names:  # older fvae versions ignore this member: no newer format needed
                 arrays["class_names"] = np.asarray(class_names_of(self.classes_, class_names))
-            # format 1 knows classes 0..n-1 only: an older fvae would take label 3 of (3, 7) for the 4th class
-            format_version = 1 if np.array_equal(self.classes_, np.arange(self.n_classes_)) else 2
-            if self.classes_.dtype.kind == "U":  # format 2 reads integer classes only
-                format_version = 3
+        format_version = _format_version(self.classes_) if self.conditional else 1
         return save_model(path, method="vae", params=self.get_params(), arrays=arrays, input_shape=self.image_shape_,
                           force=force, files={KERAS_MEMBER: payload}, format_version=format_version)
 
@@ -413,12 +409,13 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
             raise ModelFileError(f"{path}: cannot load the Keras model ({exc})") from None
         encoder.image_shape_ = tuple(header["input_shape"])
         encoder.n_features_in_ = int(np.prod(encoder.image_shape_))
+        encoder.class_names_ = {}
         if encoder.conditional:
             # .item(): files written before fvae kept 0-d arrays 0-d hold this scalar with shape (1,)
             n_classes = int(members["n_classes_"].item())
             encoder.classes_ = members.get("classes_", np.arange(n_classes, dtype=np.int64))  # format 1: 0..n-1
-        named = zip(members["classes_"], members["class_names"]) if "class_names" in members else ()
-        encoder.class_names_ = {c.item(): str(name) for c, name in named}
+            names = members.get("class_names", ())
+            encoder.class_names_ = {c: str(name) for c, name in zip(encoder.classes_.tolist(), names)}
         encoder.history_ = None
         encoder.checksum_ = header["checksum"]
         return encoder
@@ -453,6 +450,15 @@ def _class_positions(labels, classes, where) -> np.ndarray:
         raise InputError(f"{where}: label {labels[~known][0]} is not a class this model was fitted on "
                          f"({_listed(classes)})")
     return positions.astype(np.int32)
+
+
+def _format_version(classes) -> int:
+    """The oldest model format that holds a conditional VAE with these classes: 1 for 0..n-1, 2
+    for other integers (an older fvae would take label 3 of (3, 7) for the 4th class), 3 for
+    strings (format 2 reads integer classes only)."""
+    if classes.dtype.kind == "U":
+        return 3
+    return 1 if np.array_equal(classes, np.arange(len(classes))) else 2
 
 
 def _label_kind(kind: type) -> str:
