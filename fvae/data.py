@@ -651,13 +651,17 @@ def labels_named_as(split: Split, names: tuple[str, ...], to_names: tuple[str, .
 
 def _only_numbered(names: tuple[str, ...]) -> bool:
     """Whether a source's class names are only its label numbers (or it has none)."""
-    return tuple(names) == tuple(str(i) for i in range(len(names)))
+    return tuple(names) == _numbered(len(names))
+
+
+def _numbered(n_classes: int) -> tuple[str, ...]:
+    """The names of a source that only numbers its classes: "0".."n-1"."""
+    return tuple(str(i) for i in range(n_classes))
 
 
 def _digit_names(splits: dict[str, Split]) -> tuple[str, ...]:
     labelled = [s.labels for s in splits.values() if s.labels is not None]
-    n_classes = int(max(lab.max() for lab in labelled)) + 1 if labelled else 0
-    return tuple(str(i) for i in range(n_classes))
+    return _numbered(int(max(lab.max() for lab in labelled)) + 1 if labelled else 0)
 
 
 # ----------------------------------------------------------------------------------------------------
