@@ -25,6 +25,14 @@ def write_image_folder(folder, images, class_folders):
         Image.fromarray(image).save(folder / name / f"{i}.png")
 
 
+def write_named_digits(folder, split, names, per_class):
+    """An image-folder source of the first ``per_class`` images of each digit ``names`` names
+    (digit -> subfolder), from ``split``; returns the rows of ``split`` it holds."""
+    rows = np.concatenate([np.flatnonzero(split.labels == digit)[:per_class] for digit in names])
+    write_image_folder(folder, split.images[rows], [names[digit] for digit in split.labels[rows]])
+    return rows
+
+
 def as_from_a_terminal():
     """``preexec_fn`` of a child the test will Ctrl-C. A suite started in the background
     ("make test &", nohup) hands its children SIGINT ignored, and Python keeps it so: the child

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import fvae_cli, write_image_folder
+from conftest import fvae_cli, write_image_folder, write_named_digits
 import fvae
 from fvae.data import Split, to_unit_float
 from fvae.evaluate import (
@@ -307,11 +307,8 @@ def test_cli_a_test_folder_of_some_classes_is_scored_by_class_name(tmp_path, dig
     and foxes has them as 0 and 1, which the train folder calls cat and dog."""
     from fvae.evaluate import load_splits
 
-    animals = {3: "cat", 7: "dog", 0: "fox"}
-    for split, per_class, kept in ((digits.train, 40, (3, 7, 0)), (digits.test, 20, (7, 0))):
-        rows = np.concatenate([np.flatnonzero(split.labels == d)[:per_class] for d in kept])
-        folder = tmp_path / ("train" if per_class == 40 else "test")
-        write_image_folder(folder, split.images[rows], [animals[d] for d in split.labels[rows]])
+    write_named_digits(tmp_path / "train", digits.train, {3: "cat", 7: "dog", 0: "fox"}, per_class=40)
+    write_named_digits(tmp_path / "test", digits.test, {7: "dog", 0: "fox"}, per_class=20)
     train, test, description = load_splits(tmp_path / "train", tmp_path / "test")
     assert description["class_names"] == ["cat", "dog", "fox"]
     # every image of the test folder (before: the 20% fvae holds out of a folder), named as the train folder

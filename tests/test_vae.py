@@ -17,7 +17,7 @@ pytest.importorskip("tensorflow", reason="the VAE needs TensorFlow, a core depen
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from conftest import fvae_cli, write_image_folder  # noqa: E402
+from conftest import fvae_cli, write_named_digits  # noqa: E402
 import fvae  # noqa: E402
 from fvae import InputError, ModelFileError  # noqa: E402
 from fvae.persist import load_model, save_model  # noqa: E402
@@ -26,6 +26,8 @@ from fvae.vae.model import MIN_OUTPUT_VARIANCE, VAE, kl_divergence  # noqa: E402
 from fvae.vae.train import iwae_bound  # noqa: E402
 
 TINY = dict(arch="mlp", hidden=(64,), latent_dim=4, epochs=4, batch_size=64, random_state=0)
+#: A conditional VAE trained one epoch: for what it does with its classes, not how well it draws.
+ONE_EPOCH_CONDITIONAL = dict(arch="mlp", hidden=(16,), latent_dim=2, epochs=1, conditional=True, random_state=0)
 
 
 @pytest.fixture(scope="module")
@@ -274,8 +276,7 @@ def test_a_conditional_vae_learns_its_classes_from_the_labels(tmp_path, monkeypa
     digits = fvae.load_dataset("digits").train
     chosen = np.isin(digits.labels, [3, 7])
     images, labels = digits.images[chosen], digits.labels[chosen]
-    small = dict(arch="mlp", hidden=(16,), latent_dim=2, epochs=1, conditional=True, random_state=0)
-    vae = VAEEncoder(**small).fit(images, labels)
+    vae = VAEEncoder(**ONE_EPOCH_CONDITIONAL).fit(images, labels)
     # before: classes 0..7, six of them never seen, and sample(label=5) drew from an untrained one-hot
     assert vae.classes_.tolist() == [3, 7] and vae.n_classes_ == vae.model_.n_classes == 2
     with pytest.raises(InputError, match="^label 5: this model knows classes 3, 7$"):
@@ -300,10 +301,10 @@ def test_a_conditional_vae_learns_its_classes_from_the_labels(tmp_path, monkeypa
     drawn = []
     real_save_gif = report.save_gif
     monkeypatch.setattr(report, "save_gif", lambda frames, path, **kw: drawn.append(frames) or real_save_gif(frames, path, **kw))
-    fit_and_save(VAEEncoder(**small), Split(images, labels), None, tmp_path / "g.npz", figures_dir=tmp_path / "figs")
+    fit_and_save(VAEEncoder(**ONE_EPOCH_CONDITIONAL), Split(images, labels), None, tmp_path / "g.npz", figures_dir=tmp_path / "figs")
     assert drawn[0][0].shape == (2 * 9 - 1, 10 * 9 - 1)
 
-    zero_based = VAEEncoder(**small).fit(digits.images[:300], digits.labels[:300])
+    zero_based = VAEEncoder(**ONE_EPOCH_CONDITIONAL).fit(digits.images[:300], digits.labels[:300])
     zero_based.save(tmp_path / "c10.npz")
     assert read_header(tmp_path / "c10.npz")["format_version"] == 1  # nothing an older fvae would misread
     # a file written before classes_ were saved: its classes are 0..n-1
@@ -321,8 +322,7 @@ def test_a_conditional_vae_takes_string_labels_as_classifiers_do(tmp_path):
     chosen = np.isin(digits.labels, [3, 7])
     images = digits.images[chosen]
     words = np.where(digits.labels[chosen] == 3, "three", "seven")
-    small = dict(arch="mlp", hidden=(16,), latent_dim=2, epochs=1, conditional=True, random_state=0)
-    vae = VAEEncoder(**small).fit(images, words.astype(object))  # before: "labels must be ... integers"
+    vae = VAEEncoder(**ONE_EPOCH_CONDITIONAL).fit(images, words.astype(object))  # before: "labels must be ... integers"
     assert vae.classes_.tolist() == ["seven", "three"]
     z = np.zeros((1, 2), np.float32)
     second_class = vae.model_.mean_image(vae.model_.decode(z, np.array([1], np.int32)))  # one-hot position 1
@@ -334,7 +334,7 @@ def test_a_conditional_vae_takes_string_labels_as_classifiers_do(tmp_path):
     with pytest.raises(InputError, match=r"^transform: label 3 is not a class this model was fitted on \(seven, three\)$"):
         vae.transform(images[:2], np.array([3, 3]))
     with pytest.raises(InputError, match=r"^fit: labels must be 3 integers or 3 strings, got a mix"):
-        VAEEncoder(**small).fit(images[:3], np.array(["three", 7, "seven"], dtype=object))
+        VAEEncoder(**ONE_EPOCH_CONDITIONAL).fit(images[:3], np.array(["three", 7, "seven"], dtype=object))
 
     vae.save(tmp_path / "words.npz")
     assert read_header(tmp_path / "words.npz")["format_version"] == 3  # an fvae that knows integer classes only refuses it
@@ -357,7 +357,7 @@ def test_a_refit_that_fails_keeps_the_previous_fit_whole():
             raise RuntimeError("no training today")
 
     digits = fvae.load_dataset("digits").train
-    vae = VAEEncoder(arch="mlp", hidden=(16,), latent_dim=2, epochs=1, conditional=True, random_state=0)
+    vae = VAEEncoder(**ONE_EPOCH_CONDITIONAL)
     vae.fit(digits.images[:200], digits.labels[:200])
     before = vae.transform(digits.images[:5], digits.labels[:5])
     smaller = digits.images[:200, :7, :7]
@@ -658,10 +658,8 @@ def test_cli_conditional_vae_samples_a_chosen_class_in_a_subprocess(tmp_path):
 def test_cli_encode_gives_a_conditional_vae_the_labels_it_was_fitted_with(tmp_path, digits):
     """Another image folder numbers its classes by its own subfolders: dogs and foxes are 0 and 1
     there, cat and dog to a VAE fitted on cat, dog and fox."""
-    animals = {3: "cat", 7: "dog", 0: "fox"}
-    for folder, split, kept in (("fitted", digits.train, (3, 7, 0)), ("new", digits.test, (7, 0))):
-        rows = np.concatenate([np.flatnonzero(split.labels == d)[:30] for d in kept])
-        write_image_folder(tmp_path / folder, split.images[rows], [animals[d] for d in split.labels[rows]])
+    write_named_digits(tmp_path / "fitted", digits.train, {3: "cat", 7: "dog", 0: "fox"}, per_class=30)
+    write_named_digits(tmp_path / "new", digits.test, {7: "dog", 0: "fox"}, per_class=30)
     fit = fvae_cli("fit", "vae", "--data", "fitted", "-o", "cvae.npz", "--conditional", "--arch", "mlp", "--hidden", "16",
                    "--latent-dim", "2", "--epochs", "1", "--quiet", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
@@ -680,9 +678,8 @@ def test_cli_encode_gives_a_conditional_vae_the_labels_it_was_fitted_with(tmp_pa
 def test_cli_a_conditional_vae_on_named_classes_draws_them_by_name(tmp_path, digits):
     from PIL import Image
 
-    picked = np.concatenate([np.flatnonzero(digits.train.labels == digit)[:40] for digit in (3, 7)])
-    names = {3: "three", 7: "seven"}  # labels 0 and 1 by the folders' sorted names
-    write_image_folder(tmp_path / "imgs", digits.train.images[picked], [names[d] for d in digits.train.labels[picked]])
+    # labels 0 and 1 by the folders' sorted names
+    picked = write_named_digits(tmp_path / "imgs", digits.train, {3: "three", 7: "seven"}, per_class=40)
     fit = fvae_cli("fit", "vae", "--data", "imgs", "-o", "named.npz", "--conditional", "--arch", "mlp", "--hidden", "16",
                    "--latent-dim", "2", "--epochs", "2", "--quiet", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
