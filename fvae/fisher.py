@@ -42,6 +42,7 @@ cached next to this file (about 2 s, once per machine).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
@@ -54,7 +55,7 @@ from joblib import Parallel, cpu_count, delayed
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .data import check_image_batch, is_whole_number, to_unit_float
 from .descriptors import PATCH_NORMALIZATIONS, PatchLayout, dense_patches, fit_pca, normalize_patches, patch_layout, project
@@ -247,6 +248,14 @@ def fisher_vectors(
             weight_gradients, improved, np.float32(alpha), intra_normalization, view,
         )
     return out
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    """The thread pools of the libraries loaded so far, numpy's BLAS among them, found once:
+    ``threadpool_limits`` looks them up on every call (4 ms), too slow for a transform of a few
+    images."""
+    return ThreadpoolController()
 
 
 def _cell_statistics(x: np.ndarray, gmm: GmmTerms, cells: list):
@@ -753,12 +762,15 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
             self._encode_block(images[block], layout, gmm, out[block])
 
         n_jobs = self._n_threads()
-        if n_jobs == 1 or len(starts) == 1:
-            for start in starts:
-                encode(start)
-        else:
-            # numpy and BLAS release the GIL: threads share `out` and scale without pickling.
-            with threadpool_limits(1, user_api="blas"):
+        # One BLAS thread, whatever n_jobs: OpenBLAS's float32 products (its AVX2 kernels at
+        # least) round differently with the number of threads, so a chunk encoded here and in a
+        # Dask worker (which distributed starts with one BLAS thread) differed in the last bits.
+        with _blas().limit(limits=1, user_api="blas"):
+            if n_jobs == 1 or len(starts) == 1:
+                for start in starts:
+                    encode(start)
+            else:
+                # numpy and BLAS release the GIL: threads share `out` and scale without pickling.
                 Parallel(n_jobs=n_jobs, prefer="threads")(delayed(encode)(s) for s in starts)
         return out
 

@@ -150,17 +150,25 @@ def test_descriptor_order_and_batch_split_do_not_change_the_fv(seed, n_images, n
     split = rng.integers(0, n_images + 1)
     pieces = np.concatenate([fisher_vectors(x[:split], terms, weight_gradients=True),
                              fisher_vectors(x[split:], terms, weight_gradients=True)])
-    assert relative_error(permuted, together) < 1e-4  # summation order only changes rounding
-    np.testing.assert_array_equal(pieces, together)
+    # Summation order only changes rounding; so does a smaller batch, a smaller matrix product,
+    # which some BLAS kernels round differently (the power normalization magnifies it near 0).
+    assert relative_error(permuted, together) < 1e-4
+    assert relative_error(pieces, together) < 1e-4
 
 
 def test_transform_is_independent_of_threads_and_batch(digits):
+    from threadpoolctl import threadpool_limits
+
     images = digits.test.images
     encoder = FisherVectorEncoder(**SMALL).fit(digits.train.images)
     one = encoder.transform(images)
     two = clone(encoder).set_params(n_jobs=2).fit(digits.train.images).transform(images)
     np.testing.assert_array_equal(one, two)
-    np.testing.assert_array_equal(encoder.transform(images[:7]), one[:7])
+    for blas_threads in (1, 2):  # a Dask worker runs with one BLAS thread, this process with every core
+        with threadpool_limits(blas_threads, user_api="blas"):
+            np.testing.assert_array_equal(encoder.transform(images), one)
+    # A smaller batch is a smaller matrix product, which some BLAS kernels round differently.
+    np.testing.assert_allclose(encoder.transform(images[:7]), one[:7], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(clone(encoder).set_params(n_jobs=-1).fit(digits.train.images).transform(images), one)
     for bad in (0, 1.5, "2"):  # joblib: "n_jobs == 0 in Parallel has no meaning"; 0 used to run as 1
         with pytest.raises(InputError, match=r"^n_jobs must be None, a number of threads >= 1, or negative"):
