@@ -412,7 +412,13 @@ class ProbeSpace:
             residual = (centred - u @ (shrink[:, None] * projected)) / (1.0 - leverage)[:, None]
             return float(np.mean(residual ** 2))
 
-        alpha = min(alphas, key=leave_one_out_error)
+        errors = {alpha: leave_one_out_error(alpha) for alpha in alphas}
+        # Ties within rounding go to the smallest alpha. They are exact ties: n - 1 standardized
+        # PCA codes of n train images have equal singular values, and then every alpha has the
+        # same LOO error, so the largest alpha (predict the mean) won on one CPU's rounding and
+        # the smallest (PCA's own reconstruction) on another's.
+        best = min(errors.values())
+        alpha = min(a for a, error in errors.items() if error <= best * (1 + 1e-8))
         beta = (s / (s ** 2 + alpha))[:, None] * projected
         if vt is not None:
             beta = vt.T @ beta

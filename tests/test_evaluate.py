@@ -118,6 +118,23 @@ def test_ridge_from_the_probe_space_equals_scikit_learns_ridgecv(width):
     np.testing.assert_allclose(predicted, reference.predict(scaler.transform(test)), rtol=1e-6, atol=1e-8)
 
 
+def test_ridge_breaks_an_exact_tie_of_leave_one_out_errors_towards_the_smallest_alpha():
+    """Codes with as many uncorrelated directions as the centred train rows span (n - 1 PCA codes
+    of n images) standardize to equal singular values: every alpha has the same LOO error, and
+    which won was the CPU's rounding (the largest, predicting the mean, on an AVX2 machine)."""
+    rng = np.random.default_rng(0)
+    n = 40
+    centred = rng.standard_normal((n, n))
+    centred -= centred.mean(axis=0)
+    codes = np.linalg.svd(centred, full_matrices=False)[0][:, : n - 1]  # orthonormal, centred
+    targets = rng.random((n, 16))
+    alphas = tuple(float(a) for a in np.logspace(-2, 5, 8))
+    for seed in range(5):  # several rotations of the same codes: rounding differs, the tie does not
+        rotation = np.linalg.qr(np.random.default_rng(seed).standard_normal((n - 1, n - 1)))[0]
+        alpha, _ = ProbeSpace(codes @ rotation * 3.0, codes[:2]).ridge(targets, alphas)
+        assert alpha == alphas[0]
+
+
 def test_label_efficiency_curve_uses_stratified_subsets(digits):
     train = to_unit_float(digits.train.images).reshape(len(digits.train), -1)
     test = to_unit_float(digits.test.images).reshape(len(digits.test), -1)
