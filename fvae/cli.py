@@ -441,8 +441,8 @@ def encode(
     from . import load
     from .data import load_dataset
     from .evaluate import default_encoder
-    from .extract import (check_scheduler_address, dask_client, extract_features, output_format, output_paths,
-                          refuse_existing_outputs)
+    from .extract import (check_scheduler_address, dask_client, extract_features, labelled_for, output_format,
+                          output_paths, refuse_existing_outputs)
     from .persist import saved_method
 
     output_format(output)
@@ -467,7 +467,7 @@ def encode(
     if model is not None:
         encoder = load(model, method=method.value)
         checksum = encoder.checksum_
-        images, class_names = _labelled_as_the_model_names_them(encoder, images, dataset, model)
+        images, class_names = labelled_for(encoder, images, dataset.class_names, dataset.name, str(model))
     else:
         if dataset.train is None:
             raise DataError(f"{dataset.name} has no train split to fit a model on: fit one on its test images with "
@@ -512,20 +512,6 @@ def encode(
 def _class_names(class_names, split) -> dict:
     """``class_names`` for the sidecar, when the split has labels: label i is ``class_names[i]``."""
     return {"class_names": list(class_names)} if split.labels is not None and class_names else {}
-
-
-def _labelled_as_the_model_names_them(encoder, split, dataset, model):
-    """``split`` with the labels a conditional VAE was fitted with, matched by the class names
-    of its file and of ``dataset`` (two image folders number their classes each by its own
-    subfolders), and the names of those labels; as they are for any other model."""
-    from .data import class_names_of, labels_named_as
-
-    names = getattr(encoder, "class_names_", {})
-    if not getattr(encoder, "conditional", False) or not names or encoder.classes_.dtype.kind == "U":
-        return split, dataset.class_names
-    model_names = tuple(class_names_of(range(max(names) + 1), names))
-    renamed = labels_named_as(split, dataset.class_names, model_names, dataset.name, str(model))
-    return (split, dataset.class_names) if renamed is split else (renamed, model_names)
 
 
 @app.command()

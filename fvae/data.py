@@ -640,7 +640,7 @@ def labels_named_as(split: Split, names: tuple[str, ...], to_names: tuple[str, .
     DataError
         If ``source`` names a class that ``to_source`` does not.
     """
-    if split.labels is None or names == to_names or _only_numbered(names) or _only_numbered(to_names):
+    if split.labels is None or names == to_names or only_numbered(names) or only_numbered(to_names):
         return split
     unknown = [name for name in names if name not in to_names]
     if unknown:
@@ -649,7 +649,7 @@ def labels_named_as(split: Split, names: tuple[str, ...], to_names: tuple[str, .
     return Split(split.images, renumbered[split.labels])
 
 
-def _only_numbered(names: tuple[str, ...]) -> bool:
+def only_numbered(names: tuple[str, ...]) -> bool:
     """Whether a source's class names are only its label numbers (or it has none)."""
     return tuple(names) == _numbered(len(names))
 

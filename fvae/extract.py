@@ -27,8 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-from .data import Split, check_fitted_size
-from .errors import FvaeError, InputError, OutputExistsError
+from .data import Split, check_fitted_size, class_names_of, labels_named_as, only_numbered
+from .errors import DataError, FvaeError, InputError, OutputExistsError
 from .persist import ZIP_DATE, atomic_output, fvae_version, refuse_overwrite
 
 FORMATS = (".npy", ".npz", ".zarr")
@@ -203,10 +203,22 @@ class Manifest:
 
 
 def encode_chunk(encoder, images, labels=None) -> np.ndarray:
-    """Encode one chunk of images (with labels for a conditional VAE); float32 rows."""
-    if labels is not None:
-        return np.asarray(encoder.transform(images, labels), dtype=np.float32)
-    return np.asarray(encoder.transform(images), dtype=np.float32)
+    """Encode one chunk of images (with labels for a conditional VAE); float32 rows.
+
+    Labels are integers, as labels files hold them: a VAE fitted on strings is given
+    ``classes_[labels]`` (see :func:`labelled_for`).
+    """
+    if labels is None:
+        return np.asarray(encoder.transform(images), dtype=np.float32)
+    if _fitted_on_strings(encoder):
+        labels = encoder.classes_[labels]
+    return np.asarray(encoder.transform(images, labels), dtype=np.float32)
+
+
+def _fitted_on_strings(encoder) -> bool:
+    """Whether ``encoder`` is a conditional VAE fitted on string labels ("cat", "dog")."""
+    classes = getattr(encoder, "classes_", None)
+    return getattr(encoder, "conditional", False) and classes is not None and classes.dtype.kind == "U"
 
 
 def _encode_into_zarr(encoder, images, labels, path: str, start: int) -> int:
@@ -311,13 +323,63 @@ def _check_image_size(encoder, split: Split, metadata: dict) -> None:
                           _where(metadata))
 
 
-def _check_labels(needs_labels: bool, split: Split, metadata: dict) -> None:
+def labelled_for(encoder, split: Split, class_names, source: str, model: str) -> tuple[Split, tuple]:
+    """``split`` with the labels a conditional VAE was fitted with, and the names of those labels.
+
+    Two image folders number their classes each by its own subfolders: a folder of dogs and
+    foxes calls them 0 and 1, where a VAE fitted on cat, dog and fox knows them as 1 and 2. So
+    where the model file and the source both name their classes, the labels are matched by name
+    (:func:`fvae.data.labels_named_as`) and numbered as the model numbers them. A VAE fitted on
+    string labels is named by them, and its labels are positions in its ``classes_`` (labels
+    files hold integers; :func:`encode_chunk` gives it the names). Any other encoder gets
+    ``split`` and ``class_names`` as they are.
+
+    Parameters
+    ----------
+    encoder : fitted encoder
+    split : Split
+    class_names : tuple of str
+        The source's: label i is ``class_names[i]``.
+    source, model : str
+        The source's and the model file's names, for messages.
+
+    Raises
+    ------
+    DataError
+        If the source names a class the model does not know, or only numbers its classes
+        ("0".."n-1", as idx files and arrays do) where the model was fitted on strings.
+    """
+    if _fitted_on_strings(encoder):
+        model_names = tuple(encoder.classes_.tolist())
+        if split.labels is not None and only_numbered(class_names) and tuple(class_names) != model_names:
+            raise DataError(f"{source} only numbers its classes, and {model} was fitted on class names "
+                            f"({', '.join(model_names)}): encode a source that names them, such as a folder "
+                            "of one subfolder per class")
+        return labels_named_as(split, class_names, model_names, source, model), model_names
+    names = getattr(encoder, "class_names_", {})
+    if not getattr(encoder, "conditional", False) or not names:
+        return split, class_names
+    model_names = tuple(class_names_of(range(max(names) + 1), names))
+    renamed = labels_named_as(split, class_names, model_names, source, model)
+    return (split, class_names) if renamed is split else (renamed, model_names)
+
+
+def _check_labels(encoder, split: Split, metadata: dict) -> None:
     """Refuse, before any output exists, unlabelled images for a conditional VAE, which encodes
-    each image with its label."""
-    if needs_labels and split.labels is None:
-        model = metadata.get("model") or "the model"
+    each image with its label, and labels that are no class position of a VAE fitted on strings."""
+    if not getattr(encoder, "conditional", False):
+        return
+    model = metadata.get("model") or "the model"
+    if split.labels is None:
         raise InputError(f"{_where(metadata)}no labels, and {model} is a conditional VAE: it encodes each image "
                          "with its label")
+    if _fitted_on_strings(encoder):
+        n = len(encoder.classes_)
+        outside = split.labels[(split.labels < 0) | (split.labels >= n)]
+        if outside.size:
+            raise InputError(f"{_where(metadata)}label {outside[0]} is no class of {model}: it was fitted on class "
+                             f"names, and its labels are their positions 0..{n - 1} "
+                             f"({', '.join(encoder.classes_.tolist())})")
 
 
 def extract_features(
@@ -339,7 +401,8 @@ def extract_features(
     encoder : fitted transformer with ``n_features_out_``
     split : Split
         Images may be lazy (:class:`fvae.data.LazyImages`) or memory-mapped: they are read one
-        chunk at a time.
+        chunk at a time. Labels are integers; for a VAE fitted on string labels, positions in its
+        ``classes_`` (:func:`labelled_for` renumbers a source's labels so).
     out : path-like
         The features file: ``.npy``, ``.npz`` or ``.zarr``.
     metadata : dict
@@ -376,7 +439,7 @@ def extract_features(
         _remove(partial)
         _remove(manifest_path)
     needs_labels = bool(getattr(encoder, "conditional", False))  # a conditional VAE encodes (image, label)
-    _check_labels(needs_labels, split, metadata)
+    _check_labels(encoder, split, metadata)
     _check_image_size(encoder, split, metadata)
     n, dim = len(split), int(encoder.n_features_out_)
     identity = {**metadata, "n_images": n, "dim": dim, "batch_size": batch_size, "format": fmt}

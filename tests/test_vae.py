@@ -351,6 +351,40 @@ def test_a_conditional_vae_takes_string_labels_as_classifiers_do(tmp_path):
     assert every.returncode == 0 and "2 of each of 2 classes" in every.stdout + every.stderr
 
 
+def test_cli_encode_gives_a_string_labelled_vae_the_class_names_of_an_image_folder(tmp_path, digits):
+    """A VAE fitted in Python on labels "seven" and "three", encoding a folder of seven/ and three/."""
+    chosen = np.isin(digits.train.labels, [3, 7])
+    words = np.where(digits.train.labels[chosen] == 3, "three", "seven")
+    VAEEncoder(**ONE_EPOCH_CONDITIONAL).fit(digits.train.images[chosen], words).save(tmp_path / "words.npz")
+    write_named_digits(tmp_path / "new", digits.test, {7: "seven", 3: "three"}, per_class=10)
+    encode = fvae_cli("encode", "--model", "words.npz", "--data", "new", "--split", "all", "-o", "codes.npy", "--quiet",
+                      cwd=tmp_path)
+    assert encode.returncode == 0, encode.stderr  # before: "label 0 is not a class this model was fitted on"
+    labels = np.load(tmp_path / "codes.labels.npy")
+    sidecar = json.loads((tmp_path / "codes.json").read_text())
+    source = fvae.load_dataset(str(tmp_path / "new")).split("all")
+    assert sidecar["class_names"] == ["seven", "three"]  # the model's classes, numbered as its classes_
+    names = np.array(sidecar["class_names"])[labels]
+    assert names.tolist() == np.array(["seven", "three"])[source.labels].tolist()
+    np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"),
+                                  fvae.load(tmp_path / "words.npz").transform(source.images, names))
+
+    # a source that only numbers its classes says nothing of which is "seven": refused, nothing written
+    np.savez(tmp_path / "numbered.npz", x_test=source.images, y_test=source.labels)
+    numbered = fvae_cli("encode", "--model", "words.npz", "--data", "numbered.npz", "-o", "n.npy", cwd=tmp_path)
+    assert numbered.returncode == 2 and numbered.stderr.count("\n") == 1, numbered.stderr
+    assert "numbered.npz only numbers its classes" in numbered.stderr and "seven, three" in numbered.stderr
+    assert not list(tmp_path.glob("n.*"))
+    # through the library, such a model's labels are positions in its classes_: others are refused before any output
+    from fvae.data import Split
+    from fvae.extract import extract_features
+
+    with pytest.raises(InputError, match=r"^label 2 is no class of the model: .* positions 0\.\.1 \(seven, three\)$"):
+        extract_features(fvae.load(tmp_path / "words.npz"), Split(source.images, source.labels + 1),
+                         tmp_path / "api.npy", metadata={})  # unchecked, classes_[labels] raises IndexError
+    assert not list(tmp_path.glob("api.*"))
+
+
 def test_a_refit_that_fails_keeps_the_previous_fit_whole():
     class FailsAtOnce(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
