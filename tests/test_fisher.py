@@ -167,8 +167,9 @@ def test_transform_is_independent_of_threads_and_batch(digits):
     for blas_threads in (1, 2):  # a Dask worker runs with one BLAS thread, this process with every core
         with threadpool_limits(blas_threads, user_api="blas"):
             np.testing.assert_array_equal(encoder.transform(images), one)
-    # A smaller batch is a smaller matrix product, which some BLAS kernels round differently.
-    np.testing.assert_allclose(encoder.transform(images[:7]), one[:7], rtol=1e-5, atol=1e-6)
+    # A smaller batch is a smaller matrix product, which some BLAS kernels round differently
+    # (elementwise, the power normalization magnifies that near 0: compared as the batch split is).
+    assert relative_error(encoder.transform(images[:7]), one[:7]) < 1e-4
     np.testing.assert_array_equal(clone(encoder).set_params(n_jobs=-1).fit(digits.train.images).transform(images), one)
     for bad in (0, 1.5, "2"):  # joblib: "n_jobs == 0 in Parallel has no meaning"; 0 used to run as 1
         with pytest.raises(InputError, match=r"^n_jobs must be None, a number of threads >= 1, or negative"):
