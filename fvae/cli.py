@@ -395,12 +395,13 @@ def _label_of(text: str | None, encoder) -> int | str | None:
     if text is None:
         return None
     from .data import class_names_of
+    from .extract import fitted_on_strings
 
     classes = encoder.classes_ if encoder.conditional else ()
     by_name = dict(zip(class_names_of(classes, encoder.class_names_), classes))
     if text in by_name:
         return by_name[text]
-    if not (encoder.conditional and encoder.classes_.dtype.kind == "U"):
+    if not fitted_on_strings(encoder):
         with contextlib.suppress(ValueError):
             return int(text)
     known = f": this model's classes are {', '.join(by_name)}" if by_name else " (a label number)"

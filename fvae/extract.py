@@ -210,15 +210,16 @@ def encode_chunk(encoder, images, labels=None) -> np.ndarray:
     """
     if labels is None:
         return np.asarray(encoder.transform(images), dtype=np.float32)
-    if _fitted_on_strings(encoder):
+    if fitted_on_strings(encoder):
         labels = encoder.classes_[labels]
     return np.asarray(encoder.transform(images, labels), dtype=np.float32)
 
 
-def _fitted_on_strings(encoder) -> bool:
-    """Whether ``encoder`` is a conditional VAE fitted on string labels ("cat", "dog")."""
+def fitted_on_strings(encoder) -> bool:
+    """Whether ``encoder`` is a conditional VAE fitted on string labels ("cat", "dog"): they name
+    themselves, and labels files hold their positions in its ``classes_``."""
     classes = getattr(encoder, "classes_", None)
-    return getattr(encoder, "conditional", False) and classes is not None and classes.dtype.kind == "U"
+    return bool(getattr(encoder, "conditional", False)) and classes is not None and classes.dtype.kind == "U"
 
 
 def _encode_into_zarr(encoder, images, labels, path: str, start: int) -> int:
@@ -349,19 +350,26 @@ def labelled_for(encoder, split: Split, class_names, source: str, model: str) ->
         If the source names a class the model does not know, or only numbers its classes
         ("0".."n-1", as idx files and arrays do) where the model was fitted on strings.
     """
-    if _fitted_on_strings(encoder):
-        model_names = tuple(encoder.classes_.tolist())
-        if split.labels is not None and only_numbered(class_names) and tuple(class_names) != model_names:
-            raise DataError(f"{source} only numbers its classes, and {model} was fitted on class names "
-                            f"({', '.join(model_names)}): encode a source that names them, such as a folder "
-                            "of one subfolder per class")
-        return labels_named_as(split, class_names, model_names, source, model), model_names
-    names = getattr(encoder, "class_names_", {})
-    if not getattr(encoder, "conditional", False) or not names:
+    model_names = _model_class_names(encoder)
+    if not model_names:
         return split, class_names
-    model_names = tuple(class_names_of(range(max(names) + 1), names))
+    if (fitted_on_strings(encoder) and split.labels is not None and only_numbered(class_names)
+            and tuple(class_names) != model_names):  # labels_named_as would keep the numbers
+        raise DataError(f"{source} only numbers its classes, and {model} was fitted on class names "
+                        f"({', '.join(model_names)}): encode a source that names them, such as a folder "
+                        "of one subfolder per class")
     renamed = labels_named_as(split, class_names, model_names, source, model)
     return (split, class_names) if renamed is split else (renamed, model_names)
+
+
+def _model_class_names(encoder) -> tuple[str, ...]:
+    """A conditional VAE's class names, indexed as labels files number its classes: by position
+    in ``classes_`` for string labels; by label for integers, from its file (a label it does not
+    name is its own name); () where neither names them."""
+    if fitted_on_strings(encoder):
+        return tuple(encoder.classes_.tolist())
+    names = getattr(encoder, "class_names_", {}) if getattr(encoder, "conditional", False) else {}
+    return tuple(class_names_of(range(max(names) + 1), names)) if names else ()
 
 
 def _check_labels(encoder, split: Split, metadata: dict) -> None:
@@ -373,7 +381,7 @@ def _check_labels(encoder, split: Split, metadata: dict) -> None:
     if split.labels is None:
         raise InputError(f"{_where(metadata)}no labels, and {model} is a conditional VAE: it encodes each image "
                          "with its label")
-    if _fitted_on_strings(encoder):
+    if fitted_on_strings(encoder):
         n = len(encoder.classes_)
         outside = split.labels[(split.labels < 0) | (split.labels >= n)]
         if outside.size:
