@@ -295,7 +295,7 @@ def fit_vae(
     saved, evaluated and drawn as usual, and the command exits with code 130.
     """
     from .data import load_dataset
-    from .persist import refuse_overwrite
+    from .report import refuse_vae_outputs
 
     # Options of another architecture or likelihood would be ignored: refuse them instead.
     if hidden is not None and arch != Arch.mlp:
@@ -307,7 +307,7 @@ def fit_vae(
         given["hidden"] = _hidden_sizes(hidden)
     if binarization is not None:
         given["binarization"] = binarization.value
-    refuse_overwrite(output, force=force)
+    refuse_vae_outputs(output, figures, latent_dim=latent_dim, conditional=conditional, force=force)  # before TensorFlow loads
     dataset = load_dataset(data, data_dir)
     train = _fitting_split(dataset, split)
     if conditional and train.labels is None:
@@ -372,11 +372,12 @@ def sample(
     A conditional VAE draws the class --label names, or without it every class, one row per
     class (-n rounded up to whole rows).
     """
-    from .persist import refuse_overwrite
+    from .persist import refuse_overwrite, saved_method
 
     if output.suffix.lower() != ".png":
         raise typer.BadParameter(f"{output}: the sample grid is written as .png", param_hint="--output")
     refuse_overwrite(output, force=force)
+    saved_method(model, "vae")  # a missing or wrong file is refused before TensorFlow loads
     from .report import save_samples
     from .vae.encoder import VAEEncoder
 

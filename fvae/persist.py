@@ -119,6 +119,13 @@ def refuse_overwrite(*paths, force: bool = False) -> None:
             raise OutputExistsError(f"{path} exists; pass --force to overwrite it")
 
 
+def history_paths(model_path) -> dict[str, Path]:
+    """Where the training history of a model file goes: ``<stem>.history.json`` and ``.csv``."""
+    model_path = Path(model_path)
+    stem = model_path.with_suffix("")
+    return {"json": stem.with_name(stem.name + ".history.json"), "csv": stem.with_name(stem.name + ".history.csv")}
+
+
 def _checksum(method: str, params: dict, input_shape, members: dict[str, bytes]) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([method, params, list(input_shape)], sort_keys=True).encode())

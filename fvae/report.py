@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from .data import class_names_of, to_unit_float
-from .persist import atomic_output
+from .errors import InputError
+from .persist import atomic_output, history_paths, refuse_overwrite
 
 
 def progress_bar(description: str, total: int):
@@ -297,6 +298,26 @@ def vae_figure_names(latent_dim: int, conditional: bool) -> list[str]:
     """The files :func:`vae_figures` writes for an encoder with a training history and frames."""
     manifold = ["manifold.png"] if latent_dim == 2 and not conditional else []
     return ["samples.png", "reconstructions.png", "latent.png", *manifold, "training_curves.png", "training.gif"]
+
+
+def refuse_vae_outputs(model_path, figures_dir, *, latent_dim: int, conditional: bool, force: bool) -> None:
+    """Before a VAE is trained: its model file, its history files and its figures (``figures_dir``,
+    unless None) can be written without overwriting any file (unless ``force``), and neither
+    ``figures_dir`` nor a parent of it is a file.
+
+    Needs no TensorFlow, so that ``fvae fit vae`` refuses at once instead of after importing it.
+    """
+    refuse_overwrite(model_path, *history_paths(model_path).values(), force=force)
+    if figures_dir is None:
+        return
+    figures_dir = Path(figures_dir)
+    existing = figures_dir  # the folder or its nearest existing parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise InputError(f"--figures {figures_dir}: {'a file' if existing == figures_dir else f'{existing} is a file'}, "
+                         "not a folder")
+    refuse_overwrite(*(figures_dir / name for name in vae_figure_names(latent_dim, conditional)), force=force)
 
 
 def vae_figures(encoder, images, labels, out_dir, *, frames=(), class_names=None, force=True) -> list[Path]:

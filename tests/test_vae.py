@@ -584,6 +584,46 @@ def test_the_training_gif_captions_each_epoch_and_holds_the_last_frame(tmp_path)
     assert (pictures[0][:caption] < 128).any()  # and a caption is drawn at all
 
 
+def test_cli_refuses_bad_outputs_and_models_before_tensorflow_loads(tmp_path):
+    # Importing TensorFlow takes seconds: a file in the way or a wrong model is refused before it,
+    # so these commands run here with TensorFlow made unimportable.
+    import subprocess
+    import sys
+
+    (tmp_path / "mine.npz").write_bytes(b"not a model")
+    (tmp_path / "new.history.json").write_text("{}")
+    for folder, figure in (("figs", "samples.png"), ("figs2", "manifold.png")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / figure).write_bytes(b"a figure")
+    fvae.FisherVectorEncoder(n_components=2, pca_components=4, patch_size=4, stride=2, spatial_pyramid=False,
+                             random_state=0).fit(fvae.load_dataset("digits").train.images[:40]).save(tmp_path / "f.npz")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    fit = ["fit", "vae", "--data", "digits", "--arch", "mlp"]
+    cases = [
+        (fit + ["-o", "mine.npz"], "mine.npz exists; pass --force to overwrite it"),
+        (fit + ["-o", "new.npz"], "new.history.json exists; pass --force to overwrite it"),
+        (fit + ["-o", "other.npz", "--figures", "figs"], "figs/samples.png exists; pass --force to overwrite it"),
+        # the manifold is drawn for a 2-D latent only: the check knows what this fit will draw
+        (fit + ["-o", "other.npz", "--figures", "figs2", "--latent-dim", "2"],
+         "figs2/manifold.png exists; pass --force to overwrite it"),
+        (fit + ["-o", "other.npz", "--figures", "mine.npz/sub"], "--figures mine.npz/sub: mine.npz is a file, not a folder"),
+        (["sample", "--model", "missing.npz", "-o", "s.png"], "missing.npz: no such model file"),
+        (["sample", "--model", "mine.npz", "-o", "s.png"], "mine.npz: not an fvae model file (File is not a zip file)"),
+        (["sample", "--model", "f.npz", "-o", "s.png"], "f.npz: holds a 'fisher' model, not a 'vae' model"),
+    ]
+    without_tensorflow = ("import sys; sys.modules['tensorflow'] = sys.modules['keras'] = None; sys.argv[0] = 'fvae'; "
+                          "from fvae.cli import run; run()")
+    for args, message in cases:
+        result = subprocess.run([sys.executable, "-c", without_tensorflow, *args], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=300)
+        assert (result.returncode, result.stderr) == (2, f"fvae: error: {message}\n"), args
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    # a latent of another size draws no manifold: nothing of it is in the way
+    from fvae.report import refuse_vae_outputs
+
+    refuse_vae_outputs(tmp_path / "other.npz", tmp_path / "figs2", latent_dim=32, conditional=False, force=False)
+
+
 def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):
     from PIL import Image
 

@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..data import check_image_batch, class_names_of, is_whole_number, to_unit_float
 from ..errors import InputError, ModelFileError, TrainingInterrupted
-from ..persist import ZIP_DATE, atomic_output, forget_file, load_model, refuse_overwrite, save_model
+from ..persist import ZIP_DATE, atomic_output, forget_file, history_paths, load_model, save_model
 from .model import ARCHITECTURES, BINARIZATIONS, LIKELIHOODS
 
 KERAS_MEMBER = "model.keras"
@@ -522,13 +522,6 @@ def keras_from_bytes(payload: bytes):
         os.unlink(tmp)
 
 
-def history_paths(model_path) -> dict[str, Path]:
-    """Where the training history of a model file goes: ``<stem>.history.json`` and ``.csv``."""
-    model_path = Path(model_path)
-    stem = model_path.with_suffix("")
-    return {"json": stem.with_name(stem.name + ".history.json"), "csv": stem.with_name(stem.name + ".history.csv")}
-
-
 def write_history(history: dict, model_path, *, force: bool = False) -> dict[str, Path]:
     """Write the per-epoch history as JSON (everything) and CSV (one row per epoch)."""
     paths = history_paths(model_path)
@@ -563,13 +556,12 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
         ``checksum``, ``history`` paths, ``test`` numbers (or None), ``figures`` paths,
         ``interrupted``.
     """
+    from ..report import refuse_vae_outputs
     from .train import EpochSamples
 
-    refuse_overwrite(model_path, *history_paths(model_path).values(), force=force)
-    callbacks = []
-    if figures_dir is not None:
-        _check_figures_dir(Path(figures_dir), encoder, force)
-        callbacks.append(EpochSamples(encoder.latent_dim))
+    refuse_vae_outputs(model_path, figures_dir, latent_dim=encoder.latent_dim, conditional=encoder.conditional,
+                       force=force)
+    callbacks = [] if figures_dir is None else [EpochSamples(encoder.latent_dim)]
     interrupted = False
     try:
         encoder.fit(train.images, train.labels if encoder.conditional else None, callbacks=callbacks)
@@ -589,17 +581,3 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
                               class_names=class_names, force=force)
     return {"checksum": checksum, "history": history, "test": scores, "figures": figures, "interrupted": interrupted}
 
-
-def _check_figures_dir(figures_dir: Path, encoder: VAEEncoder, force: bool) -> None:
-    """Before training: the figures can go into ``figures_dir`` without overwriting any (unless
-    ``force``), and neither it nor a parent is a file."""
-    from ..report import vae_figure_names
-
-    existing = figures_dir  # the folder or its nearest existing parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise InputError(f"--figures {figures_dir}: {'a file' if existing == figures_dir else f'{existing} is a file'}, "
-                         "not a folder")
-    names = vae_figure_names(encoder.latent_dim, encoder.conditional)
-    refuse_overwrite(*(figures_dir / name for name in names), force=force)
