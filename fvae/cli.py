@@ -307,7 +307,8 @@ def fit_vae(
         given["hidden"] = _hidden_sizes(hidden)
     if binarization is not None:
         given["binarization"] = binarization.value
-    refuse_vae_outputs(output, figures, latent_dim=latent_dim, conditional=conditional, force=force)  # before TensorFlow loads
+    # before the data and TensorFlow load: a file in the way is refused at once
+    refuse_vae_outputs(output, figures, latent_dim=latent_dim, conditional=conditional, force=force)
     dataset = load_dataset(data, data_dir)
     train = _fitting_split(dataset, split)
     if conditional and train.labels is None:

@@ -580,4 +580,3 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
         figures = vae_figures(encoder, shown.images, shown.labels, figures_dir, frames=callbacks[0].frames,
                               class_names=class_names, force=force)
     return {"checksum": checksum, "history": history, "test": scores, "figures": figures, "interrupted": interrupted}
-
