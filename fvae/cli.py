@@ -539,11 +539,13 @@ def evaluate(
     reconstruction and cost.
 
     Writes runs/NAME/report.json, report.md, figures/ and the models it fits (models/)."""
-    from .evaluate import Settings, evaluate as run_evaluation, load_splits, markdown_table, parse_methods, run_name
+    from .evaluate import (Settings, evaluate as run_evaluation, given_models, load_splits, markdown_table,
+                           parse_methods, run_name)
     from .persist import atomic_directory
     from .report import write_run
 
     chosen = parse_methods(methods)
+    given_models(chosen, fisher_model, vae_model)  # before the data loads: a wrong model file is refused at once
     run_dir = runs_dir / (name or run_name(data))
     with atomic_directory(run_dir, force=force) as tmp:  # refuses an existing run before any work
         if quiet:

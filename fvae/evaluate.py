@@ -202,6 +202,28 @@ def evaluation_encoder(method: str, *, seed: int = 0, vae_seconds: float | None 
     return encoder.set_params(**EVALUATION_VAE) if method == "vae" else encoder
 
 
+def given_models(methods, fisher_model=None, vae_model=None) -> dict:
+    """The saved models a run reuses (method -> path), checked from their headers alone, which
+    needs neither the data nor TensorFlow: each is an fvae model file of its method, and that
+    method is among ``methods``.
+
+    Raises
+    ------
+    InputError, ModelFileError
+    """
+    from .persist import saved_method
+
+    paths = {method: path for method, path in (("fisher", fisher_model), ("vae", vae_model)) if path is not None}
+    unused = [method for method in paths if method not in methods]
+    if unused:
+        method = unused[0]
+        raise InputError(f"a saved {method} model ({paths[method]}) is given, but {method} is not among the methods "
+                         f"compared ({', '.join(methods)}): add {method} to them, or leave the model out")
+    for method, path in paths.items():
+        saved_method(path, method)
+    return paths
+
+
 def _load_given(method, model_path, image_shape):
     """The saved model a run reuses, checked before any work: its method, image size, and that it
     can encode without labels."""
@@ -248,13 +270,8 @@ def encode_all(train: Split, test: Split, probe_index, settings: Settings, *, fi
     compared), at most the number of pixels and of train images.
     """
     image_shape = train.images.shape[1:]
-    paths = {method: path for method, path in (("fisher", fisher_model), ("vae", vae_model)) if path is not None}
-    unused = [method for method in paths if method not in settings.methods]
-    if unused:
-        method = unused[0]
-        raise InputError(f"a saved {method} model ({paths[method]}) is given, but {method} is not among the methods "
-                         f"compared ({', '.join(settings.methods)}): add {method} to them, or leave the model out")
     # every given model is checked before anything is fitted, so a wrong one fails at once
+    paths = given_models(settings.methods, fisher_model, vae_model)
     given = {method: _load_given(method, path, image_shape) for method, path in paths.items()}
     encodings = {}
     latent_dim = None

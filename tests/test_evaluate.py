@@ -393,6 +393,9 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
         (["--data", "digits", "--methods", "raw", "--fisher-model", "f12.npz"],
          "a saved fisher model (f12.npz) is given, but fisher is not among the methods compared (raw): "
          "add fisher to them, or leave the model out\n"),
+        # the saved models are checked from their headers before the data is read
+        (["--data", "nowhere", "--methods", "fisher", "--fisher-model", "missing.npz"],
+         "fvae: error: missing.npz: no such model file\n"),
         (["--data", "digits", "--methods", "fisher,sift"], "choose from fisher, vae, pca, raw"),
         (["--data", "digits", "--test-data", "nowhere"], "nowhere: no such file or folder"),
     ]
