@@ -480,7 +480,7 @@ def logistic_probe(space: ProbeSpace, train_labels, test_labels, *, c_grid, seed
             train = inner.train
         train = train.astype(np.float32)
     # One BLAS thread: each L-BFGS step multiplies the codes by a (d, classes) matrix, a product
-    # too thin for threads to share; on 2 cores they made the probes 1.6-9x slower.
+    # too thin for threads to share; on 2 cores a step took 1.6-9x as long with both threads.
     with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=1, user_api="blas"):
         warnings.simplefilter("always", ConvergenceWarning)
         c, cv_accuracy = _choose_c(train, train_labels, c_grid, seed)
