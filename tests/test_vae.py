@@ -7,6 +7,8 @@ import logging
 import math
 import os
 import signal
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -587,9 +589,6 @@ def test_the_training_gif_captions_each_epoch_and_holds_the_last_frame(tmp_path)
 def test_cli_refuses_bad_outputs_and_models_before_tensorflow_loads(tmp_path):
     # Importing TensorFlow takes seconds: a file in the way or a wrong model is refused before it,
     # so these commands run here with TensorFlow made unimportable.
-    import subprocess
-    import sys
-
     (tmp_path / "mine.npz").write_bytes(b"not a model")
     (tmp_path / "new.history.json").write_text("{}")
     for folder, figure in (("figs", "samples.png"), ("figs2", "manifold.png")):
