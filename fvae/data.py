@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import logging
 import os
+import re
 import urllib.error
 import urllib.request
 import zipfile
@@ -636,26 +637,39 @@ def labels_named_as(split: Split, names: tuple[str, ...], to_names: tuple[str, .
     subfolders, so a test folder of dogs and foxes calls them 0 and 1, where cat, dog, fox are
     0, 1, 2 to the train folder.
 
-    Labels are kept as they are when either source only numbers its classes ("0".."n-1", as idx
-    files and arrays do) or the names agree.
+    Labels are kept as they are when the names agree, or when one source only numbers its classes
+    ("0".."n-1", as idx files and arrays do) and the other names them with words: there is
+    nothing to match them by. Where every name on both sides is a number, as for a folder of
+    subfolders "1".."9" beside an idx file, the names are matched: label 0 of that folder is
+    class 1.
 
     Raises
     ------
     DataError
-        If ``source`` names a class that ``to_source`` does not.
+        If an image of ``source`` is of a class that ``to_source`` does not name.
     """
-    if split.labels is None or names == to_names or only_numbered(names) or only_numbered(to_names):
+    if split.labels is None or names == to_names:
         return split
-    unknown = [name for name in names if name not in to_names]
+    if (only_numbered(names) or only_numbered(to_names)) and not (all_numbers(names) and all_numbers(to_names)):
+        return split
+    # only the classes that have images: an idx file's names run up to its largest label
+    unknown = [names[label] for label in np.unique(split.labels) if names[label] not in to_names]
     if unknown:
-        raise DataError(f"{source}: class {', '.join(unknown)} is not a class of {to_source} ({', '.join(to_names)})")
-    renumbered = np.array([to_names.index(name) for name in names], dtype=np.int64)
+        known = f"{to_source} ({', '.join(to_names)})"
+        raise DataError(f"{source}: class {unknown[0]} is not a class of {known}" if len(unknown) == 1 else
+                        f"{source}: classes {', '.join(unknown)} are not classes of {known}")
+    renumbered = np.array([to_names.index(name) if name in to_names else -1 for name in names], dtype=np.int64)
     return Split(split.images, renumbered[split.labels])
 
 
 def only_numbered(names: tuple[str, ...]) -> bool:
     """Whether a source's class names are only its label numbers (or it has none)."""
     return tuple(names) == _numbered(len(names))
+
+
+def all_numbers(names) -> bool:
+    """Whether every one of ``names`` is a label number as fvae writes them ("7", not "07")."""
+    return all(re.fullmatch(r"0|[1-9][0-9]*", name) for name in names)
 
 
 def _numbered(n_classes: int) -> tuple[str, ...]:

@@ -302,3 +302,27 @@ def test_estimator_input_validation():
     np.testing.assert_array_equal(to_unit_float(np.array([[[False, True]]])), [[[0.0, 1.0]]])  # not 1/255
     with pytest.raises(InputError, match=r"\[0, 255\]"):
         to_unit_float(np.array([[[0, 256]]]))
+
+
+def test_labels_are_matched_by_name_where_both_sources_name_classes_by_numbers():
+    """A folder of subfolders "1" and "2" numbers them 0 and 1; to an idx file, an array or a folder
+    of "0".."2" they are classes 1 and 2. Words beside numbers have nothing to match."""
+    from fvae.data import Split, labels_named_as
+
+    images = np.zeros((4, 2, 2), np.uint8)
+    folder = Split(images, np.array([0, 1, 1, 0]))
+    numbered = ("0", "1", "2")  # an idx file's names: its label numbers
+    assert labels_named_as(folder, ("1", "2"), numbered, "test", "train").labels.tolist() == [1, 2, 2, 1]
+    # an idx file's names run up to its largest label: "0" has no image, so nothing is unknown
+    idx = Split(images, np.array([2, 1, 1, 2]))
+    assert labels_named_as(idx, numbered, ("1", "2"), "test", "train").labels.tolist() == [1, 0, 0, 1]
+    assert labels_named_as(folder, ("1", "2"), ("1", "2"), "test", "train") is folder
+    assert labels_named_as(folder, ("cat", "dog"), numbered, "test", "train") is folder
+    assert labels_named_as(Split(images, np.array([0, 1, 2, 0])), numbered, ("cat", "dog", "fox"), "test",
+                           "train").labels.tolist() == [0, 1, 2, 0]
+    assert labels_named_as(folder, ("01", "02"), numbered, "test", "train") is folder  # "01" is no label number
+
+    with pytest.raises(DataError, match=r"^test: class 0 is not a class of train \(1, 2\)$"):
+        labels_named_as(Split(images, np.array([0, 1, 2, 1])), numbered, ("1", "2"), "test", "train")
+    with pytest.raises(DataError, match=r"^test: classes 0, 3 are not classes of train \(1, 2\)$"):
+        labels_named_as(Split(images, np.array([0, 3, 2, 1])), ("0", "1", "2", "3"), ("1", "2"), "test", "train")

@@ -374,6 +374,18 @@ def test_cli_a_test_folder_of_some_classes_is_scored_by_class_name(tmp_path, dig
     assert not (tmp_path / "runs" / "wolf").exists()
 
 
+def test_cli_folders_of_digit_subfolders_are_scored_by_class_name(tmp_path, digits):
+    """A test folder of subfolders "1" and "2" numbers them 0 and 1; to a train folder of "0", "1"
+    and "2" they are classes 1 and 2."""
+    write_named_digits(tmp_path / "train", digits.train, {0: "0", 1: "1", 2: "2"}, per_class=40)
+    write_named_digits(tmp_path / "test", digits.test, {1: "1", 2: "2"}, per_class=20)
+    result = fvae_cli("evaluate", "--data", "train", "--test-data", "test", "--methods", "raw", "--quick", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "runs" / "train" / "report.json").read_text())
+    assert report["data"]["class_names"] == ["0", "1", "2"]
+    assert report["encodings"]["raw"]["classification"]["logistic"]["accuracy"] >= 0.9  # before: 0.0
+
+
 def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
     np.savez(tmp_path / "unlabelled.npz", x_train=np.zeros((20, 8, 8), np.uint8))
     np.save(tmp_path / "images.npy", np.zeros((20, 8, 8), np.uint8))

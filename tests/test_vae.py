@@ -748,6 +748,24 @@ def test_cli_encode_gives_a_conditional_vae_the_labels_it_was_fitted_with(tmp_pa
                                   fvae.load(tmp_path / "cvae.npz").transform(source.images, labels))
 
 
+def test_cli_encode_matches_digit_named_classes_of_a_conditional_vae_by_name(tmp_path, digits):
+    """A VAE fitted on a folder of subfolders "1", "2" and "3" numbers them 0, 1 and 2; an array's
+    labels 1, 2 and 3 are those classes."""
+    rows = write_named_digits(tmp_path / "fitted", digits.train, {1: "1", 2: "2", 3: "3"}, per_class=30)
+    fit = fvae_cli("fit", "vae", "--data", "fitted", "-o", "cvae.npz", "--conditional", "--arch", "mlp", "--hidden", "16",
+                   "--latent-dim", "2", "--epochs", "1", "--quiet", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    np.savez(tmp_path / "numbered.npz", x_test=digits.train.images[rows], y_test=digits.train.labels[rows])
+    encode = fvae_cli("encode", "--model", "cvae.npz", "--data", "numbered.npz", "-o", "codes.npy", "--quiet",
+                      cwd=tmp_path)
+    assert encode.returncode == 0, encode.stderr  # before: label 3 was no class of the model
+    labels = np.load(tmp_path / "codes.labels.npy")
+    assert json.loads((tmp_path / "codes.json").read_text())["class_names"] == ["1", "2", "3"]
+    np.testing.assert_array_equal(labels, digits.train.labels[rows] - 1)
+    np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"), fvae.load(tmp_path / "cvae.npz").transform(
+        digits.train.images[rows], labels))
+
+
 def test_cli_a_conditional_vae_on_named_classes_draws_them_by_name(tmp_path, digits):
     from PIL import Image
 
