@@ -648,9 +648,7 @@ def labels_named_as(split: Split, names: tuple[str, ...], to_names: tuple[str, .
     DataError
         If an image of ``source`` is of a class that ``to_source`` does not name.
     """
-    if split.labels is None or names == to_names:
-        return split
-    if (only_numbered(names) or only_numbered(to_names)) and not (all_numbers(names) and all_numbers(to_names)):
+    if split.labels is None or names == to_names or kept_by_position(names, to_names):
         return split
     # only the classes that have images: an idx file's names run up to its largest label
     unknown = [names[label] for label in np.unique(split.labels) if names[label] not in to_names]
@@ -667,7 +665,13 @@ def only_numbered(names: tuple[str, ...]) -> bool:
     return tuple(names) == _numbered(len(names))
 
 
-def all_numbers(names) -> bool:
+def kept_by_position(names: tuple[str, ...], to_names: tuple[str, ...]) -> bool:
+    """Whether :func:`labels_named_as` keeps labels as they are for want of names to match: one
+    source only numbers its classes and the other names them with words."""
+    return (only_numbered(names) or only_numbered(to_names)) and not (_all_numbers(names) and _all_numbers(to_names))
+
+
+def _all_numbers(names) -> bool:
     """Whether every one of ``names`` is a label number as fvae writes them ("7", not "07")."""
     return all(re.fullmatch(r"0|[1-9][0-9]*", name) for name in names)
 

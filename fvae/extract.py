@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from .data import Split, all_numbers, check_fitted_size, class_names_of, labels_named_as, only_numbered
+from .data import Split, check_fitted_size, class_names_of, kept_by_position, labels_named_as, only_numbered
 from .errors import DataError, FvaeError, InputError, OutputExistsError
 from .persist import ZIP_DATE, atomic_output, fvae_version, refuse_overwrite
 
@@ -354,9 +354,9 @@ def labelled_for(encoder, split: Split, class_names, source: str, model: str) ->
     model_names = _model_class_names(encoder)
     if not model_names:
         return split, class_names
+    # labels_named_as would keep the numbers, which are no positions in those names
     if (fitted_on_strings(encoder) and split.labels is not None and only_numbered(class_names)
-            and tuple(class_names) != model_names and not all_numbers(model_names)):
-        # labels_named_as would keep the numbers, which are no positions in those names
+            and kept_by_position(tuple(class_names), model_names)):
         raise DataError(f"{source} only numbers its classes, and {model} was fitted on class names "
                         f"({', '.join(model_names)}): encode a source that names them, such as a folder "
                         "of one subfolder per class")
