@@ -728,13 +728,18 @@ def test_cli_conditional_vae_samples_a_chosen_class_in_a_subprocess(tmp_path):
                                   fvae.load(tmp_path / "cvae.npz").transform(test.images, test.labels))
 
 
+def fit_tiny_conditional_vae(cwd, data, output, epochs=1):
+    """``fvae fit vae --conditional`` of a tiny MLP (16 hidden units, 2-D latent) on ``data``."""
+    return fvae_cli("fit", "vae", "--data", data, "-o", output, "--conditional", "--arch", "mlp", "--hidden", "16",
+                    "--latent-dim", "2", "--epochs", epochs, "--quiet", cwd=cwd)
+
+
 def test_cli_encode_gives_a_conditional_vae_the_labels_it_was_fitted_with(tmp_path, digits):
     """Another image folder numbers its classes by its own subfolders: dogs and foxes are 0 and 1
     there, cat and dog to a VAE fitted on cat, dog and fox."""
     write_named_digits(tmp_path / "fitted", digits.train, {3: "cat", 7: "dog", 0: "fox"}, per_class=30)
     write_named_digits(tmp_path / "new", digits.test, {7: "dog", 0: "fox"}, per_class=30)
-    fit = fvae_cli("fit", "vae", "--data", "fitted", "-o", "cvae.npz", "--conditional", "--arch", "mlp", "--hidden", "16",
-                   "--latent-dim", "2", "--epochs", "1", "--quiet", cwd=tmp_path)
+    fit = fit_tiny_conditional_vae(tmp_path, "fitted", "cvae.npz")
     assert fit.returncode == 0, fit.stderr
     encode = fvae_cli("encode", "--model", "cvae.npz", "--data", "new", "--split", "all", "-o", "codes.npy", "--quiet",
                       cwd=tmp_path)
@@ -752,8 +757,7 @@ def test_cli_encode_matches_digit_named_classes_of_a_conditional_vae_by_name(tmp
     """A VAE fitted on a folder of subfolders "1", "2" and "3" numbers them 0, 1 and 2; an array's
     labels 1, 2 and 3 are those classes."""
     rows = write_named_digits(tmp_path / "fitted", digits.train, {1: "1", 2: "2", 3: "3"}, per_class=30)
-    fit = fvae_cli("fit", "vae", "--data", "fitted", "-o", "cvae.npz", "--conditional", "--arch", "mlp", "--hidden", "16",
-                   "--latent-dim", "2", "--epochs", "1", "--quiet", cwd=tmp_path)
+    fit = fit_tiny_conditional_vae(tmp_path, "fitted", "cvae.npz")
     assert fit.returncode == 0, fit.stderr
     np.savez(tmp_path / "numbered.npz", x_test=digits.train.images[rows], y_test=digits.train.labels[rows])
     encode = fvae_cli("encode", "--model", "cvae.npz", "--data", "numbered.npz", "-o", "codes.npy", "--quiet",
@@ -771,8 +775,7 @@ def test_cli_a_conditional_vae_on_named_classes_draws_them_by_name(tmp_path, dig
 
     # labels 0 and 1 by the folders' sorted names
     picked = write_named_digits(tmp_path / "imgs", digits.train, {3: "three", 7: "seven"}, per_class=40)
-    fit = fvae_cli("fit", "vae", "--data", "imgs", "-o", "named.npz", "--conditional", "--arch", "mlp", "--hidden", "16",
-                   "--latent-dim", "2", "--epochs", "2", "--quiet", cwd=tmp_path)
+    fit = fit_tiny_conditional_vae(tmp_path, "imgs", "named.npz", epochs=2)
     assert fit.returncode == 0, fit.stderr
     assert fvae.load(tmp_path / "named.npz").class_names_ == {0: "seven", 1: "three"}
     by_name = fvae_cli("sample", "--model", "named.npz", "-n", "4", "--label", "three", "-o", "by_name.png", cwd=tmp_path)
