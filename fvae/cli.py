@@ -6,6 +6,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import math
 import sys
 from enum import Enum
 from pathlib import Path
@@ -68,6 +69,29 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar o
 SeedOpt = Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed: same seed, same output.")]
 FitSplitOpt = Annotated[SplitName, typer.Option(
     "--split", help="Split to fit on: test or all for a source without a train split, such as a .npy.")]
+
+
+def _number_in(low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = True):
+    """An option callback refusing numbers outside [low, high] (round brackets where ``*_open``) and
+    NaN. Checked here, so that the error names the option, not the library parameter it becomes."""
+    if high == math.inf:
+        wanted = "positive" if low == 0 and low_open else f"{'>' if low_open else '>='} {low:g}"
+    else:
+        wanted = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def check(value):
+        if value is None:
+            return value
+        above = low < value if low_open else low <= value  # both False for NaN
+        below = value < high if high_open else value <= high
+        if not (above and below):
+            raise typer.BadParameter(f"must be {wanted}, got {value}")
+        return value
+
+    return check
+
+
+_positive = _number_in(0, low_open=True)
 
 
 def _version(value: bool):
@@ -192,24 +216,28 @@ def _fisher_encoder(**params):
 def fit_fisher(
     data: DataOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.npz).")],
-    components: Annotated[int, typer.Option(help="GMM components K.")] = 64,
+    components: Annotated[int, typer.Option(min=1, help="GMM components K.")] = 64,
     pca: Annotated[Optional[int], typer.Option(
+        min=1,
         help="PCA dimension of the patch descriptors (default: 32, or 12 on images under 14 pixels a side, "
              "at most the patch's pixels).")] = None,
     patch_size: Annotated[Optional[int], typer.Option(
+        min=1,
         help="Patch side in pixels (default: 7; 4 on images under 14 pixels a side).")] = None,
     stride: Annotated[Optional[int], typer.Option(
+        min=1,
         help="Step between patches in pixels (default: 2; 1 on images under 14 pixels a side).")] = None,
     patch_norm: Annotated[PatchNorm, typer.Option(help="Per-patch normalization.")] = PatchNorm.none,
     whiten: Annotated[bool, typer.Option(help="Whiten the PCA output.")] = False,
     xy: Annotated[bool, typer.Option(help="Append patch positions to descriptors.")] = True,
     pyramid: Annotated[bool, typer.Option(help="Spatial pyramid 1x1 + 2x2.")] = True,
     improved: Annotated[bool, typer.Option(help="Power + L2 normalization.")] = True,
-    alpha: Annotated[Optional[float], typer.Option(help="Power normalization exponent (default: 0.5).")] = None,
+    alpha: Annotated[Optional[float], typer.Option(
+        callback=_number_in(0, 1, low_open=True, high_open=False), help="Power normalization exponent (default: 0.5).")] = None,
     weight_gradients: Annotated[bool, typer.Option(help="Add mixture-weight gradients.")] = False,
     intra_norm: Annotated[bool, typer.Option(help="Intra-normalize per component.")] = False,
-    samples: Annotated[int, typer.Option(help="Descriptors sampled to fit PCA and GMM.")] = 50_000,
-    em_iter: Annotated[int, typer.Option(help="EM iterations of the GMM, at most.")] = 200,
+    samples: Annotated[int, typer.Option(min=1, help="Descriptors sampled to fit PCA and GMM.")] = 50_000,
+    em_iter: Annotated[int, typer.Option(min=1, help="EM iterations of the GMM, at most.")] = 200,
     split: FitSplitOpt = SplitName.train,
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,
@@ -269,16 +297,18 @@ def fit_vae(
     likelihood: Annotated[Likelihood, typer.Option(help="Decoder likelihood.")] = Likelihood.bernoulli,
     binarization: Annotated[Optional[Binarization], typer.Option(
         help="Bernoulli targets: threshold 0.5, dynamic, or grey (default: threshold).")] = None,
-    gaussian_variance: Annotated[Optional[float], typer.Option(help="Fixed Gaussian variance (default: learned).")] = None,
+    gaussian_variance: Annotated[Optional[float], typer.Option(
+        callback=_positive, help="Fixed Gaussian variance (default: learned).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="At most this many epochs (early stopping ends sooner).")] = 200,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per training step.")] = 128,
-    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    beta: Annotated[float, typer.Option(help="KL weight in the loss.")] = 1.0,
+    learning_rate: Annotated[float, typer.Option(callback=_positive, help="Adam learning rate.")] = 1e-3,
+    beta: Annotated[float, typer.Option(callback=_number_in(0), help="KL weight in the loss.")] = 1.0,
     warmup: Annotated[int, typer.Option(min=0, help="KL warm-up epochs.")] = 0,
-    dropout: Annotated[float, typer.Option(help="Dropout after each hidden layer (training only).")] = 0.0,
+    dropout: Annotated[float, typer.Option(callback=_number_in(0, 1, high_open=True), help="Dropout after each hidden layer (training only).")] = 0.0,
     conditional: Annotated[bool, typer.Option(help="Condition on the labels (conditional VAE).")] = False,
     patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.")] = 10,
     max_seconds: Annotated[Optional[float], typer.Option(
+        callback=_positive,
         help="Stop training after this many seconds (within one step; the cut epoch is validated).")] = None,
     figures: Annotated[Optional[Path], typer.Option(help="Folder for samples, reconstructions, latent plots, GIF.")] = None,
     split: FitSplitOpt = SplitName.train,
@@ -528,7 +558,7 @@ def evaluate(
     name: Annotated[Optional[str], typer.Option(help="Run name: writes runs/NAME/ (default: the --data name).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Folder of the runs.")] = Path("runs"),
     quick: Annotated[bool, typer.Option(help="A few-minute run: short VAE training, fewer C values, one draw per label count.")] = False,
-    vae_seconds: Annotated[Optional[float], typer.Option(min=1, help="VAE training budget (default 300 s, 60 s with --quick).")] = None,
+    vae_seconds: Annotated[Optional[float], typer.Option(callback=_number_in(1), help="VAE training budget in seconds, at least 1 (default 300 s, 60 s with --quick).")] = None,
     max_train: Annotated[int, typer.Option(min=1, help="Train images the probes are fitted on (stratified sample).")] = 10_000,
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,

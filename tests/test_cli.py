@@ -155,7 +155,7 @@ def test_the_sidecar_names_the_classes_of_the_labels(tmp_path, digits):
 @pytest.mark.parametrize("args, message", [
     (["encode", "--data", "no/such/dir", "-o", "f.npy"], "no such file or folder"),
     (["encode", "--data", "digits", "--model", "missing.npz", "-o", "f.npy"], "no such model file"),
-    (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--components", "0"], "n_components must be a positive integer"),
+    (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--pca", "1000"], "pca_components must be in [1, 16]"),
 ])
 def test_user_errors_are_one_line_exit_2_no_output(tmp_path, args, message):
     result = runner.invoke(app, args)
@@ -164,6 +164,32 @@ def test_user_errors_are_one_line_exit_2_no_output(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("fvae: error:") and message in lines[0]
     assert "Traceback" not in result.output
     assert not any(p.name in ("f.npy", "m.npz") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, message, parameter", [
+    (["fit", "fisher", "--components", "0"], "'--components': Input should be greater than or equal to 1", "n_components"),
+    (["fit", "fisher", "--em-iter", "0"], "'--em-iter': Input should be greater than or equal to 1", "max_iter"),
+    (["fit", "fisher", "--samples", "0"], "'--samples': Input should be greater than or equal to 1", "n_descriptor_samples"),
+    (["fit", "fisher", "--alpha", "0"], "'--alpha': must be in (0, 1], got 0.0", "alpha must"),
+    (["fit", "vae", "--learning-rate", "0"], "'--learning-rate': must be positive, got 0.0", "learning_rate"),
+    (["fit", "vae", "--likelihood", "gaussian", "--gaussian-variance", "-1"], "'--gaussian-variance': must be positive, "
+     "got -1.0", "gaussian_variance"),
+    (["fit", "vae", "--max-seconds", "inf"], "'--max-seconds': must be positive, got inf", "max_seconds"),
+    (["fit", "vae", "--beta", "nan"], "'--beta': must be >= 0, got nan", "beta must"),
+    (["fit", "vae", "--dropout", "1"], "'--dropout': must be in [0, 1), got 1.0", "dropout must"),
+    (["evaluate", "--vae-seconds", "0.5"], "'--vae-seconds': must be >= 1, got 0.5", "vae_seconds"),
+])
+def test_out_of_range_options_are_refused_by_the_option_name_not_the_library_parameter(
+        tmp_path, monkeypatch, capsys, args, message, parameter):
+    # run(), in process: the console script's own error handling, without a subprocess per case
+    output = ["-o", str(tmp_path / "m.npz")] if args[0] == "fit" else ["--runs-dir", str(tmp_path / "runs")]
+    monkeypatch.setattr(sys, "argv", ["fvae", *args, "--data", "digits", *output])
+    with pytest.raises(SystemExit) as exit_:
+        cli.run()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("fvae: error: Invalid value for ") and err.count("\n") == 1, err
+    assert message in err and parameter not in err
+    assert not list(tmp_path.iterdir())
 
 
 def test_encode_refuses_a_model_of_a_method_it_does_not_know(tmp_path):
@@ -387,7 +413,7 @@ def test_fit_fisher_em_iter_caps_em_and_the_warning_says_how_to_raise_it(tmp_pat
     assert "fvae fit fisher --em-iter, and fvae evaluate --fisher-model to reuse that fit" in result.stderr
     assert fvae.load(tmp_path / "m.npz").max_iter == 1
     refused = runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(tmp_path / "n.npz"), "--em-iter", "0"])
-    assert refused.exit_code == 2 and "max_iter must be a positive integer" in refused.output
+    assert refused.exit_code == 2 and "Invalid value for '--em-iter'" in refused.output
 
 
 @pytest.mark.parametrize("command", [["encode"], ["evaluate"], ["fit", "vae"]])
