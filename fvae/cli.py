@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import logging
 import math
 import sys
@@ -22,9 +21,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # click's plain help: rich's option tables cut long option names short ("--gaussian-var…") in
+    # 80 columns, and click's lists show every name whole and wrap only the descriptions
+    rich_markup_mode=None,
 )
-fit_app = typer.Typer(help="Fit an encoder on a split of a dataset (train by default) and save it.",
-                      no_args_is_help=True)
+fit_app = typer.Typer(help="Fit an encoder on a split of a dataset and save it.\n\nThe train split by default; "
+                           "another with --split.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(fit_app, name="fit")
 
 
@@ -193,7 +195,7 @@ def _status(message: str, quiet: bool):
 @app.command()
 @_user_errors
 def datasets(data_dir: DataDirOpt = None):
-    """List the named datasets: available here or not, where, and their sizes."""
+    """List the named datasets: available or not, where, their sizes."""
     from .data import describe_sources
 
     for row in describe_sources(data_dir):
@@ -244,7 +246,10 @@ def fit_fisher(
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ):
-    """Fit a Fisher Vector encoder (PCA + GMM) on the train split of --data (or --split) and save it."""
+    """Fit a Fisher Vector encoder (PCA + GMM) and save it.
+
+    It is fitted on the train split of --data, or the split --split names.
+    """
     import time
 
     from .data import load_dataset
@@ -317,8 +322,9 @@ def fit_vae(
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ):
-    """Train a VAE on the train split of --data (or --split), save it with its history, and report test
-    numbers.
+    """Train a VAE, save it with its history, and report test numbers.
+
+    It trains on the train split of --data, or the split --split names.
 
     The test numbers are left out when the test images were trained on (--split test or all).
     Ctrl-C after the first epoch stops the training there and keeps the best epoch so far: it is
@@ -462,12 +468,12 @@ def encode(
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ):
-    """Encode a split of --data, chunk by chunk, and write float32 features, labels and a JSON sidecar.
+    """Encode a split of --data as float32 features, chunk by chunk.
 
-    Writes OUTPUT (.npy, .npz or .zarr), OUTPUT-stem.labels.npy, OUTPUT-stem.json, and without
-    --model also the fitted model as OUTPUT-stem.model.npz (with --model, the method is the
-    file's). Until it is complete the output is OUTPUT.part with a manifest of finished chunks;
-    an interrupted run finishes with --resume.
+    Writes OUTPUT (.npy, .npz or .zarr) and beside it STEM.labels.npy and STEM.json, STEM being
+    OUTPUT without its suffix; without --model, also the fitted model as STEM.model.npz (with
+    --model, the method is the file's). Until it is complete the output is OUTPUT.part with a
+    manifest of finished chunks; an interrupted run finishes with --resume.
     """
     import time
 
@@ -565,8 +571,9 @@ def evaluate(
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ):
-    """Compare Fisher Vectors, VAE codes, PCA and raw pixels on one split: classification,
-    reconstruction and cost.
+    """Compare Fisher Vectors, VAE codes, PCA and raw pixels.
+
+    Each encoding is scored on one split: classification, reconstruction and cost.
 
     Writes runs/NAME/report.json, report.md, figures/ and the models it fits (models/)."""
     from .evaluate import (Settings, evaluate as run_evaluation, given_models, load_splits, markdown_table,
@@ -590,18 +597,6 @@ def evaluate(
               if e["cost"]["model_path"] and not e["cost"]["reused_model"]]
     typer.echo(f"evaluated {', '.join(chosen)} in {report['seconds']:.0f} s; wrote {run_dir}/report.json, "
                f"report.md, {len(report['figures'])} figures" + (f" and {', '.join(fitted)}" if fitted else ""))
-
-
-def _reflow_command_help(*typers: typer.Typer) -> None:
-    """Give each command its docstring with every paragraph on one line: rich keeps single line
-    breaks, so the docstring's source wrapping would show up in --help as ragged lines."""
-    for group in typers:
-        for command in group.registered_commands:
-            paragraphs = inspect.getdoc(command.callback).split("\n\n")
-            command.help = "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
-
-
-_reflow_command_help(app, fit_app)
 
 
 def run() -> None:

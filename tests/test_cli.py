@@ -1,6 +1,7 @@
 import inspect
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -416,22 +417,46 @@ def test_fit_fisher_em_iter_caps_em_and_the_warning_says_how_to_raise_it(tmp_pat
     assert refused.exit_code == 2 and "Invalid value for '--em-iter'" in refused.output
 
 
-@pytest.mark.parametrize("command", [["encode"], ["evaluate"], ["fit", "vae"]])
+COMMANDS = {("datasets",): cli.datasets, ("sample",): cli.sample, ("encode",): cli.encode,
+            ("evaluate",): cli.evaluate, ("fit", "fisher"): cli.fit_fisher, ("fit", "vae"): cli.fit_vae}
+
+
+def help_page(*command: str) -> str:
+    result = runner.invoke(app, [*command, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_help_shows_every_option_whole_and_fits_80_columns(command):
+    page = help_page(*command)
+    assert max(len(line) for line in page.splitlines()) <= 80 and "\u2026" not in page, page
+    from typer.main import get_command
+
+    click_command = get_command(app)
+    for name in command:
+        click_command = click_command.commands[name]
+    for param in click_command.params:
+        for name in param.opts + param.secondary_opts:
+            assert re.search(rf"(^|[\s,/]){re.escape(name)}([\s,/]|$)", page, re.M), (name, page)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_help_text_paragraphs_reflow_instead_of_keeping_the_docstrings_line_breaks(command):
-    """A docstring's line breaks are for the source: in --help, a paragraph flows as one."""
-    result = runner.invoke(app, [*command, "--help"], terminal_width=400, env={"COLUMNS": "400"})
-    assert result.exit_code == 0
-    description = result.output.split("\u256d")[0]  # the text above the first option panel
-    lines = [line.strip() for line in description.splitlines() if line.strip()][1:]  # after "Usage:"
-    command_function = {"encode": cli.encode, "evaluate": cli.evaluate, "fit": cli.fit_vae}[command[0]]
-    paragraphs = [" ".join(p.split()) for p in inspect.getdoc(command_function).split("\n\n")]
-    assert lines == paragraphs
+    """A docstring's line breaks are for the source: in --help, its paragraphs are rewrapped to
+    the terminal."""
+    page = help_page(*command)
+    description = page.split("\nOptions:")[0].split("\n\n")[1:]  # the paragraphs after "Usage:"
+    paragraphs = [" ".join(p.split()) for p in inspect.getdoc(COMMANDS[command]).split("\n\n")]
+    assert [" ".join(p.split()) for p in description] == paragraphs
 
 
-def test_the_command_list_shows_each_summary_on_one_line():
-    result = runner.invoke(app, ["--help"], terminal_width=400, env={"COLUMNS": "400"})
-    summary = " ".join(inspect.getdoc(cli.evaluate).split("\n\n")[0].split())
-    assert any(summary in line for line in result.output.splitlines()), result.output
+def test_the_command_lists_show_each_summary_whole():
+    for group, commands in {(): ["datasets", "sample", "encode", "evaluate"], ("fit",): ["fisher", "vae"]}.items():
+        page = help_page(*group)
+        for name in commands:
+            summary = inspect.getdoc(COMMANDS[(*group, name)]).split("\n\n")[0]
+            assert re.search(rf"^  {name} +{re.escape(summary)}$", page, re.M), (name, page)
 
 
 def test_a_forced_run_folder_replaces_the_old_one_and_leaves_nothing_beside_it(tmp_path):
