@@ -74,8 +74,9 @@ FitSplitOpt = Annotated[SplitName, typer.Option(
 
 
 def _number_in(low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = True):
-    """An option callback refusing numbers outside [low, high] (round brackets where ``*_open``) and
-    NaN. Checked here, so that the error names the option, not the library parameter it becomes."""
+    """An option callback refusing NaN and numbers outside the interval from ``low`` to ``high``,
+    each end included unless ``low_open`` or ``high_open`` (by default: [low, inf)). Checked here,
+    so that the error names the option, not the library parameter it becomes."""
     if high == math.inf:
         wanted = "positive" if low == 0 and low_open else f"{'>' if low_open else '>='} {low:g}"
     else:

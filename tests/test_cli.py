@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from typer.main import get_command
 from typer.testing import CliRunner
 
 import fvae
@@ -431,8 +432,6 @@ def help_page(*command: str) -> str:
 def test_help_shows_every_option_whole_and_fits_80_columns(command):
     page = help_page(*command)
     assert max(len(line) for line in page.splitlines()) <= 80 and "\u2026" not in page, page
-    from typer.main import get_command
-
     click_command = get_command(app)
     for name in command:
         click_command = click_command.commands[name]
