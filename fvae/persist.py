@@ -46,12 +46,25 @@ def fvae_version() -> str:
     return __version__
 
 
-def _writable(path, force: bool) -> Path:
-    """``path`` as a Path, refused if it exists (unless ``force``), its folder created."""
+def _writable(path, force: bool) -> tuple[Path, list[Path]]:
+    """``path`` as a Path, refused if it exists (unless ``force``), its missing folders created.
+
+    Returns the path and the folders this call created, innermost first, for
+    :func:`_remove_empty` to take away again when the write fails.
+    """
     path = Path(path)
     refuse_overwrite(path, force=force)
+    created = [folder for folder in path.parents if not folder.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return path, created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders``, in order, that is still empty: a failed write leaves behind no
+    folder it made (one that something else has written into meanwhile stays)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _fresh_name_beside(path: Path, suffix: str) -> Path:
@@ -68,7 +81,7 @@ def atomic_output(path, *, force: bool = False):
     OutputExistsError
         If ``path`` exists and ``force`` is false (checked before any work).
     """
-    path = _writable(path, force)
+    path, created = _writable(path, force)
     tmp = _fresh_name_beside(path, ".part")
     # Not mkstemp: its 0600 would survive the rename. Mode 0666 lets the user's umask decide,
     # as for any file a program writes; O_EXCL keeps mkstemp's guarantee of a new file.
@@ -76,8 +89,10 @@ def atomic_output(path, *, force: bool = False):
     try:
         yield tmp
         os.replace(tmp, path)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        _remove_empty(created)
+        raise
 
 
 @contextlib.contextmanager
@@ -94,7 +109,7 @@ def atomic_directory(path, *, force: bool = False):
     """
     import shutil
 
-    path = _writable(path, force)
+    path, created = _writable(path, force)
     tmp = _fresh_name_beside(path, ".part")
     tmp.mkdir()  # not mkdtemp, whose 0700 the run folder would keep; the umask decides
     old = None
@@ -104,8 +119,11 @@ def atomic_directory(path, *, force: bool = False):
             old = _fresh_name_beside(path, ".old")
             os.replace(path, old)
         os.replace(tmp, path)
-    finally:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
+        raise
+    finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 

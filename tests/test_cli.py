@@ -5,6 +5,7 @@ import re
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import fvae
 from conftest import FVAE, ROOT, as_from_a_terminal, fvae_cli, write_image_folder
 from fvae import cli
 from fvae.cli import app
-from fvae.persist import atomic_directory, save_model
+from fvae.persist import atomic_directory, atomic_output, save_model
 
 runner = CliRunner()
 SMALL_FIT = ["--patch-size", "3", "--stride", "1", "--components", "8", "--pca", "6", "--samples", "4000"]
@@ -456,6 +457,23 @@ def test_the_command_lists_show_each_summary_whole():
         for name in commands:
             summary = inspect.getdoc(COMMANDS[(*group, name)]).split("\n\n")[0]
             assert re.search(rf"^  {name} +{re.escape(summary)}$", page, re.M), (name, page)
+
+
+@pytest.mark.parametrize("atomic", [atomic_directory, atomic_output])
+def test_a_failed_write_takes_away_the_empty_folders_it_made_and_only_those(tmp_path, atomic):
+    (tmp_path / "yours").mkdir()
+    with pytest.raises(RuntimeError):
+        with atomic(tmp_path / "yours" / "new" / "deeper" / "out"):
+            raise RuntimeError("the run failed")
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*")] == [Path("yours")]
+    with pytest.raises(RuntimeError):
+        with atomic(tmp_path / "yours" / "new" / "out"):
+            (tmp_path / "yours" / "new" / "theirs.txt").write_text("written meanwhile by something else")
+            raise RuntimeError("the run failed")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["new", "theirs.txt", "yours"]
+    with atomic(tmp_path / "yours" / "newer" / "out"):
+        pass
+    assert (tmp_path / "yours" / "newer" / "out").exists()
 
 
 def test_a_forced_run_folder_replaces_the_old_one_and_leaves_nothing_beside_it(tmp_path):
