@@ -100,7 +100,8 @@ def atomic_directory(path, *, force: bool = False):
     """Yield a temporary folder beside ``path``; it becomes ``path`` only if the block succeeds.
 
     A run folder therefore appears complete or not at all. With ``force`` an existing ``path`` is
-    replaced, and removed only once the new folder is in place.
+    replaced, and removed only once the new folder is in place; should that last step fail, the
+    old folder is put back.
 
     Raises
     ------
@@ -120,6 +121,9 @@ def atomic_directory(path, *, force: bool = False):
             os.replace(path, old)
         os.replace(tmp, path)
     except BaseException:
+        if old is not None and not path.exists():
+            os.replace(old, path)
+            old = None
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_empty(created)
         raise

@@ -488,3 +488,23 @@ def test_a_forced_run_folder_replaces_the_old_one_and_leaves_nothing_beside_it(t
         assert (run / "report.md").read_text() == "first"  # the old run stays until the new one is whole
     assert (run / "report.md").read_text() == "second"
     assert [p.name for p in run.parent.iterdir()] == ["demo"]  # no .part or .old folder left
+
+
+def test_a_forced_run_folder_that_cannot_be_put_in_place_gives_back_the_old_one(tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "demo"
+    with atomic_directory(run) as folder:
+        (folder / "report.md").write_text("first")
+    real_replace = os.replace
+
+    def replace_failing_into_place(src, dst):
+        if Path(src).name.endswith(".part"):  # the new run's move into place; not the old one's
+            raise OSError("the disk went away")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_failing_into_place)
+    with pytest.raises(OSError, match="disk went away"):
+        with atomic_directory(run, force=True) as folder:
+            (folder / "report.md").write_text("second")
+    monkeypatch.undo()
+    assert (run / "report.md").read_text() == "first"
+    assert [p.name for p in run.parent.iterdir()] == ["demo"]
