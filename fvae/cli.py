@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import math
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .errors import DataError, FvaeError, OutputExistsError
+from .errors import DataError, FvaeError, InputError, OutputExistsError
 
 app = typer.Typer(
     help="Encode images as Fisher Vectors or VAE latent codes, and compare them.",
@@ -208,6 +209,22 @@ def datasets(data_dir: DataDirOpt = None):
             typer.echo(f"{row['name']:<14} no   {row['note']}")
 
 
+# FisherVectorEncoder's parameters that a fit checks against the data, by the option that sets each
+FISHER_OPTIONS = {"n_components": "--components", "pca_components": "--pca", "patch_size": "--patch-size",
+                  "stride": "--stride", "spatial_pyramid": "--pyramid", "n_descriptor_samples": "--samples"}
+
+
+@contextlib.contextmanager
+def _named_as_options(options: dict[str, str]):
+    """Re-raise an :class:`InputError` with the library parameters it names written as ``options``
+    names them: the user typed ``--pca``, not ``pca_components``."""
+    try:
+        yield
+    except InputError as exc:
+        names = re.compile(r"\b(" + "|".join(options) + r")\b")
+        raise InputError(names.sub(lambda match: options[match.group(1)], str(exc))) from None
+
+
 def _fisher_encoder(**params):
     from .fisher import FisherVectorEncoder
 
@@ -270,7 +287,8 @@ def fit_fisher(
         n_descriptor_samples=samples, max_iter=em_iter, random_state=seed, **given,
     )
     started = time.perf_counter()
-    with _status(f"fitting fisher on {len(train):,} images: PCA, then a GMM of {components} components", quiet):
+    with _status(f"fitting fisher on {len(train):,} images: PCA, then a GMM of {components} components", quiet), \
+            _named_as_options(FISHER_OPTIONS):
         encoder.fit(train.images)
     checksum = encoder.save(output, force=force)
     size = encoder.patch_size_

@@ -136,7 +136,7 @@ def fit_pca(sample: np.ndarray, n_components: int, whiten: bool, random_state) -
     n_samples, n_features = sample.shape
     if not 1 <= n_components <= min(n_samples, n_features):
         limit = (f"patches of {n_features} pixels" if n_features <= n_samples
-                 else f"only {n_samples} descriptors are sampled (n_descriptor_samples, or --samples)")
+                 else f"only {n_samples} descriptors are sampled (n_descriptor_samples)")
         raise InputError(f"pca_components must be in [1, {min(n_samples, n_features)}]: {limit}; got {n_components}")
     if not np.ptp(sample, axis=0).any():
         raise InputError(f"all {n_samples:,} sampled patches are the same (blank images?): the PCA has nothing to fit")

@@ -531,7 +531,8 @@ def fit_gmm(samples: np.ndarray, n_components: int, *, reg_covar: float, max_ite
     from sklearn.mixture import GaussianMixture
 
     if len(samples) < n_components:
-        raise InputError(f"{len(samples)} descriptors are too few to fit {n_components} GMM components")
+        raise InputError(f"n_components {n_components} is more than the {len(samples):,} descriptors sampled to fit "
+                         "the GMM (n_descriptor_samples)")
     floor = reg_covar * float(samples.var(axis=0).mean())
     gmm = GaussianMixture(
         n_components=n_components,

@@ -158,7 +158,14 @@ def test_the_sidecar_names_the_classes_of_the_labels(tmp_path, digits):
 @pytest.mark.parametrize("args, message", [
     (["encode", "--data", "no/such/dir", "-o", "f.npy"], "no such file or folder"),
     (["encode", "--data", "digits", "--model", "missing.npz", "-o", "f.npy"], "no such model file"),
-    (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--pca", "1000"], "pca_components must be in [1, 16]"),
+    # limits the data sets, which only the fit can check: named by the options, as the next test's are
+    (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--pca", "1000"], "--pca must be in [1, 16]: patches of 16"),
+    (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--samples", "3"], "only 3 descriptors are sampled (--samples)"),
+    (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--patch-size", "9"], "--patch-size 9 does not fit in 8x8"),
+    (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--stride", "9"],
+     "--pyramid needs patches in all four quadrants; 8x8 images with --patch-size 4 and --stride 9 give a 1x1 grid"),
+    (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--components", "500", "--samples", "400"],
+     "--components 500 is more than the 400 descriptors sampled to fit the GMM (--samples)"),
 ])
 def test_user_errors_are_one_line_exit_2_no_output(tmp_path, args, message):
     result = runner.invoke(app, args)

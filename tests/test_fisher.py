@@ -253,6 +253,9 @@ def test_bad_inputs_raise_clear_errors(digits):
         FisherVectorEncoder(**{**SMALL, "patch_size": 3, "pca_components": 12}).fit(digits.train.images)
     with pytest.raises(InputError, match=r"^pca_components must be in \[1, 5\]: only 5 descriptors are sampled"):
         FisherVectorEncoder(**{**SMALL, "n_descriptor_samples": 5}).fit(digits.train.images)
+    with pytest.raises(InputError, match=r"^n_components 8 is more than the 7 descriptors sampled to fit the GMM "
+                                         r"\(n_descriptor_samples\)$"):
+        FisherVectorEncoder(**{**SMALL, "n_descriptor_samples": 7, "pca_components": 2}).fit(digits.train.images)
     with pytest.raises(InputError, match=r"^all 1,800 sampled patches are the same \(blank images\?\)"):
         FisherVectorEncoder(**SMALL).fit(np.zeros((50, 8, 8), np.uint8))  # 50 x 36 patches
     for name, value in (("reg_covar", -1.0), ("reg_covar", np.nan), ("tol", 0.0), ("tol", np.nan), ("alpha", np.nan)):
