@@ -422,6 +422,7 @@ def sample(
         help="Class to generate, by label or name (conditional VAE; without it, one row per class).")] = None,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
+    quiet: QuietOpt = False,
 ):
     """Draw images from a VAE's prior and save them as a PNG grid.
 
@@ -434,13 +435,14 @@ def sample(
         raise typer.BadParameter(f"{output}: the sample grid is written as .png", param_hint="--output")
     refuse_overwrite(output, force=force)
     saved_method(model, "vae")  # a missing or wrong file is refused before TensorFlow loads
-    from .report import save_samples
-    from .vae.encoder import VAEEncoder
+    with _status(f"loading {model} and drawing {n} samples", quiet):  # TensorFlow's import takes seconds
+        from .report import save_samples
+        from .vae.encoder import VAEEncoder
 
-    encoder = VAEEncoder.load(model)
-    names = encoder.class_names_
-    drawn = save_samples(encoder, output, n=n, label=_label_of(label, encoder), random_state=seed, class_names=names,
-                         force=force)
+        encoder = VAEEncoder.load(model)
+        names = encoder.class_names_
+        drawn = save_samples(encoder, output, n=n, label=_label_of(label, encoder), random_state=seed,
+                             class_names=names, force=force)
     every_class = encoder.conditional and label is None
     rows = f" ({drawn // encoder.n_classes_} of each of {encoder.n_classes_} classes)" if every_class else ""
     typer.echo(f"wrote {drawn} samples{rows} to {output}")

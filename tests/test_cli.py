@@ -448,6 +448,15 @@ def test_help_shows_every_option_whole_and_fits_80_columns(command):
             assert re.search(rf"(^|[\s,/]){re.escape(name)}([\s,/]|$)", page, re.M), (name, page)
 
 
+@pytest.mark.parametrize("command", [command for command in COMMANDS if command != ("datasets",)], ids=" ".join)
+def test_every_command_that_loads_or_fits_takes_quiet(command):
+    # A script passing -q to every command once got "No such option: -q" from sample.
+    click_command = get_command(app)
+    for name in command:
+        click_command = click_command.commands[name]
+    assert any(param.opts == ["--quiet", "-q"] for param in click_command.params), command
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_help_text_paragraphs_reflow_instead_of_keeping_the_docstrings_line_breaks(command):
     """A docstring's line breaks are for the source: in --help, its paragraphs are rewrapped to

@@ -674,7 +674,7 @@ def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):
     library = fvae.load(tmp_path / "vae.npz").set_params(return_log_var=True)
     np.testing.assert_array_equal(both, library.transform(fvae.load_dataset("digits").test.images))
 
-    sample = fvae_cli("sample", "--model", "vae.npz", "-n", "16", "-o", "s.png", cwd=tmp_path)
+    sample = fvae_cli("sample", "--model", "vae.npz", "-n", "16", "-o", "s.png", "-q", cwd=tmp_path)
     assert sample.returncode == 0, sample.stderr
     with Image.open(tmp_path / "s.png") as picture:
         assert picture.format == "PNG"
