@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts (not part of the library)."""
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,21 +14,37 @@ MNIST_TEST = ROOT.parent / "shared" / "data" / "mnist-test"
 FVAE = str(Path(sys.executable).with_name("fvae"))
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since it booted, summed over its cores
+    (Linux's /proc/stat: user, nice, system, irq, softirq); None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(field) for field in stat.readline().split()[1:8]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = ticks
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def interleaved_best(fns: dict, rounds=3, log=None):
     """Best wall time of each function over ``rounds`` rounds that run them in turn.
 
     Interleaving makes the ratio of two timings robust to a noisy machine: both sides see the
-    same slow and fast periods. ``log(round, name, seconds)``, if given, sees every timing.
+    same slow and fast periods. ``log(round, name, seconds, busy_cores)``, if given, sees every
+    timing with the machine's average number of busy cores during it (None where unknown), which
+    tells a slow timing of a multithreaded function that ran on fewer cores from a slow CPU.
     Returns ``{name: (seconds, last result)}``.
     """
     results = {name: (float("inf"), None) for name in fns}
     for round_ in range(rounds):
         for name, fn in fns.items():
+            busy = busy_cpu_seconds()
             start = time.perf_counter()
             value = fn()
             elapsed = time.perf_counter() - start
             if log is not None:
-                log(round_, name, elapsed)
+                cores = None if busy is None else (busy_cpu_seconds() - busy) / elapsed
+                log(round_, name, elapsed, cores)
             results[name] = (min(results[name][0], elapsed), value)
     return results
 

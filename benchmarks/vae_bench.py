@@ -19,6 +19,7 @@ The two loops are timed one epoch each, in turn, for five rounds, and each keeps
 
 import argparse
 import math
+import os
 import time
 
 import numpy as np
@@ -195,15 +196,18 @@ def main():
     fashion_binary = (fashion > 0.5).astype(np.float32)
     # One epoch each, in turn, five rounds; each keeps its best. This machine's speed switches
     # between two levels ~1.7x apart for stretches of an epoch or more; with three rounds one side
-    # sometimes never saw the fast level (0.59x once). Every epoch's rate is printed.
+    # sometimes never saw the fast level (0.59x once). Every epoch's rate is printed, with the cores
+    # busy during it: at the slow level a loop's threads share one of the two cores while the
+    # other idles, so both loops drop to the rate one core gives (~1,465 img/s).
     # The matmul that gives the machine's reference rate takes part in the rounds too.
     product, product_flops = matmul_product()
     work = {"tutorial": (len(fashion_binary), "img/s"), "fvae": (len(fashion_binary), "img/s"),
             "matmul": (product_flops / 1e9, "GFLOP/s")}  # per call, for the log
     timings = interleaved_best(
         {"tutorial": tutorial_epoch(fashion_binary), "fvae": fvae_epoch(fashion_binary), "matmul": product}, rounds=5,
-        log=lambda r, name, seconds: print(f"  round {r + 1} {name:8s} {work[name][0] / seconds:6.0f} {work[name][1]}",
-                                           flush=True),
+        log=lambda r, name, seconds, cores: print(
+            f"  round {r + 1} {name:8s} {work[name][0] / seconds:6.0f} {work[name][1]:8s}"
+            + (f"{cores:.1f} of {os.cpu_count()} cores busy" if cores is not None else ""), flush=True),
     )
     tutorial_img_s = len(fashion_binary) / timings["tutorial"][0]
     fvae_img_s = len(fashion_binary) / timings["fvae"][0]

@@ -1,0 +1,45 @@
+"""The helpers the benchmark scripts share (benchmarks/_common.py): their timings are what the
+issues' targets are read from, so what they report is checked here."""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _common import busy_cpu_seconds, interleaved_best  # noqa: E402
+
+
+def spin(seconds=0.3):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return "done"
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="busy cores are read from Linux's /proc/stat")
+def test_interleaved_best_logs_every_timing_with_the_cores_busy_during_it():
+    logged = []
+    results = interleaved_best({"spin": spin, "sleep": lambda: time.sleep(0.3)}, rounds=2,
+                               log=lambda r, name, seconds, cores: logged.append((r, name, seconds, cores)))
+    assert [(r, name) for r, name, _, _ in logged] == [(0, "spin"), (0, "sleep"), (1, "spin"), (1, "sleep")]
+    assert results["spin"] == (min(s for _, name, s, _ in logged if name == "spin"), "done")
+    spinning = [cores for _, name, _, cores in logged if name == "spin"]
+    # one thread spinning keeps one core busy, whatever else runs; no timing shows more cores than exist
+    assert all(0.5 <= cores <= os.cpu_count() + 0.1 for cores in spinning), logged
+    assert all(cores <= os.cpu_count() + 0.1 for *_, cores in logged)
+
+
+def test_busy_cpu_seconds_grows_with_work_and_is_none_without_proc_stat(monkeypatch):
+    if Path("/proc/stat").exists():
+        before = busy_cpu_seconds()
+        spin(0.2)
+        assert busy_cpu_seconds() - before >= 0.1
+
+    def no_such_file(path, *args, **kwargs):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr("builtins.open", no_such_file)
+    assert busy_cpu_seconds() is None
