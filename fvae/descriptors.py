@@ -70,7 +70,8 @@ def patch_layout(image_shape, patch_size: int, stride: int, spatial_pyramid: boo
         if counts.min() == 0:
             raise InputError(
                 f"spatial_pyramid needs patches in all four quadrants; {h}x{w} images with patch_size "
-                f"{patch_size} and stride {stride} give a {n_rows}x{n_cols} grid"
+                f"{patch_size} and stride {stride} give a {n_rows}x{n_cols} grid: a smaller stride or patch_size "
+                "gives more cells, or turn spatial_pyramid off"
             )
         order = np.argsort(cell, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(counts)])

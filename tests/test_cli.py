@@ -163,7 +163,8 @@ def test_the_sidecar_names_the_classes_of_the_labels(tmp_path, digits):
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--samples", "3"], "only 3 descriptors are sampled (--samples)"),
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--patch-size", "9"], "--patch-size 9 does not fit in 8x8"),
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--stride", "9"],
-     "--pyramid needs patches in all four quadrants; 8x8 images with --patch-size 4 and --stride 9 give a 1x1 grid"),
+     "--pyramid needs patches in all four quadrants; 8x8 images with --patch-size 4 and --stride 9 give a 1x1 grid: "
+     "a smaller --stride or --patch-size gives more cells, or turn --pyramid off"),
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--components", "500", "--samples", "400"],
      "--components 500 is more than the 400 descriptors sampled to fit the GMM (--samples)"),
 ])
