@@ -620,6 +620,18 @@ def evaluate(
                f"report.md, {len(report['figures'])} figures" + (f" and {', '.join(fitted)}" if fitted else ""))
 
 
+def _value_given(exc: BaseException) -> str:
+    """``, got VALUE`` for a value typer's own checks of types and ranges (``min=``, ``max=``)
+    refused: pydantic, which typer runs them with, leaves the value out of its message. Empty for
+    every other error, such as a choice's ("'nope' is not one of ..."), which says it already."""
+    errors = getattr(exc.__cause__, "errors", None)
+    try:
+        error = errors()[0]
+        return "" if error["type"] == "value_error" else f", got {error['input']}"
+    except (TypeError, LookupError):
+        return ""
+
+
 def run() -> None:
     """Console entry point: like ``app()``, but usage errors are one line too (exit code 2)."""
     try:  # typer >= 0.24 vendors click; older releases depend on it
@@ -630,7 +642,7 @@ def run() -> None:
         code = app(standalone_mode=False)
     except UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx and exc.ctx.parent else ""
-        typer.echo(f"fvae: error: {exc.format_message()}{hint}", err=True)
+        typer.echo(f"fvae: error: {exc.format_message()}{_value_given(exc)}{hint}", err=True)
         code = 2
     except (typer.Abort, KeyboardInterrupt):  # while parsing, before a command runs
         typer.echo("fvae: interrupted", err=True)
