@@ -441,14 +441,19 @@ def help_page(*command: str) -> str:
     return result.output
 
 
+def command_of(*command: str):
+    """The click command behind ``fvae COMMAND...``, with its parameters."""
+    click_command = get_command(app)
+    for name in command:
+        click_command = click_command.commands[name]
+    return click_command
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_help_shows_every_option_whole_and_fits_80_columns(command):
     page = help_page(*command)
     assert max(len(line) for line in page.splitlines()) <= 80 and "\u2026" not in page, page
-    click_command = get_command(app)
-    for name in command:
-        click_command = click_command.commands[name]
-    for param in click_command.params:
+    for param in command_of(*command).params:
         for name in param.opts + param.secondary_opts:
             assert re.search(rf"(^|[\s,/]){re.escape(name)}([\s,/]|$)", page, re.M), (name, page)
 
@@ -456,10 +461,7 @@ def test_help_shows_every_option_whole_and_fits_80_columns(command):
 @pytest.mark.parametrize("command", [command for command in COMMANDS if command != ("datasets",)], ids=" ".join)
 def test_every_command_that_loads_or_fits_takes_quiet(command):
     # A script passing -q to every command once got "No such option: -q" from sample.
-    click_command = get_command(app)
-    for name in command:
-        click_command = click_command.commands[name]
-    assert any(param.opts == ["--quiet", "-q"] for param in click_command.params), command
+    assert any(param.opts == ["--quiet", "-q"] for param in command_of(*command).params), command
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
