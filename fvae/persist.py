@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import os
 import zipfile
@@ -54,7 +55,7 @@ def _writable(path, force: bool) -> tuple[Path, list[Path]]:
     """
     path = Path(path)
     refuse_overwrite(path, force=force)
-    created = [folder for folder in path.parents if not folder.exists()]
+    created = list(itertools.takewhile(lambda folder: not folder.exists(), path.parents))
     path.parent.mkdir(parents=True, exist_ok=True)
     return path, created
 
