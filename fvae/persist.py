@@ -73,6 +73,17 @@ def _fresh_name_beside(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}{suffix}")
 
 
+def _make_temporary(path: Path, created: list[Path], make) -> None:
+    """Call ``make()``, which creates the temporary file or folder beside ``path``. Should that
+    fail (a read-only folder, a full disk), take away the folders :func:`_writable` made and
+    raise the error for ``path``, the name the user gave, not the hidden temporary one."""
+    try:
+        make()
+    except OSError as exc:
+        _remove_empty(created)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
 @contextlib.contextmanager
 def atomic_output(path, *, force: bool = False):
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
@@ -86,7 +97,7 @@ def atomic_output(path, *, force: bool = False):
     tmp = _fresh_name_beside(path, ".part")
     # Not mkstemp: its 0600 would survive the rename. Mode 0666 lets the user's umask decide,
     # as for any file a program writes; O_EXCL keeps mkstemp's guarantee of a new file.
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    _make_temporary(path, created, lambda: os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
     try:
         yield tmp
         os.replace(tmp, path)
@@ -113,7 +124,7 @@ def atomic_directory(path, *, force: bool = False):
 
     path, created = _writable(path, force)
     tmp = _fresh_name_beside(path, ".part")
-    tmp.mkdir()  # not mkdtemp, whose 0700 the run folder would keep; the umask decides
+    _make_temporary(path, created, tmp.mkdir)  # not mkdtemp, whose 0700 the run folder would keep; the umask decides
     old = None
     try:
         yield tmp

@@ -499,6 +499,38 @@ def test_a_failed_write_takes_away_the_empty_folders_it_made_and_only_those(tmp_
     assert (tmp_path / "yours" / "newer" / "out").exists()
 
 
+def refusing_temporaries(monkeypatch):
+    """Make creating fvae's hidden ``.part`` file or folder fail as in a read-only folder (the
+    tests run as root here, whom file modes do not stop)."""
+    real_open, real_mkdir = os.open, Path.mkdir
+
+    def refuse(name):
+        if str(name).endswith(".part"):
+            raise PermissionError(13, "Permission denied", str(name))
+
+    monkeypatch.setattr(os, "open", lambda name, *args, **kwargs: refuse(name) or real_open(name, *args, **kwargs))
+    monkeypatch.setattr(Path, "mkdir", lambda self, *args, **kwargs: refuse(self) or real_mkdir(self, *args, **kwargs))
+
+
+@pytest.mark.parametrize("atomic", [atomic_directory, atomic_output])
+def test_a_folder_that_refuses_the_temporary_gets_an_error_naming_the_output(tmp_path, monkeypatch, atomic):
+    refusing_temporaries(monkeypatch)
+    with pytest.raises(PermissionError) as refused:
+        with atomic(tmp_path / "new" / "out"):
+            pytest.fail("the block ran without its temporary")
+    assert refused.value.filename == str(tmp_path / "new" / "out")  # not the hidden .part name
+    assert not list(tmp_path.iterdir())  # nor the folder made for it
+
+
+def test_an_output_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypatch):
+    refusing_temporaries(monkeypatch)
+    model = tmp_path / "models" / "m.npz"
+    result = runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(model), *SMALL_FIT])
+    assert result.exit_code == 2
+    assert result.output == f"fvae: error: {model}: Permission denied\n"
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_forced_run_folder_replaces_the_old_one_and_leaves_nothing_beside_it(tmp_path):
     run = tmp_path / "runs" / "demo"
     with atomic_directory(run) as folder:
