@@ -74,6 +74,12 @@ FitSplitOpt = Annotated[SplitName, typer.Option(
     "--split", help="Split to fit on: test or all for a source without a train split, such as a .npy.")]
 
 
+def _bad_option(option: str, message: str) -> typer.BadParameter:
+    """A usage error about ``option`` that names it in quotes, as click names an option whose own
+    check refused a value: "Invalid value for '--hidden': ...". (A ``param_hint`` is shown as is.)"""
+    return typer.BadParameter(message, param_hint=f"'{option}'")
+
+
 def _number_in(low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = True):
     """An option callback refusing NaN and numbers outside the interval from ``low`` to ``high``,
     each end included unless ``low_open`` or ``high_open`` (by default: [low, inf)). Checked here,
@@ -274,8 +280,7 @@ def fit_fisher(
     from .persist import refuse_overwrite
 
     if alpha is not None and not improved:
-        raise typer.BadParameter("applies to the improved Fisher Vector only, not with --no-improved",
-                                 param_hint="--alpha")
+        raise _bad_option("--alpha", "applies to the improved Fisher Vector only, not with --no-improved")
     given = {} if alpha is None else {"alpha": alpha}  # otherwise FisherVectorEncoder's default
     refuse_overwrite(output, force=force)
     dataset = load_dataset(data, data_dir)
@@ -305,8 +310,7 @@ def _hidden_sizes(text: str) -> tuple:
     except ValueError:
         sizes = ()
     if not sizes or min(sizes) < 1:
-        raise typer.BadParameter(f"{text!r}: expected positive sizes separated by commas, e.g. 512,256",
-                                 param_hint="--hidden")
+        raise _bad_option("--hidden", f"{text!r}: expected positive sizes separated by commas, e.g. 512,256")
     return sizes
 
 
@@ -354,9 +358,9 @@ def fit_vae(
 
     # Options of another architecture or likelihood would be ignored: refuse them instead.
     if hidden is not None and arch != Arch.mlp:
-        raise typer.BadParameter("applies to --arch mlp only", param_hint="--hidden")
+        raise _bad_option("--hidden", "applies to --arch mlp only")
     if binarization is not None and likelihood != Likelihood.bernoulli:
-        raise typer.BadParameter("applies to --likelihood bernoulli only", param_hint="--binarization")
+        raise _bad_option("--binarization", "applies to --likelihood bernoulli only")
     given = {}  # the rest are VAEEncoder's defaults
     if hidden is not None:
         given["hidden"] = _hidden_sizes(hidden)
@@ -432,7 +436,7 @@ def sample(
     from .persist import refuse_overwrite, saved_method
 
     if output.suffix.lower() != ".png":
-        raise typer.BadParameter(f"{output}: the sample grid is written as .png", param_hint="--output")
+        raise _bad_option("--output", f"{output}: the sample grid is written as .png")
     refuse_overwrite(output, force=force)
     saved_method(model, "vae")  # a missing or wrong file is refused before TensorFlow loads
     with _status(f"loading {model} and drawing {n} samples", quiet):  # TensorFlow's import takes seconds
@@ -464,7 +468,7 @@ def _label_of(text: str | None, encoder) -> int | str | None:
         with contextlib.suppress(ValueError):
             return int(text)
     known = f": this model's classes are {', '.join(by_name)}" if by_name else " (a label number)"
-    raise typer.BadParameter(f"{text!r} names no class{known}", param_hint="--label")
+    raise _bad_option("--label", f"{text!r} names no class{known}")
 
 
 @app.command()
@@ -514,7 +518,7 @@ def encode(
     if method is None:
         method = Method(saved_method(model)) if model is not None else Method.fisher
     if log_var is not None and method != Method.vae:
-        raise typer.BadParameter("applies to --method vae only", param_hint="--log-var")
+        raise _bad_option("--log-var", "applies to --method vae only")
     # Checked before loading or fitting anything, so a refusal costs nothing.
     refuse_existing_outputs(output, force=force, resume=resume)
     if model is None and paths["model"].exists() and not force:

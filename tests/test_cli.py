@@ -219,9 +219,9 @@ def test_encode_refuses_a_model_of_a_method_it_does_not_know(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--hidden", "64"], "Invalid value for --hidden: applies to --arch mlp only"),
+    (["--hidden", "64"], "Invalid value for '--hidden': applies to --arch mlp only"),
     (["--likelihood", "gaussian", "--binarization", "dynamic"],
-     "Invalid value for --binarization: applies to --likelihood bernoulli only"),
+     "Invalid value for '--binarization': applies to --likelihood bernoulli only"),
 ])
 def test_fit_vae_refuses_options_its_architecture_or_likelihood_would_ignore(tmp_path, args, message):
     result = fvae_cli("fit", "vae", "--data", "digits", "-o", "v.npz", *args, cwd=tmp_path)
@@ -232,7 +232,7 @@ def test_fit_vae_refuses_options_its_architecture_or_likelihood_would_ignore(tmp
 def test_fit_fisher_refuses_a_power_exponent_without_the_power_normalization(tmp_path):
     refused = fvae_cli("fit", "fisher", "--data", "digits", "-o", "m.npz", *SMALL_FIT, "--no-improved", "--alpha", "0.3",
                        cwd=tmp_path)
-    assert refused.returncode == 2 and "Invalid value for --alpha: applies to the improved Fisher Vector only" in refused.stderr
+    assert refused.returncode == 2 and "Invalid value for '--alpha': applies to the improved Fisher Vector only" in refused.stderr
     assert not (tmp_path / "m.npz").exists()
     given = runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(tmp_path / "a.npz"), *SMALL_FIT, "--alpha", "0.3"])
     assert given.exit_code == 0 and fvae.load(tmp_path / "a.npz").alpha == 0.3
