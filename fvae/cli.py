@@ -624,16 +624,27 @@ def evaluate(
                f"report.md, {len(report['figures'])} figures" + (f" and {', '.join(fitted)}" if fitted else ""))
 
 
-def _value_given(exc: BaseException) -> str:
-    """``, got VALUE`` for a value typer's own checks of types and ranges (``min=``, ``max=``)
-    refused: pydantic, which typer runs them with, leaves the value out of its message. Empty for
-    every other error, such as a choice's ("'nope' is not one of ..."), which says it already."""
+#: What a value must be, for each refusal of typer's own type and range checks (``min=``, ``max=``),
+#: keyed by pydantic's error type (typer runs the checks with pydantic): the words of
+#: :func:`_number_in`, so that every refused number reads alike.
+_MUST_BE = {"greater_than_equal": ">= {ge}", "greater_than": "> {gt}", "less_than_equal": "<= {le}",
+            "less_than": "< {lt}", "int_parsing": "a whole number", "float_parsing": "a number"}
+
+
+def _in_plain_words(exc: BaseException) -> None:
+    """Reword a value typer's own checks refused: "must be >= 1, got 0" for pydantic's "Input should
+    be greater than or equal to 1" (which leaves the value out), and a choice's "'nope' is not one
+    of 'conv', 'mlp'" without pydantic's "Value error, " before it. Other errors are left as
+    they are."""
     errors = getattr(exc.__cause__, "errors", None)
     try:
         error = errors()[0]
-        return "" if error["type"] == "value_error" else f", got {error['input']}"
+        if error["type"] == "value_error":
+            exc.message = str(error["ctx"]["error"]).rstrip(".")
+        elif error["type"] in _MUST_BE:
+            exc.message = f"must be {_MUST_BE[error['type']].format(**error.get('ctx', {}))}, got {error['input']}"
     except (TypeError, LookupError):
-        return ""
+        pass
 
 
 def run() -> None:
@@ -646,7 +657,8 @@ def run() -> None:
         code = app(standalone_mode=False)
     except UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx and exc.ctx.parent else ""
-        typer.echo(f"fvae: error: {exc.format_message()}{_value_given(exc)}{hint}", err=True)
+        _in_plain_words(exc)
+        typer.echo(f"fvae: error: {exc.format_message()}{hint}", err=True)
         code = 2
     except (typer.Abort, KeyboardInterrupt):  # while parsing, before a command runs
         typer.echo("fvae: interrupted", err=True)

@@ -178,9 +178,9 @@ def test_user_errors_are_one_line_exit_2_no_output(tmp_path, args, message):
 
 
 @pytest.mark.parametrize("args, message, parameter", [
-    (["fit", "fisher", "--components", "0"], "'--components': Input should be greater than or equal to 1, got 0 (", "n_components"),
-    (["fit", "fisher", "--em-iter", "0"], "'--em-iter': Input should be greater than or equal to 1, got 0 (", "max_iter"),
-    (["fit", "fisher", "--samples", "0"], "'--samples': Input should be greater than or equal to 1, got 0 (", "n_descriptor_samples"),
+    (["fit", "fisher", "--components", "0"], "'--components': must be >= 1, got 0 (", "n_components"),
+    (["fit", "fisher", "--em-iter", "0"], "'--em-iter': must be >= 1, got 0 (", "max_iter"),
+    (["fit", "fisher", "--samples", "0"], "'--samples': must be >= 1, got 0 (", "n_descriptor_samples"),
     (["fit", "fisher", "--alpha", "0"], "'--alpha': must be in (0, 1], got 0.0", "alpha must"),
     (["fit", "vae", "--learning-rate", "0"], "'--learning-rate': must be positive, got 0.0", "learning_rate"),
     (["fit", "vae", "--likelihood", "gaussian", "--gaussian-variance", "-1"], "'--gaussian-variance': must be positive, "
@@ -189,10 +189,11 @@ def test_user_errors_are_one_line_exit_2_no_output(tmp_path, args, message):
     (["fit", "vae", "--beta", "nan"], "'--beta': must be >= 0, got nan", "beta must"),
     (["fit", "vae", "--dropout", "1"], "'--dropout': must be in [0, 1), got 1.0", "dropout must"),
     (["evaluate", "--vae-seconds", "0.5"], "'--vae-seconds': must be >= 1, got 0.5", "vae_seconds"),
-    (["fit", "vae", "--epochs", "1.5"], "'--epochs': Input should be a valid integer, unable to parse string as an "
-     "integer, got 1.5 (", "epochs must"),
+    (["fit", "vae", "--epochs", "1.5"], "'--epochs': must be a whole number, got 1.5 (", "epochs must"),
+    (["evaluate", "--vae-seconds", "soon"], "'--vae-seconds': must be a number, got soon (", "vae_seconds"),
+    (["fit", "vae", "--seed", str(2**32)], f"'--seed': must be <= {2**32 - 1}, got {2**32} (", "random_state"),
     # a choice's error names the value itself: nothing is added
-    (["fit", "vae", "--arch", "rnn"], "'--arch': Value error, 'rnn' is not one of 'conv', 'mlp'. (see", ", got"),
+    (["fit", "vae", "--arch", "rnn"], "'--arch': 'rnn' is not one of 'conv', 'mlp' (see", ", got"),
 ])
 def test_out_of_range_options_are_refused_by_the_option_name_not_the_library_parameter(
         tmp_path, monkeypatch, capsys, args, message, parameter):
