@@ -564,3 +564,30 @@ def test_a_forced_run_folder_that_cannot_be_put_in_place_gives_back_the_old_one(
     monkeypatch.undo()
     assert (run / "report.md").read_text() == "first"
     assert [p.name for p in run.parent.iterdir()] == ["demo"]
+
+
+def readme_sessions():
+    """The README's example sessions: each ``$ fvae ...`` line with the lines printed after it."""
+    sessions, printed = [], None
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("    $ fvae "):
+            printed = []
+            sessions.append((line[len("    $ fvae "):], printed))
+        elif printed is not None and line.startswith("    "):
+            printed.append(line[len("    "):])
+        else:  # a blank line or prose ends the example
+            printed = None
+    return sessions
+
+
+@pytest.mark.parametrize("command, printed", readme_sessions(),
+                         ids=lambda value: value if isinstance(value, str) else "")
+def test_the_readme_examples_print_what_it_says(tmp_path, command, printed):
+    result = fvae_cli(*command.split(), cwd=tmp_path)  # the console script, as a user types it
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == printed
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_readme_has_example_sessions():
+    assert len(readme_sessions()) >= 2  # else the test above checks nothing
