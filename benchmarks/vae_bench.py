@@ -34,6 +34,16 @@ from fvae.vae.model import VAE  # noqa: E402
 LATENT = 50
 
 
+def tf_matmul_product(n=4096):
+    """One TensorFlow float32 n x n matmul as a function, and its FLOPs: the rate of the library
+    (oneDNN) that runs both loops' convolutions. It can differ from NumPy's BLAS: on an AMD EPYC
+    with AVX-512 (2026-11-23) TensorFlow's was 2.1x NumPy's OpenBLAS."""
+    a = tf.constant(np.random.default_rng(0).random((n, n), dtype=np.float32))
+    product = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, a)))  # a scalar back: no 64 MB copy
+    product()  # traced outside the timing
+    return (lambda: product().numpy()), 2 * n**3
+
+
 class TutorialCVAE(tf.keras.Model):
     """The TensorFlow tutorial's convolutional VAE, as it writes it."""
 
@@ -201,12 +211,14 @@ def main():
     # other idles, so both loops drop to the rate one core gives (~1,465 img/s).
     # The matmul that gives the machine's reference rate takes part in the rounds too.
     product, product_flops = matmul_product()
+    tf_product, tf_product_flops = tf_matmul_product()
     work = {"tutorial": (len(fashion_binary), "img/s"), "fvae": (len(fashion_binary), "img/s"),
-            "matmul": (product_flops / 1e9, "GFLOP/s")}  # per call, for the log
+            "matmul": (product_flops / 1e9, "GFLOP/s"), "tf matmul": (tf_product_flops / 1e9, "GFLOP/s")}  # per call
     timings = interleaved_best(
-        {"tutorial": tutorial_epoch(fashion_binary), "fvae": fvae_epoch(fashion_binary), "matmul": product}, rounds=5,
+        {"tutorial": tutorial_epoch(fashion_binary), "fvae": fvae_epoch(fashion_binary), "matmul": product,
+         "tf matmul": tf_product}, rounds=5,
         log=lambda r, name, seconds, cores: print(
-            f"  round {r + 1} {name:8s} {work[name][0] / seconds:6.0f} {work[name][1]:8s}"
+            f"  round {r + 1} {name:9s} {work[name][0] / seconds:6.0f} {work[name][1]:8s}"
             + (f"{cores:.1f} of {os.cpu_count()} cores busy" if cores is not None else ""), flush=True),
     )
     tutorial_img_s = len(fashion_binary) / timings["tutorial"][0]
@@ -214,14 +226,19 @@ def main():
     figures.update(tutorial_img_s=tutorial_img_s, fvae_img_s=fvae_img_s, speedup_vs_tutorial=fvae_img_s / tutorial_img_s)
     print(f"throughput on {len(fashion)} Fashion-MNIST images: fvae {fvae_img_s:.0f} img/s, "
           f"tutorial loop {tutorial_img_s:.0f} img/s, ratio {fvae_img_s / tutorial_img_s:.2f}x")
-    # What bounds the ratio: both loops' arithmetic rate against this machine's float32 matmul rate.
+    # What bounds the ratio: both loops' arithmetic rate against this machine's float32 matmul
+    # rate, NumPy's and TensorFlow's own.
     flops, matmul = training_flops_per_image(), product_flops / timings["matmul"][0] / 1e9
+    tf_matmul = tf_product_flops / timings["tf matmul"][0] / 1e9
     fvae_gflops, tutorial_gflops = fvae_img_s * flops / 1e9, tutorial_img_s * flops / 1e9
     figures.update(training_mflop_per_image=flops / 1e6, fvae_gflop_s=fvae_gflops, tutorial_gflop_s=tutorial_gflops,
                    matmul_gflop_s=matmul, fvae_fraction_of_matmul=fvae_gflops / matmul,
-                   fraction_of_matmul_needed_for_2x=2 * tutorial_gflops / matmul)
+                   fraction_of_matmul_needed_for_2x=2 * tutorial_gflops / matmul,
+                   tf_matmul_gflop_s=tf_matmul, fvae_fraction_of_tf_matmul=fvae_gflops / tf_matmul,
+                   fraction_of_tf_matmul_needed_for_2x=2 * tutorial_gflops / tf_matmul)
     print(f"{flops / 1e6:.1f} MFLOP per image and step: fvae {fvae_gflops:.0f} GFLOP/s, tutorial {tutorial_gflops:.0f}, "
-          f"float32 matmul {matmul:.0f}; 2x the tutorial needs {2 * tutorial_gflops / matmul:.0%} of the matmul rate")
+          f"float32 matmul {matmul:.0f} (NumPy), {tf_matmul:.0f} (TensorFlow); 2x the tutorial needs "
+          f"{2 * tutorial_gflops / matmul:.0%} of NumPy's matmul rate, {2 * tutorial_gflops / tf_matmul:.0%} of TensorFlow's")
     if args.throughput_only:
         print_json(figures)
         return

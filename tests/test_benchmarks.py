@@ -43,3 +43,18 @@ def test_busy_cpu_seconds_grows_with_work_and_is_none_without_proc_stat(monkeypa
 
     monkeypatch.setattr("builtins.open", no_such_file)
     assert busy_cpu_seconds() is None
+
+
+def test_the_reference_matmuls_compute_the_product_they_are_credited_with():
+    import numpy as np
+
+    from _common import matmul_product
+    from vae_bench import tf_matmul_product  # imports TensorFlow: here, not at collection
+
+    n = 64
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    numpy_product, numpy_flops = matmul_product(n)
+    tf_product, tf_flops = tf_matmul_product(n)
+    assert numpy_flops == tf_flops == 2 * n**3
+    np.testing.assert_allclose(numpy_product(), a @ a, rtol=1e-5)
+    np.testing.assert_allclose(tf_product(), (a.astype(np.float64) @ a).sum(), rtol=1e-4)
