@@ -421,6 +421,16 @@ def _code_notes(report: dict) -> str:
     return "".join(notes)
 
 
+def _vae_targets_note(report: dict) -> str:
+    """What the VAE's ELBO is measured against, when that is not binarized pixels: its numbers do
+    not compare with the ELBOs of binarized MNIST that papers report."""
+    params = report["settings"].get("vae_params") or {}
+    if params.get("likelihood") == "bernoulli" and params.get("binarization") == "none":
+        return (" Its decoder is scored by cross-entropy against the grey pixels, the ones every encoding "
+                "reconstructs here, so these are not the ELBOs of binarized images that papers report.")
+    return ""
+
+
 def markdown_report(report: dict) -> str:
     """``report.md``: the comparison table, a plain reading of it, the figures and the settings."""
     from .evaluate import markdown_table, reading
@@ -459,7 +469,7 @@ def markdown_report(report: dict) -> str:
             f"Test ELBO {t['elbo']:.2f} nats/image (reconstruction {t['reconstruction']:.2f}, KL {t['kl']:.2f}), "
             f"IWAE bound (k={t['iwae_k']}) {t['iwae_bound']:.2f}, {t['active_units']}/{t['latent_dim']} active units."
             + (f" Trained {tr['epochs_run']} epochs ({tr['stopped_by']}), best epoch {tr['best_epoch'] + 1}."
-               if tr.get("epochs_run") else " Reused a saved model."),
+               if tr.get("epochs_run") else " Reused a saved model.") + _vae_targets_note(report),
             "",
         ]
     lines += ["## Figures", ""]

@@ -307,6 +307,10 @@ def test_cli_report_numbers_are_consistent(cli_run):
     fisher_params = report["settings"]["fisher_params"]  # as used: the patches fit chose for 8x8 images
     assert (fisher_params["patch_size"], fisher_params["stride"], fisher_params["pca_components"]) == (4, 1, 12)
     assert report["settings"]["vae_params"]["latent_dim"] == 64
+    # trained on the grey pixels every encoding is scored on reconstructing, and the report says
+    # its ELBO is not one of binarized images
+    assert report["settings"]["vae_params"]["binarization"] == "none"
+    assert "cross-entropy against the grey pixels" in (cwd / "runs" / "d" / "report.md").read_text()
     assert report["data"]["class_names"] == [str(digit) for digit in range(10)]
     # a parameter fit does not choose stays as given: image_shape None (the images were not flat)
     assert fisher_params["image_shape"] is None and report["settings"]["vae_params"]["image_shape"] is None
