@@ -56,8 +56,25 @@ def matmul_product(n=4096):
     machine's speed switches between two levels ~1.7x apart, and a rate taken in a single
     window of a second landed in either (211 or 285 GFLOP/s in two runs of vae_bench.py).
     """
-    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    a = _square_matrix(n)
     return (lambda: a @ a), 2 * n**3
+
+
+def tf_matmul_product(n=4096):
+    """:func:`matmul_product` in TensorFlow: the rate of the library (oneDNN) that runs the VAE
+    loops' convolutions. It can differ from NumPy's BLAS: on an AMD EPYC with AVX-512
+    (2026-11-23) TensorFlow's was 2.1x NumPy's OpenBLAS. TensorFlow is imported here, not by
+    the scripts that need only NumPy's rate."""
+    import tensorflow as tf
+
+    a = tf.constant(_square_matrix(n))
+    product = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, a)))  # a scalar back: no 64 MB copy
+    product()  # traced outside the timing
+    return (lambda: product().numpy()), 2 * n**3
+
+
+def _square_matrix(n):
+    return np.random.default_rng(0).random((n, n), dtype=np.float32)
 
 
 def print_json(figures: dict):

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from _common import MNIST_TEST, interleaved_best, matmul_product, print_json
+from _common import MNIST_TEST, interleaved_best, matmul_product, print_json, tf_matmul_product
 from fvae import load_dataset
 
 import tensorflow as tf  # noqa: E402  (after fvae.vae sets the backend)
@@ -32,16 +32,6 @@ from fvae.vae import VAEEncoder  # noqa: E402
 from fvae.vae.model import VAE  # noqa: E402
 
 LATENT = 50
-
-
-def tf_matmul_product(n=4096):
-    """One TensorFlow float32 n x n matmul as a function, and its FLOPs: the rate of the library
-    (oneDNN) that runs both loops' convolutions. It can differ from NumPy's BLAS: on an AMD EPYC
-    with AVX-512 (2026-11-23) TensorFlow's was 2.1x NumPy's OpenBLAS."""
-    a = tf.constant(np.random.default_rng(0).random((n, n), dtype=np.float32))
-    product = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, a)))  # a scalar back: no 64 MB copy
-    product()  # traced outside the timing
-    return (lambda: product().numpy()), 2 * n**3
 
 
 class TutorialCVAE(tf.keras.Model):

@@ -48,8 +48,7 @@ def test_busy_cpu_seconds_grows_with_work_and_is_none_without_proc_stat(monkeypa
 def test_the_reference_matmuls_compute_the_product_they_are_credited_with():
     import numpy as np
 
-    from _common import matmul_product
-    from vae_bench import tf_matmul_product  # imports TensorFlow: here, not at collection
+    from _common import matmul_product, tf_matmul_product
 
     n = 64
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
