@@ -277,12 +277,12 @@ def fit_fisher(
     import time
 
     from .data import load_dataset
-    from .persist import refuse_overwrite
+    from .persist import refuse_unwritable
 
     if alpha is not None and not improved:
         raise _bad_option("--alpha", "applies to the improved Fisher Vector only, not with --no-improved")
     given = {} if alpha is None else {"alpha": alpha}  # otherwise FisherVectorEncoder's default
-    refuse_overwrite(output, force=force)
+    refuse_unwritable(output, force=force)  # before the fit, which may take minutes
     dataset = load_dataset(data, data_dir)
     train = _fitting_split(dataset, split)
     encoder = _fisher_encoder(
@@ -433,11 +433,11 @@ def sample(
     A conditional VAE draws the class --label names, or without it every class, one row per
     class (-n rounded up to whole rows).
     """
-    from .persist import refuse_overwrite, saved_method
+    from .persist import refuse_unwritable, saved_method
 
     if output.suffix.lower() != ".png":
         raise _bad_option("--output", f"{output}: the sample grid is written as .png")
-    refuse_overwrite(output, force=force)
+    refuse_unwritable(output, force=force)
     saved_method(model, "vae")  # a missing or wrong file is refused before TensorFlow loads
     with _status(f"loading {model} and drawing {n} samples", quiet):  # TensorFlow's import takes seconds
         from .report import save_samples

@@ -29,7 +29,7 @@ import numpy as np
 
 from .data import Split, check_fitted_size, class_names_of, kept_by_position, labels_named_as, only_numbered
 from .errors import DataError, FvaeError, InputError, OutputExistsError
-from .persist import ZIP_DATE, atomic_output, fvae_version, refuse_overwrite
+from .persist import ZIP_DATE, atomic_output, fvae_version, refuse_overwrite, refuse_unwritable
 
 FORMATS = (".npy", ".npz", ".zarr")
 NEEDS_DASK = "running on Dask needs dask[distributed]: pip install 'fvae[dask]'"
@@ -307,6 +307,8 @@ def refuse_existing_outputs(out, *, force: bool, resume: bool) -> None:
     """
     paths = output_paths(out)
     refuse_overwrite(paths["features"], paths["labels"], paths["sidecar"], force=force)
+    # where every output goes takes files, and no folder is in the way of a file's
+    refuse_unwritable(paths["features"], force=True, folder=output_format(out) == ".zarr")
     if not (resume or force) and (paths["partial"].exists() or paths["manifest"].exists()):
         raise OutputExistsError(f"{paths['partial']}: an interrupted run's partial output exists; "
                                 "pass --resume to finish it or --force to start over")

@@ -73,6 +73,19 @@ def _fresh_name_beside(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}{suffix}")
 
 
+def _create_new_file(path: Path) -> None:
+    # Not mkstemp: its 0600 would survive the rename. Mode 0666 lets the user's umask decide,
+    # as for any file a program writes; O_EXCL keeps mkstemp's guarantee of a new file.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
+def _refuse_folder(path: Path) -> None:
+    """A folder where a file is to be written is refused even with ``force``: replacing it would
+    throw away all it holds, and the rename at the end would fail anyway."""
+    if path.is_dir():
+        raise OutputExistsError(f"{path}: a folder, not a file")
+
+
 def _make_temporary(path: Path, created: list[Path], make) -> None:
     """Call ``make()``, which creates the temporary file or folder beside ``path``. Should that
     fail (a read-only folder, a full disk), take away the folders :func:`_writable` made and
@@ -93,11 +106,10 @@ def atomic_output(path, *, force: bool = False):
     OutputExistsError
         If ``path`` exists and ``force`` is false (checked before any work).
     """
+    _refuse_folder(Path(path))
     path, created = _writable(path, force)
     tmp = _fresh_name_beside(path, ".part")
-    # Not mkstemp: its 0600 would survive the rename. Mode 0666 lets the user's umask decide,
-    # as for any file a program writes; O_EXCL keeps mkstemp's guarantee of a new file.
-    _make_temporary(path, created, lambda: os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
+    _make_temporary(path, created, lambda: _create_new_file(tmp))
     try:
         yield tmp
         os.replace(tmp, path)
@@ -151,6 +163,36 @@ def refuse_overwrite(*paths, force: bool = False) -> None:
     for path in paths:
         if Path(path).exists():
             raise OutputExistsError(f"{path} exists; pass --force to overwrite it")
+
+
+def refuse_unwritable(path, *, force: bool = False, folder: bool = False) -> None:
+    """Refuse now an output that could not be written at the end of a long run: one that exists
+    (unless ``force``), a folder in the place of a file, or one in a folder that takes no files
+    (read-only, full, a path under /proc). A file is made beside ``path`` and removed again to
+    find out, and the folders made for it are removed too, so the check leaves nothing behind.
+
+    Parameters
+    ----------
+    path : path-like
+    force : bool
+        Whether an existing ``path`` may be replaced.
+    folder : bool
+        Whether ``path`` is to be a folder (a .zarr store), so that one in its place is no error.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``path`` exists and ``force`` is false, or is a folder where a file is to be.
+    OSError
+        If the file could not be created, naming ``path``.
+    """
+    if not folder:
+        _refuse_folder(Path(path))
+    path, created = _writable(path, force)
+    trial = _fresh_name_beside(path, ".part")
+    _make_temporary(path, created, lambda: _create_new_file(trial))
+    trial.unlink()
+    _remove_empty(created)
 
 
 def history_paths(model_path) -> dict[str, Path]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from .data import class_names_of, to_unit_float
 from .errors import InputError
-from .persist import atomic_output, history_paths, refuse_overwrite
+from .persist import atomic_output, history_paths, refuse_overwrite, refuse_unwritable
 
 
 def progress_bar(description: str, total: int):
@@ -302,12 +302,13 @@ def vae_figure_names(latent_dim: int, conditional: bool) -> list[str]:
 
 def refuse_vae_outputs(model_path, figures_dir, *, latent_dim: int, conditional: bool, force: bool) -> None:
     """Before a VAE is trained: its model file, its history files and its figures (``figures_dir``,
-    unless None) can be written without overwriting any file (unless ``force``), and neither
-    ``figures_dir`` nor a parent of it is a file.
+    unless None) can be written without overwriting any file (unless ``force``), their folders
+    take files, and neither ``figures_dir`` nor a parent of it is a file.
 
     Needs no TensorFlow, so that ``fvae fit vae`` refuses at once instead of after importing it.
     """
     refuse_overwrite(model_path, *history_paths(model_path).values(), force=force)
+    refuse_unwritable(model_path, force=True)  # its folder takes files, before hours of training
     if figures_dir is None:
         return
     figures_dir = Path(figures_dir)
@@ -317,7 +318,9 @@ def refuse_vae_outputs(model_path, figures_dir, *, latent_dim: int, conditional:
     if existing.exists() and not existing.is_dir():
         raise InputError(f"--figures {figures_dir}: {'a file' if existing == figures_dir else f'{existing} is a file'}, "
                          "not a folder")
-    refuse_overwrite(*(figures_dir / name for name in vae_figure_names(latent_dim, conditional)), force=force)
+    names = vae_figure_names(latent_dim, conditional)
+    refuse_overwrite(*(figures_dir / name for name in names), force=force)
+    refuse_unwritable(figures_dir / names[0], force=True)  # the folder takes files
 
 
 def vae_figures(encoder, images, labels, out_dir, *, frames=(), class_names=None, force=True) -> list[Path]:

@@ -500,13 +500,13 @@ def test_a_failed_write_takes_away_the_empty_folders_it_made_and_only_those(tmp_
     assert (tmp_path / "yours" / "newer" / "out").exists()
 
 
-def refusing_temporaries(monkeypatch):
+def refusing_temporaries(monkeypatch, within: str = ""):
     """Make creating fvae's hidden ``.part`` file or folder fail as in a read-only folder (the
-    tests run as root here, whom file modes do not stop)."""
+    tests run as root here, whom file modes do not stop); only in folders named ``within``, if given."""
     real_open, real_mkdir = os.open, Path.mkdir
 
     def refuse(name):
-        if str(name).endswith(".part"):
+        if str(name).endswith(".part") and (not within or Path(name).parent.name == within):
             raise PermissionError(13, "Permission denied", str(name))
 
     monkeypatch.setattr(os, "open", lambda name, *args, **kwargs: refuse(name) or real_open(name, *args, **kwargs))
@@ -530,6 +530,63 @@ def test_an_output_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkey
     assert result.exit_code == 2
     assert result.output == f"fvae: error: {model}: Permission denied\n"
     assert not list(tmp_path.iterdir())
+
+
+def loading_no_data(monkeypatch):
+    """Make loading a data set fail the test: a command must refuse its output before that."""
+    def load_dataset(*args, **kwargs):
+        pytest.fail("the data was loaded before the output was found unwritable")
+
+    monkeypatch.setattr("fvae.data.load_dataset", load_dataset)
+
+
+@pytest.mark.parametrize("args, refused", [
+    (["fit", "fisher", "--data", "digits", "-o", "models/m.npz"], "models/m.npz"),
+    (["fit", "vae", "--data", "digits", "-o", "models/m.npz"], "models/m.npz"),
+    (["fit", "vae", "--data", "digits", "-o", "models/m.npz", "--figures", "figs"], "figs/samples.png"),
+    (["encode", "--data", "digits", "-o", "models/f.npy"], "models/f.npy"),
+    (["encode", "--data", "digits", "-o", "models/f.zarr"], "models/f.zarr"),
+    (["sample", "--model", "missing.npz", "-o", "models/s.png"], "models/s.png"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else "")
+def test_an_unwritable_output_is_refused_before_any_work(tmp_path, monkeypatch, args, refused):
+    """A folder that takes no files once cost a whole fit or training: the write failed only at the end."""
+    refusing_temporaries(monkeypatch, within=Path(refused).parent.name)
+    loading_no_data(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert (result.exit_code, result.output) == (2, f"fvae: error: {refused}: Permission denied\n")
+    assert not list(tmp_path.iterdir())  # no folder made for it is left either
+
+
+@pytest.mark.parametrize("args", [
+    ["fit", "fisher", "--data", "digits", "-o", "taken"],
+    ["fit", "vae", "--data", "digits", "-o", "taken"],
+    ["encode", "--data", "digits", "-o", "taken.npy"],
+    ["sample", "--model", "missing.npz", "-o", "taken.png"],
+], ids=" ".join)
+def test_a_folder_in_the_place_of_an_output_file_is_refused_even_with_force(tmp_path, monkeypatch, args):
+    loading_no_data(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    folder = Path(args[-1])
+    (folder / "yours.txt").parent.mkdir()
+    (folder / "yours.txt").write_text("kept")
+    result = runner.invoke(app, [*args, "--force"])
+    assert (result.exit_code, result.output) == (2, f"fvae: error: {folder}: a folder, not a file\n")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [folder, folder / "yours.txt"]
+
+
+def test_the_writability_check_leaves_nothing_behind(tmp_path):
+    from fvae.persist import refuse_unwritable
+
+    (tmp_path / "yours").mkdir()
+    refuse_unwritable(tmp_path / "yours" / "new" / "deeper" / "out.npz")
+    (tmp_path / "yours" / "old.npz").write_bytes(b"old")
+    refuse_unwritable(tmp_path / "yours" / "old.npz", force=True)
+    with pytest.raises(fvae.OutputExistsError, match="--force"):
+        refuse_unwritable(tmp_path / "yours" / "old.npz")
+    (tmp_path / "yours" / "store.zarr").mkdir()
+    refuse_unwritable(tmp_path / "yours" / "store.zarr", force=True, folder=True)  # a store is a folder
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["old.npz", "store.zarr", "yours"]
 
 
 def test_a_forced_run_folder_replaces_the_old_one_and_leaves_nothing_beside_it(tmp_path):
