@@ -159,9 +159,29 @@ def _user_errors(command):
                 where = f"{exc.filename}: " if exc.filename else ""
                 typer.echo(f"fvae: error: {where}{exc.strerror or exc}", err=True)
                 raise typer.Exit(2) from None
+            failed_allocation = _failed_allocation(exc)
+            if failed_allocation:
+                typer.echo(f"fvae: error: out of memory: {failed_allocation}; the model or the batch is too large "
+                           "for this machine", err=True)
+                raise typer.Exit(2) from None
             raise
 
     return wrapper
+
+
+def _failed_allocation(exc: BaseException) -> str | None:
+    """What could not be allocated, in one line, when ``exc`` is NumPy's or TensorFlow's
+    out-of-memory error (a --latent-dim or --hidden in the billions); None for any other error."""
+    if isinstance(exc, MemoryError):
+        return str(exc) or "an allocation failed"
+    tf = sys.modules.get("tensorflow")  # imported only by the commands that run a VAE
+    if tf is None or not isinstance(exc, tf.errors.ResourceExhaustedError):
+        return None
+    # TensorFlow's message is many lines: the graph's call stack, then "OOM when allocating ...".
+    oom = re.search(r"OOM when allocating tensor with shape\[([\d,]*)\] and type (\w+)", exc.message)
+    if oom is None:
+        return exc.message.strip().splitlines()[-1]
+    return f"Unable to allocate a tensor of shape ({oom[1].replace(',', ', ')}) and type {oom[2]}"
 
 
 def _draws_progress(quiet: bool) -> bool:

@@ -623,6 +623,32 @@ def test_cli_refuses_bad_outputs_and_models_before_tensorflow_loads(tmp_path):
     refuse_vae_outputs(tmp_path / "other.npz", tmp_path / "figs2", latent_dim=32, conditional=False, force=False)
 
 
+def test_cli_a_model_too_large_for_memory_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    # A hidden layer of 10^12 units: 256 TB of weights, refused by the allocator on any machine.
+    # It once ended in a traceback after TensorFlow's 40-line allocator dump.
+    monkeypatch.delenv("FVAE_TF_LOGS", raising=False)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    result = fvae_cli("fit", "vae", "--data", "digits", "--arch", "mlp", "--hidden", str(10**12), "-o", "m.npz",
+                      cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (
+        2, f"fvae: error: out of memory: Unable to allocate a tensor of shape (64, {10**12}) and type float; "
+           "the model or the batch is too large for this machine\n")
+    assert not list(tmp_path.glob("m.*"))
+
+
+def test_an_out_of_memory_error_is_told_in_one_line_and_others_are_not():
+    from fvae.cli import _failed_allocation
+
+    with pytest.raises(MemoryError) as numpy_refused:
+        np.empty((2**20, 2**30))  # 8 PiB
+    assert _failed_allocation(numpy_refused.value) == str(numpy_refused.value)
+    assert "8.00 PiB" in str(numpy_refused.value)
+    assert _failed_allocation(ValueError("not memory")) is None
+    graph_error = tf.errors.ResourceExhaustedError(None, None, "Graph execution error:\n\n  File ...\n\nOOM when "
+                                                   "allocating tensor with shape[128,5000000] and type float on ...")
+    assert _failed_allocation(graph_error) == "Unable to allocate a tensor of shape (128, 5000000) and type float"
+
+
 def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):
     from PIL import Image
 
