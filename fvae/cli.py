@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import re
 import sys
 from enum import Enum
@@ -78,6 +79,14 @@ def _bad_option(option: str, message: str) -> typer.BadParameter:
     """A usage error about ``option`` that names it in quotes, as click names an option whose own
     check refused a value: "Invalid value for '--hidden': ...". (A ``param_hint`` is shown as is.)"""
     return typer.BadParameter(message, param_hint=f"'{option}'")
+
+
+def _folder_name(value: str | None) -> str | None:
+    """An option callback refusing a run name that is not one folder name: empty, ``.``, ``..``,
+    or a path, which would put the run outside --runs-dir (``/tmp/x`` replaces it altogether)."""
+    if value is not None and (value in ("", ".", "..") or "/" in value or os.sep in value):
+        raise typer.BadParameter(f"{value!r}: a run name is one folder name; --runs-dir chooses where it goes")
+    return value
 
 
 def _number_in(low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = True):
@@ -606,7 +615,8 @@ def evaluate(
     methods: Annotated[str, typer.Option(help="Encodings to compare, comma-separated: fisher,vae,pca,raw.")] = "fisher,vae,pca,raw",
     fisher_model: Annotated[Optional[Path], typer.Option(help="Reuse this saved Fisher model instead of fitting.")] = None,
     vae_model: Annotated[Optional[Path], typer.Option(help="Reuse this saved VAE instead of training.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Run name: writes runs/NAME/ (default: the --data name).")] = None,
+    name: Annotated[Optional[str], typer.Option(
+        callback=_folder_name, help="Run name: writes runs/NAME/ (default: the --data name).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Folder of the runs.")] = Path("runs"),
     quick: Annotated[bool, typer.Option(help="A few-minute run: short VAE training, fewer C values, one draw per label count.")] = False,
     vae_seconds: Annotated[Optional[float], typer.Option(callback=_number_in(1), help="VAE training budget in seconds, at least 1 (default 300 s, 60 s with --quick).")] = None,
@@ -628,7 +638,7 @@ def evaluate(
 
     chosen = parse_methods(methods)
     given_models(chosen, fisher_model, vae_model)  # before the data loads: a wrong model file is refused at once
-    run_dir = runs_dir / (name or run_name(data))
+    run_dir = runs_dir / (run_name(data) if name is None else name)
     with atomic_directory(run_dir, force=force) as tmp:  # refuses an existing run before any work
         if quiet:
             logging.getLogger("fvae").setLevel(logging.WARNING)

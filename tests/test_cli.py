@@ -208,6 +208,17 @@ def test_out_of_range_options_are_refused_by_the_option_name_not_the_library_par
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("name", ["", ".", "..", "../elsewhere", "group/run", "ABSOLUTE"])
+def test_a_run_name_that_is_not_one_folder_name_is_refused(tmp_path, name):
+    # "../elsewhere" once wrote beside --runs-dir, an absolute name anywhere, and "" the default run
+    name = str(tmp_path / "abs") if name == "ABSOLUTE" else name
+    result = runner.invoke(app, ["evaluate", "--data", "digits", "--methods", "raw", "--runs-dir", str(tmp_path / "runs"),
+                                 "--name", name])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '--name': {name!r}: a run name is one folder name;" in result.output
+    assert not list(tmp_path.iterdir())
+
+
 def test_encode_refuses_a_model_of_a_method_it_does_not_know(tmp_path):
     save_model(tmp_path / "pca.npz", method="pca", params={}, arrays={"components_": np.eye(2)}, input_shape=(8, 8))
     with pytest.raises(fvae.ModelFileError, match="unknown model method 'pca'"):
