@@ -73,12 +73,6 @@ def _fresh_name_beside(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}{suffix}")
 
 
-def _create_new_file(path: Path) -> None:
-    # Not mkstemp: its 0600 would survive the rename. Mode 0666 lets the user's umask decide,
-    # as for any file a program writes; O_EXCL keeps mkstemp's guarantee of a new file.
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-
-
 def _refuse_folder(path: Path) -> None:
     """A folder where a file is to be written is refused even with ``force``: replacing it would
     throw away all it holds, and the rename at the end would fail anyway."""
@@ -97,6 +91,17 @@ def _make_temporary(path: Path, created: list[Path], make) -> None:
         raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
+def _new_file_beside(path, force: bool) -> tuple[Path, Path, list[Path]]:
+    """``path`` as a Path (refused if it exists, unless ``force``), a new empty hidden file beside
+    it, and the folders made for the two (see :func:`_writable`)."""
+    path, created = _writable(path, force)
+    new = _fresh_name_beside(path, ".part")
+    # Not mkstemp: its 0600 would survive the rename. Mode 0666 lets the user's umask decide,
+    # as for any file a program writes; O_EXCL keeps mkstemp's guarantee of a new file.
+    _make_temporary(path, created, lambda: os.close(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
+    return path, new, created
+
+
 @contextlib.contextmanager
 def atomic_output(path, *, force: bool = False):
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
@@ -107,9 +112,7 @@ def atomic_output(path, *, force: bool = False):
         If ``path`` exists and ``force`` is false (checked before any work).
     """
     _refuse_folder(Path(path))
-    path, created = _writable(path, force)
-    tmp = _fresh_name_beside(path, ".part")
-    _make_temporary(path, created, lambda: _create_new_file(tmp))
+    path, tmp, created = _new_file_beside(path, force)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -188,9 +191,7 @@ def refuse_unwritable(path, *, force: bool = False, folder: bool = False) -> Non
     """
     if not folder:
         _refuse_folder(Path(path))
-    path, created = _writable(path, force)
-    trial = _fresh_name_beside(path, ".part")
-    _make_temporary(path, created, lambda: _create_new_file(trial))
+    _, trial, created = _new_file_beside(path, force)
     trial.unlink()
     _remove_empty(created)
 
