@@ -220,8 +220,8 @@ def main():
     figures.update(tutorial_img_s=tutorial_img_s, fvae_img_s=fvae_img_s, speedup_vs_tutorial=fvae_img_s / tutorial_img_s)
     print(f"throughput on {len(fashion)} Fashion-MNIST images: fvae {fvae_img_s:.0f} img/s, "
           f"tutorial loop {tutorial_img_s:.0f} img/s, ratio {fvae_img_s / tutorial_img_s:.2f}x (best epochs)")
-    tutorial_all = len(fashion_binary) * len(every_timing["tutorial"]) / sum(every_timing["tutorial"])
-    fvae_all = len(fashion_binary) * len(every_timing["fvae"]) / sum(every_timing["fvae"])
+    tutorial_all, fvae_all = (len(fashion_binary) * len(every_timing[loop]) / sum(every_timing[loop])
+                              for loop in ("tutorial", "fvae"))
     figures.update(tutorial_img_s_all_rounds=tutorial_all, fvae_img_s_all_rounds=fvae_all,
                    speedup_vs_tutorial_all_rounds=fvae_all / tutorial_all)
     print(f"over all {len(every_timing['fvae'])} epochs each: fvae {fvae_all:.0f} img/s, tutorial loop "
