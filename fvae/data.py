@@ -490,24 +490,43 @@ def _load_npz(path: Path) -> Dataset:
         raise _numpy_file_error(path, ".npz", b"PK\x03\x04", exc) from None
     splits = {}
     for split in ("train", "test"):
-        if f"x_{split}" not in arrays:
-            continue
-        if f"y_{split}" not in arrays:
+        if f"x_{split}" in arrays and f"y_{split}" not in arrays:
             raise DataError(f"{path}: labels missing: has x_{split} but no y_{split}")
-        images = _as_uint8_images(arrays[f"x_{split}"], f"{path}[x_{split}]")
-        splits[split] = Split(images, _as_labels(arrays[f"y_{split}"], len(images), f"{path}[y_{split}]"))
+    named = _labels_by_name(arrays, [f"y_{split}" for split in ("train", "test") if f"x_{split}" in arrays], path)
+    for split in ("train", "test"):
+        if f"x_{split}" in arrays:
+            images = _as_uint8_images(arrays[f"x_{split}"], f"{path}[x_{split}]")
+            splits[split] = Split(images, _as_labels(arrays[f"y_{split}"], len(images), f"{path}[y_{split}]"))
     if splits:
-        return Dataset(str(path), str(path), splits.get("train"), splits.get("test"), _digit_names(splits))
+        return Dataset(str(path), str(path), splits.get("train"), splits.get("test"), named or _digit_names(splits))
     for x_key, y_key in _NPZ_UNSPLIT_KEYS:
         if x_key in arrays and y_key in arrays:
             # one labelled set, split as an image folder without train/ and test/ is
+            named = _labels_by_name(arrays, [y_key], path)
             images = _as_uint8_images(arrays[x_key], f"{path}[{x_key}]")
             everything = Split(images, _as_labels(arrays[y_key], len(images), f"{path}[{y_key}]"))
-            return _held_out(str(path), str(path), everything, _digit_names({"all": everything}))
+            return _held_out(str(path), str(path), everything, named or _digit_names({"all": everything}))
     keys = ", ".join(arrays) or "nothing"
     pairs = ", ".join(f"{x}/{y}" for x, y in _NPZ_UNSPLIT_KEYS)
     raise DataError(f"{path}: expected arrays x_train/y_train and/or x_test/y_test, or one labelled set "
                     f"({pairs}), found {keys}")
+
+
+def _labels_by_name(arrays: dict[str, np.ndarray], keys: list[str], path: Path) -> tuple[str, ...]:
+    """When the label arrays ``keys`` of an .npz hold class names ("cat", "dog") rather than
+    numbers, replace each in ``arrays`` with the positions of its names among all of them, sorted,
+    as an image folder numbers its class subfolders, and return those names; else ``()``."""
+    named = [key for key in keys if arrays[key].dtype.kind in "US"]
+    if not named:
+        return ()
+    numbered = [key for key in keys if key not in named]
+    if numbered:
+        raise DataError(f"{path}: {named[0]} holds class names but {numbered[0]} holds {arrays[numbered[0]].dtype} "
+                        "labels; give both names or both numbers")
+    names = np.unique(np.concatenate([arrays[key].astype(str).ravel() for key in keys]))
+    for key in keys:
+        arrays[key] = np.searchsorted(names, arrays[key].astype(str))
+    return tuple(names.tolist())
 
 
 def _load_npy(path: Path, lazy: bool = False) -> Dataset:

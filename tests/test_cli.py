@@ -155,6 +155,18 @@ def test_the_sidecar_names_the_classes_of_the_labels(tmp_path, digits):
     assert "class_names" not in json.loads((tmp_path / "u.json").read_text())  # no labels, no names
 
 
+def test_an_npz_of_class_names_is_fitted_encoded_and_named_in_the_sidecar(tmp_path, digits):
+    words = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    np.savez(tmp_path / "named.npz", x_train=digits.train.images[:300], y_train=words[digits.train.labels[:300]],
+             x_test=digits.test.images[:50], y_test=words[digits.test.labels[:50]])
+    result = runner.invoke(app, ["encode", "--data", str(tmp_path / "named.npz"), "-o", str(tmp_path / "f.npy"), "-q"])
+    assert result.exit_code == 0, result.output
+    names = json.loads((tmp_path / "f.json").read_text())["class_names"]
+    assert names == sorted(words.tolist())
+    labels = np.load(tmp_path / "f.labels.npy")
+    np.testing.assert_array_equal(np.array(names)[labels], words[digits.test.labels[:50]])
+
+
 @pytest.mark.parametrize("args, message", [
     (["encode", "--data", "no/such/dir", "-o", "f.npy"], "no such file or folder"),
     (["encode", "--data", "digits", "--model", "missing.npz", "-o", "f.npy"], "no such model file"),

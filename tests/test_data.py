@@ -116,6 +116,33 @@ def test_keras_npz(tmp_path, tiny):
         fvae.load_dataset(tmp_path / "broken.npz")
 
 
+def test_an_npz_of_class_names_numbers_them_as_an_image_folder_numbers_its_subfolders(tmp_path, tiny):
+    images, labels = tiny
+    names = np.array(["dog", "cat", "fox"])  # as words, sorted: cat 0, dog 1, fox 2
+    np.savez(tmp_path / "k.npz", x_train=images, y_train=names[labels], x_test=images[:2], y_test=names[labels[:2]])
+    ds = fvae.load_dataset(tmp_path / "k.npz")
+    assert ds.class_names == ("cat", "dog", "fox")
+    np.testing.assert_array_equal(np.array(ds.class_names)[ds.train.labels], names[labels])
+    np.testing.assert_array_equal(np.array(ds.class_names)[ds.test.labels], names[labels[:2]])
+    # a class that only the test split has is named too
+    np.savez(tmp_path / "fox.npz", x_train=images[:4], y_train=names[labels[:4] % 2], x_test=images, y_test=names[labels])
+    assert fvae.load_dataset(tmp_path / "fox.npz").class_names == ("cat", "dog", "fox")
+    # one labelled set of bytes, read as text
+    np.savez(tmp_path / "one.npz", x=images, y=np.array([b"b", b"a", b"c"])[labels])
+    one = fvae.load_dataset(tmp_path / "one.npz")
+    assert one.class_names == ("a", "b", "c")
+    every = one.split("all")
+    by_image = {img.tobytes(): one.class_names[label] for img, label in zip(every.images, every.labels)}
+    assert by_image == {img.tobytes(): "bac"[label] for img, label in zip(images, labels)}
+    np.savez(tmp_path / "mixed.npz", x_train=images, y_train=names[labels], x_test=images, y_test=labels)
+    with pytest.raises(DataError, match=r"mixed.npz: y_train holds class names but y_test holds int\d+ labels; "
+                                        r"give both names or both numbers"):
+        fvae.load_dataset(tmp_path / "mixed.npz")
+    np.savez(tmp_path / "short.npz", x_test=images, y_test=names[labels[:-1]])
+    with pytest.raises(DataError, match=r"short.npz\[y_test\]: 12 images but labels of shape \(11,\)"):
+        fvae.load_dataset(tmp_path / "short.npz")
+
+
 @pytest.mark.parametrize("name, payload, message", [
     ("text.npz", b"x,y\n1,2\n", "not a .npz file (it does not start like one)"),
     ("text.npy", b"x,y\n1,2\n", "not a .npy file (it does not start like one)"),
