@@ -620,7 +620,7 @@ def evaluate(
     runs_dir: Annotated[Path, typer.Option(help="Folder of the runs.")] = Path("runs"),
     quick: Annotated[bool, typer.Option(help="A few-minute run: short VAE training, fewer C values, one draw per label count.")] = False,
     vae_seconds: Annotated[Optional[float], typer.Option(callback=_number_in(1), help="VAE training budget in seconds, at least 1 (default 300 s, 60 s with --quick).")] = None,
-    max_train: Annotated[int, typer.Option(min=1, help="Train images the probes are fitted on (stratified sample).")] = 10_000,
+    max_train: Annotated[int, typer.Option(min=2, help="Train images the probes are fitted on (stratified sample).")] = 10_000,
     seed: SeedOpt = 0,
     data_dir: DataDirOpt = None,
     force: ForceOpt = False,

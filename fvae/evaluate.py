@@ -76,8 +76,8 @@ class Settings:
                              "(parse_methods turns 'fisher,pca' into one)")
         if not (is_whole_number(self.seed) and self.seed < 2**32):  # numpy's seed range
             raise InputError(f"seed must be a whole number in [0, 2**32 - 1], got {self.seed!r}")
-        if not is_whole_number(self.max_train, 1):
-            raise InputError(f"max_train must be a whole number >= 1, got {self.max_train!r}")
+        if not is_whole_number(self.max_train, 2):  # a classifier needs two classes, so two images
+            raise InputError(f"max_train must be a whole number >= 2, got {self.max_train!r}")
         # written as "not (inside)" so that NaN is refused too
         if self.vae_seconds is not None and not 0 < self.vae_seconds < math.inf:
             raise InputError(f"vae_seconds must be positive, got {self.vae_seconds!r}")
@@ -511,7 +511,8 @@ def knn_probe(train_codes, train_labels, test_codes, test_labels, *, k=KNN_K, cl
 
 
 def stratified_subset(labels, n: int, seed: int) -> np.ndarray:
-    """Indices of ``n`` train images drawn with every class in proportion (at least one each)."""
+    """Indices of ``n`` train images drawn with every class in proportion: at least one each, or
+    one each of ``n`` classes drawn at random when there are more classes than ``n``."""
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(labels))
@@ -519,8 +520,11 @@ def stratified_subset(labels, n: int, seed: int) -> np.ndarray:
         return index
     try:
         chosen, _ = train_test_split(index, train_size=n, stratify=labels, random_state=seed)
-    except ValueError:  # a class with a single image cannot be stratified
-        chosen = np.random.default_rng(seed).choice(index, size=n, replace=False)
+    except ValueError:  # fewer images than classes, or a class of one image: no proportions to keep
+        rng = np.random.default_rng(seed)
+        shuffled = rng.permutation(index)
+        _, first = np.unique(labels[shuffled], return_index=True)  # a random image of each class
+        chosen = np.concatenate([rng.permutation(shuffled[first]), np.delete(shuffled, first)])[:n]
     return np.sort(chosen)
 
 
@@ -624,6 +628,15 @@ def _labelled(split: Split | None, what: str, source: str | None = None) -> Spli
     return split
 
 
+def _two_classes(train_labels: np.ndarray, source: str | None, class_names) -> None:
+    """Refuse train images of one class: no classifier can be fitted on them."""
+    present = np.unique(train_labels)
+    if len(present) < 2:
+        where = f"{source}: its train images" if source else "the train images"
+        name = class_names_of(present, dict(enumerate(class_names)))[0]
+        raise DataError(f"{where} are all of class {name}, and evaluate's classifiers need two classes or more")
+
+
 def run_name(source: str) -> str:
     """A folder name for a source: ``mnist`` -> ``mnist``, ``../data/mnist-test`` -> ``mnist-test``."""
     import re
@@ -705,6 +718,7 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
         (th, tw), (eh, ew) = train.images.shape[1:], test.images.shape[1:]
         raise DataError(f"train images are {th}x{tw}, test images {eh}x{ew}: they must have the same size")
     classes = np.unique(np.concatenate([train.labels, test.labels]))
+    _two_classes(train.labels, sources.get("train"), (data or {}).get("class_names", ()))
     probe_index = stratified_subset(train.labels, settings.max_train, settings.seed)
     probe_labels = train.labels[probe_index]
     with tempfile.TemporaryDirectory() as scratch:

@@ -201,6 +201,7 @@ def test_user_errors_are_one_line_exit_2_no_output(tmp_path, args, message):
     (["fit", "vae", "--beta", "nan"], "'--beta': must be >= 0, got nan", "beta must"),
     (["fit", "vae", "--dropout", "1"], "'--dropout': must be in [0, 1), got 1.0", "dropout must"),
     (["evaluate", "--vae-seconds", "0.5"], "'--vae-seconds': must be >= 1, got 0.5", "vae_seconds"),
+    (["evaluate", "--max-train", "1"], "'--max-train': must be >= 2, got 1 (", "max_train"),
     (["fit", "vae", "--epochs", "1.5"], "'--epochs': must be a whole number, got 1.5 (", "epochs must"),
     (["evaluate", "--vae-seconds", "soon"], "'--vae-seconds': must be a number, got soon (", "vae_seconds"),
     (["fit", "vae", "--seed", str(2**32)], f"'--seed': must be <= {2**32 - 1}, got {2**32} (", "random_state"),

@@ -206,7 +206,8 @@ def test_methods_are_parsed_and_checked():
     ("methods", ("sift",), r"^methods must be a tuple of names from fisher, vae, pca, raw, got \('sift',\)"),
     ("methods", "fisher,pca", r"^methods must be a tuple .* \(parse_methods turns 'fisher,pca' into one\)$"),
     ("methods", (), r"^methods must be a tuple"),
-    ("max_train", 0, r"^max_train must be a whole number >= 1, got 0$"),
+    ("max_train", 0, r"^max_train must be a whole number >= 2, got 0$"),
+    ("max_train", 1, r"^max_train must be a whole number >= 2, got 1$"),  # was sklearn's error: a one-class probe
     ("seed", -1, r"^seed must be a whole number in \[0, 2\*\*32 - 1\], got -1$"),
     ("seed", 2**32, r"^seed must be a whole number in \[0, 2\*\*32 - 1\], got 4294967296$"),  # was numpy's error
     ("vae_seconds", float("nan"), r"^vae_seconds must be positive, got nan$"),
@@ -235,6 +236,24 @@ def test_library_evaluate_validates_against_the_schema(digits):
         evaluate(digits.train, Split(digits.test.images, None), settings, data={"test": {"source": "mine.npy"}})
     with pytest.raises(fvae.DataError, match="^train images are 8x8, test images 8x7: they must have the same size$"):
         evaluate(digits.train, Split(digits.test.images[:, :, :7], digits.test.labels), settings)
+    # before: scikit-learn's traceback from the logistic probe
+    one_class = Split(digits.train.images, np.full(len(digits.train), 3))
+    with pytest.raises(fvae.DataError, match="^mine.npz: its train images are all of class three, and evaluate's "
+                                             "classifiers need two classes or more$"):
+        evaluate(one_class, digits.test, settings,
+                 data={"train": {"source": "mine.npz"}, "class_names": ["zero", "one", "two", "three"]})
+
+
+def test_a_stratified_subset_smaller_than_the_classes_takes_one_image_of_each_of_n_classes(digits):
+    labels = digits.train.labels
+    for n in (2, 5, 9):
+        subset = stratified_subset(labels, n, seed=n)
+        assert len(np.unique(labels[subset])) == n  # before: drawn at random, often two of one class
+        np.testing.assert_array_equal(subset, stratified_subset(labels, n, seed=n))
+    # a class of one image cannot be stratified: it is kept all the same
+    lonely = np.r_[np.zeros(99, int), 1]
+    subset = stratified_subset(lonely, 10, seed=0)
+    assert len(subset) == len(set(subset)) == 10 and set(lonely[subset]) == {0, 1}
 
 
 def test_the_report_and_its_figures_name_the_classes(digits, tmp_path, monkeypatch):
@@ -393,6 +412,7 @@ def test_cli_folders_of_digit_subfolders_are_scored_by_class_name(tmp_path, digi
 def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
     np.savez(tmp_path / "unlabelled.npz", x_train=np.zeros((20, 8, 8), np.uint8))
     np.save(tmp_path / "images.npy", np.zeros((20, 8, 8), np.uint8))
+    np.savez(tmp_path / "cats.npz", x=np.arange(20 * 64, dtype=np.uint8).reshape(20, 8, 8), y=np.array(["cat"] * 20))
     bigger = np.random.default_rng(0).integers(0, 256, (40, 12, 12), dtype=np.uint8)
     fvae.FisherVectorEncoder(n_components=2, pca_components=4, patch_size=4, stride=2, spatial_pyramid=False,
                              random_state=0).fit(bigger).save(tmp_path / "f12.npz")
@@ -414,6 +434,9 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
          "fvae: error: missing.npz: no such model file\n"),
         (["--data", "digits", "--methods", "fisher,sift"], "choose from fisher, vae, pca, raw"),
         (["--data", "digits", "--test-data", "nowhere"], "nowhere: no such file or folder"),
+        (["--data", "cats.npz", "--methods", "raw"],  # was scikit-learn's traceback
+         "fvae: error: cats.npz: its train images are all of class cat, and evaluate's classifiers need two "
+         "classes or more\n"),
     ]
     for args, message in cases:
         result = fvae_cli("evaluate", *args, "--name", "bad", cwd=tmp_path)
