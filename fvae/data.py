@@ -928,7 +928,8 @@ def check_image_batch(X, image_shape=None, where: str = "input") -> np.ndarray:
 
     Parameters
     ----------
-    X : array-like of shape (n, h, w) or (n, h * w)
+    X : array-like of shape (n, h, w), (n, h, w, 1) or (n, h * w)
+        Grey images; the channel axis of one channel, as Keras keeps images, is dropped.
     image_shape : tuple of (h, w), default=None
         Required for flat input; when given for 3-D input it must match.
 
@@ -947,15 +948,22 @@ def check_image_batch(X, image_shape=None, where: str = "input") -> np.ndarray:
     X = X if isinstance(X, np.ndarray) else np.asarray(X)
     if not _is_pixel_dtype(X.dtype):
         raise InputError(f"{where}: images must be arrays of real numbers, got dtype {X.dtype}")
+    if X.ndim == 4 and X.shape[-1] == 1:
+        X = X[..., 0]
     if X.ndim == 2:
         if image_shape is None:
             raise InputError(f"{where}: flat images of shape {X.shape} need image_shape=(h, w)")
         h, w = image_shape
+        if X.shape == (h, w) and h != 1:  # (1, w) is a batch of one flat image too
+            raise InputError(f"{where}: got one {h}x{w} image, not a batch of images: pass X[None] for one image")
         if X.shape[1] != h * w:
             raise InputError(f"{where}: rows of {X.shape[1]} pixels do not match image_shape {h}x{w}")
         X = X.reshape(len(X), h, w)
+    elif X.ndim == 4 and X.shape[-1] in (3, 4):
+        raise InputError(f"{where}: got colour images of shape {X.shape}: fvae encodes grey images; convert them "
+                         "first (fvae.load_dataset converts the files it reads)")
     elif X.ndim != 3:
-        raise InputError(f"{where}: expected images of shape (n, h, w) or (n, h*w), got {X.shape}")
+        raise InputError(f"{where}: expected images of shape (n, h, w), (n, h, w, 1) or (n, h*w), got {X.shape}")
     if image_shape is not None and tuple(X.shape[1:]) != tuple(image_shape):
         h, w = image_shape
         raise InputError(f"{where}: images are {X.shape[1]}x{X.shape[2]} but the model expects {h}x{w}")

@@ -702,7 +702,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_images, h, w) or (n_images, h * w)
+        X : array-like of shape (n_images, h, w), (n_images, h, w, 1) or (n_images, h * w)
             uint8 pixels (0..255) or floats in [0, 1].
         y : ignored
 
@@ -743,7 +743,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_images, h, w) or (n_images, h * w)
+        X : array-like of shape (n_images, h, w), (n_images, h, w, 1) or (n_images, h * w)
             Same size as the training images.
 
         Returns

@@ -331,6 +331,24 @@ def test_estimator_input_validation():
         to_unit_float(np.array([[[0, 256]]]))
 
 
+def test_estimator_input_in_keras_layout_is_read_and_one_image_or_colour_is_refused_by_name():
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    keras_layout = check_image_batch(images[..., None], (8, 8))  # (n, h, w, 1), as Keras keeps grey images
+    np.testing.assert_array_equal(keras_layout, images)
+    assert np.shares_memory(keras_layout, images)  # not copied
+    # before: "rows of 8 pixels do not match image_shape 8x8"
+    with pytest.raises(InputError, match=r"^transform: got one 8x8 image, not a batch of images: pass X\[None\] "
+                                         r"for one image$"):
+        check_image_batch(images[0], (8, 8), where="transform")
+    assert check_image_batch(images[0, :1], (1, 8)).shape == (1, 1, 8)  # one flat row of a 1x8 image is a batch
+    with pytest.raises(InputError, match=r"^fit: got colour images of shape \(3, 8, 8, 3\): fvae encodes grey "
+                                         r"images; convert them first \(fvae.load_dataset converts the files it reads\)$"):
+        check_image_batch(np.stack([images] * 3, axis=-1), where="fit")
+    with pytest.raises(InputError, match=r"^fit: expected images of shape \(n, h, w\), \(n, h, w, 1\) or "
+                                         r"\(n, h\*w\), got \(3, 8, 8, 2\)$"):
+        check_image_batch(np.zeros((3, 8, 8, 2)), where="fit")
+
+
 def test_labels_are_matched_by_name_where_both_sources_name_classes_by_numbers():
     """A folder of subfolders "1" and "2" numbers them 0 and 1; to an idx file, an array or a folder
     of "0".."2" they are classes 1 and 2. Words beside numbers have nothing to match."""

@@ -230,6 +230,10 @@ def test_sklearn_conventions(digits):
     accuracy = pipe.score(digits.test.images.reshape(len(digits.test.images), -1), digits.test.labels)
     assert accuracy > 0.9
     assert clone(pipe).get_params()["fishervectorencoder__n_components"] == 8
+    # images as Keras keeps them, (n, h, w, 1), encode as (n, h, w) do
+    fitted = FisherVectorEncoder(**SMALL).fit(digits.train.images)
+    np.testing.assert_array_equal(FisherVectorEncoder(**SMALL).fit(digits.train.images[..., None]).transform(
+        digits.test.images[:20, ..., None]), fitted.transform(digits.test.images[:20]))
 
 
 def test_bad_inputs_raise_clear_errors(digits):

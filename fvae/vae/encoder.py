@@ -125,7 +125,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_images, h, w) or (n_images, h * w)
+        X : array-like of shape (n_images, h, w), (n_images, h, w, 1) or (n_images, h * w)
             uint8 pixels (0..255) or floats in [0, 1].
         y : array-like of shape (n_images,), default=None
         callbacks : sequence of keras.callbacks.Callback
@@ -314,7 +314,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_images, h, w) or (n_images, h * w)
+        X : array-like of shape (n_images, h, w), (n_images, h, w, 1) or (n_images, h * w)
         y : array-like of shape (n_images,), default=None
             The labels; a conditional VAE needs them.
         iwae_k : int, default=64
