@@ -488,15 +488,15 @@ def _load_npz(path: Path) -> Dataset:
         arrays = {key: archive[key] for key in archive.files}
     except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
         raise _numpy_file_error(path, ".npz", b"PK\x03\x04", exc) from None
-    splits = {}
-    for split in ("train", "test"):
-        if f"x_{split}" in arrays and f"y_{split}" not in arrays:
+    present = [split for split in ("train", "test") if f"x_{split}" in arrays]
+    for split in present:
+        if f"y_{split}" not in arrays:
             raise DataError(f"{path}: labels missing: has x_{split} but no y_{split}")
-    named = _labels_by_name(arrays, [f"y_{split}" for split in ("train", "test") if f"x_{split}" in arrays], path)
-    for split in ("train", "test"):
-        if f"x_{split}" in arrays:
-            images = _as_uint8_images(arrays[f"x_{split}"], f"{path}[x_{split}]")
-            splits[split] = Split(images, _as_labels(arrays[f"y_{split}"], len(images), f"{path}[y_{split}]"))
+    named = _labels_by_name(arrays, [f"y_{split}" for split in present], path)
+    splits = {}
+    for split in present:
+        images = _as_uint8_images(arrays[f"x_{split}"], f"{path}[x_{split}]")
+        splits[split] = Split(images, _as_labels(arrays[f"y_{split}"], len(images), f"{path}[y_{split}]"))
     if splits:
         return Dataset(str(path), str(path), splits.get("train"), splits.get("test"), named or _digit_names(splits))
     for x_key, y_key in _NPZ_UNSPLIT_KEYS:
