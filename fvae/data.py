@@ -658,7 +658,7 @@ def labels_named_as(split: Split, names: tuple[str, ...], to_names: tuple[str, .
 
     Labels are kept as they are when the names agree, or when one source only numbers its classes
     ("0".."n-1", as idx files and arrays do) and the other names them with words: there is
-    nothing to match them by. Where every name on both sides is a number, as for a folder of
+    nothing to match them by, and a warning says which names the numbers are taken for. Where every name on both sides is a number, as for a folder of
     subfolders "1".."9" beside an idx file, the names are matched: label 0 of that folder is
     class 1.
 
@@ -667,7 +667,10 @@ def labels_named_as(split: Split, names: tuple[str, ...], to_names: tuple[str, .
     DataError
         If an image of ``source`` is of a class that ``to_source`` does not name.
     """
-    if split.labels is None or names == to_names or kept_by_position(names, to_names):
+    if split.labels is None or names == to_names:
+        return split
+    if kept_by_position(names, to_names):
+        _warn_of_classes_paired_by_position(names, to_names, source, to_source)
         return split
     # only the classes that have images: an idx file's names run up to its largest label
     unknown = [names[label] for label in np.unique(split.labels) if names[label] not in to_names]
@@ -677,6 +680,16 @@ def labels_named_as(split: Split, names: tuple[str, ...], to_names: tuple[str, .
                         f"{source}: classes {', '.join(unknown)} are not classes of {known}")
     renumbered = np.array([to_names.index(name) if name in to_names else -1 for name in names], dtype=np.int64)
     return Split(split.images, renumbered[split.labels])
+
+
+def _warn_of_classes_paired_by_position(names, to_names, source: str, to_source: str) -> None:
+    """Say that the label numbers of one source are taken as the other's named classes: right for
+    an idx copy of a named dataset, but silently wrong scores where the two orders differ."""
+    numbered, (named, class_names) = (source, (to_source, to_names)) if only_numbered(names) else \
+        (to_source, (source, names))
+    shown = ", ".join(class_names[:4]) + (", ..." if len(class_names) > 4 else "")
+    log.warning("%s only numbers its classes, so its label i is taken to be class i of %s (%s): check that "
+                "they are in that order", numbered, named, shown)
 
 
 def only_numbered(names: tuple[str, ...]) -> bool:

@@ -349,7 +349,7 @@ def test_estimator_input_in_keras_layout_is_read_and_one_image_or_colour_is_refu
         check_image_batch(np.zeros((3, 8, 8, 2)), where="fit")
 
 
-def test_labels_are_matched_by_name_where_both_sources_name_classes_by_numbers():
+def test_labels_are_matched_by_name_where_both_sources_name_classes_by_numbers(caplog):
     """A folder of subfolders "1" and "2" numbers them 0 and 1; to an idx file, an array or a folder
     of "0".."2" they are classes 1 and 2. Words beside numbers have nothing to match."""
     from fvae.data import Split, labels_named_as
@@ -362,10 +362,20 @@ def test_labels_are_matched_by_name_where_both_sources_name_classes_by_numbers()
     idx = Split(images, np.array([2, 1, 1, 2]))
     assert labels_named_as(idx, numbered, ("1", "2"), "test", "train").labels.tolist() == [1, 0, 0, 1]
     assert labels_named_as(folder, ("1", "2"), ("1", "2"), "test", "train") is folder
+    assert not caplog.records
+    # words beside numbers are paired by position, and a warning says so: silently, a test set in
+    # another order than the train set's scored as if every label were wrong
     assert labels_named_as(folder, ("cat", "dog"), numbered, "test", "train") is folder
-    assert labels_named_as(Split(images, np.array([0, 1, 2, 0])), numbered, ("cat", "dog", "fox"), "test",
-                           "train").labels.tolist() == [0, 1, 2, 0]
+    assert labels_named_as(Split(images, np.array([0, 1, 2, 0])), numbered, ("dog", "cat", "fox", "owl", "rat"),
+                           "test", "train").labels.tolist() == [0, 1, 2, 0]
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "train only numbers its classes, so its label i is taken to be class i of test (cat, dog): "
+                    "check that they are in that order"),
+        ("WARNING", "test only numbers its classes, so its label i is taken to be class i of train (dog, cat, fox, "
+                    "owl, ...): check that they are in that order")]
+    caplog.clear()
     assert labels_named_as(folder, ("01", "02"), numbered, "test", "train") is folder  # "01" is no label number
+    assert len(caplog.records) == 1
 
     with pytest.raises(DataError, match=r"^test: class 0 is not a class of train \(1, 2\)$"):
         labels_named_as(Split(images, np.array([0, 1, 2, 1])), numbered, ("1", "2"), "test", "train")
