@@ -523,9 +523,10 @@ def _labels_by_name(arrays: dict[str, np.ndarray], keys: list[str], path: Path) 
     if numbered:
         raise DataError(f"{path}: {named[0]} holds class names but {numbered[0]} holds {arrays[numbered[0]].dtype} "
                         "labels; give both names or both numbers")
-    names = np.unique(np.concatenate([arrays[key].astype(str).ravel() for key in keys]))
-    for key in keys:
-        arrays[key] = np.searchsorted(names, arrays[key].astype(str))
+    as_text = {key: arrays[key].astype(str) for key in keys}  # bytes too
+    names = np.unique(np.concatenate([text.ravel() for text in as_text.values()]))
+    for key, text in as_text.items():
+        arrays[key] = np.searchsorted(names, text)
     return tuple(names.tolist())
 
 
@@ -658,9 +659,9 @@ def labels_named_as(split: Split, names: tuple[str, ...], to_names: tuple[str, .
 
     Labels are kept as they are when the names agree, or when one source only numbers its classes
     ("0".."n-1", as idx files and arrays do) and the other names them with words: there is
-    nothing to match them by, and a warning says which names the numbers are taken for. Where every name on both sides is a number, as for a folder of
-    subfolders "1".."9" beside an idx file, the names are matched: label 0 of that folder is
-    class 1.
+    nothing to match them by, and a warning says which names the numbers are taken for. Where
+    every name on both sides is a number, as for a folder of subfolders "1".."9" beside an idx
+    file, the names are matched: label 0 of that folder is class 1.
 
     Raises
     ------
@@ -685,8 +686,10 @@ def labels_named_as(split: Split, names: tuple[str, ...], to_names: tuple[str, .
 def _warn_of_classes_paired_by_position(names, to_names, source: str, to_source: str) -> None:
     """Say that the label numbers of one source are taken as the other's named classes: right for
     an idx copy of a named dataset, but silently wrong scores where the two orders differ."""
-    numbered, (named, class_names) = (source, (to_source, to_names)) if only_numbered(names) else \
-        (to_source, (source, names))
+    if only_numbered(names):
+        numbered, named, class_names = source, to_source, to_names
+    else:
+        numbered, named, class_names = to_source, source, names
     shown = ", ".join(class_names[:4]) + (", ..." if len(class_names) > 4 else "")
     log.warning("%s only numbers its classes, so its label i is taken to be class i of %s (%s): check that "
                 "they are in that order", numbered, named, shown)
