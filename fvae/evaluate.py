@@ -628,12 +628,12 @@ def _labelled(split: Split | None, what: str, source: str | None = None) -> Spli
     return split
 
 
-def _two_classes(train_labels: np.ndarray, source: str | None, class_names) -> None:
+def _two_classes(train_labels: np.ndarray, source: str | None, names_by_label: dict) -> None:
     """Refuse train images of one class: no classifier can be fitted on them."""
     present = np.unique(train_labels)
     if len(present) < 2:
         where = f"{source}: its train images" if source else "the train images"
-        name = class_names_of(present, dict(enumerate(class_names)))[0]
+        name = class_names_of(present, names_by_label)[0]
         raise DataError(f"{where} are all of class {name}, and evaluate's classifiers need two classes or more")
 
 
@@ -718,7 +718,8 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
         (th, tw), (eh, ew) = train.images.shape[1:], test.images.shape[1:]
         raise DataError(f"train images are {th}x{tw}, test images {eh}x{ew}: they must have the same size")
     classes = np.unique(np.concatenate([train.labels, test.labels]))
-    _two_classes(train.labels, sources.get("train"), (data or {}).get("class_names", ()))
+    names_by_label = dict(enumerate((data or {}).get("class_names", ())))
+    _two_classes(train.labels, sources.get("train"), names_by_label)
     probe_index = stratified_subset(train.labels, settings.max_train, settings.seed)
     probe_labels = train.labels[probe_index]
     with tempfile.TemporaryDirectory() as scratch:
@@ -765,7 +766,7 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
                      "fisher_params": _params(encodings.get("fisher")), "vae_params": _params(encodings.get("vae"))},
         "data": {**(data or {}), "image_shape": list(train.images.shape[1:]), "n_train": len(train),
                  "n_probe_train": len(probe_index), "n_test": len(test), "classes": [int(c) for c in classes],
-                 "class_names": class_names_of(classes, dict(enumerate((data or {}).get("class_names", ()))))},
+                 "class_names": class_names_of(classes, names_by_label)},
         "encodings": results,
         "vae": vae_section,
         "seconds": time.perf_counter() - started,
