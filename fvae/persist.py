@@ -13,6 +13,7 @@ member's bytes; loading verifies it, so a corrupt or edited file is refused.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import itertools
@@ -56,8 +57,17 @@ def _writable(path, force: bool) -> tuple[Path, list[Path]]:
     path = Path(path)
     refuse_overwrite(path, force=force)
     created = list(itertools.takewhile(lambda folder: not folder.exists(), path.parents))
+    _refuse_file_as_folder(path.parents[len(created)], path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path, created
+
+
+def _refuse_file_as_folder(ancestor: Path, path: Path) -> None:
+    """Refuse a file where ``path`` needs a folder: mkdir would say only "File exists" or "Not a
+    directory", which does not tell which of the two paths is in the way."""
+    if not ancestor.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"a file, not a folder, so {path} cannot be written in it",
+                                 str(ancestor))
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -590,6 +590,24 @@ def test_a_folder_in_the_place_of_an_output_file_is_refused_even_with_force(tmp_
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [folder, folder / "yours.txt"]
 
 
+@pytest.mark.parametrize("args, output", [
+    (["fit", "fisher", "--data", "digits", "-o", "taken/m.npz"], "taken/m.npz"),
+    (["fit", "vae", "--data", "digits", "-o", "taken/deeper/m.npz"], "taken/deeper/m.npz"),
+    (["encode", "--data", "digits", "-o", "taken/f.zarr"], "taken/f.zarr"),
+    (["sample", "--model", "missing.npz", "-o", "taken/s.png"], "taken/s.png"),
+    (["evaluate", "--data", "digits", "--runs-dir", "taken"], "taken/digits"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else "")
+def test_a_file_in_the_place_of_an_output_folder_is_named_as_the_one_in_the_way(tmp_path, monkeypatch, args, output):
+    """mkdir's own words were "taken: File exists" or "taken/deeper: Not a directory"."""
+    loading_no_data(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    Path("taken").write_text("kept")
+    result = runner.invoke(app, [*args, "--force"])
+    message = f"fvae: error: taken: a file, not a folder, so {output} cannot be written in it\n"
+    assert (result.exit_code, result.output) == (2, message)
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"] and Path("taken").read_text() == "kept"
+
+
 def test_the_writability_check_leaves_nothing_behind(tmp_path):
     from fvae.persist import refuse_unwritable
 
