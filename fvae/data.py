@@ -2,7 +2,7 @@
 
 Every loader returns a :class:`Dataset` of uint8 images ``(n, h, w)`` and int64 labels. A source is a
 named dataset (``mnist``, ``mnist-5k``, ``fashion-mnist``, ``digits``) or a path: a directory of idx
-files (``.gz`` or not), a Keras-style ``.npz`` (``x_train, y_train, x_test, y_test``, or one
+files (``.gz`` or not) or one idx images file, a Keras-style ``.npz`` (``x_train, y_train, x_test, y_test``, or one
 labelled set such as ``images, labels``, split 80/20), a ``.npy`` of unlabelled images, or an image
 folder with one subfolder per class.
 """
@@ -399,22 +399,45 @@ def _load_idx_folder(folder: Path, name: str, lazy: bool = False) -> Dataset:
     files = _idx_files(folder)
     if not files:
         raise DataError(f"{folder}: no idx files (expected train-images-idx3-ubyte[.gz] or t10k-...)")
-    splits = {}
-    for split, (images_path, labels_path) in files.items():
-        if labels_path is None:
-            raise DataError(f"{images_path}: labels missing (no matching *-labels-idx1-ubyte file)")
-        images = read_idx(images_path, lazy=lazy)
-        labels = read_idx(labels_path)
-        if images.ndim != 3:
-            raise DataError(f"{images_path}: expected 3 dimensions (n, h, w), found {images.ndim}")
-        if labels.ndim != 1:
-            raise DataError(f"{labels_path}: expected 1 dimension for labels, found {labels.ndim}")
-        if len(images) != len(labels):
-            raise DataError(
-                f"{images_path.name} has {len(images)} images but {labels_path.name} has {len(labels)} labels"
-            )
-        splits[split] = Split(_as_uint8_images(images, images_path), labels.astype(np.int64))
+    splits = {split: _load_idx_split(images, labels, lazy) for split, (images, labels) in files.items()}
     return Dataset(name, str(folder), splits.get("train"), splits.get("test"), _digit_names(splits))
+
+
+def _idx_file_split(path: Path) -> tuple[str, str] | None:
+    """The split and kind ("images" or "labels") that an idx file's MNIST name gives it
+    (``t10k-images-idx3-ubyte.gz``: test images), or None for any other name."""
+    for split, prefix in _IDX_PREFIXES.items():
+        for kind in ("images", "labels"):
+            names = (f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte", f"{prefix}-{kind}.idx")
+            if path.name in names or path.name in [f"{name}.gz" for name in names]:
+                return split, kind
+    return None
+
+
+def _load_idx_file(path: Path, name: str, lazy: bool = False) -> Dataset:
+    """One idx images file as a dataset of that one split, labelled by the labels file beside it."""
+    split, kind = _idx_file_split(path)
+    if kind == "labels":
+        raise DataError(f"{path}: holds labels only; pass its images file ({_IDX_PREFIXES[split]}-images-...) "
+                        "or the folder")
+    splits = {split: _load_idx_split(path, _find_idx_file(path.parent, _IDX_PREFIXES[split], "labels"), lazy)}
+    return Dataset(name, str(path), splits.get("train"), splits.get("test"), _digit_names(splits))
+
+
+def _load_idx_split(images_path: Path, labels_path: Path | None, lazy: bool) -> Split:
+    if labels_path is None:
+        raise DataError(f"{images_path}: labels missing (no matching *-labels-idx1-ubyte file)")
+    images = read_idx(images_path, lazy=lazy)
+    labels = read_idx(labels_path)
+    if images.ndim != 3:
+        raise DataError(f"{images_path}: expected 3 dimensions (n, h, w), found {images.ndim}")
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: expected 1 dimension for labels, found {labels.ndim}")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{images_path.name} has {len(images)} images but {labels_path.name} has {len(labels)} labels"
+        )
+    return Split(_as_uint8_images(images, images_path), labels.astype(np.int64))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -830,7 +853,8 @@ def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None =
     Parameters
     ----------
     source : str or path-like
-        ``mnist``, ``mnist-5k``, ``fashion-mnist``, ``digits``, or a path to an idx folder, a
+        ``mnist``, ``mnist-5k``, ``fashion-mnist``, ``digits``, or a path to an idx folder, an idx
+        images file named as MNIST's (its one split, labelled by the labels file beside it), a
         ``.npz``/``.npy`` file or an image folder.
     data_dir : path-like, default=None
         Extra folder searched first for named datasets (as ``<data_dir>/<name>/``).
@@ -870,7 +894,10 @@ def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None =
         return _load_npz(path)
     if path.suffix == ".npy":
         return _load_npy(path, lazy)
-    raise DataError(f"{path}: unsupported file type (expected a folder, .npz or .npy)")
+    if _idx_file_split(path) is not None:
+        return _load_idx_file(path, name, lazy)
+    raise DataError(f"{path}: unsupported file type (expected a folder, .npz, .npy or an idx file named as "
+                    "MNIST's: train-images-idx3-ubyte[.gz] or t10k-...)")
 
 
 def describe_sources(data_dir: str | os.PathLike | None = None) -> list[dict]:

@@ -167,6 +167,22 @@ def test_an_npz_of_class_names_is_fitted_encoded_and_named_in_the_sidecar(tmp_pa
     np.testing.assert_array_equal(np.array(names)[labels], words[digits.test.labels[:50]])
 
 
+def test_one_idx_images_file_is_fitted_on_and_encoded_as_its_split(tmp_path, digits):
+    from test_data import write_idx_split
+
+    write_idx_split(tmp_path, "t10k", digits.test.images[:60], digits.test.labels[:60])
+    images_file = str(tmp_path / "t10k-images-idx3-ubyte.gz")
+    fitted = runner.invoke(app, ["fit", "fisher", "--data", images_file, "--split", "test", "-o", str(tmp_path / "m.npz"),
+                                 "--components", "4", "-q"])
+    assert fitted.exit_code == 0, fitted.output
+    encoded = runner.invoke(app, ["encode", "--data", images_file, "--model", str(tmp_path / "m.npz"),
+                                  "-o", str(tmp_path / "f.npy"), "-q"])
+    assert encoded.exit_code == 0, encoded.output
+    assert np.load(tmp_path / "f.npy").shape[0] == 60
+    np.testing.assert_array_equal(np.load(tmp_path / "f.labels.npy"), digits.test.labels[:60])
+    assert json.loads((tmp_path / "f.json").read_text())["source_location"] == images_file
+
+
 @pytest.mark.parametrize("args, message", [
     (["encode", "--data", "no/such/dir", "-o", "f.npy"], "no such file or folder"),
     (["encode", "--data", "digits", "--model", "missing.npz", "-o", "f.npy"], "no such model file"),

@@ -87,6 +87,34 @@ def test_idx_count_mismatch_and_missing_labels(tmp_path, tiny):
         fvae.load_dataset(tmp_path / "b")
 
 
+@pytest.mark.parametrize("compress", [True, False])
+def test_one_idx_images_file_is_its_split_labelled_by_the_file_beside_it(tmp_path, tiny, compress):
+    images, labels = tiny
+    write_idx_split(tmp_path / "d", "train", images, labels, compress)
+    write_idx_split(tmp_path / "d", "t10k", images[:4], labels[:4], compress)
+    ext = ".gz" if compress else ""
+    test_only = fvae.load_dataset(tmp_path / "d" / f"t10k-images-idx3-ubyte{ext}")
+    assert test_only.train is None and test_only.location == str(tmp_path / "d" / f"t10k-images-idx3-ubyte{ext}")
+    np.testing.assert_array_equal(test_only.test.images, images[:4])
+    np.testing.assert_array_equal(test_only.test.labels, labels[:4])
+    train_only = fvae.load_dataset(tmp_path / "d" / f"train-images-idx3-ubyte{ext}", lazy=True)
+    assert train_only.test is None and train_only.class_names == ("0", "1", "2")
+    np.testing.assert_array_equal(train_only.train.images[:], images)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte(\.gz)?: holds labels only; pass its images file "
+                                        r"\(t10k-images-\.\.\.\) or the folder"):
+        fvae.load_dataset(tmp_path / "d" / f"t10k-labels-idx1-ubyte{ext}")
+
+
+def test_an_idx_images_file_without_its_labels_or_with_another_name_is_refused(tmp_path, tiny):
+    images, _ = tiny
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: labels missing"):
+        fvae.load_dataset(tmp_path / "t10k-images-idx3-ubyte.gz")
+    write_idx(tmp_path / "digits.idx3", images)
+    with pytest.raises(DataError, match="digits.idx3: unsupported file type .* an idx file named as MNIST's"):
+        fvae.load_dataset(tmp_path / "digits.idx3")
+
+
 def test_keras_npz(tmp_path, tiny):
     images, labels = tiny
     np.savez(tmp_path / "k.npz", x_train=images, y_train=labels, x_test=images[:3], y_test=labels[:3])
