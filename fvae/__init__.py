@@ -7,7 +7,7 @@ only when a VAE is built or loaded.
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
-    DataError, FvaeError, InputError, ModelFileError, OutputExistsError, TrainingInterrupted,
+    DataError, FvaeError, InputError, ModelFileError, OutputExistsError, TrainingDiverged, TrainingInterrupted,
 )
 
 _LAZY = {
@@ -65,5 +65,6 @@ __all__ = [
     "InputError",
     "ModelFileError",
     "OutputExistsError",
+    "TrainingDiverged",
     "TrainingInterrupted",
 ]

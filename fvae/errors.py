@@ -21,6 +21,11 @@ class OutputExistsError(FvaeError, FileExistsError):
     """An output file exists already and ``force`` was not given."""
 
 
+class TrainingDiverged(FvaeError, ArithmeticError):
+    """Training's loss became NaN or infinite before any epoch finished with finite numbers:
+    there are no weights worth keeping. A lower learning rate usually cures it."""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Training was interrupted (Ctrl-C) after at least one finished epoch.
 

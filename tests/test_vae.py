@@ -25,7 +25,7 @@ from fvae import InputError, ModelFileError  # noqa: E402
 from fvae.persist import load_model, save_model  # noqa: E402
 from fvae.vae import VAEEncoder  # noqa: E402
 from fvae.vae.model import MIN_OUTPUT_VARIANCE, VAE, kl_divergence  # noqa: E402
-from fvae.vae.train import iwae_bound  # noqa: E402
+from fvae.vae.train import EpochSamples, iwae_bound  # noqa: E402
 
 TINY = dict(arch="mlp", hidden=(64,), latent_dim=4, epochs=4, batch_size=64, random_state=0)
 #: A conditional VAE trained one epoch: for what it does with its classes, not how well it draws.
@@ -895,6 +895,20 @@ def test_early_stopping_waits_for_the_kl_warm_up_to_finish():
     assert (kept, last, stopper.best_epoch, stopper.stop_reason) == (5, 5, 5, "epoch limit")
 
 
+def test_a_diverged_epoch_is_never_kept_even_in_the_warm_up():
+    from fvae.vae.train import BestOnValidationElbo
+
+    stopper = BestOnValidationElbo(patience=5)
+    assert _run_stopper(stopper, [-10.0, -5.0, -7.0, math.nan, -1.0]) == (1, 3)  # the best epoch before it
+    assert (stopper.best_epoch, stopper.stop_reason, stopper.diverged_in) == (1, "diverged", 3)
+    stopper = BestOnValidationElbo(patience=5, start_epoch=10)  # in the warm-up, the last epoch before it
+    assert _run_stopper(stopper, [-10.0, -5.0, -math.inf, -1.0]) == (1, 2)
+    assert (stopper.best_epoch, stopper.stop_reason, stopper.diverged_in) == (1, "diverged", 2)
+    stopper = BestOnValidationElbo(patience=5)
+    _run_stopper(stopper, [math.nan])
+    assert (stopper.best_epoch, stopper.diverged_in) == (-1, 0)  # nothing to keep: train() raises
+
+
 class _CountSteps(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.steps = 0
@@ -976,6 +990,55 @@ def test_ctrl_c_after_an_epoch_leaves_the_encoder_fitted_as_if_training_had_stop
     two_epochs = VAEEncoder(**{**settings, "epochs": 2}).fit(images)
     assert history["best_epoch"] == two_epochs.history_["best_epoch"]
     np.testing.assert_array_equal(interrupted.transform(digits.test.images), two_epochs.transform(digits.test.images))
+
+
+class _Diverges(keras.callbacks.Callback):
+    """Make the weights NaN as epoch ``epoch`` (0-based) begins, as a too-large step does."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            for weight in self.model.trainable_weights:
+                weight.assign(np.full(weight.shape, np.nan, dtype=np.float32))
+
+
+@pytest.mark.parametrize("validation_fraction", [0.1, 0.0], ids=["best-epoch", "no-validation"])
+def test_an_epoch_that_diverges_ends_training_with_the_weights_of_an_epoch_before_it(digits, caplog,
+                                                                                     validation_fraction):
+    images = digits.train.images[:600]
+    settings = {**TINY, "epochs": 50, "validation_fraction": validation_fraction}
+    samples = EpochSamples(TINY["latent_dim"])
+    with caplog.at_level(logging.WARNING, logger="fvae"):
+        diverged = VAEEncoder(**settings).fit(images, callbacks=[_Diverges(epoch=2), samples])
+    history = diverged.history_
+    assert (history["epochs_run"], history["stopped_by"]) == (3, "diverged") and math.isnan(history["loss"][2])
+    assert len(samples.frames) == 2 and np.isfinite(samples.frames).all()  # the GIF shows no NaN epoch
+    two_epochs = VAEEncoder(**{**settings, "epochs": 2}).fit(images)
+    assert history["best_epoch"] == two_epochs.history_["best_epoch"]
+    np.testing.assert_array_equal(diverged.transform(digits.test.images), two_epochs.transform(digits.test.images))
+    numbers = "loss nan, val_elbo nan" if validation_fraction else "loss nan"
+    assert caplog.messages == [f"training diverged in epoch 3 ({numbers}): stopped there, with the weights of "
+                               f"epoch {history['best_epoch'] + 1}"]
+
+
+def test_a_first_epoch_that_diverges_is_an_error_and_fits_nothing(digits):
+    encoder = VAEEncoder(**{**TINY, "learning_rate": 0.01})
+    with pytest.raises(fvae.TrainingDiverged, match=r"^training diverged in epoch 1 \(loss nan, val_elbo nan\), with "
+                                                    r"no earlier epoch to keep: try a lower learning rate than 0\.01$"):
+        encoder.fit(digits.train.images[:600], callbacks=[_Diverges(epoch=0)])
+    assert not hasattr(encoder, "model_")
+
+
+def test_cli_a_learning_rate_that_diverges_is_one_line_and_writes_nothing(tmp_path):
+    fit = fvae_cli("fit", "vae", "--data", "digits", "-o", "vae.npz", "--arch", "mlp", "--hidden", "16",
+                   "--epochs", "3", "--learning-rate", "100", "--figures", "figs", cwd=tmp_path)
+    assert fit.returncode == 2, fit.stderr
+    assert fit.stderr.splitlines()[-1] == ("fvae: error: training diverged in epoch 1 (loss nan, val_elbo nan), with "
+                                           "no earlier epoch to keep: try a lower learning rate than 100")
+    assert not [path.name for path in tmp_path.iterdir() if path.name != "keras-home"]  # the tests' Keras folder
 
 
 class _ArrayLike:

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from ..errors import TrainingDiverged
 from .model import gaussian_log_density
 
 log = logging.getLogger("fvae")
@@ -59,6 +60,11 @@ class KLWarmup(keras.callbacks.Callback):
         self.model.kl_weight.assign(self.beta * fraction)
 
 
+def diverged(logs) -> bool:
+    """Whether an epoch's loss or validation ELBO (in its Keras ``logs``) is NaN or infinite."""
+    return any(logs.get(name) is not None and not math.isfinite(logs[name]) for name in ("loss", "val_elbo"))
+
+
 class BestOnValidationElbo(keras.callbacks.Callback):
     """Stop when the validation ELBO has not improved for ``patience`` epochs, or when
     ``max_seconds`` have passed, and end with the weights of the best epoch.
@@ -69,6 +75,9 @@ class BestOnValidationElbo(keras.callbacks.Callback):
     Epochs before ``start_epoch`` (those of a KL warm-up, whose loss weighs the KL less than
     beta) count neither as best nor against the patience; if training ends before it, or
     without a validation ELBO at all, the last weights are kept and are the best epoch.
+
+    An epoch whose loss or validation ELBO is NaN or infinite stops training ("diverged"); its
+    weights are never kept, and ``diverged_in`` is its index (None while none has).
     """
 
     def __init__(self, patience: int, max_seconds: float | None = None, start_epoch: int = 0):
@@ -77,12 +86,17 @@ class BestOnValidationElbo(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.best, self.best_epoch, self.kept_weights = -math.inf, -1, None
+        self.last_epoch, self.diverged_in = -1, None
         self.started = time.perf_counter()
         self.stop_reason, self.cut_short = "epoch limit", False
 
     def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if diverged(logs):
+            self.model.stop_training, self.stop_reason, self.diverged_in = True, "diverged", epoch
+            return
         self.last_epoch = epoch
-        elbo = (logs or {}).get("val_elbo")
+        elbo = logs.get("val_elbo")
         if elbo is not None and epoch >= self.start_epoch:
             if np.isfinite(elbo) and elbo > self.best:
                 self.best, self.best_epoch = float(elbo), epoch
@@ -103,9 +117,10 @@ class BestOnValidationElbo(keras.callbacks.Callback):
         return self.max_seconds is not None and time.perf_counter() - self.started >= self.max_seconds
 
     def on_train_end(self, logs=None):
-        if self.best_epoch < 0:  # none judged best: the last epoch is
+        if self.best_epoch < 0:  # none judged best: the last finite epoch is (-1 if none was)
             self.best_epoch = self.last_epoch
-        self.model.set_weights(self.kept_weights)
+        if self.kept_weights is not None:
+            self.model.set_weights(self.kept_weights)
 
     def interrupted(self):
         """End an interrupted training as a stopped one, with the weights it would have ended
@@ -239,7 +254,14 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
     dict
         Per-epoch lists (``loss``, ``elbo``, ``reconstruction``, ``kl`` and their ``val_``
         versions, ``seconds``), plus ``best_epoch`` (0-based), ``stopped_by`` (``"epoch limit"``,
-        ``"early stopping"``, ``"time limit"`` or ``"interrupted"``) and ``epochs_run``.
+        ``"early stopping"``, ``"time limit"``, ``"interrupted"`` or ``"diverged"``) and
+        ``epochs_run``.
+
+    Raises
+    ------
+    TrainingDiverged
+        If the first epoch's loss or validation ELBO is NaN or infinite: no weights are worth
+        keeping.
     """
     order = np.random.default_rng(seed).permutation(len(images))
     n_val = int(round(validation_fraction * len(images))) if validation_fraction else 0
@@ -280,6 +302,8 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
         stopper.interrupted()
         log.warning("interrupted %s: training stopped there, with the weights of epoch %d", interrupted,
                     stopper.best_epoch + 1)
+    if stopper.diverged_in is not None:
+        _report_divergence(stopper, record, learning_rate)
     result = dict(record.history)
     result["seconds"] = record.seconds
     result["best_epoch"] = stopper.best_epoch  # the last epoch when nothing was validated
@@ -291,6 +315,19 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
                     model.beta * result["epochs_run"] / warmup_epochs, model.beta)
     model.kl_weight.assign(model.beta)
     return result
+
+
+def _report_divergence(stopper: BestOnValidationElbo, record: "_EpochRecord", learning_rate: float) -> None:
+    """Warn that training stopped at a non-finite epoch, or raise :class:`TrainingDiverged`
+    when no epoch before it finished with finite numbers, so that no NaN weights are kept."""
+    epoch = stopper.diverged_in
+    numbers = ", ".join(f"{name} {record.history[name][epoch]:g}" for name in ("loss", "val_elbo")
+                        if name in record.history)
+    if stopper.best_epoch < 0:
+        raise TrainingDiverged(f"training diverged in epoch {epoch + 1} ({numbers}), with no earlier epoch to keep: "
+                               f"try a lower learning rate than {learning_rate:g}")
+    log.warning("training diverged in epoch %d (%s): stopped there, with the weights of epoch %d", epoch + 1,
+                numbers, stopper.best_epoch + 1)
 
 
 class _EpochRecord(keras.callbacks.Callback):
@@ -430,5 +467,7 @@ class EpochSamples(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         from ..report import tile
 
+        if diverged(logs or {}):  # the last epoch: training stops, and its weights are not kept
+            return
         images = ops.convert_to_numpy(self.model.mean_image(self.model.decode(self.z, self.labels)))
         self.frames.append(tile(images, self.n_cols))
