@@ -306,6 +306,9 @@ def refuse_existing_outputs(out, *, force: bool, resume: bool) -> None:
     OutputExistsError
     """
     paths = output_paths(out)
+    if resume and not force and paths["features"].exists() and not paths["partial"].exists():
+        raise OutputExistsError(f"{paths['features']} exists and is finished: there is nothing to resume "
+                                "(pass --force to encode it again)")
     refuse_overwrite(paths["features"], paths["labels"], paths["sidecar"], force=force)
     # where every output goes takes files, and no folder is in the way of a file's
     refuse_unwritable(paths["features"], force=True, folder=output_format(out) == ".zarr")

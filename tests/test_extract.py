@@ -116,7 +116,8 @@ def test_killed_run_resumes_to_identical_bytes(mnist_like, tmp_path, sig):
     assert (tmp_path / "cut.npy").read_bytes() == (tmp_path / "whole.npy").read_bytes()
     assert not paths["partial"].exists() and not paths["manifest"].exists()
     again = fvae_cli(*common, "-o", "cut.npy", "--resume", cwd=tmp_path)
-    assert again.returncode == 2 and "exists; pass --force" in again.stderr  # finished: never rewritten
+    assert again.returncode == 2, again.stderr  # finished: never rewritten, and not told to pass --force to resume
+    assert again.stderr == "fvae: error: cut.npy exists and is finished: there is nothing to resume (pass --force to encode it again)\n"
 
 
 def test_resume_refuses_other_settings(mnist_like, tmp_path):
