@@ -502,12 +502,20 @@ def test_bad_parameters_are_refused_by_message(digits):
         VAEEncoder(latent_dim=0).fit(digits.train.images[:50])
     for name, value in (("beta", -1.0), ("beta", math.nan), ("learning_rate", 0.0), ("max_seconds", -3.0),
                         ("gaussian_variance", math.nan), ("warmup_epochs", -1), ("dropout", 1.0),
-                        ("validation_fraction", math.nan)):
+                        ("validation_fraction", math.nan), ("random_state", None), ("random_state", -1),
+                        ("hidden", (0,)), ("hidden", "16,8"), ("hidden", (16.0,)), ("hidden", None)):
         with pytest.raises(InputError, match=f"^{name} must be"):
             VAEEncoder(**{name: value}).fit(digits.train.images[:50])
     # a setting the chosen likelihood would ignore is refused, not dropped
     with pytest.raises(InputError, match="^gaussian_variance applies to likelihood='gaussian' only, not 'bernoulli'$"):
         VAEEncoder(gaussian_variance=0.1).fit(digits.train.images[:50])
+
+
+def test_hidden_takes_one_int_as_one_layer_as_scikit_learns_mlps_do(digits):
+    one = VAEEncoder(**{**TINY, "hidden": 16, "epochs": 1}).fit(digits.train.images[:100])
+    listed = VAEEncoder(**{**TINY, "hidden": [16], "epochs": 1}).fit(digits.train.images[:100])
+    assert one.model_.hidden == listed.model_.hidden == (16,) and one.get_params()["hidden"] == 16
+    np.testing.assert_array_equal(one.transform(digits.test.images), listed.transform(digits.test.images))
 
 
 def _drawn_grid(path, shape):

@@ -31,7 +31,9 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
     latent_dim : int, default=32
     arch : {"mlp", "conv"}, default="conv"
         ``conv`` is the TensorFlow tutorial's convolutional VAE; ``mlp`` uses ``hidden``.
-    hidden : tuple of int, default=(512, 256)
+    hidden : tuple of int or int, default=(512, 256)
+        Sizes of the MLP's hidden layers, the encoder's in this order and the decoder's in
+        reverse; one int is one layer, as in scikit-learn's MLPs.
     likelihood : {"bernoulli", "gaussian"}, default="bernoulli"
     binarization : {"none", "threshold", "dynamic"}, default="threshold"
         Bernoulli targets: grey pixels (cross-entropy), thresholded at 0.5 (the TensorFlow
@@ -154,7 +156,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         keras.utils.set_random_seed(self.random_state)
         image_shape = tuple(int(s) for s in images.shape[1:])
         model = VAE(
-            image_shape, latent_dim=self.latent_dim, arch=self.arch, hidden=tuple(self.hidden),
+            image_shape, latent_dim=self.latent_dim, arch=self.arch, hidden=self._hidden_sizes(),
             likelihood=self.likelihood, binarization=self.binarization, gaussian_variance=self.gaussian_variance,
             beta=self.beta, dropout=self.dropout, n_classes=0 if classes is None else len(classes),
             seed=self.random_state,
@@ -187,8 +189,11 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
             value = getattr(self, name)
             if not is_whole_number(value, 1):
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
-        if not is_whole_number(self.warmup_epochs):
-            raise InputError(f"warmup_epochs must be a non-negative integer, got {self.warmup_epochs!r}")
+        for name in ("warmup_epochs", "random_state"):
+            value = getattr(self, name)
+            if not is_whole_number(value):
+                raise InputError(f"{name} must be a non-negative integer, got {value!r}")
+        self._hidden_sizes()
         # written as "not (inside)" so that NaN is refused too
         for name in ("validation_fraction", "dropout"):
             value = getattr(self, name)
@@ -202,6 +207,14 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
                 raise InputError(f"{name} must be positive, got {value}")
         if self.gaussian_variance is not None and self.likelihood != "gaussian":
             raise InputError(f"gaussian_variance applies to likelihood='gaussian' only, not {self.likelihood!r}")
+
+    def _hidden_sizes(self) -> tuple[int, ...]:
+        """``hidden`` as a tuple of layer sizes: one whole number is one layer, as in
+        scikit-learn's ``MLPClassifier(hidden_layer_sizes=...)``."""
+        sizes = (self.hidden,) if is_whole_number(self.hidden, -math.inf) else self.hidden
+        if isinstance(sizes, (str, bytes)) or not all(is_whole_number(size, 1) for size in np.ravel(sizes)):
+            raise InputError(f"hidden must be layer sizes, positive integers such as (512, 256), got {self.hidden!r}")
+        return tuple(int(size) for size in np.ravel(sizes))
 
     def _valid_labels(self, y, n, where):
         """A conditional VAE's labels, checked: ``n`` integers (int64) or ``n`` strings (str);
@@ -391,7 +404,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
             if class_names:  # older fvae versions ignore this member: no newer format needed
                 arrays["class_names"] = np.asarray(class_names_of(self.classes_, class_names))
         format_version = _format_version(self.classes_) if self.conditional else 1
-        return save_model(path, method="vae", params=self.get_params(), arrays=arrays, input_shape=self.image_shape_,
+        params = {**self.get_params(), "hidden": self._hidden_sizes()}  # JSON has no int64 or arrays
+        return save_model(path, method="vae", params=params, arrays=arrays, input_shape=self.image_shape_,
                           force=force, files={KERAS_MEMBER: payload}, format_version=format_version)
 
     @classmethod
