@@ -865,6 +865,8 @@ def reading(report: dict) -> list[str]:
     """A few plain sentences on what the table says: who classifies best, with few labels, who
     reconstructs best, and at what cost. Encodings that tie are named together."""
     enc = report["encodings"]
+    if len(enc) == 1:
+        return _reading_of_one(report)
     lines = []
     logistic = {n: enc[n]["classification"]["logistic"]["accuracy"] for n in enc}
     best = _leaders(logistic)
@@ -893,6 +895,24 @@ def reading(report: dict) -> list[str]:
     lines.append(f"Cost: {costly} codes are the widest ({enc[costly]['dim']:,} dims, "
                  f"{enc[costly]['cost']['encode_images_per_second']:,.0f} images/s to encode); "
                  + ", ".join(f"{n} {enc[n]['dim']:,} dims" for n in enc if n != costly) + ".")
+    return lines
+
+
+def _reading_of_one(report: dict) -> list[str]:
+    """:func:`reading` for a run of one encoding: its numbers, with nothing to compare them to."""
+    (name, entry), = report["encodings"].items()
+    classification = entry["classification"]
+    sentence = (f"Only **{name}** was evaluated: logistic regression on its codes reaches "
+                f"{_pct(classification['logistic']['accuracy'])} on the test set, {KNN_K}-nearest neighbours "
+                f"{_pct(classification['knn']['accuracy'])}")
+    few = [p["accuracy_mean"] for p in entry["label_efficiency"] if p["n_labels"] == 100]
+    if few:
+        sentence += f", and {_pct(few[0])} with only 100 labelled train images"
+    lines = [sentence + "."]
+    if name != "raw":
+        lines.append(f"Through a linear probe (ridge from codes to pixels) its codes reconstruct the test images "
+                     f"with MSE {entry['reconstruction']['ridge']['mse']:.4f}.")
+    lines.append(f"Cost: {entry['dim']:,} dims, {entry['cost']['encode_images_per_second']:,.0f} images/s to encode.")
     return lines
 
 
