@@ -637,6 +637,29 @@ def _two_classes(train_labels: np.ndarray, source: str | None, names_by_label: d
         raise DataError(f"{where} are all of class {name}, and evaluate's classifiers need two classes or more")
 
 
+def shared_images(images: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Which of ``images`` are, pixel for pixel, one of ``others`` (a boolean per image)."""
+
+    def as_rows(batch):  # one opaque item per image, so that whole images are compared
+        flat = np.ascontiguousarray(np.asarray(batch).reshape(len(batch), -1))
+        return flat.view(np.dtype((np.void, flat.shape[1] * flat.itemsize))).ravel()
+
+    return np.isin(as_rows(images), as_rows(others))
+
+
+def _test_images_in_train(train_images, test_images, sources: dict) -> int:
+    """How many test images are also train images. All of them is refused: the scores would hold
+    nothing out; some of them is warned of, as the scores count them."""
+    shared = int(shared_images(test_images, train_images).sum())
+    test_name = f" of {sources['test']}" if sources.get("test") else ""
+    if shared == len(test_images):
+        raise DataError(f"every test image{test_name} is also a train image: the scores would hold nothing out")
+    if shared:
+        log.warning("%s of the %s test images%s are also train images, pixel for pixel: the scores count them as "
+                    "held out", f"{shared:,}", f"{len(test_images):,}", test_name)
+    return shared
+
+
 def run_name(source: str) -> str:
     """A folder name for a source: ``mnist`` -> ``mnist``, ``../data/mnist-test`` -> ``mnist-test``."""
     import re
@@ -662,6 +685,9 @@ def load_splits(data, test_data=None, data_dir=None) -> tuple[Split, Split, dict
         test_source, test_split, train_split = source, "test", "train"
     else:
         test_source = load_dataset(test_data, data_dir)
+        if test_source.location == source.location:
+            raise DataError(f"--test-data {test_data} is --data itself, whose every image trains: leave out "
+                            f"--test-data to test on the test split of {source.name}")
         test_split = "all" if test_source.held_out_by_fvae or test_source.test is None else "test"
         test, train, train_split = test_source.split(test_split), source.split("all"), "all"
         test = labels_named_as(test, test_source.class_names, source.class_names, test_source.name, source.name)
@@ -720,6 +746,7 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
     classes = np.unique(np.concatenate([train.labels, test.labels]))
     names_by_label = dict(enumerate((data or {}).get("class_names", ())))
     _two_classes(train.labels, sources.get("train"), names_by_label)
+    n_test_in_train = _test_images_in_train(train.images, test.images, sources)
     probe_index = stratified_subset(train.labels, settings.max_train, settings.seed)
     probe_labels = train.labels[probe_index]
     with tempfile.TemporaryDirectory() as scratch:
@@ -765,7 +792,8 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
                      "vae_model": _str_or_none(vae_model),
                      "fisher_params": _params(encodings.get("fisher")), "vae_params": _params(encodings.get("vae"))},
         "data": {**(data or {}), "image_shape": list(train.images.shape[1:]), "n_train": len(train),
-                 "n_probe_train": len(probe_index), "n_test": len(test), "classes": [int(c) for c in classes],
+                 "n_probe_train": len(probe_index), "n_test": len(test), "n_test_in_train": n_test_in_train,
+                 "classes": [int(c) for c in classes],
                  "class_names": class_names_of(classes, names_by_label)},
         "encodings": results,
         "vae": vae_section,

@@ -434,6 +434,12 @@ def _vae_targets_note(report: dict) -> str:
     return ""
 
 
+def _also_trained_on(data: dict) -> str:
+    """', N of them also train images' when some test images are (reports before it was counted: '')."""
+    shared = data.get("n_test_in_train", 0)
+    return f", {shared:,} of them also train images" if shared else ""
+
+
 def markdown_report(report: dict) -> str:
     """``report.md``: the comparison table, a plain reading of it, the figures and the settings."""
     from .evaluate import markdown_table, reading
@@ -445,7 +451,7 @@ def markdown_report(report: dict) -> str:
         f"# fvae evaluate: {report['name']}",
         "",
         f"Train: {train.get('source', '?')} ({data['n_train']:,} images; the probes use {data['n_probe_train']:,}), "
-        f"test: {test.get('source', '?')} ({data['n_test']:,} images), {h}x{w} pixels, "
+        f"test: {test.get('source', '?')} ({data['n_test']:,} images{_also_trained_on(data)}), {h}x{w} pixels, "
         f"{len(data['classes'])} classes. Seed {settings['seed']}{', quick run' if settings['quick'] else ''}; "
         f"{report['seconds']:.0f} s in all; fvae {report['versions'].get('fvae')}, {report['created']}.",
         "",

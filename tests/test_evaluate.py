@@ -11,7 +11,7 @@ import fvae
 from fvae.data import Split, to_unit_float
 from fvae.evaluate import (
     SCHEMA_PATH, Settings, _PixelPCA, evaluate, label_efficiency, logistic_probe, parse_methods, pixel_errors,
-    ProbeSpace, ridge_probe, stratified_subset,
+    ProbeSpace, ridge_probe, shared_images, stratified_subset,
 )
 from fvae.errors import InputError
 from fvae.report import markdown_report
@@ -244,6 +244,36 @@ def test_library_evaluate_validates_against_the_schema(digits):
                  data={"train": {"source": "mine.npz"}, "class_names": ["zero", "one", "two", "three"]})
 
 
+def test_shared_images_are_found_whole_as_a_set_of_their_bytes_finds_them():
+    rng = np.random.default_rng(0)
+    others = rng.integers(0, 3, (300, 2, 3), dtype=np.uint8)  # few grey levels: many near misses
+    images = np.concatenate([others[::7], rng.integers(0, 3, (200, 2, 3), dtype=np.uint8)])
+    seen = {image.tobytes() for image in others}
+    np.testing.assert_array_equal(shared_images(images, others), [image.tobytes() in seen for image in images])
+    assert shared_images(images, others)[:43].all()
+    as_floats = shared_images(images.astype(np.float32) / 255, others.astype(np.float32) / 255)
+    np.testing.assert_array_equal(as_floats, shared_images(images, others))
+
+
+def test_test_images_that_are_train_images_are_counted_and_all_of_them_refused(digits, caplog):
+    settings = Settings(methods=("raw",), quick=True)
+    with pytest.raises(fvae.DataError, match="^every test image of mine.npz is also a train image: the scores would "
+                                             "hold nothing out$"):
+        evaluate(digits.train, Split(digits.train.images[:50], digits.train.labels[:50]), settings,
+                 data={"test": {"source": "mine.npz"}})
+    leaky = Split(np.concatenate([digits.test.images, digits.train.images[:5]]),
+                  np.concatenate([digits.test.labels, digits.train.labels[:5]]))
+    sources = {what: {"source": "digits", "location": "sklearn", "split": what} for what in ("train", "test")}
+    with caplog.at_level("WARNING", logger="fvae"):
+        report, _ = evaluate(digits.train, leaky, settings, data=sources)
+    assert report["data"]["n_test_in_train"] == 5
+    assert caplog.messages == ["5 of the 365 test images of digits are also train images, pixel for pixel: the "
+                               "scores count them as held out"]
+    assert "test: digits (365 images, 5 of them also train images), 8x8" in markdown_report({"name": "x", **report})
+    _validate({"name": "x", **report, "figures": []})
+    assert evaluate(digits.train, digits.test, settings)[0]["data"]["n_test_in_train"] == 0
+
+
 def test_a_stratified_subset_smaller_than_the_classes_takes_one_image_of_each_of_n_classes(digits):
     labels = digits.train.labels
     for n in (2, 5, 9):
@@ -413,6 +443,8 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
     np.savez(tmp_path / "unlabelled.npz", x_train=np.zeros((20, 8, 8), np.uint8))
     np.save(tmp_path / "images.npy", np.zeros((20, 8, 8), np.uint8))
     np.savez(tmp_path / "cats.npz", x=np.arange(20 * 64, dtype=np.uint8).reshape(20, 8, 8), y=np.array(["cat"] * 20))
+    for name in ("pets.npz", "copy.npz"):
+        np.savez(tmp_path / name, x=np.arange(20 * 64, dtype=np.uint8).reshape(20, 8, 8), y=np.array(["cat", "dog"] * 10))
     bigger = np.random.default_rng(0).integers(0, 256, (40, 12, 12), dtype=np.uint8)
     fvae.FisherVectorEncoder(n_components=2, pca_components=4, patch_size=4, stride=2, spatial_pyramid=False,
                              random_state=0).fit(bigger).save(tmp_path / "f12.npz")
@@ -434,6 +466,11 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
          "fvae: error: missing.npz: no such model file\n"),
         (["--data", "digits", "--methods", "fisher,sift"], "choose from fisher, vae, pca, raw"),
         (["--data", "digits", "--test-data", "nowhere"], "nowhere: no such file or folder"),
+        (["--data", "digits", "--test-data", "digits", "--methods", "raw"],  # was scored on its own train images
+         "fvae: error: --test-data digits is --data itself, whose every image trains: leave out --test-data to test "
+         "on the test split of digits\n"),
+        (["--data", "pets.npz", "--test-data", "copy.npz", "--methods", "raw"],
+         "fvae: error: every test image of copy.npz is also a train image: the scores would hold nothing out\n"),
         (["--data", "cats.npz", "--methods", "raw"],  # was scikit-learn's traceback
          "fvae: error: cats.npz: its train images are all of class cat, and evaluate's classifiers need two "
          "classes or more\n"),
