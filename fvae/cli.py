@@ -416,7 +416,7 @@ def fit_vae(
     best = history["best_epoch"]
     typer.echo(  # the training's own seconds, what --max-seconds limits (not the test scores' or figures')
         f"trained vae on {len(train):,} {dataset.name} {split.value} images in {history['seconds'][-1]:.1f} s: "
-        f"{_epochs(history['epochs_run'])} ({history['stopped_by']}), best epoch {best + 1}"
+        f"{_counted(history['epochs_run'], 'epoch')} ({history['stopped_by']}), best epoch {best + 1}"
         + (f", validation ELBO {history['val_elbo'][best]:.2f} nats" if "val_elbo" in history else "")
     )
     if held_out is None and dataset.test is not None:
@@ -441,8 +441,9 @@ def _fitting_split(dataset, split: SplitName):
     return dataset.split(split.value)
 
 
-def _epochs(n: int) -> str:
-    return f"{n} epoch" if n == 1 else f"{n} epochs"
+def _counted(n: int, noun: str) -> str:
+    """'1 image', '2 images', '1,000 images'."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 @app.command()
@@ -478,7 +479,7 @@ def sample(
                              class_names=names, force=force)
     every_class = encoder.conditional and label is None
     rows = f" ({drawn // encoder.n_classes_} of each of {encoder.n_classes_} classes)" if every_class else ""
-    typer.echo(f"wrote {drawn} samples{rows} to {output}")
+    typer.echo(f"wrote {_counted(drawn, 'sample')}{rows} to {output}")
 
 
 def _label_of(text: str | None, encoder) -> int | str | None:
@@ -598,7 +599,7 @@ def encode(
         raise typer.Exit(130) from None
     speed = f" ({sidecar['images_per_second']:,.0f} img/s)" if sidecar["images_per_second"] else ""
     resumed = f", {sidecar['resumed_chunks']} chunks kept from the interrupted run" if sidecar["resumed_chunks"] else ""
-    typer.echo(f"encoded {sidecar['n_images']:,} images -> {sidecar['shape'][1]:,} dims in "
+    typer.echo(f"encoded {_counted(sidecar['n_images'], 'image')} -> {sidecar['shape'][1]:,} dims in "
                f"{sidecar['encode_seconds']:.1f} s{speed}{resumed}; wrote {output}")
 
 

@@ -153,6 +153,10 @@ def test_the_sidecar_names_the_classes_of_the_labels(tmp_path, digits):
                                  "-o", str(tmp_path / "u.npy"), "-q"])
     assert result.exit_code == 0, result.output
     assert "class_names" not in json.loads((tmp_path / "u.json").read_text())  # no labels, no names
+    np.save(tmp_path / "one.npy", digits.test.images[:1])
+    result = runner.invoke(app, ["encode", "--data", str(tmp_path / "one.npy"), "--model", str(tmp_path / "f.model.npz"),
+                                 "-o", str(tmp_path / "one_f.npy")])
+    assert result.exit_code == 0 and "encoded 1 image -> " in result.output, result.output  # not "1 images"
 
 
 def test_an_npz_of_class_names_is_fitted_encoded_and_named_in_the_sidecar(tmp_path, digits):
