@@ -327,7 +327,7 @@ def fit_fisher(
     checksum = encoder.save(output, force=force)
     size = encoder.patch_size_
     typer.echo(
-        f"fitted fisher on {len(train):,} {dataset.name} {split.value} images in {time.perf_counter() - started:.1f} s: "
+        f"fitted fisher on {_counted(len(train), f'{dataset.name} {split.value} image')} in {time.perf_counter() - started:.1f} s: "
         f"{size}x{size} patches at stride {encoder.stride_}, PCA-{encoder.pca_components_}, K={components}; "
         f"{encoder.n_features_out_:,} dims; wrote {output} (checksum {checksum[:12]})"
     )
@@ -415,7 +415,7 @@ def fit_vae(
     history = encoder.history_
     best = history["best_epoch"]
     typer.echo(  # the training's own seconds, what --max-seconds limits (not the test scores' or figures')
-        f"trained vae on {len(train):,} {dataset.name} {split.value} images in {history['seconds'][-1]:.1f} s: "
+        f"trained vae on {_counted(len(train), f'{dataset.name} {split.value} image')} in {history['seconds'][-1]:.1f} s: "
         f"{_counted(history['epochs_run'], 'epoch')} ({history['stopped_by']}), best epoch {best + 1}"
         + (f", validation ELBO {history['val_elbo'][best]:.2f} nats" if "val_elbo" in history else "")
     )

@@ -157,6 +157,9 @@ def test_the_sidecar_names_the_classes_of_the_labels(tmp_path, digits):
     result = runner.invoke(app, ["encode", "--data", str(tmp_path / "one.npy"), "--model", str(tmp_path / "f.model.npz"),
                                  "-o", str(tmp_path / "one_f.npy")])
     assert result.exit_code == 0 and "encoded 1 image -> " in result.output, result.output  # not "1 images"
+    result = runner.invoke(app, ["fit", "fisher", "--data", str(tmp_path / "one.npy"), "--split", "test",
+                                 "--components", "4", "-o", str(tmp_path / "one.npz")])
+    assert result.exit_code == 0 and f"fitted fisher on 1 {tmp_path / 'one.npy'} test image in " in result.output
 
 
 def test_an_npz_of_class_names_is_fitted_encoded_and_named_in_the_sidecar(tmp_path, digits):
