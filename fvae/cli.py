@@ -589,7 +589,7 @@ def encode(
                 client=client,
                 metadata={"method": method.value, "model": str(model), "model_checksum": checksum,
                           "source": dataset.name, "source_location": dataset.location, "split": split.value,
-                          **_class_names(class_names, images)},
+                          **_class_names(class_names, images), **_file_names(images, dataset.location)},
             )
     except BaseException as exc:
         if not _is_interrupt(exc):
@@ -601,6 +601,15 @@ def encode(
     resumed = f", {sidecar['resumed_chunks']} chunks kept from the interrupted run" if sidecar["resumed_chunks"] else ""
     typer.echo(f"encoded {_counted(sidecar['n_images'], 'image')} -> {sidecar['shape'][1]:,} dims in "
                f"{sidecar['encode_seconds']:.1f} s{speed}{resumed}; wrote {output}")
+
+
+def _file_names(split, location: str) -> dict:
+    """The image files of an image-folder ``split`` for the sidecar, row by row, relative to the
+    folder, so that each row can be traced to its file (a folder without classes has no labels)."""
+    from .data import image_file_names
+
+    names = image_file_names(split.images, location)
+    return {} if names is None else {"files": names}
 
 
 def _class_names(class_names, split) -> dict:

@@ -2,9 +2,9 @@
 
 Every loader returns a :class:`Dataset` of uint8 images ``(n, h, w)`` and int64 labels. A source is a
 named dataset (``mnist``, ``mnist-5k``, ``fashion-mnist``, ``digits``) or a path: a directory of idx
-files (``.gz`` or not) or one idx images file, a Keras-style ``.npz`` (``x_train, y_train, x_test, y_test``, or one
-labelled set such as ``images, labels``, split 80/20), a ``.npy`` of unlabelled images, or an image
-folder with one subfolder per class.
+files (``.gz`` or not) or one idx images file, a Keras-style ``.npz`` (``x_train, y_train, x_test,
+y_test``, or one labelled set such as ``images, labels``, split 80/20), a ``.npy`` of unlabelled
+images, an image folder with one subfolder per class, or a folder of unlabelled images.
 """
 
 from __future__ import annotations
@@ -109,6 +109,8 @@ class Dataset:
             labels = None
             if all(p.labels is not None for p in parts):
                 labels = np.concatenate([p.labels for p in parts])
+            if all(isinstance(p.images, ImageFiles) for p in parts):  # still one file an image, named
+                return Split(ImageFiles([f for p in parts for f in p.images.files], parts[0].images.shape[1:]), labels)
             if any(isinstance(p.images, LazyImages) for p in parts):
                 return Split(ChainedImages([p.images for p in parts]), labels)
             return Split(np.concatenate([p.images for p in parts]), labels)
@@ -572,8 +574,30 @@ def _load_image_folder(folder: Path, lazy: bool = False) -> Dataset:
         return Dataset(str(folder), str(folder), splits.get("train"), splits.get("test"), tuple(class_names))
     class_names = [p.name for p in subdirs]
     if not class_names:
-        raise DataError(f"{folder}: no idx files and no class subfolders of images")
+        return _load_flat_image_folder(folder, lazy)
     return _held_out(str(folder), str(folder), _read_class_folders(folder, class_names, lazy), class_names)
+
+
+def image_file_names(images, root) -> list[str] | None:
+    """The files ``images`` are read from, relative to the folder ``root``, in row order; None
+    for images that are not one file each (arrays, idx files, images already read)."""
+    if not isinstance(images, ImageFiles):
+        return None
+    return [file.relative_to(root).as_posix() for file in images.files]
+
+
+def _image_files_in(folder: Path) -> list[Path]:
+    """The PNG and JPEG files in ``folder`` (not in its subfolders), sorted by name."""
+    return sorted(f for f in folder.glob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+
+
+def _load_flat_image_folder(folder: Path, lazy: bool) -> Dataset:
+    """A folder of images without class subfolders: unlabelled, test-only as a ``.npy`` is, in
+    the order of the files' names."""
+    files = _image_files_in(folder)
+    if not files:
+        raise DataError(f"{folder}: no idx files, no class subfolders and no PNG or JPEG images")
+    return Dataset(str(folder), str(folder), None, _read_image_files(files, None, lazy))
 
 
 @contextlib.contextmanager
@@ -628,13 +652,17 @@ def _grey_levels(img) -> np.ndarray:
 def _read_class_folders(folder: Path, class_names: list[str], lazy: bool = False) -> Split:
     files, labels = [], []
     for label, name in enumerate(class_names):
-        found = sorted(f for f in (folder / name).glob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        found = _image_files_in(folder / name)
         files += found
         labels += [label] * len(found)
     if not files:
         raise DataError(f"{folder}: class subfolders hold no PNG or JPEG images")
+    return _read_image_files(files, np.asarray(labels, dtype=np.int64), lazy)
+
+
+def _read_image_files(files: list[Path], labels: np.ndarray | None, lazy: bool) -> Split:
+    """Image files (all of one size) as a Split: read now, or when sliced (``lazy``)."""
     shape = _read_image_file(files[0]).shape
-    labels = np.asarray(labels, dtype=np.int64)
     if lazy:
         _check_image_headers(files[1:], shape)
         return Split(ImageFiles(files, shape), labels)
@@ -855,7 +883,7 @@ def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None =
     source : str or path-like
         ``mnist``, ``mnist-5k``, ``fashion-mnist``, ``digits``, or a path to an idx folder, an idx
         images file named as MNIST's (its one split, labelled by the labels file beside it), a
-        ``.npz``/``.npy`` file or an image folder.
+        ``.npz``/``.npy`` file or an image folder (of class subfolders, or of unlabelled images).
     data_dir : path-like, default=None
         Extra folder searched first for named datasets (as ``<data_dir>/<name>/``).
     lazy : bool, default=False

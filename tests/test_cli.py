@@ -147,7 +147,22 @@ def test_the_sidecar_names_the_classes_of_the_labels(tmp_path, digits):
     write_image_folder(tmp_path / "imgs", digits.train.images[:60], [("cat", "dog")[i % 2] for i in range(60)])
     result = runner.invoke(app, ["encode", "--data", str(tmp_path / "imgs"), "-o", str(tmp_path / "f.npy"), "-q"])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "f.json").read_text())["class_names"] == ["cat", "dog"]
+    sidecar = json.loads((tmp_path / "f.json").read_text())
+    assert sidecar["class_names"] == ["cat", "dog"]
+    # each row's file: image i was written as imgs/<cat or dog>/<i>.png
+    rows = [int(name.split("/")[1][:-4]) for name in sidecar["files"]]
+    assert [name.split("/")[0] for name in sidecar["files"]] == [("cat", "dog")[i % 2] for i in rows]
+    np.testing.assert_array_equal(np.load(tmp_path / "f.labels.npy"), [i % 2 for i in rows])
+    write_image_folder(tmp_path / "flat", digits.test.images[:12], [""] * 12)  # no classes: flat/0.png ..
+    result = runner.invoke(app, ["encode", "--data", str(tmp_path / "flat"), "--model", str(tmp_path / "f.model.npz"),
+                                 "-o", str(tmp_path / "flat.npy"), "-q"])
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads((tmp_path / "flat.json").read_text())
+    assert sidecar["files"] == sorted(f"{i}.png" for i in range(12)) and "class_names" not in sidecar
+    in_file_order = [int(name[:-4]) for name in sidecar["files"]]
+    encoder = fvae.load(tmp_path / "f.model.npz")
+    np.testing.assert_allclose(np.load(tmp_path / "flat.npy"), encoder.transform(digits.test.images[in_file_order]),
+                               rtol=1e-5, atol=1e-6)
     np.save(tmp_path / "unlabelled.npy", digits.test.images[:10])
     result = runner.invoke(app, ["encode", "--data", str(tmp_path / "unlabelled.npy"), "--model", str(tmp_path / "f.model.npz"),
                                  "-o", str(tmp_path / "u.npy"), "-q"])

@@ -9,7 +9,7 @@ from PIL import Image
 from conftest import write_image_folder
 import fvae
 from fvae import DataError, InputError
-from fvae.data import check_image_batch, describe_sources, read_idx, to_unit_float
+from fvae.data import check_image_batch, describe_sources, image_file_names, read_idx, to_unit_float
 
 
 def write_idx(path, array, compress=True):
@@ -222,6 +222,35 @@ def test_image_folder_classes_split_and_grayscale(tmp_path, tiny):
     for lazy in (False, True):
         with pytest.raises(DataError, match="odd.png: cannot read image"):
             fvae.load_dataset(tmp_path / "imgs", lazy=lazy)
+
+
+def test_a_folder_of_images_without_classes_is_unlabelled_test_images_in_the_order_of_their_names(tmp_path, tiny):
+    images, _ = tiny
+    write_image_folder(tmp_path / "flat", images, [""] * len(images))  # flat/0.png .. flat/11.png
+    (tmp_path / "flat" / "notes.txt").write_text("not an image")
+    in_name_order = [int(name) for name in sorted(str(i) for i in range(len(images)))]  # 0, 1, 10, 11, 2, ...
+    for lazy in (False, True):
+        ds = fvae.load_dataset(tmp_path / "flat", lazy=lazy)
+        assert ds.train is None and ds.test.labels is None and ds.class_names == ()
+        np.testing.assert_array_equal(ds.test.images[:], images[in_name_order])
+    names = image_file_names(fvae.load_dataset(tmp_path / "flat", lazy=True).test.images, tmp_path / "flat")
+    assert names == [f"{i}.png" for i in in_name_order]
+    assert image_file_names(fvae.load_dataset(tmp_path / "flat").test.images, tmp_path / "flat") is None  # read
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: no idx files, no class subfolders and no PNG or JPEG images$"):
+        fvae.load_dataset(tmp_path / "empty")
+
+
+def test_every_image_of_a_class_folder_keeps_its_file_name(tmp_path, tiny):
+    images, labels = tiny
+    write_image_folder(tmp_path / "imgs", images, [f"class{lab}" for lab in labels])
+    everything = fvae.load_dataset(tmp_path / "imgs", lazy=True).split("all")  # fvae's train split, then its test
+    names = image_file_names(everything.images, tmp_path / "imgs")
+    assert sorted(names) == sorted(f"class{lab}/{i}.png" for i, lab in enumerate(labels))
+    for name, image, label in zip(names, everything.images[:], everything.labels):
+        folder, file = name.split("/")
+        np.testing.assert_array_equal(image, images[int(file[:-4])])
+        assert folder == f"class{label}"
 
 
 def test_16_bit_pngs_are_scaled_to_8_bits_and_deep_arrays_refused_with_how_to_scale_them(tmp_path):
