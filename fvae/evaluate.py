@@ -841,7 +841,9 @@ TABLE_COLUMNS = ("encoding", "dim", "logistic acc", "macro-F1", f"{KNN_K}-NN acc
 
 def comparison_rows(report: dict) -> list[list[str]]:
     """The comparison table as text cells, one row per encoding (header first)."""
-    rows = [list(TABLE_COLUMNS)]
+    header = list(TABLE_COLUMNS)
+    header[header.index(f"{KNN_K}-NN acc")] = f"{knn_neighbours(report)}-NN acc"
+    rows = [header]
     for name, r in report["encodings"].items():
         c = r["classification"]
         few = next((p for p in r["label_efficiency"] if p["n_labels"] == 100), None)
@@ -855,6 +857,12 @@ def comparison_rows(report: dict) -> list[list[str]]:
             _size(r["cost"]["model_bytes"]),
         ])
     return rows
+
+
+def knn_neighbours(report: dict) -> int:
+    """The neighbours the k-NN probe used: ``KNN_K``, or every train image when there are fewer."""
+    first = next(iter(report["encodings"].values()))
+    return first["classification"]["knn"].get("k", KNN_K)
 
 
 def markdown_table(report: dict) -> str:
@@ -907,7 +915,7 @@ def reading(report: dict) -> list[str]:
     lines.append(sentence + ".")
     knn = {n: enc[n]["classification"]["knn"]["accuracy"] for n in enc}
     by_knn = _leaders(knn)
-    lines.append(f"With {KNN_K}-nearest neighbours instead, {_lead(by_knn)} ({_pct(knn[by_knn[0]])}).")
+    lines.append(f"With {knn_neighbours(report)}-nearest neighbours instead, {_lead(by_knn)} ({_pct(knn[by_knn[0]])}).")
     few = {n: p["accuracy_mean"] for n in enc for p in enc[n]["label_efficiency"] if p["n_labels"] == 100}
     if few:
         leaders = _leaders(few)
@@ -931,7 +939,7 @@ def _reading_of_one(report: dict) -> list[str]:
     (name, entry), = report["encodings"].items()
     classification = entry["classification"]
     sentence = (f"Only **{name}** was evaluated: logistic regression on its codes reaches "
-                f"{_pct(classification['logistic']['accuracy'])} on the test set, {KNN_K}-nearest neighbours "
+                f"{_pct(classification['logistic']['accuracy'])} on the test set, {knn_neighbours(report)}-nearest neighbours "
                 f"{_pct(classification['knn']['accuracy'])}")
     few = [p["accuracy_mean"] for p in entry["label_efficiency"] if p["n_labels"] == 100]
     if few:

@@ -442,7 +442,7 @@ def _also_trained_on(data: dict) -> str:
 
 def markdown_report(report: dict) -> str:
     """``report.md``: the comparison table, a plain reading of it, the figures and the settings."""
-    from .evaluate import markdown_table, reading
+    from .evaluate import knn_neighbours, markdown_table, reading
 
     data, settings = report["data"], report["settings"]
     train, test = data.get("train", {}), data.get("test", {})
@@ -460,7 +460,7 @@ def markdown_report(report: dict) -> str:
         markdown_table(report),
         "",
         f"Logistic regression on standardized codes, C from {settings['c_grid']} by {settings['cv_folds']}-fold "
-        f"cross-validation on the train codes; {settings['knn_k']}-NN on the codes as they are; "
+        f"cross-validation on the train codes; {knn_neighbours(report)}-NN on the codes as they are; "
         f"\"acc @100 labels\" is {_label_draws(settings['label_repeats'])}; ridge recon MSE is a linear probe "
         "from codes to pixels (same for every encoding), own recon MSE the model's own reconstruction. "
         "Pixels are in [0, 1]." + _code_notes(report),

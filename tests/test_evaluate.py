@@ -525,6 +525,14 @@ def test_reading_of_one_encoding_gives_its_numbers_without_a_contest():
     assert [line.split(":")[0] for line in fvae.evaluate.reading(report)] == ["Only **raw** was evaluated", "Cost"]
 
 
+def test_fewer_probe_images_than_neighbours_are_reported_as_the_k_the_probe_used(digits):
+    report, _ = evaluate(digits.train, digits.test, Settings(methods=("raw",), quick=True, max_train=3))
+    assert report["encodings"]["raw"]["classification"]["knn"]["k"] == 3
+    text = markdown_report({"name": "few", **report})
+    assert "| 3-NN acc |" in text and "; 3-NN on the codes as they are;" in text  # before: 5-NN, as if it were
+    assert "5-NN" not in text and "3-nearest neighbours" in text
+
+
 def test_pca_of_few_train_images_keeps_one_component_fewer_than_images(digits):
     # 40 centred train images span 39 directions. A 40th component was rounding noise, which the
     # probes' standardization blew up: its ridge reconstruction (MSE 0.34) was worse than predicting
