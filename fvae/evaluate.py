@@ -936,7 +936,7 @@ def reading(report: dict) -> list[str]:
 
 def _reading_of_one(report: dict) -> list[str]:
     """:func:`reading` for a run of one encoding: its numbers, with nothing to compare them to."""
-    (name, entry), = report["encodings"].items()
+    name, entry = next(iter(report["encodings"].items()))
     classification = entry["classification"]
     sentence = (f"Only **{name}** was evaluated: logistic regression on its codes reaches "
                 f"{_pct(classification['logistic']['accuracy'])} on the test set, {knn_neighbours(report)}-nearest neighbours "
