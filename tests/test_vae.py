@@ -288,6 +288,8 @@ def test_a_conditional_vae_learns_its_classes_from_the_labels(tmp_path, monkeypa
     z = np.zeros((1, 2), np.float32)
     second_class = vae.model_.mean_image(vae.model_.decode(z, np.array([1], np.int32)))  # one-hot position 1
     np.testing.assert_array_equal(vae.sample(1, label=7, z=z), keras.ops.convert_to_numpy(second_class).reshape(1, 8, 8))
+    with pytest.raises(InputError, match=r"^sample: n = 3, but len\(z\) = 1: they must agree$"):
+        vae.sample(3, label=7, z=z)  # before: n was ignored, and one image came back
     assert report.save_samples(vae, tmp_path / "rows.png", n=4) == 4  # 2 rows (3 and 7) of 2, not 8 rows of 1
 
     vae.save(tmp_path / "c37.npz")

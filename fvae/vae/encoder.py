@@ -303,6 +303,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         random_state : int, default=None
             Seeds z; None uses the encoder's ``random_state``.
         z : ndarray of shape (n, latent_dim), default=None
+            The latent vectors to decode instead of prior draws; ``n`` must be their number.
         """
         check_is_fitted(self, "model_")
         if self.conditional and label is None:
@@ -312,6 +313,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
                              "(fit one with conditional=True, --conditional)")
         if label is not None and not _is_one_of(label, self.classes_):
             raise InputError(f"label {label!r}: this model knows classes {_listed(self.classes_)}")
+        if z is not None and n != len(z):
+            raise InputError(f"sample: n = {n!r}, but len(z) = {len(z)}: they must agree")
         if z is None:
             if not is_whole_number(n):
                 raise InputError(f"sample: n must be a whole number >= 0, got {n!r}")
