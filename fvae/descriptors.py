@@ -49,13 +49,16 @@ def patch_layout(image_shape, patch_size: int, stride: int, spatial_pyramid: boo
     Raises
     ------
     InputError
-        If a patch does not fit in the image, or a pyramid quadrant would be empty.
+        If a patch does not fit in the image, the stride is longer than it, or a pyramid
+        quadrant would be empty.
     """
     h, w = image_shape
     if patch_size < 1 or stride < 1:
         raise InputError(f"patch_size and stride must be positive, got {patch_size} and {stride}")
     if patch_size > min(h, w):
         raise InputError(f"patch_size {patch_size} does not fit in {h}x{w} images")
+    if stride > max(h, w):  # a step past the image: one patch a side, as any step from h - patch_size + 1 gives
+        raise InputError(f"stride {stride} is longer than {h}x{w} images: at most {max(h, w)}")
     n_rows = (h - patch_size) // stride + 1
     n_cols = (w - patch_size) // stride + 1
     rows, cols = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")

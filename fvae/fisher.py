@@ -762,7 +762,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
             block = slice(start, start + step)
             self._encode_block(images[block], layout, gmm, out[block])
 
-        n_jobs = self._n_threads()
+        n_jobs = min(self._n_threads(), len(starts))  # a thread more than the blocks would idle
         # One BLAS thread, whatever n_jobs: OpenBLAS's float32 products (its AVX2 kernels at
         # least) round differently with the number of threads, so a chunk encoded here and in a
         # Dask worker (which distributed starts with one BLAS thread) differed in the last bits.

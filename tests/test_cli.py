@@ -212,9 +212,12 @@ def test_one_idx_images_file_is_fitted_on_and_encoded_as_its_split(tmp_path, dig
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--pca", "1000"], "--pca must be in [1, 16]: patches of 16"),
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--samples", "3"], "only 3 descriptors are sampled (--samples)"),
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--patch-size", "9"], "--patch-size 9 does not fit in 8x8"),
-    (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--stride", "9"],
-     "--pyramid needs patches in all four quadrants; 8x8 images with --patch-size 4 and --stride 9 give a 1x1 grid: "
+    (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--stride", "8"],
+     "--pyramid needs patches in all four quadrants; 8x8 images with --patch-size 4 and --stride 8 give a 1x1 grid: "
      "a smaller --stride or --patch-size gives more cells, or turn --pyramid off"),
+    # a stride past the image was an OverflowError in the billions of billions, and saved as 1e20 below that
+    (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--stride", "99999999999999999999", "--no-pyramid"],
+     "--stride 99999999999999999999 is longer than 8x8 images: at most 8"),
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--components", "500", "--samples", "400"],
      "--components 500 is more than the 400 descriptors sampled to fit the GMM (--samples)"),
 ])
@@ -644,6 +647,18 @@ def test_a_file_in_the_place_of_an_output_folder_is_named_as_the_one_in_the_way(
     message = f"fvae: error: taken: a file, not a folder, so {output} cannot be written in it\n"
     assert (result.exit_code, result.output) == (2, message)
     assert [p.name for p in tmp_path.iterdir()] == ["taken"] and Path("taken").read_text() == "kept"
+
+
+def test_a_local_dask_cluster_of_more_workers_than_cores_is_refused(tmp_path, monkeypatch):
+    """--jobs 100 --dask started 100 worker processes, each with its own NumPy and model."""
+    loading_no_data(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    result = runner.invoke(app, ["encode", "--data", "digits", "-o", "f.npy", "--dask", "--jobs", "5"])
+    assert result.exit_code == 2
+    assert ("Invalid value for '--jobs': 5 worker processes on 4 cores would only compete for them: at most 4 "
+            "with --dask (a cluster of more machines: --scheduler)") in result.output
+    assert not list(tmp_path.iterdir())
 
 
 def test_the_writability_check_leaves_nothing_behind(tmp_path):

@@ -171,6 +171,8 @@ def test_transform_is_independent_of_threads_and_batch(digits):
     # (elementwise, the power normalization magnifies that near 0: compared as the batch split is).
     assert relative_error(encoder.transform(images[:7]), one[:7]) < 1e-4
     np.testing.assert_array_equal(clone(encoder).set_params(n_jobs=-1).fit(digits.train.images).transform(images), one)
+    # more threads than blocks of images run as many as there are blocks (joblib refused 10**20 with a ValueError)
+    np.testing.assert_array_equal(encoder.set_params(n_jobs=10**20).transform(images), one)
     for bad in (0, 1.5, "2"):  # joblib: "n_jobs == 0 in Parallel has no meaning"; 0 used to run as 1
         with pytest.raises(InputError, match=r"^n_jobs must be None, a number of threads >= 1, or negative"):
             encoder.set_params(n_jobs=bad).transform(images)
