@@ -338,9 +338,14 @@ def _hidden_sizes(text: str) -> tuple:
         sizes = tuple(int(part) for part in text.split(","))
     except ValueError:
         sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise _bad_option("--hidden", f"{text!r}: expected positive sizes separated by commas, e.g. 512,256")
+    if not sizes or min(sizes) < 1 or max(sizes) > TENSOR_SIZE_MAX:
+        raise _bad_option("--hidden", f"{text!r}: expected positive sizes separated by commas, e.g. 512,256, "
+                                      f"each at most {TENSOR_SIZE_MAX}")
     return sizes
+
+
+#: The largest latent, hidden layer or batch: TensorFlow holds tensor shapes as int32 (VAEEncoder checks it too).
+TENSOR_SIZE_MAX = 2**31 - 1
 
 
 @fit_app.command("vae")
@@ -349,7 +354,7 @@ def fit_vae(
     data: DataOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.npz).")],
     arch: Annotated[Arch, typer.Option(help="Encoder/decoder architecture.")] = Arch.conv,
-    latent_dim: Annotated[int, typer.Option(min=1, help="Latent dimensions.")] = 32,
+    latent_dim: Annotated[int, typer.Option(min=1, max=TENSOR_SIZE_MAX, help="Latent dimensions.")] = 32,
     hidden: Annotated[Optional[str], typer.Option(help="MLP hidden sizes, comma-separated (default: 512,256).")] = None,
     likelihood: Annotated[Likelihood, typer.Option(help="Decoder likelihood.")] = Likelihood.bernoulli,
     binarization: Annotated[Optional[Binarization], typer.Option(
@@ -357,7 +362,7 @@ def fit_vae(
     gaussian_variance: Annotated[Optional[float], typer.Option(
         callback=_positive, help="Fixed Gaussian variance (default: learned).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="At most this many epochs (early stopping ends sooner).")] = 200,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per training step.")] = 128,
+    batch_size: Annotated[int, typer.Option(min=1, max=TENSOR_SIZE_MAX, help="Images per training step.")] = 128,
     learning_rate: Annotated[float, typer.Option(callback=_positive, help="Adam learning rate.")] = 1e-3,
     beta: Annotated[float, typer.Option(callback=_number_in(0), help="KL weight in the loss.")] = 1.0,
     warmup: Annotated[int, typer.Option(min=0, help="KL warm-up epochs.")] = 0,

@@ -246,6 +246,13 @@ def test_user_errors_are_one_line_exit_2_no_output(tmp_path, args, message):
     (["fit", "vae", "--epochs", "1.5"], "'--epochs': must be a whole number, got 1.5 (", "epochs must"),
     (["evaluate", "--vae-seconds", "soon"], "'--vae-seconds': must be a number, got soon (", "vae_seconds"),
     (["fit", "vae", "--seed", str(2**32)], f"'--seed': must be <= {2**32 - 1}, got {2**32} (", "random_state"),
+    # sizes TensorFlow cannot hold as int32 were a ValueError from tf.convert_to_tensor
+    (["fit", "vae", "--latent-dim", "99999999999999999999"],
+     "'--latent-dim': must be <= 2147483647, got 99999999999999999999 (", "latent_dim"),
+    (["fit", "vae", "--batch-size", str(2**31)], f"'--batch-size': must be <= {2**31 - 1}, got {2**31} (", "batch_size"),
+    (["fit", "vae", "--arch", "mlp", "--hidden", "8,2147483648"],
+     "'--hidden': '8,2147483648': expected positive sizes separated by commas, e.g. 512,256, each at most 2147483647",
+     "hidden must"),
     # a choice's error names the value itself: nothing is added
     (["fit", "vae", "--arch", "rnn"], "'--arch': 'rnn' is not one of 'conv', 'mlp' (see", ", got"),
 ])

@@ -505,7 +505,9 @@ def test_bad_parameters_are_refused_by_message(digits):
     for name, value in (("beta", -1.0), ("beta", math.nan), ("learning_rate", 0.0), ("max_seconds", -3.0),
                         ("gaussian_variance", math.nan), ("warmup_epochs", -1), ("dropout", 1.0),
                         ("validation_fraction", math.nan), ("random_state", None), ("random_state", -1),
-                        ("hidden", (0,)), ("hidden", "16,8"), ("hidden", (16.0,)), ("hidden", None)):
+                        ("hidden", (0,)), ("hidden", "16,8"), ("hidden", (16.0,)), ("hidden", None),
+                        # TensorFlow's int32 shapes: a ValueError converting a sequence to a tensor
+                        ("hidden", (2**31,)), ("latent_dim", 2**31), ("batch_size", 10**20)):
         with pytest.raises(InputError, match=f"^{name} must be"):
             VAEEncoder(**{name: value}).fit(digits.train.images[:50])
     # a setting the chosen likelihood would ignore is refused, not dropped

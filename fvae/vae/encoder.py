@@ -23,6 +23,10 @@ from .model import ARCHITECTURES, BINARIZATIONS, LIKELIHOODS
 KERAS_MEMBER = "model.keras"
 
 
+#: TensorFlow holds tensor shapes as int32: a larger latent, layer or batch fails before any allocation.
+TENSOR_SIZE_LIMIT = 2**31
+
+
 class VAEEncoder(TransformerMixin, BaseEstimator):
     """Encode images as the posterior mean of a variational autoencoder.
 
@@ -189,6 +193,9 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
             value = getattr(self, name)
             if not is_whole_number(value, 1):
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("latent_dim", "batch_size"):  # sizes of tensors, whose shapes TensorFlow holds as int32
+            if getattr(self, name) >= TENSOR_SIZE_LIMIT:
+                raise InputError(f"{name} must be below 2**31, got {getattr(self, name)!r}")
         for name in ("warmup_epochs", "random_state"):
             value = getattr(self, name)
             if not is_whole_number(value):
@@ -212,8 +219,10 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         """``hidden`` as a tuple of layer sizes: one whole number is one layer, as in
         scikit-learn's ``MLPClassifier(hidden_layer_sizes=...)``."""
         sizes = (self.hidden,) if is_whole_number(self.hidden, -math.inf) else self.hidden
-        if isinstance(sizes, (str, bytes)) or not all(is_whole_number(size, 1) for size in np.ravel(sizes)):
-            raise InputError(f"hidden must be layer sizes, positive integers such as (512, 256), got {self.hidden!r}")
+        if isinstance(sizes, (str, bytes)) or not all(is_whole_number(size, 1) and size < TENSOR_SIZE_LIMIT
+                                                      for size in np.ravel(sizes)):
+            raise InputError(f"hidden must be layer sizes, positive integers below 2**31 such as (512, 256), "
+                             f"got {self.hidden!r}")
         return tuple(int(size) for size in np.ravel(sizes))
 
     def _valid_labels(self, y, n, where):
