@@ -636,14 +636,15 @@ def test_cli_refuses_bad_outputs_and_models_before_tensorflow_loads(tmp_path):
 
 
 def test_cli_a_model_too_large_for_memory_is_one_line_not_a_traceback(tmp_path, monkeypatch):
-    # A hidden layer of 10^12 units: 256 TB of weights, refused by the allocator on any machine.
-    # It once ended in a traceback after TensorFlow's 40-line allocator dump.
+    # A hidden layer of 2**31 - 1 units (the most TensorFlow's int32 shapes hold) on 28x28 images:
+    # 6.7 TB of weights, refused by the allocator on any machine. It once ended in a traceback after
+    # TensorFlow's 40-line allocator dump.
     monkeypatch.delenv("FVAE_TF_LOGS", raising=False)
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
-    result = fvae_cli("fit", "vae", "--data", "digits", "--arch", "mlp", "--hidden", str(10**12), "-o", "m.npz",
+    result = fvae_cli("fit", "vae", "--data", "mnist-5k", "--arch", "mlp", "--hidden", str(2**31 - 1), "-o", "m.npz",
                       cwd=tmp_path)
     assert (result.returncode, result.stderr) == (
-        2, f"fvae: error: out of memory: Unable to allocate a tensor of shape (64, {10**12}) and type float; "
+        2, f"fvae: error: out of memory: Unable to allocate a tensor of shape (784, {2**31 - 1}) and type float; "
            "the model or the batch is too large for this machine\n")
     assert not list(tmp_path.glob("m.*"))
 
