@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -161,6 +162,12 @@ def _shown(value) -> str:
     """A setting as an error message shows it: checksums and long paths cut short."""
     text = str(value)
     return text if len(text) <= 40 else text[:12] + "..."
+
+
+def _files_digest(names: list[str]) -> str:
+    """A list of file names as the manifest of a run identifies it: '70,000 files, sha256 1a2b3c4d5e6f'."""
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
+    return f"{len(names):,} files, sha256 {digest[:12]}"
 
 
 class Manifest:
@@ -458,6 +465,8 @@ def extract_features(
     _check_image_size(encoder, split, metadata)
     n, dim = len(split), int(encoder.n_features_out_)
     identity = {**metadata, "n_images": n, "dim": dim, "batch_size": batch_size, "format": fmt}
+    if "files" in identity:  # an image folder's files: a digest, not 70,000 names rewritten after every chunk
+        identity["files"] = _files_digest(identity["files"])
     reopen = resume and partial.exists() and manifest_path.exists()
     manifest = Manifest.resume(manifest_path, identity) if reopen else Manifest(manifest_path, identity)
     partial.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ import gzip
 import json
 import os
 import pickle
+import re
 import signal
 import time
 
@@ -144,6 +145,34 @@ def test_resume_refuses_other_settings(mnist_like, tmp_path):
         extract_features(encoder, split, paths["features"], metadata={"source": "t"}, batch_size=500)
     sidecar = extract_features(encoder, split, paths["features"], metadata={"source": "t"}, batch_size=500, resume=True)
     assert sidecar["resumed_chunks"] == 2
+
+
+def test_the_manifest_identifies_an_image_folder_by_a_digest_of_its_file_names(mnist_like, tmp_path):
+    """The sidecar lists every file; the manifest, rewritten after every chunk, holds their digest."""
+    folder, model_path, _ = mnist_like
+    encoder = fvae.load(model_path)
+    split = fvae.load_dataset(folder, lazy=True).test
+    paths = output_paths(tmp_path / "f.npy")
+    names = [f"class{i % 10}/{i}.png" for i in range(len(split))]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(n):
+        raise Stop
+
+    with pytest.raises(Stop):
+        extract_features(encoder, split, paths["features"], metadata={"files": names}, batch_size=500,
+                         progress=stop_after_one)
+    identity = json.loads(paths["manifest"].read_text())["identity"]
+    assert re.fullmatch(r"3,000 files, sha256 [0-9a-f]{12}", identity["files"])
+    renamed = [*names[:-1], "class9/new.png"]
+    with pytest.raises(fvae.InputError, match=r"had other settings \(files was 3,000 files, sha256 [0-9a-f]{12}, now "
+                                              r"3,000 files, sha256 [0-9a-f]{12}\)"):
+        extract_features(encoder, split, paths["features"], metadata={"files": renamed}, batch_size=500, resume=True)
+    sidecar = extract_features(encoder, split, paths["features"], metadata={"files": names}, batch_size=500,
+                               resume=True)
+    assert sidecar["resumed_chunks"] == 1 and json.loads(paths["sidecar"].read_text())["files"] == names
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupt"])
