@@ -38,6 +38,8 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: The largest label taken as a class number (ImageNet-21k has 21,841 classes).
+MAX_CLASS_NUMBER = 100_000
 _IDX_PREFIXES = {"train": "train", "test": "t10k"}
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _SPLIT_SEED = 0
@@ -439,6 +441,9 @@ def _load_idx_split(images_path: Path, labels_path: Path | None, lazy: bool) -> 
         raise DataError(
             f"{images_path.name} has {len(images)} images but {labels_path.name} has {len(labels)} labels"
         )
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"{labels_path}: labels must be non-negative, found {labels.min()}")
+    _check_class_numbers(labels, labels_path)
     return Split(_as_uint8_images(images, images_path), labels.astype(np.int64))
 
 
@@ -492,7 +497,17 @@ def _as_labels(labels: np.ndarray, n: int, where) -> np.ndarray:
             raise DataError(f"{where}: labels must be integers, found dtype {labels.dtype}")
     if n and labels.min() < 0:
         raise DataError(f"{where}: labels must be non-negative, found {labels.min()}")
+    _check_class_numbers(labels, where)
     return labels.astype(np.int64)
+
+
+def _check_class_numbers(labels: np.ndarray, where) -> None:
+    """Refuse a label too large to be a class number: a source's classes are named 0 up to its
+    largest label, so a label of 9,000,000 (an id, say) made nine million names, and a sidecar of
+    134 MB."""
+    if len(labels) and labels.max() > MAX_CLASS_NUMBER:
+        raise DataError(f"{where}: label {labels.max()} is no class number (classes are numbered 0, 1, 2, ... up "
+                        f"to {MAX_CLASS_NUMBER:,}): renumber them, e.g. np.unique(y, return_inverse=True)[1]")
 
 
 def _numpy_file_error(path: Path, kind: str, magic: bytes, exc: Exception) -> DataError:

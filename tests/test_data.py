@@ -115,6 +115,27 @@ def test_an_idx_images_file_without_its_labels_or_with_another_name_is_refused(t
         fvae.load_dataset(tmp_path / "digits.idx3")
 
 
+def test_labels_too_large_to_be_class_numbers_are_refused_in_npz_and_idx_files(tmp_path, tiny):
+    """A label of 9,000,000 (an id) was taken as class 9,000,000: nine million class names, a 134 MB sidecar."""
+    images, labels = tiny
+    np.savez(tmp_path / "ids.npz", x=images, y=labels * 4_500_000)
+    with pytest.raises(DataError, match=r"ids.npz\[y\]: label 9000000 is no class number \(classes are numbered 0, "
+                                        r"1, 2, ... up to 100,000\): renumber them, e.g. np.unique"):
+        fvae.load_dataset(tmp_path / "ids.npz")
+    np.savez(tmp_path / "wide.npz", x=images, y=labels * 50_000)  # 100,000: the largest class number
+    assert len(fvae.load_dataset(tmp_path / "wide.npz").class_names) == 100_001
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", images)
+    for values, message in ((labels * 4_500_000, "label 9000000 is no class number"),
+                            (labels - 1, "labels must be non-negative, found -1")):
+        int32 = np.asarray(values, dtype=">i4")  # an idx file of int32 labels (type 0x0C)
+        header = bytes([0, 0, 0x0C, 1]) + np.asarray(int32.shape, dtype=">u4").tobytes()
+        (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(header + int32.tobytes()))
+        with pytest.raises(DataError, match=f"t10k-labels-idx1-ubyte.gz: {message}"):
+            fvae.load_dataset(folder)
+
+
 def test_keras_npz(tmp_path, tiny):
     images, labels = tiny
     np.savez(tmp_path / "k.npz", x_train=images, y_train=labels, x_test=images[:3], y_test=labels[:3])
