@@ -353,6 +353,8 @@ def test_cli_report_numbers_are_consistent(cli_run):
     assert enc["fisher"]["classification"]["logistic"]["accuracy"] > 0.9
     assert enc["pca"]["dim"] == report["vae"]["test"]["latent_dim"] == 64
     assert enc["vae"]["dim"] == 128  # means and log-variances
+    # the saved model encodes them too: `fvae encode --model runs/d/models/vae.npz` gave 64 means only
+    assert fvae.load(cwd / "runs" / "d" / "models" / "vae.npz").n_features_out_ == 128
     fisher_params = report["settings"]["fisher_params"]  # as used: the patches fit chose for 8x8 images
     assert (fisher_params["patch_size"], fisher_params["stride"], fisher_params["pca_components"]) == (4, 1, 12)
     assert report["settings"]["vae_params"]["latent_dim"] == 64
