@@ -530,9 +530,10 @@ def encode(
 ):
     """Encode a split of --data as float32 features, chunk by chunk.
 
-    Writes OUTPUT (.npy, .npz or .zarr) and beside it STEM.labels.npy and STEM.json, STEM being
-    OUTPUT without its suffix; without --model, also the fitted model as STEM.model.npz (with
-    --model, the method is the file's). Until it is complete the output is OUTPUT.part with a
+    Writes OUTPUT (.npy, .npz or .zarr) and beside it STEM.labels.npy (for labelled images) and
+    STEM.json (the model, source, split, class names, and an image folder's files row by row),
+    STEM being OUTPUT without its suffix; without --model, also the fitted model as
+    STEM.model.npz (with --model, the method is the file's). Until it is complete the output is OUTPUT.part with a
     manifest of finished chunks; an interrupted run finishes with --resume.
     """
     import time
