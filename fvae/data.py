@@ -382,12 +382,16 @@ def _idx_array(data: np.ndarray, dims, dtype: np.dtype, size: int, path: Path) -
     return data[:expected].view(dtype).reshape(dims)
 
 
+def _idx_names(prefix: str, kind: str) -> tuple[str, ...]:
+    """The names an idx file of ``kind`` ("images" or "labels") of split ``prefix`` may have, in
+    the order they are looked for: MNIST's (``t10k-images-idx3-ubyte``), then ``.idx``, each plain
+    or gzip-compressed."""
+    plain = (f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte", f"{prefix}-{kind}.idx")
+    return tuple(name for stem in plain for name in (stem, f"{stem}.gz"))
+
+
 def _find_idx_file(folder: Path, prefix: str, kind: str) -> Path | None:
-    for name in (f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte", f"{prefix}-{kind}.idx"):
-        for candidate in (folder / name, folder / f"{name}.gz"):
-            if candidate.is_file():
-                return candidate
-    return None
+    return next((folder / name for name in _idx_names(prefix, kind) if (folder / name).is_file()), None)
 
 
 def _idx_files(folder: Path) -> dict[str, tuple[Path, Path | None]]:
@@ -412,8 +416,7 @@ def _idx_file_split(path: Path) -> tuple[str, str] | None:
     (``t10k-images-idx3-ubyte.gz``: test images), or None for any other name."""
     for split, prefix in _IDX_PREFIXES.items():
         for kind in ("images", "labels"):
-            names = (f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte", f"{prefix}-{kind}.idx")
-            if path.name in names or path.name in [f"{name}.gz" for name in names]:
+            if path.name in _idx_names(prefix, kind):
                 return split, kind
     return None
 
@@ -441,10 +444,7 @@ def _load_idx_split(images_path: Path, labels_path: Path | None, lazy: bool) -> 
         raise DataError(
             f"{images_path.name} has {len(images)} images but {labels_path.name} has {len(labels)} labels"
         )
-    if len(labels) and labels.min() < 0:
-        raise DataError(f"{labels_path}: labels must be non-negative, found {labels.min()}")
-    _check_class_numbers(labels, labels_path)
-    return Split(_as_uint8_images(images, images_path), labels.astype(np.int64))
+    return Split(_as_uint8_images(images, images_path), _class_numbers(labels, labels_path))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -492,22 +492,23 @@ def _as_labels(labels: np.ndarray, n: int, where) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != n:
         raise DataError(f"{where}: {n} images but labels of shape {labels.shape}")
+    return _class_numbers(labels, where)
+
+
+def _class_numbers(labels: np.ndarray, where) -> np.ndarray:
+    """1-D ``labels`` (an .npz array, an idx file) as int64 class numbers, refused unless each is
+    a whole number from 0 to ``MAX_CLASS_NUMBER``: a source's classes are named 0 up to its
+    largest label, so a label of 9,000,000 (an id, say) made nine million names, and a sidecar of
+    134 MB."""
     if not np.issubdtype(labels.dtype, np.integer):
         if not np.issubdtype(labels.dtype, np.floating) or not np.all(labels == np.round(labels)):
             raise DataError(f"{where}: labels must be integers, found dtype {labels.dtype}")
-    if n and labels.min() < 0:
+    if len(labels) and labels.min() < 0:
         raise DataError(f"{where}: labels must be non-negative, found {labels.min()}")
-    _check_class_numbers(labels, where)
-    return labels.astype(np.int64)
-
-
-def _check_class_numbers(labels: np.ndarray, where) -> None:
-    """Refuse a label too large to be a class number: a source's classes are named 0 up to its
-    largest label, so a label of 9,000,000 (an id, say) made nine million names, and a sidecar of
-    134 MB."""
     if len(labels) and labels.max() > MAX_CLASS_NUMBER:
         raise DataError(f"{where}: label {labels.max()} is no class number (classes are numbered 0, 1, 2, ... up "
                         f"to {MAX_CLASS_NUMBER:,}): renumber them, e.g. np.unique(y, return_inverse=True)[1]")
+    return labels.astype(np.int64)
 
 
 def _numpy_file_error(path: Path, kind: str, magic: bytes, exc: Exception) -> DataError:
