@@ -850,17 +850,23 @@ def comparison_rows(report: dict) -> list[list[str]]:
     rows = [header]
     for name, r in report["encodings"].items():
         c = r["classification"]
-        few = next((p for p in r["label_efficiency"] if p["n_labels"] == 100), None)
+        few = _accuracy_with_100_labels(r)
         own = r["reconstruction"]["own"]
         fit = r["cost"]["fit_seconds"]
         rows.append([
             name, f"{r['dim']:,}", f"{c['logistic']['accuracy']:.4f}", f"{c['logistic']['macro_f1']:.4f}",
-            f"{c['knn']['accuracy']:.4f}", "-" if few is None else f"{few['accuracy_mean']:.4f}",
+            f"{c['knn']['accuracy']:.4f}", "-" if few is None else f"{few:.4f}",
             f"{r['reconstruction']['ridge']['mse']:.4f}", "-" if own is None else f"{own['mse']:.4f}",
             "reused" if fit is None else f"{fit:.1f}", f"{r['cost']['encode_images_per_second']:,.0f}",
             _size(r["cost"]["model_bytes"]),
         ])
     return rows
+
+
+def _accuracy_with_100_labels(encoding: dict) -> float | None:
+    """An encoding's mean accuracy on the label-efficiency curve's 100-label point (the table's
+    "acc @100 labels"), or None when the train split has fewer images."""
+    return next((p["accuracy_mean"] for p in encoding["label_efficiency"] if p["n_labels"] == 100), None)
 
 
 def knn_neighbours(report: dict) -> int:
@@ -920,7 +926,8 @@ def reading(report: dict) -> list[str]:
     knn = {n: enc[n]["classification"]["knn"]["accuracy"] for n in enc}
     by_knn = _leaders(knn)
     lines.append(f"With {knn_neighbours(report)}-nearest neighbours instead, {_lead(by_knn)} ({_pct(knn[by_knn[0]])}).")
-    few = {n: p["accuracy_mean"] for n in enc for p in enc[n]["label_efficiency"] if p["n_labels"] == 100}
+    at_100 = {n: _accuracy_with_100_labels(enc[n]) for n in enc}
+    few = {n: accuracy for n, accuracy in at_100.items() if accuracy is not None}
     if few:
         leaders = _leaders(few)
         lines.append(f"With only 100 labelled train images, {_lead(leaders)} with {_pct(few[leaders[0]])}.")
@@ -945,9 +952,9 @@ def _reading_of_one(report: dict) -> list[str]:
     sentence = (f"Only **{name}** was evaluated: logistic regression on its codes reaches "
                 f"{_pct(classification['logistic']['accuracy'])} on the test set, {knn_neighbours(report)}-nearest neighbours "
                 f"{_pct(classification['knn']['accuracy'])}")
-    few = [p["accuracy_mean"] for p in entry["label_efficiency"] if p["n_labels"] == 100]
-    if few:
-        sentence += f", and {_pct(few[0])} with only 100 labelled train images"
+    few = _accuracy_with_100_labels(entry)
+    if few is not None:
+        sentence += f", and {_pct(few)} with only 100 labelled train images"
     lines = [sentence + "."]
     if name != "raw":
         lines.append(f"Through a linear probe (ridge from codes to pixels) its codes reconstruct the test images "
