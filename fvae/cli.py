@@ -548,9 +548,9 @@ def encode(
     output_format(output)
     if scheduler is not None:
         check_scheduler_address(scheduler)
-    elif dask and jobs > (os.cpu_count() or 1):
-        raise _bad_option("--jobs", f"{jobs} worker processes on {os.cpu_count()} cores would only compete for them: "
-                                    f"at most {os.cpu_count()} with --dask (a cluster of more machines: --scheduler)")
+    elif dask and jobs > (cores := os.cpu_count() or 1):
+        raise _bad_option("--jobs", f"{jobs} worker processes on {cores} cores would only compete for them: "
+                                    f"at most {cores} with --dask (a cluster of more machines: --scheduler)")
     paths = output_paths(output)
     reuse_fitted = model is None and resume and paths["model"].exists() and paths["manifest"].exists()
     model = paths["model"] if reuse_fitted else model
