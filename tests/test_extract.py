@@ -121,23 +121,29 @@ def test_killed_run_resumes_to_identical_bytes(mnist_like, tmp_path, sig):
     assert again.stderr == "fvae: error: cut.npy exists and is finished: there is nothing to resume (pass --force to encode it again)\n"
 
 
+class _Stop(Exception):
+    pass
+
+
+def _interrupted_after(chunks, encoder, split, out, **settings):
+    """Run extract_features and stop it, as a kill would, once ``chunks`` chunks are written."""
+    seen = []
+
+    def progress(n):
+        seen.append(n)
+        if len(seen) == chunks:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        extract_features(encoder, split, out, progress=progress, **settings)
+
+
 def test_resume_refuses_other_settings(mnist_like, tmp_path):
     folder, model_path, _ = mnist_like
     encoder = fvae.load(model_path)
     split = fvae.load_dataset(folder, lazy=True).test
     paths = output_paths(tmp_path / "f.npy")
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_two(n, seen=[]):
-        seen.append(n)
-        if len(seen) == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        extract_features(encoder, split, paths["features"], metadata={"source": "t"}, batch_size=500,
-                         progress=stop_after_two)
+    _interrupted_after(2, encoder, split, paths["features"], metadata={"source": "t"}, batch_size=500)
     assert json.loads(paths["manifest"].read_text())["done"] == [0, 1]
     with pytest.raises(fvae.InputError, match=r"had other settings \(batch_size was 500, now 400\); repeat its command with --resume"):
         extract_features(encoder, split, paths["features"], metadata={"source": "t"}, batch_size=400, resume=True)
@@ -154,16 +160,7 @@ def test_the_manifest_identifies_an_image_folder_by_a_digest_of_its_file_names(m
     split = fvae.load_dataset(folder, lazy=True).test
     paths = output_paths(tmp_path / "f.npy")
     names = [f"class{i % 10}/{i}.png" for i in range(len(split))]
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_one(n):
-        raise Stop
-
-    with pytest.raises(Stop):
-        extract_features(encoder, split, paths["features"], metadata={"files": names}, batch_size=500,
-                         progress=stop_after_one)
+    _interrupted_after(1, encoder, split, paths["features"], metadata={"files": names}, batch_size=500)
     identity = json.loads(paths["manifest"].read_text())["identity"]
     assert re.fullmatch(r"3,000 files, sha256 [0-9a-f]{12}", identity["files"])
     renamed = [*names[:-1], "class9/new.png"]
