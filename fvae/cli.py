@@ -164,6 +164,9 @@ def _user_errors(command):
             if isinstance(exc, FvaeError):
                 typer.echo(f"fvae: error: {exc}", err=True)
                 raise typer.Exit(2) from None
+            if _is_closed_stdout(exc):
+                _stop_writing_to_stdout()
+                raise typer.Exit(CLOSED_PIPE_EXIT_CODE) from None
             if isinstance(exc, OSError):
                 where = f"{exc.filename}: " if exc.filename else ""
                 typer.echo(f"fvae: error: {where}{exc.strerror or exc}", err=True)
@@ -176,6 +179,25 @@ def _user_errors(command):
             raise
 
     return wrapper
+
+
+# Exit code when stdout's reader went away: what click gives for `fvae --help | head -0`, and what
+# Python's documentation of SIGPIPE advises
+CLOSED_PIPE_EXIT_CODE = 1
+
+
+def _is_closed_stdout(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write to stdout after its reader went away (``fvae datasets | head -1``):
+    the reader has what it wanted, so this is no error to report."""
+    return isinstance(exc, BrokenPipeError) and exc.filename is None
+
+
+def _stop_writing_to_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not hit the closed pipe again
+    and print "Exception ignored ... BrokenPipeError"."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _failed_allocation(exc: BaseException) -> str | None:
@@ -712,4 +734,7 @@ def run() -> None:
     except (typer.Abort, KeyboardInterrupt):  # while parsing, before a command runs
         typer.echo("fvae: interrupted", err=True)
         code = 130
+    except OSError as exc:  # --help or --version written to a full disk (a closed pipe click handles)
+        typer.echo(f"fvae: error: cannot write the output: {exc.strerror or exc}", err=True)
+        code = 2
     sys.exit(code if isinstance(code, int) else 0)

@@ -381,6 +381,33 @@ def test_datasets_command_checkout_shim_and_python_m_fvae(tmp_path):
     assert module.returncode == 2 and module.stderr.endswith("(see 'python -m fvae fit vae --help')\n"), module.stderr
 
 
+def _fvae_into_a_closed_pipe(*args, cwd):
+    """Run ``fvae ARGS`` with its stdout a pipe whose reader is gone, as in ``fvae datasets | head -0``."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # before the start, so that the first write fails whatever the timing
+    try:
+        return subprocess.run([FVAE, *args], stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                              timeout=300)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("args", [["datasets"], ["--help"], ["encode", "--help"], ["--version"]])
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path, args):
+    result = _fvae_into_a_closed_pipe(*args, cwd=tmp_path)
+    assert result.returncode == cli.CLOSED_PIPE_EXIT_CODE and result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize("args", [["datasets"], ["--help"], ["--version"]])
+def test_output_onto_a_full_disk_is_one_line(tmp_path, args):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("/dev/full, a device that is always full, exists on Linux only")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([FVAE, *args], stdout=full, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "No space left on device" in result.stderr
+
+
 def _raise_as_a_c_extension_would(error):
     """Raise ``error`` as a C extension does when a Ctrl-C lands in Python code it called."""
     try:
