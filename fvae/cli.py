@@ -523,7 +523,9 @@ def _label_of(text: str | None, encoder) -> int | str | None:
         return by_name[text]
     if not fitted_on_strings(encoder):
         with contextlib.suppress(ValueError):
-            return int(text)
+            label = int(text)
+            if not encoder.conditional or label in classes:  # sample() says an unconditional VAE draws no class
+                return label
     known = f": this model's classes are {', '.join(by_name)}" if by_name else " (a label number)"
     raise _bad_option("--label", f"{text!r} names no class{known}")
 

@@ -749,9 +749,12 @@ def test_cli_conditional_vae_samples_a_chosen_class_in_a_subprocess(tmp_path):
     assert three.returncode == 0, three.stderr
     with Image.open(tmp_path / "three.png") as picture:
         assert picture.format == "PNG"
-    unknown = fvae_cli("sample", "--model", "cvae.npz", "--label", "12", "-o", "twelve.png", cwd=tmp_path)
-    assert unknown.returncode == 2 and "this model knows classes 0..9" in unknown.stderr
-    assert unknown.stderr.count("\n") == 1 and not (tmp_path / "twelve.png").exists()
+    for label in ["12", "-1", "x"]:  # a number it does not know reads as a text that names nothing does
+        unknown = fvae_cli("sample", "--model", "cvae.npz", "--label", label, "-o", "unknown.png", cwd=tmp_path)
+        assert unknown.returncode == 2 and unknown.stderr == (
+            f"fvae: error: Invalid value for '--label': '{label}' names no class: this model's classes are "
+            "0, 1, 2, 3, 4, 5, 6, 7, 8, 9 (see 'fvae sample --help')\n")
+        assert not (tmp_path / "unknown.png").exists()
     # without --label every class is drawn, one row each (it used to be refused)
     every = fvae_cli("sample", "--model", "cvae.npz", "-n", "25", "-o", "every.png", cwd=tmp_path)
     assert every.returncode == 0, every.stderr
