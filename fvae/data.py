@@ -582,16 +582,38 @@ def _load_npy(path: Path, lazy: bool = False) -> Dataset:
 
 
 def _load_image_folder(folder: Path, lazy: bool = False) -> Dataset:
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    subdirs = _subfolders(folder)
     names = {p.name for p in subdirs}
-    if names and names <= {"train", "test"}:
-        class_names = sorted({c.name for s in subdirs for c in s.iterdir() if c.is_dir()})
+    if not names:
+        return _load_flat_image_folder(folder, lazy)
+    _warn_of_loose_images(folder)
+    if names <= {"train", "test"}:
+        class_names = sorted({c.name for s in subdirs for c in _subfolders(s)})
         splits = {s.name: _read_class_folders(s, class_names, lazy) for s in subdirs}
         return Dataset(str(folder), str(folder), splits.get("train"), splits.get("test"), tuple(class_names))
     class_names = [p.name for p in subdirs]
-    if not class_names:
-        return _load_flat_image_folder(folder, lazy)
     return _held_out(str(folder), str(folder), _read_class_folders(folder, class_names, lazy), class_names)
+
+
+def _is_hidden(path: Path) -> bool:
+    """Names starting with "." are left out of image folders, as Keras's image_dataset_from_directory
+    leaves them out: .ipynb_checkpoints, .git, and macOS's "._name.png" files, which are no images."""
+    return path.name.startswith(".")
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """The subfolders of ``folder`` that are not hidden, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p))
+
+
+def _warn_of_loose_images(folder: Path) -> None:
+    """Images beside class subfolders belong to no class: say that they are left out."""
+    loose = _image_files_in(folder)
+    if len(loose) == 1:
+        log.warning("%s: %s is in no class subfolder, so it is left out", folder, loose[0].name)
+    elif loose:
+        log.warning("%s: %d images (%s, ...) are in no class subfolder, so they are left out", folder, len(loose),
+                    loose[0].name)
 
 
 def image_file_names(images, root) -> list[str] | None:
@@ -603,8 +625,12 @@ def image_file_names(images, root) -> list[str] | None:
 
 
 def _image_files_in(folder: Path) -> list[Path]:
-    """The PNG and JPEG files in ``folder`` (not in its subfolders), sorted by name."""
-    return sorted(f for f in folder.glob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    """The PNG and JPEG files in ``folder`` (not in its subfolders, not hidden), sorted by name;
+    none if there is no such folder (a class that one split of a train/test folder lacks)."""
+    if not folder.is_dir():
+        return []
+    return sorted(f for f in folder.iterdir()
+                  if f.suffix.lower() in IMAGE_SUFFIXES and not _is_hidden(f) and f.is_file())
 
 
 def _load_flat_image_folder(folder: Path, lazy: bool) -> Dataset:

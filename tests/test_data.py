@@ -301,6 +301,57 @@ def test_image_folder_with_train_and_test_subfolders(tmp_path, tiny):
     assert ds.train.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
 
 
+def _hidden_things_in(folder, image):
+    """What Jupyter, git and macOS leave in a folder, beside its images: hidden folders, one of
+    them holding a real image, and a macOS "._" file with an image's name that is no image."""
+    (folder / ".git").mkdir()
+    (folder / ".ipynb_checkpoints").mkdir()
+    Image.fromarray(image).save(folder / ".ipynb_checkpoints" / "copy.png")
+    first_png = next(folder.rglob("[!.]*.png"))
+    (first_png.parent / f"._{first_png.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+
+
+@pytest.mark.parametrize("layout", ["classes", "train and test", "no classes"])
+def test_hidden_files_and_folders_of_an_image_folder_are_left_out(tmp_path, tiny, layout):
+    images, labels = tiny
+    folder = tmp_path / "f"
+    if layout == "train and test":
+        for split, rows in (("train", slice(0, 9)), ("test", slice(9, 12))):
+            write_image_folder(folder / split, images[rows], [f"c{lab}" for lab in labels[rows]])
+    else:
+        write_image_folder(folder, images, [f"c{lab}" for lab in labels] if layout == "classes" else [""] * 12)
+    before = fvae.load_dataset(folder)
+    _hidden_things_in(folder, images[0])
+    if layout == "train and test":
+        _hidden_things_in(folder / "train", images[0])
+    for lazy in (False, True):
+        after = fvae.load_dataset(folder, lazy=lazy)
+        assert after.class_names == before.class_names
+        for split in ("train", "test"):
+            if getattr(before, split) is None:
+                assert getattr(after, split) is None
+                continue
+            np.testing.assert_array_equal(getattr(after, split).images[:], getattr(before, split).images)
+            np.testing.assert_array_equal(getattr(after, split).labels, getattr(before, split).labels)
+
+
+def test_images_beside_class_subfolders_are_left_out_with_a_warning(tmp_path, tiny, caplog):
+    images, labels = tiny
+    write_image_folder(tmp_path / "f", images, [f"c{lab}" for lab in labels])
+    Image.fromarray(images[0]).save(tmp_path / "f" / "stray.png")
+    with caplog.at_level(logging.WARNING, logger="fvae"):
+        ds = fvae.load_dataset(tmp_path / "f")
+    assert len(ds.split("all")) == 12 and ds.class_names == ("c0", "c1", "c2")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'f'}: stray.png is in no class subfolder, so it is left out"]
+    caplog.clear()
+    Image.fromarray(images[1]).save(tmp_path / "f" / "another.png")
+    with caplog.at_level(logging.WARNING, logger="fvae"):
+        fvae.load_dataset(tmp_path / "f")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'f'}: 2 images (another.png, ...) are in no class subfolder, so they are left out"]
+
+
 def test_named_sources():
     digits = fvae.load_dataset("digits")
     assert digits.image_shape == (8, 8) and (len(digits.train), len(digits.test)) == (1437, 360)
