@@ -81,6 +81,15 @@ def _bad_option(option: str, message: str) -> typer.BadParameter:
     return typer.BadParameter(message, param_hint=f"'{option}'")
 
 
+def _check_output_suffix(output: Path, suffix: str, what: str) -> None:
+    """Refuse an --output that does not end in ``suffix`` (in any case), or that is the suffix alone
+    (``-o .npz``: a hidden file with no name)."""
+    if output.name.lower() == suffix:
+        raise _bad_option("--output", f"{output}: the {what} needs a name before {suffix}")
+    if output.suffix.lower() != suffix:
+        raise _bad_option("--output", f"{output}: the {what} is written as {suffix}")
+
+
 def _folder_name(value: str | None) -> str | None:
     """An option callback refusing a run name that is not one folder name: empty, ``.``, ``..``,
     or a path, which would put the run outside --runs-dir (``/tmp/x`` replaces it altogether)."""
@@ -333,6 +342,7 @@ def fit_fisher(
     if alpha is not None and not improved:
         raise _bad_option("--alpha", "applies to the improved Fisher Vector only, not with --no-improved")
     given = {} if alpha is None else {"alpha": alpha}  # otherwise FisherVectorEncoder's default
+    _check_output_suffix(output, ".npz", "model file")
     refuse_unwritable(output, force=force)  # before the fit, which may take minutes
     dataset = load_dataset(data, data_dir)
     train = _fitting_split(dataset, split)
@@ -417,6 +427,7 @@ def fit_vae(
         raise _bad_option("--hidden", "applies to --arch mlp only")
     if binarization is not None and likelihood != Likelihood.bernoulli:
         raise _bad_option("--binarization", "applies to --likelihood bernoulli only")
+    _check_output_suffix(output, ".npz", "model file")
     given = {}  # the rest are VAEEncoder's defaults
     if hidden is not None:
         given["hidden"] = _hidden_sizes(hidden)
@@ -492,8 +503,7 @@ def sample(
     """
     from .persist import refuse_unwritable, saved_method
 
-    if output.suffix.lower() != ".png":
-        raise _bad_option("--output", f"{output}: the sample grid is written as .png")
+    _check_output_suffix(output, ".png", "sample grid")
     refuse_unwritable(output, force=force)
     saved_method(model, "vae")  # a missing or wrong file is refused before TensorFlow loads
     with _status(f"loading {model} and drawing {n} samples", quiet):  # TensorFlow's import takes seconds

@@ -39,6 +39,8 @@ NEEDS_DASK = "running on Dask needs dask[distributed]: pip install 'fvae[dask]'"
 def output_format(out) -> str:
     """``.npy``, ``.npz`` or ``.zarr`` from the output path; anything else is refused."""
     suffix = Path(out).suffix.lower()
+    if Path(out).name.lower() in FORMATS:  # "-o .npy": Python reads it as a hidden file without suffix
+        raise InputError(f"{out}: the features file needs a name before {Path(out).name}")
     if suffix not in FORMATS:
         raise InputError(f"{out}: the features file must end in .npy, .npz or .zarr")
     return suffix

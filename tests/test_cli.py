@@ -269,6 +269,36 @@ def test_out_of_range_options_are_refused_by_the_option_name_not_the_library_par
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("command, output, message", [
+    # fit wrote its zip under any name: "-o model" gave a file "model", "-o m.txt" a zip named .txt
+    (["fit", "fisher"], "model", "model: the model file is written as .npz"),
+    (["fit", "vae"], "m.txt", "m.txt: the model file is written as .npz"),
+    # "-o .npz" wrote a hidden file, and "-o .png" was told to end in .png, which it does
+    (["fit", "fisher"], ".npz", ".npz: the model file needs a name before .npz"),
+    (["sample", "--model", "v.npz"], ".png", ".png: the sample grid needs a name before .png"),
+    (["sample", "--model", "v.npz"], "grid.jpg", "grid.jpg: the sample grid is written as .png"),
+])
+def test_an_output_file_without_its_format_s_suffix_is_refused(tmp_path, monkeypatch, capsys, command, output,
+                                                                message):
+    data = [] if command[0] == "sample" else ["--data", "digits"]
+    monkeypatch.setattr(sys, "argv", ["fvae", *command, *data, "-o", output])
+    with pytest.raises(SystemExit) as exit_:
+        cli.run()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"fvae: error: Invalid value for '--output': {message} (see '")
+    subcommand = " ".join(word for word in command[:2] if not word.startswith("-"))
+    assert err.endswith(f"fvae {subcommand} --help')\n")
+    assert not list(tmp_path.iterdir())
+
+
+def test_encode_to_a_features_file_named_by_its_suffix_alone_is_refused(tmp_path):
+    # ".npy" has no suffix for Python (a hidden file's name), so it was told to end in .npy
+    result = fvae_cli("encode", "--data", "digits", "-o", ".npy", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr == "fvae: error: .npy: the features file needs a name before .npy\n"
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("name", ["", ".", "..", "../elsewhere", "group/run", "ABSOLUTE"])
 def test_a_run_name_that_is_not_one_folder_name_is_refused(tmp_path, name):
     # "../elsewhere" once wrote beside --runs-dir, an absolute name anywhere, and "" the default run
@@ -649,8 +679,8 @@ def test_an_unwritable_output_is_refused_before_any_work(tmp_path, monkeypatch, 
 
 
 @pytest.mark.parametrize("args", [
-    ["fit", "fisher", "--data", "digits", "-o", "taken"],
-    ["fit", "vae", "--data", "digits", "-o", "taken"],
+    ["fit", "fisher", "--data", "digits", "-o", "taken.npz"],
+    ["fit", "vae", "--data", "digits", "-o", "taken.npz"],
     ["encode", "--data", "digits", "-o", "taken.npy"],
     ["sample", "--model", "missing.npz", "-o", "taken.png"],
 ], ids=" ".join)
