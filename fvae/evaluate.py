@@ -112,9 +112,12 @@ class Settings:
 def parse_methods(text: str) -> tuple:
     """``"fisher,pca"`` -> ``("fisher", "pca")``, in the canonical order; unknown names refused."""
     names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = sorted(set(names) - set(METHODS))
+    unknown = [name for name in names if name not in METHODS]
     if not names or unknown:
-        raise InputError(f"--methods {text!r}: choose from {', '.join(METHODS)} (comma-separated)")
+        which = ""
+        if unknown:
+            which = ", ".join(map(repr, unknown)) + (" is not an encoding; " if len(unknown) == 1 else " are not encodings; ")
+        raise InputError(f"--methods {text!r}: {which}choose from {', '.join(METHODS)} (comma-separated)")
     return tuple(m for m in METHODS if m in names)
 
 
