@@ -692,6 +692,9 @@ def evaluate(
     chosen = parse_methods(methods)
     given_models(chosen, fisher_model, vae_model)  # before the data loads: a wrong model file is refused at once
     run_dir = runs_dir / (run_name(data) if name is None else name)
+    if run_dir.is_dir() and not force:  # atomic_directory refuses it too, without the other way out
+        raise OutputExistsError(f"{run_dir} exists; pass --force to overwrite it, or --name to write another run "
+                                f"beside it")
     with atomic_directory(run_dir, force=force) as tmp:  # refuses an existing run before any work
         if quiet:
             logging.getLogger("fvae").setLevel(logging.WARNING)

@@ -386,7 +386,8 @@ def test_cli_reuses_saved_models_and_refuses_to_overwrite(cli_run, tmp_path):
     before = (cwd / "runs" / "d" / "report.json").stat().st_mtime_ns
 
     again = fvae_cli("evaluate", "--data", "digits", "--quick", "--name", "d", cwd=cwd)
-    assert again.returncode == 2 and again.stderr.strip() == "fvae: error: runs/d exists; pass --force to overwrite it"
+    assert again.returncode == 2 and again.stderr == (
+        "fvae: error: runs/d exists; pass --force to overwrite it, or --name to write another run beside it\n")
     assert (cwd / "runs" / "d" / "report.json").stat().st_mtime_ns == before
 
     # the same split from two files: --data (train only) and --test-data
