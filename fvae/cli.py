@@ -550,7 +550,7 @@ def encode(
     model: Annotated[Optional[Path], typer.Option(help="Saved model; without it, fit on the train split first.")] = None,
     split: Annotated[SplitName, typer.Option(help="Which split to encode.")] = SplitName.test,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per chunk: the unit of encoding, writing and resuming.")] = 1024,
-    jobs: Annotated[int, typer.Option(min=1, help="Fisher: threads encoding in parallel (the VAE uses TensorFlow's threads).")] = 1,
+    jobs: Annotated[int, typer.Option(min=1, help="Fisher: threads encoding in parallel; with --dask, its workers (the VAE uses TensorFlow's threads).")] = 1,
     resume: Annotated[bool, typer.Option(help="Finish an interrupted run: keep its finished chunks.")] = False,
     dask: Annotated[bool, typer.Option("--dask", help="Encode on a local Dask cluster (--jobs workers).")] = False,
     scheduler: Annotated[Optional[str], typer.Option(help="Encode on the Dask cluster at tcp://HOST:PORT.")] = None,
@@ -592,6 +592,9 @@ def encode(
         method = Method(saved_method(model)) if model is not None else Method.fisher
     if log_var is not None and method != Method.vae:
         raise _bad_option("--log-var", "applies to --method vae only")
+    if jobs > 1 and method == Method.vae and not dask:  # it would be ignored
+        raise _bad_option("--jobs", "applies to Fisher encoding, or to --dask workers: the VAE encodes with "
+                                    "TensorFlow's threads, all cores already")
     # Checked before loading or fitting anything, so a refusal costs nothing.
     refuse_existing_outputs(output, force=force, resume=resume)
     if model is None and paths["model"].exists() and not force:

@@ -725,6 +725,19 @@ def test_a_local_dask_cluster_of_more_workers_than_cores_is_refused(tmp_path, mo
     assert not list(tmp_path.iterdir())
 
 
+def test_jobs_for_a_vae_without_dask_is_refused_as_ignored(tmp_path, monkeypatch):
+    """--jobs 2 with a VAE was accepted and did nothing: TensorFlow's threads encode it."""
+    loading_no_data(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    save_model("vae.npz", method="vae", params={}, arrays={}, input_shape=(8, 8))
+    for model in (["--method", "vae"], ["--model", "vae.npz"]):
+        result = runner.invoke(app, ["encode", "--data", "digits", "-o", "f.npy", *model, "--jobs", "2"])
+        assert result.exit_code == 2
+        assert ("Invalid value for '--jobs': applies to Fisher encoding, or to --dask workers: the VAE encodes with "
+                "TensorFlow's threads, all cores already") in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["vae.npz"]
+
+
 def test_the_writability_check_leaves_nothing_behind(tmp_path):
     from fvae.persist import refuse_unwritable
 
