@@ -688,6 +688,9 @@ def load_splits(data, test_data=None, data_dir=None) -> tuple[Split, Split, dict
 
     source = load_dataset(data, data_dir)
     if test_data is None:
+        if source.train is None:
+            raise DataError(f"{source.name} has only test images, and evaluate trains on --data: pass a source of "
+                            f"train images as --data, and this one as --test-data")
         train, test = source.split("train"), source.split("test")
         test_source, test_split, train_split = source, "test", "train"
     else:

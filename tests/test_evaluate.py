@@ -460,6 +460,10 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
         (["--data", "digits", "--methods", "fisher", "--fisher-model", "f12.npz"],
          "fvae: error: images are 8x8, but f12.npz was fitted on 12x12 images\n"),
         (["--data", "unlabelled.npz", "--methods", "raw"], "labels"),
+        # was "has no train split, only test images; this needs a train split", with no way round it
+        (["--data", "images.npy", "--methods", "raw"],
+         "fvae: error: images.npy has only test images, and evaluate trains on --data: pass a source of train images "
+         "as --data, and this one as --test-data\n"),
         (["--data", "digits", "--test-data", "images.npy", "--methods", "raw"],
          "images.npy has no labels, and evaluate needs labelled test images: give an idx folder, a Keras-style .npz "
          "or an image folder with a subfolder per class\n"),
