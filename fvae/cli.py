@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -417,7 +418,8 @@ def fit_vae(
 
     The test numbers are left out when the test images were trained on (--split test or all).
     Ctrl-C after the first epoch stops the training there and keeps the best epoch so far: it is
-    saved, evaluated and drawn as usual, and the command exits with code 130.
+    saved, evaluated and drawn as usual, and the command exits with code 130 (143 for SIGTERM,
+    which is taken as Ctrl-C is).
     """
     from .data import load_dataset
     from .report import refuse_vae_outputs
@@ -736,8 +738,58 @@ def _in_plain_words(exc: BaseException) -> None:
         pass
 
 
+#: Exit code of a command that SIGTERM ended (128 + 15), as a shell reports one that it killed
+TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
+
+
+class _Termination:
+    """SIGTERM (kill, timeout, a batch system's time limit) ends a command as Ctrl-C does.
+
+    Left to Python's default, it killed the process at once: an evaluation's hidden temporary
+    run folder stayed behind, and a VAE's finished epochs were lost. Handled as SIGINT is, through whatever handler SIGINT has then (Python's, or fit's
+    one that waits for the end of the training step), the command cleans up, keeps what Ctrl-C
+    keeps, and says so.
+    """
+
+    def __init__(self):
+        self.received = False
+
+    @contextlib.contextmanager
+    def handled(self):
+        """Handle SIGTERM in the block, unless it was ignored (by a parent that chose so) or handled
+        already (by a program that called :func:`run`); then the handler before is put back."""
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            yield self
+            return
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def _on_sigterm(self, signum, frame):
+        self.received = True
+        on_sigint = signal.getsignal(signal.SIGINT)
+        if not callable(on_sigint):  # SIGINT ignored (a background job) or left to the system
+            raise KeyboardInterrupt
+        on_sigint(signal.SIGINT, frame)
+
+    def exit_code(self, code: int) -> int:
+        """The exit code to leave with: an interrupt's 130 is SIGTERM's 143 when SIGTERM caused it."""
+        return TERMINATED_EXIT_CODE if self.received and code == 130 else code
+
+
 def run() -> None:
-    """Console entry point: like ``app()``, but usage errors are one line too (exit code 2)."""
+    """Console entry point: like ``app()``, but usage errors are one line too (exit code 2), and
+    SIGTERM ends a command as Ctrl-C does (exit code 143)."""
+    with _Termination().handled() as termination:
+        code = _run_app()
+    sys.exit(termination.exit_code(code))
+
+
+def _run_app() -> int:
+    """Run the app; its exit code, with usage errors, interrupts while parsing and failed writes
+    of --help said in one line."""
     try:  # typer >= 0.24 vendors click; older releases depend on it
         from typer._click.exceptions import UsageError
     except ImportError:
@@ -755,4 +807,4 @@ def run() -> None:
     except OSError as exc:  # --help or --version written to a full disk (a closed pipe click handles)
         typer.echo(f"fvae: error: cannot write the output: {exc.strerror or exc}", err=True)
         code = 2
-    sys.exit(code if isinstance(code, int) else 0)
+    return code if isinstance(code, int) else 0

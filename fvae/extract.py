@@ -19,8 +19,11 @@ import contextlib
 import copy
 import hashlib
 import json
+import logging
 import os
 import shutil
+import signal
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -565,6 +568,37 @@ def dask_client(scheduler: str | None = None, *, workers: int | None = None):
         return
     # The scheduler serves HTTP even without a dashboard, by default on port 8787; where another
     # cluster holds that port, Dask prints a UserWarning. Any free port will do.
-    with LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=":0") as cluster, Client(cluster) as client:
-        yield client
+    with _workers_ignoring_ctrl_c():
+        cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=":0")
+    dask_log = logging.getLogger("distributed")
+    level = dask_log.level
+    try:
+        with cluster, Client(cluster) as client:
+            try:
+                yield client
+            except KeyboardInterrupt:
+                # The cluster is shut down on purpose: its warnings of lost workers and cancelled
+                # tasks would bury the message that says what was kept.
+                dask_log.setLevel(logging.CRITICAL + 1)
+                raise
+    finally:
+        dask_log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _workers_ignoring_ctrl_c():
+    """Start worker processes with SIGINT ignored, which a spawned Python keeps ignored.
+
+    A Ctrl-C in a terminal reaches every process of the command: each worker died of it with a
+    traceback of its own, while this process, which the Ctrl-C also reached, shuts the cluster
+    down and says what was kept.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)

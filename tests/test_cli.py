@@ -551,6 +551,42 @@ def test_ctrl_c_says_so_in_one_line_and_leaves_no_model(tmp_path):
     assert not [p.name for p in tmp_path.iterdir() if "v.npz" in p.name or "v.history" in p.name]
 
 
+def test_sigterm_ends_evaluate_as_ctrl_c_does_leaving_no_temporary_run_folder(tmp_path):
+    """Under SIGTERM (kill, timeout, a batch system's time limit) evaluate died at once, and its
+    hidden temporary run folder (runs/.digits.PID.RANDOM.part) stayed behind for good."""
+    import signal
+
+    run = fvae_cli("evaluate", "--data", "digits", "--methods", "vae,raw", "--quick", cwd=tmp_path, wait=False)
+    lines = []
+    for line in run.stderr:
+        lines.append(line)
+        if "fitting vae on" in line:  # the run folder is made before the first fit
+            run.send_signal(signal.SIGTERM)
+            break
+    stdout, rest = run.communicate(timeout=300)
+    stderr = "".join(lines) + rest
+    assert run.returncode == 143, stderr
+    assert stderr.endswith("fvae: interrupted; no half-written output was left\n") and "Traceback" not in stderr
+    assert not (tmp_path / "runs").exists() and stdout == ""
+
+
+def test_sigterm_is_handled_only_inside_run_and_never_where_a_parent_ignored_it():
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with cli._Termination().handled():
+            assert callable(signal.getsignal(signal.SIGTERM))
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back for the rest of the process
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # nohup-like: the parent chose to ignore it
+        with cli._Termination().handled() as termination:
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert termination.exit_code(130) == 130 and termination.exit_code(0) == 0
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_fit_fisher_em_iter_caps_em_and_the_warning_says_how_to_raise_it(tmp_path):
     result = fvae_cli("fit", "fisher", "--data", "digits", "-o", "m.npz", *SMALL_FIT, "--em-iter", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

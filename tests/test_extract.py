@@ -7,12 +7,13 @@ import os
 import pickle
 import re
 import signal
+import subprocess
 import time
 
 import numpy as np
 import pytest
 
-from conftest import fvae_cli
+from conftest import FVAE, as_from_a_terminal, fvae_cli
 import fvae
 from fvae.data import GzipIdxImages
 from fvae.extract import extract_features, output_paths
@@ -78,15 +79,8 @@ def test_streamed_output_equals_in_memory_transform(mnist_like, tmp_path):
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "h.zarr"), mode="r")[:], streamed)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
-def test_killed_run_resumes_to_identical_bytes(mnist_like, tmp_path, sig):
-    folder, model_path, _ = mnist_like
-    common = ["encode", "--model", model_path, "--data", folder, "--batch-size", "50", "--quiet"]
-    whole = fvae_cli(*common, "-o", "whole.npy", cwd=tmp_path)
-    assert whole.returncode == 0, whole.stderr
-
-    paths = output_paths(tmp_path / "cut.npy")
-    run = fvae_cli(*common, "-o", "cut.npy", cwd=tmp_path, wait=False)
+def _finished_chunks_once_there_are(n, run, paths) -> list:
+    """Wait until the running encode ``run`` has finished ``n`` chunks; the manifest's list of them."""
     deadline = time.time() + 120
     done = []
     while time.time() < deadline and run.poll() is None:
@@ -95,17 +89,32 @@ def test_killed_run_resumes_to_identical_bytes(mnist_like, tmp_path, sig):
                 done = json.loads(paths["manifest"].read_text())["done"]
             except ValueError:  # caught between write and rename: read again
                 done = []
-            if len(done) >= 5:
+            if len(done) >= n:
                 break
         time.sleep(0.02)
     assert run.poll() is None, "the run ended before it could be killed; make the input larger"
+    return done
+
+
+# SIGTERM (kill, timeout, a batch system's time limit) used to kill at once, as SIGKILL does
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "Ctrl-C", "SIGTERM"])
+def test_killed_run_resumes_to_identical_bytes(mnist_like, tmp_path, sig):
+    folder, model_path, _ = mnist_like
+    common = ["encode", "--model", model_path, "--data", folder, "--batch-size", "50", "--quiet"]
+    whole = fvae_cli(*common, "-o", "whole.npy", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+
+    paths = output_paths(tmp_path / "cut.npy")
+    run = fvae_cli(*common, "-o", "cut.npy", cwd=tmp_path, wait=False)
+    done = _finished_chunks_once_there_are(5, run, paths)
     os.kill(run.pid, sig)
     _, stderr = run.communicate(timeout=60)
     if sig == signal.SIGKILL:
         assert run.returncode == -signal.SIGKILL
     else:
-        assert run.returncode == 130 and "run the same command with --resume" in stderr, stderr
-        assert "Traceback" not in stderr
+        assert run.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], stderr
+        assert stderr == ("fvae: interrupted; the finished chunks are kept in cut.npy.part: run the same command "
+                          "with --resume to finish\n")
     assert not paths["features"].exists() and paths["partial"].exists() and 5 <= len(done) < 60
 
     refused = fvae_cli(*common, "-o", "cut.npy", cwd=tmp_path)
@@ -119,6 +128,26 @@ def test_killed_run_resumes_to_identical_bytes(mnist_like, tmp_path, sig):
     again = fvae_cli(*common, "-o", "cut.npy", "--resume", cwd=tmp_path)
     assert again.returncode == 2, again.stderr  # finished: never rewritten, and not told to pass --force to resume
     assert again.stderr == "fvae: error: cut.npy exists and is finished: there is nothing to resume (pass --force to encode it again)\n"
+
+
+def test_ctrl_c_on_a_local_dask_cluster_is_one_message(mnist_like, tmp_path):
+    """A terminal's Ctrl-C reaches every process of the command, the workers too: each printed a
+    traceback, and the scheduler warned of lost workers, around fvae's one line."""
+    pytest.importorskip("distributed", reason="dask[distributed] is in the dask extra: pip install 'fvae[dask]'")
+    folder, model_path, _ = mnist_like
+    paths = output_paths(tmp_path / "cut.npy")
+    run = subprocess.Popen([FVAE, "encode", "--model", str(model_path), "--data", str(folder), "--batch-size", "50",
+                            "--dask", "--jobs", "2", "--quiet", "-o", "cut.npy"], cwd=tmp_path, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                           preexec_fn=as_from_a_terminal)
+    _finished_chunks_once_there_are(2, run, paths)
+    os.killpg(run.pid, signal.SIGINT)  # the whole process group, as a terminal sends it
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr and "distributed.scheduler" not in stderr
+    assert stderr.endswith("fvae: interrupted; the finished chunks are kept in cut.npy.part: run the same command "
+                           "with --resume to finish\n")
+    assert paths["partial"].exists()
 
 
 class _Stop(Exception):

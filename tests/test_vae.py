@@ -1124,18 +1124,20 @@ def test_ctrl_c_in_the_first_epoch_propagates_and_fits_nothing(digits):
     assert not hasattr(encoder, "model_")
 
 
-def test_cli_ctrl_c_in_fit_vae_saves_the_best_epoch_so_far(tmp_path):
+# SIGTERM (kill, timeout, a batch system's time limit) killed the process at once: every epoch was lost
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["Ctrl-C", "SIGTERM"])
+def test_cli_ctrl_c_in_fit_vae_saves_the_best_epoch_so_far(tmp_path, sig, code):
     run = fvae_cli("fit", "vae", "--data", "digits", "-o", "vae.npz", "--arch", "mlp", "--hidden", "16",
                    "--epochs", "5000", "--patience", "5000", "--figures", "figs", cwd=tmp_path, wait=False)
     lines = []
     for line in run.stderr:  # one line per finished epoch (stderr is a pipe)
         lines.append(line)
         if line.startswith("epoch 2/5000"):
-            run.send_signal(signal.SIGINT)
+            run.send_signal(sig)
             break
     stdout, rest = run.communicate(timeout=300)
     stderr = "".join(lines) + rest
-    assert run.returncode == 130, stderr
+    assert run.returncode == code, stderr
     assert "Traceback" not in stderr and "interrupted in epoch " in stderr
     history = json.loads((tmp_path / "vae.history.json").read_text())
     assert history["stopped_by"] == "interrupted" and 2 <= history["epochs_run"] < 5000
