@@ -482,8 +482,10 @@ def _fitting_split(dataset, split: SplitName):
 
 
 def _counted(n: int, noun: str) -> str:
-    """'1 image', '2 images', '1,000 images'."""
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+    """'1 image', '2 images', '1,000 images' (imported when used: the report module loads NumPy)."""
+    from .report import counted
+
+    return counted(n, noun)
 
 
 @app.command()

@@ -13,6 +13,11 @@ from .errors import InputError
 from .persist import atomic_output, history_paths, refuse_overwrite, refuse_unwritable
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 image', '2 images', '1,000 images'."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def progress_bar(description: str, total: int):
     """A transient rich progress bar on stderr: the description, the bar, done/total, a free
     ``info`` field and the time left. Returns ``(progress, task)``; the caller starts and stops
@@ -477,7 +482,7 @@ def markdown_report(report: dict) -> str:
             "",
             f"Test ELBO {t['elbo']:.2f} nats/image (reconstruction {t['reconstruction']:.2f}, KL {t['kl']:.2f}), "
             f"IWAE bound (k={t['iwae_k']}) {t['iwae_bound']:.2f}, {t['active_units']}/{t['latent_dim']} active units."
-            + (f" Trained {tr['epochs_run']} epochs ({tr['stopped_by']}), best epoch {tr['best_epoch'] + 1}."
+            + (f" Trained {counted(tr['epochs_run'], 'epoch')} ({tr['stopped_by']}), best epoch {tr['best_epoch'] + 1}."
                if tr.get("epochs_run") else " Reused a saved model.") + _vae_targets_note(report),
             "",
         ]

@@ -377,6 +377,10 @@ def test_cli_report_numbers_are_consistent(cli_run):
         assert e["label_efficiency"][-1]["accuracy_mean"] == e["classification"]["logistic"]["accuracy"]
         assert np.asarray(e["classification"]["knn"]["confusion"]).sum() == 360
     assert result.stdout.splitlines()[-1].endswith(" figures and models/fisher.npz, models/vae.npz")
+    training = report["vae"]["training"]
+    assert f" Trained {training['epochs_run']} epochs ({training['stopped_by']})" in markdown_report(report)
+    training["epochs_run"] = 1  # a --vae-seconds too short for a second epoch read "Trained 1 epochs"
+    assert f" Trained 1 epoch ({training['stopped_by']}), best epoch " in markdown_report(report)
 
 
 def test_cli_reuses_saved_models_and_refuses_to_overwrite(cli_run, tmp_path):
