@@ -1048,6 +1048,16 @@ def test_a_first_epoch_that_diverges_is_an_error_and_fits_nothing(digits):
     assert not hasattr(encoder, "model_")
 
 
+def test_a_dropout_that_overflows_the_first_epoch_is_named_beside_the_learning_rate(digits):
+    # dropout 0.99 scales the kept units by 100 in each layer: it overflows at any learning rate,
+    # and the error pointed at the learning rate only
+    encoder = VAEEncoder(**{**TINY, "hidden": (512, 256), "dropout": 0.99, "epochs": 1})
+    with pytest.raises(fvae.TrainingDiverged, match=r"with no earlier epoch to keep: try a lower learning rate than "
+                                                    r"0\.001, or less dropout than 0\.99$"):
+        encoder.fit(digits.train.images[:600])
+    assert not hasattr(encoder, "model_")
+
+
 def test_cli_a_learning_rate_that_diverges_is_one_line_and_writes_nothing(tmp_path):
     fit = fvae_cli("fit", "vae", "--data", "digits", "-o", "vae.npz", "--arch", "mlp", "--hidden", "16",
                    "--epochs", "3", "--learning-rate", "100", "--figures", "figs", cwd=tmp_path)

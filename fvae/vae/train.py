@@ -303,7 +303,7 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
         log.warning("interrupted %s: training stopped there, with the weights of epoch %d", interrupted,
                     stopper.best_epoch + 1)
     if stopper.diverged_in is not None:
-        _report_divergence(stopper, record, learning_rate)
+        _report_divergence(stopper, record, learning_rate, model.dropout)
     result = dict(record.history)
     result["seconds"] = record.seconds
     result["best_epoch"] = stopper.best_epoch  # the last epoch when nothing was validated
@@ -317,15 +317,19 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
     return result
 
 
-def _report_divergence(stopper: BestOnValidationElbo, record: "_EpochRecord", learning_rate: float) -> None:
+def _report_divergence(stopper: BestOnValidationElbo, record: "_EpochRecord", learning_rate: float,
+                       dropout: float) -> None:
     """Warn that training stopped at a non-finite epoch, or raise :class:`TrainingDiverged`
     when no epoch before it finished with finite numbers, so that no NaN weights are kept."""
     epoch = stopper.diverged_in
     numbers = ", ".join(f"{name} {record.history[name][epoch]:g}" for name in ("loss", "val_elbo")
                         if name in record.history)
     if stopper.best_epoch < 0:
+        # Dropout scales the units it keeps by 1 / (1 - dropout), 100 for 0.99, layer after layer:
+        # the log-variances overflow whatever the learning rate.
+        less_dropout = f", or less dropout than {dropout:g}" if dropout else ""
         raise TrainingDiverged(f"training diverged in epoch {epoch + 1} ({numbers}), with no earlier epoch to keep: "
-                               f"try a lower learning rate than {learning_rate:g}")
+                               f"try a lower learning rate than {learning_rate:g}{less_dropout}")
     log.warning("training diverged in epoch %d (%s): stopped there, with the weights of epoch %d", epoch + 1,
                 numbers, stopper.best_epoch + 1)
 
