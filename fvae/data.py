@@ -821,12 +821,15 @@ def _digit_names(splits: dict[str, Split]) -> tuple[str, ...]:
 def data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Folders searched for named datasets, in order: ``data_dir``, ``$FVAE_DATA_DIR``, ``./data``.
 
-    A ``data_dir`` that is not a folder is refused: a mistyped one would otherwise send ``mnist``
-    to the download, or offline to the 5,000-image stand-in.
+    A ``data_dir`` or ``$FVAE_DATA_DIR`` that is not a folder is refused: a mistyped one would
+    otherwise send ``mnist`` to the download, or offline to the 5,000-image stand-in.
     """
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise DataError(f"{data_dir}: no such folder (data_dir, --data-dir)")
-    dirs = [data_dir, os.environ.get("FVAE_DATA_DIR"), "data"]
+    from_environment = os.environ.get("FVAE_DATA_DIR")
+    if from_environment and not Path(from_environment).expanduser().is_dir():
+        raise DataError(f"FVAE_DATA_DIR={from_environment}: no such folder (point it at one, or unset it)")
+    dirs = [data_dir, from_environment, "data"]
     return [Path(d).expanduser() for d in dirs if d]
 
 

@@ -377,6 +377,12 @@ def test_mnist_prefers_data_dir_then_keras_cache(tmp_path, tiny, monkeypatch):
     assert len(fvae.load_dataset("mnist", data_dir=tmp_path / "mine").train) == 12
     with pytest.raises(DataError, match=r"mnie: no such folder \(data_dir, --data-dir\)$"):
         fvae.load_dataset("mnist", data_dir=tmp_path / "mnie")  # fell back to the 5k stand-in offline
+    monkeypatch.setenv("FVAE_DATA_DIR", str(tmp_path / "mnie"))  # the same, mistyped in the environment
+    with pytest.raises(DataError, match=r"^FVAE_DATA_DIR=.*mnie: no such folder \(point it at one, or unset it\)$"):
+        fvae.load_dataset("mnist")
+    monkeypatch.setenv("FVAE_DATA_DIR", str(tmp_path / "mine"))
+    assert len(fvae.load_dataset("mnist").train) == 12
+    monkeypatch.delenv("FVAE_DATA_DIR")
     cache = tmp_path / "keras-home" / "datasets"
     cache.mkdir(parents=True)
     np.savez(cache / "mnist.npz", x_train=images[:5], y_train=labels[:5], x_test=images[:2], y_test=labels[:2])
