@@ -519,7 +519,7 @@ def sample(
         drawn = save_samples(encoder, output, n=n, label=_label_of(label, encoder), random_state=seed,
                              class_names=names, force=force)
     every_class = encoder.conditional and label is None
-    rows = f" ({drawn // encoder.n_classes_} of each of {encoder.n_classes_} classes)" if every_class else ""
+    rows = f" ({drawn // encoder.n_classes_:,} of each of {encoder.n_classes_:,} classes)" if every_class else ""
     typer.echo(f"wrote {_counted(drawn, 'sample')}{rows} to {output}")
 
 

@@ -759,6 +759,8 @@ def test_cli_conditional_vae_samples_a_chosen_class_in_a_subprocess(tmp_path):
     every = fvae_cli("sample", "--model", "cvae.npz", "-n", "25", "-o", "every.png", cwd=tmp_path)
     assert every.returncode == 0, every.stderr
     assert every.stdout == "wrote 30 samples (3 of each of 10 classes) to every.png\n"
+    most = fvae_cli("sample", "--model", "cvae.npz", "-n", "10000", "-o", "most.png", cwd=tmp_path)
+    assert most.stdout == "wrote 10,000 samples (1,000 of each of 10 classes) to most.png\n", most.stderr
     with Image.open(tmp_path / "every.png") as picture:
         assert picture.format == "PNG" and picture.size[1] > picture.size[0]  # 10 rows of 3: taller than wide
 
