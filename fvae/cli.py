@@ -9,6 +9,7 @@ import math
 import os
 import re
 import signal
+import stat
 import sys
 from enum import Enum
 from pathlib import Path
@@ -198,8 +199,15 @@ CLOSED_PIPE_EXIT_CODE = 1
 
 def _is_closed_stdout(exc: BaseException) -> bool:
     """Whether ``exc`` is a write to stdout after its reader went away (``fvae datasets | head -1``):
-    the reader has what it wanted, so this is no error to report."""
-    return isinstance(exc, BrokenPipeError) and exc.filename is None
+    the reader has what it wanted, so this is no error to report. Stdout must be a pipe or socket:
+    on a terminal or a file, a broken pipe is another connection's, and an error."""
+    if not isinstance(exc, BrokenPipeError) or exc.filename is not None:
+        return False
+    try:
+        mode = os.fstat(sys.stdout.fileno()).st_mode
+    except (OSError, ValueError):  # no stdout at all
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def _stop_writing_to_stdout() -> None:

@@ -428,6 +428,16 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path, args):
     assert result.returncode == cli.CLOSED_PIPE_EXIT_CODE and result.stderr == "", result.stderr
 
 
+def test_a_broken_pipe_that_is_not_stdout_s_is_still_an_error(monkeypatch):
+    """Only a closed stdout ends a command quietly; another connection's broken pipe is reported."""
+    def broken(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("fvae.data.describe_sources", broken)
+    result = runner.invoke(app, ["datasets"])  # stdout is not a pipe here
+    assert (result.exit_code, result.output) == (2, "fvae: error: Broken pipe\n")
+
+
 @pytest.mark.parametrize("args", [["datasets"], ["--help"], ["--version"]])
 def test_output_onto_a_full_disk_is_one_line(tmp_path, args):
     if not os.path.exists("/dev/full"):
