@@ -707,10 +707,8 @@ def evaluate(
     chosen = parse_methods(methods)
     given_models(chosen, fisher_model, vae_model)  # before the data loads: a wrong model file is refused at once
     run_dir = runs_dir / (run_name(data) if name is None else name)
-    if run_dir.is_dir() and not force:  # atomic_directory refuses it too, without the other way out
-        raise OutputExistsError(f"{run_dir} exists; pass --force to overwrite it, or --name to write another run "
-                                f"beside it")
-    with atomic_directory(run_dir, force=force) as tmp:  # refuses an existing run before any work
+    # refuses an existing run before any work
+    with atomic_directory(run_dir, force=force, otherwise="--name to write another run beside it") as tmp:
         if quiet:
             logging.getLogger("fvae").setLevel(logging.WARNING)
         train, test, description = load_splits(data, test_data, data_dir)

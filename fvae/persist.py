@@ -48,14 +48,15 @@ def fvae_version() -> str:
     return __version__
 
 
-def _writable(path, force: bool) -> tuple[Path, list[Path]]:
-    """``path`` as a Path, refused if it exists (unless ``force``), its missing folders created.
+def _writable(path, force: bool, otherwise: str | None = None) -> tuple[Path, list[Path]]:
+    """``path`` as a Path, refused if it exists (unless ``force``; the refusal names ``otherwise``
+    as the other way out), its missing folders created.
 
     Returns the path and the folders this call created, innermost first, for
     :func:`_remove_empty` to take away again when the write fails.
     """
     path = Path(path)
-    refuse_overwrite(path, force=force)
+    refuse_overwrite(path, force=force, otherwise=otherwise)
     created = list(itertools.takewhile(lambda folder: not folder.exists(), path.parents))
     _refuse_file_as_folder(path.parents[len(created)], path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,12 +134,13 @@ def atomic_output(path, *, force: bool = False):
 
 
 @contextlib.contextmanager
-def atomic_directory(path, *, force: bool = False):
+def atomic_directory(path, *, force: bool = False, otherwise: str | None = None):
     """Yield a temporary folder beside ``path``; it becomes ``path`` only if the block succeeds.
 
     A run folder therefore appears complete or not at all. With ``force`` an existing ``path`` is
     replaced, and removed only once the new folder is in place; should that last step fail, the
-    old folder is put back.
+    old folder is put back. ``otherwise``, when given, is named in the refusal of an existing
+    ``path`` as the way out that keeps it (evaluate's "--name to write another run beside it").
 
     Raises
     ------
@@ -147,7 +149,7 @@ def atomic_directory(path, *, force: bool = False):
     """
     import shutil
 
-    path, created = _writable(path, force)
+    path, created = _writable(path, force, otherwise)
     tmp = _fresh_name_beside(path, ".part")
     _make_temporary(path, created, tmp.mkdir)  # not mkdtemp, whose 0700 the run folder would keep; the umask decides
     old = None
@@ -169,13 +171,15 @@ def atomic_directory(path, *, force: bool = False):
             shutil.rmtree(old, ignore_errors=True)
 
 
-def refuse_overwrite(*paths, force: bool = False) -> None:
-    """Raise :class:`OutputExistsError` for the first of ``paths`` that exists, unless ``force``."""
+def refuse_overwrite(*paths, force: bool = False, otherwise: str | None = None) -> None:
+    """Raise :class:`OutputExistsError` for the first of ``paths`` that exists, unless ``force``;
+    its message names ``--force``, and ``otherwise`` as another way out when given."""
     if force:
         return
     for path in paths:
         if Path(path).exists():
-            raise OutputExistsError(f"{path} exists; pass --force to overwrite it")
+            instead = f", or {otherwise}" if otherwise else ""
+            raise OutputExistsError(f"{path} exists; pass --force to overwrite it{instead}")
 
 
 def refuse_unwritable(path, *, force: bool = False, folder: bool = False) -> None:
