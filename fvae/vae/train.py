@@ -98,7 +98,7 @@ class BestOnValidationElbo(keras.callbacks.Callback):
         self.last_epoch = epoch
         elbo = logs.get("val_elbo")
         if elbo is not None and epoch >= self.start_epoch:
-            if np.isfinite(elbo) and elbo > self.best:
+            if elbo > self.best:  # finite: a non-finite epoch stopped training above
                 self.best, self.best_epoch = float(elbo), epoch
             if epoch - max(self.best_epoch, self.start_epoch) >= self.patience:
                 self.model.stop_training, self.stop_reason = True, "early stopping"
