@@ -374,6 +374,10 @@ def fit_fisher(
     )
 
 
+#: The largest latent, hidden layer or batch: TensorFlow holds tensor shapes as int32 (VAEEncoder checks it too).
+TENSOR_SIZE_MAX = 2**31 - 1
+
+
 def _hidden_sizes(text: str) -> tuple:
     try:
         sizes = tuple(int(part) for part in text.split(","))
@@ -383,10 +387,6 @@ def _hidden_sizes(text: str) -> tuple:
         raise _bad_option("--hidden", f"{text!r}: expected positive sizes separated by commas, e.g. 512,256, "
                                       f"each at most {TENSOR_SIZE_MAX}")
     return sizes
-
-
-#: The largest latent, hidden layer or batch: TensorFlow holds tensor shapes as int32 (VAEEncoder checks it too).
-TENSOR_SIZE_MAX = 2**31 - 1
 
 
 @fit_app.command("vae")
@@ -754,9 +754,9 @@ class _Termination:
     """SIGTERM (kill, timeout, a batch system's time limit) ends a command as Ctrl-C does.
 
     Left to Python's default, it killed the process at once: an evaluation's hidden temporary
-    run folder stayed behind, and a VAE's finished epochs were lost. Handled as SIGINT is, through whatever handler SIGINT has then (Python's, or fit's
-    one that waits for the end of the training step), the command cleans up, keeps what Ctrl-C
-    keeps, and says so.
+    run folder stayed behind, and a VAE's finished epochs were lost. Handled as SIGINT is,
+    through whatever handler SIGINT has then (Python's, or fit's one that waits for the end of
+    the training step), the command cleans up, keeps what Ctrl-C keeps, and says so.
     """
 
     def __init__(self):
