@@ -126,8 +126,11 @@ def normalize_patches(patches: np.ndarray, mode: str) -> np.ndarray:
     return patches
 
 
-def fit_pca(sample: np.ndarray, n_components: int, whiten: bool, random_state) -> np.ndarray:
+def fit_pca(sample: np.ndarray, n_components: int, whiten: bool, random_state,
+            sampled_from: str = "n_descriptor_samples") -> np.ndarray:
     """Fit PCA on a sample of descriptors and return its projection matrix.
+
+    ``sampled_from`` says what bounds the sample's size, for the error when it is too small.
 
     Returns
     -------
@@ -140,7 +143,7 @@ def fit_pca(sample: np.ndarray, n_components: int, whiten: bool, random_state) -
     n_samples, n_features = sample.shape
     if not 1 <= n_components <= min(n_samples, n_features):
         limit = (f"patches of {n_features} pixels" if n_features <= n_samples
-                 else f"only {n_samples} descriptors are sampled (n_descriptor_samples)")
+                 else f"only {n_samples} descriptors are sampled ({sampled_from})")
         raise InputError(f"pca_components must be in [1, {min(n_samples, n_features)}]: {limit}; got {n_components}")
     if not np.ptp(sample, axis=0).any():
         raise InputError(f"all {n_samples:,} sampled patches are the same (blank images?): the PCA has nothing to fit")

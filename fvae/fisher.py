@@ -61,6 +61,7 @@ from .data import check_image_batch, is_whole_number, to_unit_float
 from .descriptors import PATCH_NORMALIZATIONS, PatchLayout, dense_patches, fit_pca, normalize_patches, patch_layout, project
 from .errors import InputError
 from .persist import forget_file, load_model, save_model
+from .report import counted
 
 log = logging.getLogger("fvae")
 
@@ -517,8 +518,11 @@ def _normalized_gradients(s0, s1, s2, inverse_counts, weights, mu_coefficients, 
                 row[i] *= scale
 
 
-def fit_gmm(samples: np.ndarray, n_components: int, *, reg_covar: float, max_iter: int, tol: float, random_state):
+def fit_gmm(samples: np.ndarray, n_components: int, *, reg_covar: float, max_iter: int, tol: float, random_state,
+            sampled_from: str = "n_descriptor_samples"):
     """Fit a diagonal GMM with scikit-learn on a sample of descriptors.
+
+    ``sampled_from`` says what bounds the sample's size, for the error when it is too small.
 
     ``reg_covar`` is relative: the variance floor is ``reg_covar`` times the mean per-dimension
     variance of ``samples``, so it means the same with or without whitening.
@@ -532,7 +536,7 @@ def fit_gmm(samples: np.ndarray, n_components: int, *, reg_covar: float, max_ite
 
     if len(samples) < n_components:
         raise InputError(f"n_components {n_components} is more than the {len(samples):,} descriptors sampled to fit "
-                         "the GMM (n_descriptor_samples)")
+                         f"the GMM ({sampled_from})")
     floor = reg_covar * float(samples.var(axis=0).mean())
     gmm = GaussianMixture(
         n_components=n_components,
@@ -722,12 +726,15 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         image_idx, patch_idx = np.divmod(picks, layout.n_patches)
         patches = images.reshape(len(images), -1)[image_idx[:, None], layout.pixels[patch_idx]]
         patches = normalize_patches(to_unit_float(patches, "fit"), self.patch_normalization)
-        projection = fit_pca(patches, sizes["pca_components"], self.whiten, rng)
+        # a bigger n_descriptor_samples helps only while the images have more patches than it
+        sampled_from = ("n_descriptor_samples" if n_samples < n_total
+                        else f"all the patches of {counted(len(images), 'image')}")
+        projection = fit_pca(patches, sizes["pca_components"], self.whiten, rng, sampled_from)
         descriptors = project(patches, projection)
         if self.xy:
             descriptors = np.concatenate([descriptors, layout.xy[patch_idx]], axis=1)
         gmm = fit_gmm(descriptors, self.n_components, reg_covar=self.reg_covar, max_iter=self.max_iter, tol=self.tol,
-                      random_state=rng)
+                      random_state=rng, sampled_from=sampled_from)
         # set together at the end: a refit that fails keeps the previous fit whole
         for name in self._chosen_at_fit:
             setattr(self, f"{name}_", sizes[name])

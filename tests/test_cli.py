@@ -220,6 +220,8 @@ def test_one_idx_images_file_is_fitted_on_and_encoded_as_its_split(tmp_path, dig
      "--stride 99999999999999999999 is longer than 8x8 images: at most 8"),
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--components", "500", "--samples", "400"],
      "--components 500 is more than the 400 descriptors sampled to fit the GMM (--samples)"),
+    (["fit", "fisher", "--data", "digits", "--split", "test", "-o", "m.npz", "--components", "99999"],
+     "--components 99999 is more than the 9,000 descriptors sampled to fit the GMM (all the patches of 360 images)"),
 ])
 def test_user_errors_are_one_line_exit_2_no_output(tmp_path, args, message):
     result = runner.invoke(app, args)

@@ -262,6 +262,13 @@ def test_bad_inputs_raise_clear_errors(digits):
     with pytest.raises(InputError, match=r"^n_components 8 is more than the 7 descriptors sampled to fit the GMM "
                                          r"\(n_descriptor_samples\)$"):
         FisherVectorEncoder(**{**SMALL, "n_descriptor_samples": 7, "pca_components": 2}).fit(digits.train.images)
+    # when the images have fewer patches than n_descriptor_samples, raising it would not help: say so
+    with pytest.raises(InputError, match=r"^pca_components must be in \[1, 4\]: only 4 descriptors are sampled "
+                                         r"\(all the patches of 1 image\); got 6$"):
+        FisherVectorEncoder(**{**SMALL, "patch_size": 7, "spatial_pyramid": False}).fit(digits.train.images[:1])
+    with pytest.raises(InputError, match=r"^n_components 80 is more than the 72 descriptors sampled to fit the GMM "
+                                         r"\(all the patches of 2 images\)$"):
+        FisherVectorEncoder(**{**SMALL, "n_components": 80}).fit(digits.train.images[:2])
     with pytest.raises(InputError, match=r"^all 1,800 sampled patches are the same \(blank images\?\)"):
         FisherVectorEncoder(**SMALL).fit(np.zeros((50, 8, 8), np.uint8))  # 50 x 36 patches
     for name, value in (("reg_covar", -1.0), ("reg_covar", np.nan), ("tol", 0.0), ("tol", np.nan), ("alpha", np.nan)):
