@@ -582,13 +582,9 @@ def encode(
     STEM.model.npz (with --model, the method is the file's). Until it is complete the output is OUTPUT.part with a
     manifest of finished chunks; an interrupted run finishes with --resume.
     """
-    import time
-
-    from . import load
     from .data import load_dataset
-    from .evaluate import default_encoder
-    from .extract import (check_scheduler_address, dask_client, extract_features, labelled_for, output_format,
-                          output_paths, refuse_existing_outputs)
+    from .extract import (check_scheduler_address, dask_client, extract_features, output_format, output_paths,
+                          refuse_existing_outputs)
     from .persist import saved_method
 
     output_format(output)
@@ -614,51 +610,70 @@ def encode(
         raise OutputExistsError(f"{paths['model']} exists (fitted by an earlier run): pass --model "
                                 f"{paths['model']} to encode with it, or --force to fit a new one")
     dataset = load_dataset(data, data_dir, lazy=True)
-    images = dataset.split(split.value)
-    class_names = dataset.class_names
-    if model is not None:
-        encoder = load(model, method=method.value)
-        checksum = encoder.checksum_
-        images, class_names = labelled_for(encoder, images, dataset.class_names, dataset.name, str(model))
-    else:
-        if dataset.train is None:
-            raise DataError(f"{dataset.name} has no train split to fit a model on: fit one on its test images with "
-                            f"'fvae fit {method.value} --data {data} --split test -o MODEL', then pass --model MODEL")
-        train = dataset.split("train")
-        started = time.perf_counter()
-        encoder = default_encoder(method.value, seed=seed)
-        if method == Method.vae:  # training shows its own epochs
-            encoder.set_params(verbose=_training_verbosity(quiet))
-        with _status(f"fitting {method.value} on {len(train):,} train images", quiet or method == Method.vae):
-            encoder.fit(train.images)
-        checksum = encoder.save(paths["model"], force=force)
-        typer.echo(f"fitted {method.value} on {len(train):,} train images in {time.perf_counter() - started:.1f} s; wrote {paths['model']}")
-        model = paths["model"]
-    if method == Method.fisher:
-        encoder.set_params(n_jobs=jobs)
-    elif log_var is not None:
-        encoder.set_params(return_log_var=log_var)
-    cluster = dask_client(scheduler, workers=jobs) if (dask or scheduler) else contextlib.nullcontext()
-    context, advance = _progress_bar(len(images), f"encoding {split.value}", quiet)
-    try:
-        with cluster as client, context:
-            sidecar = extract_features(
-                encoder, images, output, batch_size=batch_size, force=force, resume=resume, progress=advance,
-                client=client,
-                metadata={"method": method.value, "model": str(model), "model_checksum": checksum,
-                          "source": dataset.name, "source_location": dataset.location, "split": split.value,
-                          **_class_names(class_names, images), **_file_names(images, dataset.location)},
-            )
-    except BaseException as exc:
-        if not _is_interrupt(exc):
-            raise
-        typer.echo(f"fvae: interrupted; the finished chunks are kept in {paths['partial']}: "
-                   "run the same command with --resume to finish", err=True)
-        raise typer.Exit(130) from None
+    with contextlib.ExitStack() as clusters:
+        # A remote scheduler is reached before any fitting, so that a wrong address fails in seconds,
+        # not after the fit; a local cluster starts after it, so that its workers wait for no fit.
+        client = clusters.enter_context(dask_client(scheduler)) if scheduler else None
+        encoder, model, checksum, images, class_names = _encoder_and_images(
+            dataset, split.value, model, method, data=data, output_model=paths["model"], seed=seed, force=force,
+            quiet=quiet)
+        if method == Method.fisher:
+            encoder.set_params(n_jobs=jobs)
+        elif log_var is not None:
+            encoder.set_params(return_log_var=log_var)
+        context, advance = _progress_bar(len(images), f"encoding {split.value}", quiet)
+        local = dask_client(workers=jobs) if dask and client is None else contextlib.nullcontext(client)
+        try:
+            with local as client, context:
+                sidecar = extract_features(
+                    encoder, images, output, batch_size=batch_size, force=force, resume=resume, progress=advance,
+                    client=client,
+                    metadata={"method": method.value, "model": str(model), "model_checksum": checksum,
+                              "source": dataset.name, "source_location": dataset.location, "split": split.value,
+                              **_class_names(class_names, images), **_file_names(images, dataset.location)},
+                )
+        except BaseException as exc:
+            if not _is_interrupt(exc):
+                raise
+            typer.echo(f"fvae: interrupted; the finished chunks are kept in {paths['partial']}: "
+                       "run the same command with --resume to finish", err=True)
+            raise typer.Exit(130) from None
     speed = f" ({sidecar['images_per_second']:,.0f} img/s)" if sidecar["images_per_second"] else ""
     resumed = f", {sidecar['resumed_chunks']} chunks kept from the interrupted run" if sidecar["resumed_chunks"] else ""
     typer.echo(f"encoded {_counted(sidecar['n_images'], 'image')} -> {sidecar['shape'][1]:,} dims in "
                f"{sidecar['encode_seconds']:.1f} s{speed}{resumed}; wrote {output}")
+
+
+def _encoder_and_images(dataset, split: str, model: Path | None, method: Method, *, data: str, output_model: Path,
+                        seed: int, force: bool, quiet: bool):
+    """The encoder for ``encode``: the saved ``model``, or one fitted on ``dataset``'s train split
+    and saved as ``output_model``. Returns ``(encoder, model_path, checksum, images, class_names)``,
+    ``images`` being the split to encode, its labels written as the model's classes."""
+    import time
+
+    from . import load
+    from .evaluate import default_encoder
+    from .extract import labelled_for
+
+    images = dataset.split(split)
+    if model is not None:
+        encoder = load(model, method=method.value)
+        images, class_names = labelled_for(encoder, images, dataset.class_names, dataset.name, str(model))
+        return encoder, model, encoder.checksum_, images, class_names
+    if dataset.train is None:
+        raise DataError(f"{dataset.name} has no train split to fit a model on: fit one on its test images with "
+                        f"'fvae fit {method.value} --data {data} --split test -o MODEL', then pass --model MODEL")
+    train = dataset.split("train")
+    started = time.perf_counter()
+    encoder = default_encoder(method.value, seed=seed)
+    if method == Method.vae:  # training shows its own epochs
+        encoder.set_params(verbose=_training_verbosity(quiet))
+    with _status(f"fitting {method.value} on {len(train):,} train images", quiet or method == Method.vae):
+        encoder.fit(train.images)
+    checksum = encoder.save(output_model, force=force)
+    typer.echo(f"fitted {method.value} on {len(train):,} train images in {time.perf_counter() - started:.1f} s; "
+               f"wrote {output_model}")
+    return encoder, output_model, checksum, images, dataset.class_names
 
 
 def _file_names(split, location: str) -> dict:

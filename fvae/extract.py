@@ -560,7 +560,7 @@ def dask_client(scheduler: str | None = None, *, workers: int | None = None):
     if scheduler is not None:
         check_scheduler_address(scheduler)
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler)  # waits for Dask's distributed.comm.timeouts.connect, 30 s by default
         except (OSError, TimeoutError) as exc:
             raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
         with client:

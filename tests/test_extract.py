@@ -7,6 +7,7 @@ import os
 import pickle
 import re
 import signal
+import socket
 import subprocess
 import time
 
@@ -313,6 +314,20 @@ def test_cli_dask_zarr_and_vae_on_workers_equal_local(mnist_like, tmp_path):
         np.testing.assert_array_equal(got, expected)
         sidecar = json.loads((tmp_path / f"dask-{run}.json").read_text())
         assert sidecar["format"] == suffix.lstrip(".") and sidecar["shape"] == list(expected.shape)
+
+
+def test_an_unreachable_scheduler_is_refused_before_fitting(tmp_path, monkeypatch):
+    """Without --model, encode fits first: a wrong port failed only after the fit, leaving its model."""
+    pytest.importorskip("distributed", reason="dask[distributed] is in the dask extra: pip install 'fvae[dask]'")
+    with socket.socket() as unused:  # a free port, closed again: nothing listens on it
+        unused.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{unused.getsockname()[1]}"
+    monkeypatch.setenv("DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT", "2s")  # Dask's own setting, which fvae keeps
+    result = fvae_cli("encode", "--data", "digits", "-o", "f.npy", "--scheduler", address, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"fvae: error: cannot reach the Dask scheduler at {address} ("), result.stderr
+    assert "after 2 s" in result.stderr and result.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("address, detail", [
