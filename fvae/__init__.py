@@ -20,9 +20,11 @@ _LAZY = {
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name == "evaluate":  # the module fvae.evaluate, callable as its evaluate() (see there)
+        return importlib.import_module(".evaluate", __name__)
+    if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'fvae' has no attribute {name!r}")
 
@@ -60,6 +62,7 @@ __all__ = [
     "load",
     "FisherVectorEncoder",
     "VAEEncoder",
+    "evaluate",
     "FvaeError",
     "DataError",
     "InputError",

@@ -15,6 +15,8 @@ scored on the test images with the same probes:
   pixels, alpha by generalized cross-validation on train), and each model's own reconstruction
   where it has one (the VAE's decoder, PCA's inverse).
 - Cost: fit seconds, encode images/s (timed on the test images), code dimension, model bytes.
+
+``fvae.evaluate(train, test, ...)`` calls :func:`evaluate`: this module is callable as it.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import functools
 import logging
 import math
 import platform
+import sys
 import tempfile
 import time
+import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -1005,3 +1009,17 @@ def pca_size_note(report: dict) -> str:
 
 def _pct(fraction: float) -> str:
     return f"{100 * fraction:.1f}%"
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as its :func:`evaluate`.
+
+    The public API has ``fvae.evaluate`` as the function, but once ``fvae.evaluate`` is imported
+    Python makes the package's attribute of that name this module; so the module is the function too.
+    """
+
+    def __call__(self, *args, **kwargs):
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,6 +1,8 @@
 """``fvae evaluate``: the probes, the report and its schema, and the CLI end to end."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -247,6 +249,29 @@ def test_library_evaluate_validates_against_the_schema(digits):
                                              "classifiers need two classes or more$"):
         evaluate(one_class, digits.test, settings,
                  data={"train": {"source": "mine.npz"}, "class_names": ["zero", "one", "two", "three"]})
+
+
+PUBLIC_EVALUATE = """
+import sys
+import fvae
+{first}
+from fvae.evaluate import Settings
+data = fvae.load_dataset("digits")
+report, _ = fvae.evaluate(data.train, data.test, Settings(methods=("raw",), quick=True))
+print(report["encodings"]["raw"]["classification"]["logistic"]["accuracy"])
+assert fvae.evaluate is sys.modules["fvae.evaluate"] and "evaluate" in fvae.__all__
+"""
+
+
+@pytest.mark.parametrize("first", ["", "import fvae.evaluate", "from fvae.evaluate import evaluate"])
+def test_fvae_evaluate_is_the_function_whatever_was_imported_first(digits, first):
+    """The public API has ``fvae.evaluate(train, test)``; before, after ``import fvae`` it was an
+    AttributeError, and once the module was imported, a module."""
+    run = subprocess.run([sys.executable, "-c", PUBLIC_EVALUATE.format(first=first)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    expected = evaluate(digits.train, digits.test, Settings(methods=("raw",), quick=True))[0]
+    assert float(run.stdout) == expected["encodings"]["raw"]["classification"]["logistic"]["accuracy"] > 0.9
 
 
 def test_shared_images_are_found_whole_as_a_set_of_their_bytes_finds_them():
