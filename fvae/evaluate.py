@@ -666,8 +666,9 @@ def _test_images_in_train(train_images, test_images, sources: dict) -> int:
     if shared == len(test_images):
         raise DataError(f"every test image{test_name} is also a train image: the scores would hold nothing out")
     if shared:
-        log.warning("%s of the %s test images%s are also train images, pixel for pixel: the scores count them as "
-                    "held out", f"{shared:,}", f"{len(test_images):,}", test_name)
+        verb, noun = ("is", "a train image") if shared == 1 else ("are", "train images")
+        log.warning("%s of the %s test images%s %s also %s, pixel for pixel: the scores count %s as held out",
+                    f"{shared:,}", f"{len(test_images):,}", test_name, verb, noun, "it" if shared == 1 else "them")
     return shared
 
 

@@ -442,7 +442,9 @@ def _vae_targets_note(report: dict) -> str:
 def _also_trained_on(data: dict) -> str:
     """', N of them also train images' when some test images are (reports before it was counted: '')."""
     shared = data.get("n_test_in_train", 0)
-    return f", {shared:,} of them also train images" if shared else ""
+    if not shared:
+        return ""
+    return ", 1 of them also a train image" if shared == 1 else f", {shared:,} of them also train images"
 
 
 def markdown_report(report: dict) -> str:

@@ -302,6 +302,14 @@ def test_test_images_that_are_train_images_are_counted_and_all_of_them_refused(d
     assert "test: digits (365 images, 5 of them also train images), 8x8" in markdown_report({"name": "x", **report})
     _validate({"name": "x", **report, "figures": []})
     assert evaluate(digits.train, digits.test, settings)[0]["data"]["n_test_in_train"] == 0
+    one = Split(np.concatenate([digits.test.images, digits.train.images[:1]]),
+                np.concatenate([digits.test.labels, digits.train.labels[:1]]))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fvae"):
+        report, _ = evaluate(digits.train, one, settings, data=sources)
+    assert caplog.messages == ["1 of the 361 test images of digits is also a train image, pixel for pixel: the "
+                               "scores count it as held out"]
+    assert "test: digits (361 images, 1 of them also a train image), 8x8" in markdown_report({"name": "x", **report})
 
 
 def test_a_stratified_subset_smaller_than_the_classes_takes_one_image_of_each_of_n_classes(digits):
