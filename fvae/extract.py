@@ -571,19 +571,45 @@ def dask_client(scheduler: str | None = None, *, workers: int | None = None):
     with _workers_ignoring_ctrl_c():
         cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=":0")
-    dask_log = logging.getLogger("distributed")
-    level = dask_log.level
+    # After Ctrl-C the cluster is shut down on purpose: its warnings of lost workers and cancelled
+    # tasks would bury the message that says what was kept. So would a traceback that Tornado logs
+    # when the Ctrl-C lands inside distributed.utils.sync before its future exists (a NameError in
+    # its cancel callback, a race in Dask), which the loop thread logs at once: the logs are
+    # silenced in the signal handler, before the KeyboardInterrupt is raised.
+    logs = [logging.getLogger(name) for name in ("distributed", "tornado.application")]
+    levels = [log.level for log in logs]
+
+    def silence():
+        for log in logs:
+            log.setLevel(logging.CRITICAL + 1)
+
     try:
-        with cluster, Client(cluster) as client:
-            try:
-                yield client
-            except KeyboardInterrupt:
-                # The cluster is shut down on purpose: its warnings of lost workers and cancelled
-                # tasks would bury the message that says what was kept.
-                dask_log.setLevel(logging.CRITICAL + 1)
-                raise
+        with cluster, Client(cluster) as client, _before_ctrl_c(silence):
+            yield client
     finally:
-        dask_log.setLevel(level)
+        for log, level in zip(logs, levels):
+            log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _before_ctrl_c(action):
+    """Call ``action()`` when SIGINT arrives in the block, then SIGINT's handler before it (which
+    raises KeyboardInterrupt, or waits for a step's end). Nothing is installed outside the main
+    thread, or where SIGINT is ignored or left to the system."""
+    before = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(before):
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        action()
+        before(signum, frame)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @contextlib.contextmanager
