@@ -610,10 +610,9 @@ def encode(
         raise OutputExistsError(f"{paths['model']} exists (fitted by an earlier run): pass --model "
                                 f"{paths['model']} to encode with it, or --force to fit a new one")
     dataset = load_dataset(data, data_dir, lazy=True)
-    with contextlib.ExitStack() as clusters:
-        # A remote scheduler is reached before any fitting, so that a wrong address fails in seconds,
-        # not after the fit; a local cluster starts after it, so that its workers wait for no fit.
-        client = clusters.enter_context(dask_client(scheduler)) if scheduler else None
+    # A remote scheduler is reached before any fitting, so that a wrong address fails in seconds,
+    # not after the fit; a local cluster starts after it, so that its workers wait for no fit.
+    with (dask_client(scheduler) if scheduler else contextlib.nullcontext()) as client:
         encoder, model, checksum, images, class_names = _encoder_and_images(
             dataset, split.value, model, method, data=data, output_model=paths["model"], seed=seed, force=force,
             quiet=quiet)
