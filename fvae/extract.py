@@ -568,7 +568,10 @@ def dask_client(scheduler: str | None = None, *, workers: int | None = None):
         return
     # The scheduler serves HTTP even without a dashboard, by default on port 8787; where another
     # cluster holds that port, Dask prints a UserWarning. Any free port will do.
-    with _workers_ignoring_ctrl_c():
+    # A Ctrl-C in a terminal reaches every process of the command, and each worker died of it
+    # with a traceback of its own. Started with SIGINT ignored (a spawned Python keeps it so), the
+    # workers leave the shutdown, and its one message of what was kept, to this process.
+    with _sigint_handled_by(signal.SIG_IGN):
         cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=":0")
     # After Ctrl-C the cluster is shut down on purpose: its warnings of lost workers and cancelled
@@ -591,39 +594,29 @@ def dask_client(scheduler: str | None = None, *, workers: int | None = None):
             log.setLevel(level)
 
 
-@contextlib.contextmanager
 def _before_ctrl_c(action):
-    """Call ``action()`` when SIGINT arrives in the block, then SIGINT's handler before it (which
-    raises KeyboardInterrupt, or waits for a step's end). Nothing is installed outside the main
-    thread, or where SIGINT is ignored or left to the system."""
+    """A context in which SIGINT calls ``action()`` first, then SIGINT's handler before it (which
+    raises KeyboardInterrupt, or waits for a step's end); nothing changes where SIGINT is ignored
+    or left to the system."""
     before = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or not callable(before):
-        yield
-        return
+    if not callable(before):
+        return contextlib.nullcontext()
 
     def on_sigint(signum, frame):
         action()
         before(signum, frame)
 
-    signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, before)
+    return _sigint_handled_by(on_sigint)
 
 
 @contextlib.contextmanager
-def _workers_ignoring_ctrl_c():
-    """Start worker processes with SIGINT ignored, which a spawned Python keeps ignored.
-
-    A Ctrl-C in a terminal reaches every process of the command: each worker died of it with a
-    traceback of its own, while this process, which the Ctrl-C also reached, shuts the cluster
-    down and says what was kept.
-    """
+def _sigint_handled_by(handler):
+    """SIGINT handled by ``handler`` in the block, then by the handler before it; nothing changes
+    outside the main thread, where Python cannot set handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    before = signal.signal(signal.SIGINT, handler)
     try:
         yield
     finally:
