@@ -850,15 +850,14 @@ def _vae_section(encoder, test_images, seed) -> dict:
 # reading the numbers
 
 
-TABLE_COLUMNS = ("encoding", "dim", "logistic acc", "macro-F1", f"{KNN_K}-NN acc", "acc @100 labels",
+# {k}: the neighbours the k-NN probe used (knn_neighbours)
+TABLE_COLUMNS = ("encoding", "dim", "logistic acc", "macro-F1", "{k}-NN acc", "acc @100 labels",
                  "ridge recon MSE", "own recon MSE", "fit s", "encode img/s", "model size")
 
 
 def comparison_rows(report: dict) -> list[list[str]]:
     """The comparison table as text cells, one row per encoding (header first)."""
-    header = list(TABLE_COLUMNS)
-    header[header.index(f"{KNN_K}-NN acc")] = f"{knn_neighbours(report)}-NN acc"
-    rows = [header]
+    rows = [[column.format(k=knn_neighbours(report)) for column in TABLE_COLUMNS]]
     for name, r in report["encodings"].items():
         c = r["classification"]
         few = _accuracy_with_100_labels(r)
