@@ -913,8 +913,11 @@ def _names(names: list[str], bold: bool = False) -> str:
     return marked[0] if len(marked) == 1 else ", ".join(marked[:-1]) + " and " + marked[-1]
 
 
-def _lead(names: list[str]) -> str:
-    return f"{_names(names)} {'leads' if len(names) == 1 else 'lead'}"
+def _lead(names: list[str], of: int) -> str:
+    """``names`` and their verb: one leads, some lead, and all ``of`` of them tie."""
+    if len(names) == 1:
+        return f"{names[0]} leads"
+    return f"{_names(names)} {'tie' if len(names) == of else 'lead'}"
 
 
 def reading(report: dict) -> list[str]:
@@ -926,7 +929,8 @@ def reading(report: dict) -> list[str]:
     lines = []
     logistic = {n: enc[n]["classification"]["logistic"]["accuracy"] for n in enc}
     best = _leaders(logistic)
-    sentence = (f"For classification, {_names(best, bold=True)} codes serve best: logistic regression reaches "
+    verdict = "serve best" if len(best) < len(logistic) else "serve equally well"
+    sentence = (f"For classification, {_names(best, bold=True)} codes {verdict}: logistic regression reaches "
                 f"{_pct(logistic[best[0]])} on the test set")
     others = {n: a for n, a in logistic.items() if n not in best}
     if others:
@@ -935,12 +939,14 @@ def reading(report: dict) -> list[str]:
     lines.append(sentence + ".")
     knn = {n: enc[n]["classification"]["knn"]["accuracy"] for n in enc}
     by_knn = _leaders(knn)
-    lines.append(f"With {knn_neighbours(report)}-nearest neighbours instead, {_lead(by_knn)} ({_pct(knn[by_knn[0]])}).")
+    lines.append(f"With {knn_neighbours(report)}-nearest neighbours instead, {_lead(by_knn, len(knn))} "
+                 f"({_pct(knn[by_knn[0]])}).")
     at_100 = {n: _accuracy_with_100_labels(enc[n]) for n in enc}
     few = {n: accuracy for n, accuracy in at_100.items() if accuracy is not None}
     if few:
         leaders = _leaders(few)
-        lines.append(f"With only 100 labelled train images, {_lead(leaders)} with {_pct(few[leaders[0]])}.")
+        at = "at" if len(leaders) == len(few) > 1 else "with"
+        lines.append(f"With only 100 labelled train images, {_lead(leaders, len(few))} {at} {_pct(few[leaders[0]])}.")
     learned = {n: enc[n]["reconstruction"]["ridge"]["mse"] for n in enc if n != "raw"}  # raw: no contest
     if learned:
         ridge = _leaders(learned, lowest=True)

@@ -562,6 +562,22 @@ def test_reading_names_every_encoding_in_a_tie_and_says_when_pca_is_lossless():
     assert fvae.evaluate.pca_size_note(report) == "PCA has as many components as the evaluation VAE's latent (64)."
 
 
+def test_reading_says_tie_when_every_encoding_scores_the_same():
+    # was "fisher, pca and raw lead (100.0%)", as if someone trailed
+    report = {"data": {"image_shape": [40, 60]}, "encodings": {
+        "fisher": _encoding(21760, 1.0, 1.0, 0.9, 0.0337),
+        "pca": _encoding(47, 1.0, 1.0, 0.9, 0.0292, own=0.0292),
+        "raw": _encoding(2400, 1.0, 0.95, 0.9, 0.0),
+    }}
+    lines = fvae.evaluate.reading(report)
+    assert lines[0] == ("For classification, **fisher**, **pca** and **raw** codes serve equally well: logistic "
+                        "regression reaches 100.0% on the test set.")
+    assert lines[1] == "With 5-nearest neighbours instead, fisher and pca lead (100.0%)."
+    assert lines[2] == "With only 100 labelled train images, fisher, pca and raw tie at 90.0%."
+    report["encodings"]["raw"]["classification"]["knn"]["accuracy"] = 1.0
+    assert fvae.evaluate.reading(report)[1] == "With 5-nearest neighbours instead, fisher, pca and raw tie (100.0%)."
+
+
 def test_reading_of_one_encoding_gives_its_numbers_without_a_contest():
     report = {"data": {"image_shape": [8, 8]}, "encodings": {"pca": _encoding(64, 0.95, 0.9778, 0.77, 0.0021, own=0.0)}}
     assert fvae.evaluate.reading(report) == [
