@@ -245,6 +245,18 @@ def test_image_folder_classes_split_and_grayscale(tmp_path, tiny):
             fvae.load_dataset(tmp_path / "imgs", lazy=lazy)
 
 
+def test_an_alpha_channel_is_dropped_as_keras_drops_it(tmp_path, tiny):
+    images, labels = tiny
+    alpha = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)  # transparency varies
+    write_image_folder(tmp_path / "rgba", np.stack([images] * 3 + [alpha], axis=-1), [f"c{lab}" for lab in labels])
+    write_image_folder(tmp_path / "la", np.stack([images, alpha], axis=-1), [f"c{lab}" for lab in labels])
+    assert Image.open(tmp_path / "rgba" / "c0" / "0.png").mode == "RGBA"
+    assert Image.open(tmp_path / "la" / "c0" / "0.png").mode == "LA"
+    for folder in ("rgba", "la"):
+        everything = fvae.load_dataset(tmp_path / folder).split("all").images
+        assert {img.tobytes() for img in everything} == {img.tobytes() for img in images}  # not blended
+
+
 def test_a_folder_of_images_without_classes_is_unlabelled_test_images_in_the_order_of_their_names(tmp_path, tiny):
     images, _ = tiny
     write_image_folder(tmp_path / "flat", images, [""] * len(images))  # flat/0.png .. flat/11.png
