@@ -1039,6 +1039,18 @@ def check_fitted_size(image_shape, fitted_shape, model, where: str = "") -> None
         raise InputError(f"{where}images are {h}x{w}, but {model} was fitted on {fitted_h}x{fitted_w} images")
 
 
+def image_encoder_tags(tags):
+    """scikit-learn's tags of an encoder of images, as :func:`check_image_batch` takes them.
+
+    BaseEstimator's defaults describe a tabular transformer that returns float64 for float64
+    input; an fvae encoder takes 3-D image batches of non-negative pixels and returns float32.
+    """
+    tags.input_tags.three_d_array = True  # (n, h, w); (n, h * w) rows with image_shape stay 2-D
+    tags.input_tags.positive_only = True  # grey levels: 0..255, or [0, 1] as floats
+    tags.transformer_tags.preserves_dtype = ["float32"]
+    return tags
+
+
 def check_image_batch(X, image_shape=None, where: str = "input") -> np.ndarray:
     """Validate the shape of images passed to an encoder, without copying them.
 

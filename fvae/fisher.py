@@ -57,7 +57,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import ThreadpoolController
 
-from .data import check_image_batch, is_whole_number, to_unit_float
+from .data import check_image_batch, image_encoder_tags, is_whole_number, to_unit_float
 from .descriptors import PATCH_NORMALIZATIONS, PatchLayout, dense_patches, fit_pca, normalize_patches, patch_layout, project
 from .errors import InputError
 from .persist import forget_file, load_model, save_model
@@ -808,6 +808,9 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         if self.xy:
             descriptors = np.concatenate([descriptors, np.broadcast_to(layout.xy, descriptors.shape[:2] + (2,))], axis=2)
         return descriptors
+
+    def __sklearn_tags__(self):
+        return image_encoder_tags(super().__sklearn_tags__())
 
     def get_feature_names_out(self, input_features=None):
         check_is_fitted(self, "means_")

@@ -15,6 +15,7 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
+from sklearn.utils import get_tags
 
 import fvae
 
@@ -57,6 +58,19 @@ def test_codes_do_not_depend_on_batching_order_or_memory_layout(fitted, digits, 
     read_only = np.load(tmp_path / "images.npy", mmap_mode="r")  # as joblib hands large arrays to workers
     np.testing.assert_array_equal(encoder.transform(read_only), codes)
     assert encoder.transform(images.astype(np.float64) / 255).dtype == np.float32
+
+
+def test_scikit_learn_tags_say_what_the_encoder_takes_and_returns(fitted, digits):
+    # BaseEstimator's defaults said: 2-D input only, negative values welcome, float64 out for float64 in
+    _, _, encoder, codes = fitted
+    tags = get_tags(encoder)
+    assert tags.input_tags.three_d_array and tags.input_tags.two_d_array  # (n, h, w), or rows with image_shape
+    assert tags.transformer_tags.preserves_dtype == ["float32"]
+    for dtype in (np.float32, np.float64):
+        assert encoder.transform((digits.test.images[:5] / 255).astype(dtype)).dtype == np.float32
+    assert tags.input_tags.positive_only
+    with pytest.raises(fvae.InputError, match=r"must lie in \[0, 1\]"):
+        encoder.transform(-(digits.test.images[:5] / 255))
 
 
 def test_a_pickled_encoder_gives_the_same_codes(fitted, digits):

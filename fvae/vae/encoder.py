@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ..data import check_image_batch, class_names_of, is_whole_number, to_unit_float
+from ..data import check_image_batch, class_names_of, image_encoder_tags, is_whole_number, to_unit_float
 from ..errors import InputError, ModelFileError, TrainingInterrupted
 from ..persist import ZIP_DATE, atomic_output, forget_file, history_paths, load_model, save_model
 from .model import ARCHITECTURES, BINARIZATIONS, LIKELIHOODS
@@ -378,6 +378,9 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
     @property
     def n_features_out_(self) -> int:
         return self.latent_dim * (2 if self.return_log_var else 1)
+
+    def __sklearn_tags__(self):
+        return image_encoder_tags(super().__sklearn_tags__())
 
     def get_feature_names_out(self, input_features=None):
         check_is_fitted(self, "model_")
