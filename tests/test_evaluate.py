@@ -132,7 +132,7 @@ def test_row_space_reduction_gives_the_same_classifier_as_the_wide_features():
 
 
 @pytest.mark.parametrize("width", [30, 300], ids=["narrow", "wide"])
-def test_ridge_from_the_probe_space_equals_scikit_learns_ridgecv(width):
+def test_ridge_from_the_probe_space_equals_scikit_learns_ridgecv(width, monkeypatch):
     """The ridge probe's closed-form leave-one-out choice and fit, from the probe space's own
     decomposition, against scikit-learn's RidgeCV on the same standardized codes."""
     from sklearn.linear_model import RidgeCV
@@ -142,7 +142,11 @@ def test_ridge_from_the_probe_space_equals_scikit_learns_ridgecv(width):
     train, test = rng.standard_normal((80, width)), rng.standard_normal((20, width))
     targets = train[:, :4] @ rng.standard_normal((4, 6)) + 0.3 * rng.standard_normal((80, 6)) + 2.0
     alphas = (0.01, 1.0, 30.0, 1000.0)
+    monkeypatch.setattr(ProbeSpace, "TEST_BLOCK", 7)  # the test codes standardized in 3 blocks of rows
+    given = train.copy(), test.copy()
     alpha, predicted = ProbeSpace(train, test).ridge(targets, alphas)
+    np.testing.assert_array_equal(train, given[0])  # standardized in copies, not in place
+    np.testing.assert_array_equal(test, given[1])
     scaler = StandardScaler().fit(train)
     reference = RidgeCV(alphas=alphas).fit(scaler.transform(train), targets)
     assert alpha == reference.alpha_
