@@ -405,7 +405,7 @@ class ProbeSpace:
         train = np.array(train_codes, dtype=np.float64)
         self._scaler = StandardScaler(copy=False).fit(train) if standardize else None
         if self._scaler is not None:
-            self._scaler.transform(train)
+            train = self._scaler.transform(train)  # in place: the same array
         self._test_codes = test_codes
         self._codes, self._basis, self._singular, self._svd = train, None, None, None
         self.train = train
@@ -436,7 +436,7 @@ class ProbeSpace:
             rows = slice(start, start + self.TEST_BLOCK)
             block = np.array(self._test_codes[rows], dtype=np.float64)
             if self._scaler is not None:
-                self._scaler.transform(block)
+                block = self._scaler.transform(block)
             out[rows] = block @ weights
         return out
 
