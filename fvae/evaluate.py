@@ -968,11 +968,22 @@ def reading(report: dict) -> list[str]:
                      f"pixel information (test MSE {learned[ridge[0]]:.4f}).")
     if "vae" in enc and "pca" in enc:
         lines.append(_vae_against_pca(report))
-    costly = max(enc, key=lambda n: enc[n]["dim"])
-    lines.append(f"Cost: {costly} codes are the widest ({enc[costly]['dim']:,} dims, "
-                 f"{enc[costly]['cost']['encode_images_per_second']:,.0f} images/s to encode); "
-                 + ", ".join(f"{n} {enc[n]['dim']:,} dims" for n in enc if n != costly) + ".")
+    lines.append(_cost(enc))
     return lines
+
+
+def _cost(enc: dict) -> str:
+    """The Cost sentence of :func:`reading`: the widest codes (all that tie) and their encode speed."""
+    widest = _leaders({n: enc[n]["dim"] for n in enc})
+    speeds = " and ".join(f"{enc[n]['cost']['encode_images_per_second']:,.0f}" for n in widest)
+    width = f"{enc[widest[0]]['dim']:,} dims"
+    if len(widest) == 1:
+        return (f"Cost: {widest[0]} codes are the widest ({width}, {speeds} images/s to encode); "
+                + ", ".join(f"{n} {enc[n]['dim']:,} dims" for n in enc if n != widest[0]) + ".")
+    sentence = f"Cost: {_names(widest)} codes are {'equally wide' if len(widest) == len(enc) else 'the widest'} "
+    sentence += f"({width}; {speeds} images/s to encode)"
+    narrower = [f"{n} {enc[n]['dim']:,} dims" for n in enc if n not in widest]
+    return sentence + ("; " + ", ".join(narrower) if narrower else "") + "."
 
 
 def _reading_of_one(report: dict) -> list[str]:

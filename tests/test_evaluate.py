@@ -580,6 +580,16 @@ def test_reading_says_tie_when_every_encoding_scores_the_same():
     assert lines[2] == "With only 100 labelled train images, fisher, pca and raw tie at 90.0%."
     report["encodings"]["raw"]["classification"]["knn"]["accuracy"] = 1.0
     assert fvae.evaluate.reading(report)[1] == "With 5-nearest neighbours instead, fisher, pca and raw tie (100.0%)."
+    assert lines[-1] == ("Cost: fisher codes are the widest (21,760 dims, 1,000 images/s to encode); pca 47 dims, "
+                         "raw 2,400 dims.")
+    # PCA of 8x8 images keeps all 64 pixels: was "pca codes are the widest (64 dims ...); raw 64 dims"
+    report["encodings"] = {"pca": _encoding(64, 0.9, 0.9, 0.8, 0.01, own=0.0), "raw": _encoding(64, 0.9, 0.9, 0.8, 0.0)}
+    report["encodings"]["raw"]["cost"]["encode_images_per_second"] = 2e6
+    assert fvae.evaluate.reading(report)[-1] == ("Cost: pca and raw codes are equally wide (64 dims; 1,000 and "
+                                                 "2,000,000 images/s to encode).")
+    report["encodings"]["vae"] = _encoding(32, 0.9, 0.9, 0.8, 0.01, own=0.02)
+    assert fvae.evaluate.reading(report)[-1] == ("Cost: pca and raw codes are the widest (64 dims; 1,000 and "
+                                                 "2,000,000 images/s to encode); vae 32 dims.")
 
 
 def test_reading_of_one_encoding_gives_its_numbers_without_a_contest():
