@@ -346,8 +346,10 @@ def _scores(y_true, y_pred, classes) -> dict:
     }
 
 
-def _choose_c(codes, labels, c_grid, seed) -> tuple[float, float | None]:
-    """C with the best mean accuracy over stratified folds of the (standardized) train codes.
+def _choose_c(codes, labels, c_grid, seed) -> tuple[float, float | None, int | None]:
+    """C with the best mean accuracy over stratified folds of the (standardized) train codes, that
+    accuracy, and the number of folds: ``CV_FOLDS``, fewer when the smallest class has fewer
+    images, and none (C=1) when it has one.
 
     Within a fold the C values are fitted in increasing order, each starting from the previous
     solution (warm start): the same optima, in far fewer iterations. Ties go to the smaller C.
@@ -358,7 +360,7 @@ def _choose_c(codes, labels, c_grid, seed) -> tuple[float, float | None]:
     smallest = np.unique(labels, return_counts=True)[1].min()
     folds = min(CV_FOLDS, int(smallest))
     if folds < 2:
-        return 1.0, None
+        return 1.0, None, None
     grid = sorted(c_grid)
     accuracy = np.zeros(len(grid))
     for fit, held_out in StratifiedKFold(folds, shuffle=True, random_state=seed).split(codes, labels):
@@ -367,7 +369,7 @@ def _choose_c(codes, labels, c_grid, seed) -> tuple[float, float | None]:
             model.set_params(C=c).fit(codes[fit], labels[fit])
             accuracy[i] += model.score(codes[held_out], labels[held_out]) / folds
     best = int(np.argmax(accuracy))
-    return float(grid[best]), float(accuracy[best])
+    return float(grid[best]), float(accuracy[best]), folds
 
 
 class ProbeSpace:
@@ -499,8 +501,9 @@ def logistic_probe(space: ProbeSpace, train_labels, test_labels, *, c_grid, seed
     Returns
     -------
     dict
-        ``accuracy``, ``macro_f1``, ``confusion`` (rows: true class), ``C``, ``cv_accuracy`` (None
-        when a class has too few train images for CV and C=1 was used) and ``converged``.
+        ``accuracy``, ``macro_f1``, ``confusion`` (rows: true class), ``C``, ``cv_accuracy`` and
+        ``cv_folds`` (both None when a class has a single train image, too few for CV, and C=1 was
+        used) and ``converged``.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -518,11 +521,11 @@ def logistic_probe(space: ProbeSpace, train_labels, test_labels, *, c_grid, seed
     # too thin for threads to share; on 2 cores a step took 1.6-9x as long with both threads.
     with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=1, user_api="blas"):
         warnings.simplefilter("always", ConvergenceWarning)
-        c, cv_accuracy = _choose_c(train, train_labels, c_grid, seed)
+        c, cv_accuracy, cv_folds = _choose_c(train, train_labels, c_grid, seed)
         model = LogisticRegression(C=c, max_iter=MAX_ITER).fit(train, train_labels)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     return {**_scores(test_labels, space.predict(model, inner), classes), "C": c, "cv_accuracy": cv_accuracy,
-            "converged": converged}
+            "cv_folds": cv_folds, "converged": converged}
 
 
 def knn_probe(train_codes, train_labels, test_codes, test_labels, *, k=KNN_K, classes=None) -> dict:

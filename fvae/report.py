@@ -413,6 +413,16 @@ def evaluation_figures(report: dict, artifacts: dict, out_dir, *, n_shown: int =
     return written
 
 
+def _c_choice(report: dict) -> str:
+    """How the logistic probe's C was chosen: by the folds it used, or not at all (C=1) when a
+    class has a single probe image."""
+    logistic = next(iter(report["encodings"].values()))["classification"]["logistic"]
+    folds = logistic.get("cv_folds", report["settings"]["cv_folds"])  # absent from reports written before it was
+    if folds is None:
+        return "C=1, as a class has a single probe image, too few for cross-validation"
+    return f"C from {report['settings']['c_grid']} by {folds}-fold cross-validation on the train codes"
+
+
 def _label_draws(repeats: int) -> str:
     return "from one stratified draw" if repeats == 1 else f"the mean over {repeats} stratified draws"
 
@@ -466,8 +476,8 @@ def markdown_report(report: dict) -> str:
         "",
         markdown_table(report),
         "",
-        f"Logistic regression on standardized codes, C from {settings['c_grid']} by {settings['cv_folds']}-fold "
-        f"cross-validation on the train codes; {knn_neighbours(report)}-NN on the codes as they are; "
+        f"Logistic regression on standardized codes, {_c_choice(report)}; "
+        f"{knn_neighbours(report)}-NN on the codes as they are; "
         f"\"acc @100 labels\" is {_label_draws(settings['label_repeats'])}; ridge recon MSE is a linear probe "
         "from codes to pixels (same for every encoding), own recon MSE the model's own reconstruction. "
         "Pixels are in [0, 1]." + _code_notes(report),

@@ -229,11 +229,13 @@ def test_library_settings_are_checked_when_made(field, value, message):
         Settings(**{field: value})
 
 
+SOURCES = {"train": {"source": "digits", "location": "sklearn", "split": "train"},
+           "test": {"source": "digits", "location": "sklearn", "split": "test"}}
+
+
 def test_library_evaluate_validates_against_the_schema(digits):
     settings = Settings(methods=("pca", "raw"), quick=True)
-    report, artifacts = evaluate(digits.train, digits.test, settings, data={
-        "train": {"source": "digits", "location": "sklearn", "split": "train"},
-        "test": {"source": "digits", "location": "sklearn", "split": "test"}})
+    report, artifacts = evaluate(digits.train, digits.test, settings, data=SOURCES)
     _validate({"name": "library", **report, "figures": []})
     assert report["encodings"]["pca"]["dim"] == 64 and report["vae"] is None  # the VAE latent's size, all 64 pixels
     assert set(artifacts["reconstructions"]) == {"pca", "ridge_pca", "ridge_raw"}
@@ -610,6 +612,14 @@ def test_fewer_probe_images_than_neighbours_are_reported_as_the_k_the_probe_used
     text = markdown_report({"name": "few", **report})
     assert "| 3-NN acc |" in text and "; 3-NN on the codes as they are;" in text  # before: 5-NN, as if it were
     assert "5-NN" not in text and "3-nearest neighbours" in text
+    # one image per class: no cross-validation (was "C from [...] by 3-fold cross-validation")
+    assert report["encodings"]["raw"]["classification"]["logistic"]["cv_folds"] is None
+    _validate({"name": "few", **report, "data": {**report["data"], **SOURCES}, "figures": []})
+    assert "standardized codes, C=1, as a class has a single probe image, too few for cross-validation;" in text
+    report, _ = evaluate(digits.train, digits.test, Settings(methods=("raw",), quick=True, max_train=20))
+    assert report["encodings"]["raw"]["classification"]["logistic"]["cv_folds"] == 2  # two images per class
+    _validate({"name": "few", **report, "data": {**report["data"], **SOURCES}, "figures": []})
+    assert "by 2-fold cross-validation on the train codes;" in markdown_report({"name": "few", **report})
 
 
 def test_pca_of_few_train_images_keeps_one_component_fewer_than_images(digits):
