@@ -63,14 +63,26 @@ def matmul_product(n=4096):
 def tf_matmul_product(n=4096):
     """:func:`matmul_product` in TensorFlow: the rate of the library (oneDNN) that runs the VAE
     loops' convolutions. It can differ from NumPy's BLAS: on an AMD EPYC with AVX-512
-    (2026-11-23) TensorFlow's was 2.1x NumPy's OpenBLAS. TensorFlow is imported here, not by
-    the scripts that need only NumPy's rate."""
+    (2026-11-23) TensorFlow's was 2.1x NumPy's, because that machine's environment sets
+    OPENBLAS_CORETYPE=Haswell and OpenBLAS ran its AVX2 kernels (see :func:`numpy_blas_kernels`);
+    unset, OpenBLAS chose SkylakeX and NumPy's rate was 460 GFLOP/s against TensorFlow's 406
+    (2026-11-24). TensorFlow is imported here, not by the scripts that need only NumPy's rate."""
     import tensorflow as tf
 
     a = tf.constant(_square_matrix(n))
     product = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, a)))  # a scalar back: no 64 MB copy
     product()  # traced outside the timing
     return (lambda: product().numpy()), 2 * n**3
+
+
+def numpy_blas_kernels() -> str | None:
+    """The kernels NumPy's BLAS runs, as threadpoolctl reports them ("Haswell", "SkylakeX"), or
+    None where it does not say: OpenBLAS picks them by CPU unless OPENBLAS_CORETYPE names them,
+    and the two can differ 2x in matmul rate on one machine."""
+    from threadpoolctl import threadpool_info
+
+    numpy_blas = [info for info in threadpool_info() if info["user_api"] == "blas" and "numpy" in info["filepath"]]
+    return (numpy_blas or [{}])[0].get("architecture")
 
 
 def _square_matrix(n):

@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
-from _common import MNIST_TEST, interleaved_best, matmul_product, print_json
+from _common import MNIST_TEST, interleaved_best, matmul_product, numpy_blas_kernels, print_json
 from fvae import FisherVectorEncoder, load_dataset
 
 
@@ -41,7 +41,8 @@ def main():
     def skimage_all():
         return np.stack([fisher_vector(d, gmm, improved=True) for d in descriptors])
 
-    figures = {"images": n_images, "descriptors_per_image": n_desc, "K": 64, "D": dim, "machine": platform.processor() or platform.machine()}
+    figures = {"images": n_images, "descriptors_per_image": n_desc, "K": 64, "D": dim, "machine": platform.processor() or platform.machine(),
+               "numpy_blas_kernels": numpy_blas_kernels()}
     for threads in (1, 2):
         with threadpool_limits(threads):
             encoder.set_params(n_jobs=threads)

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from _common import MNIST_TEST, interleaved_best, matmul_product, print_json, tf_matmul_product
+from _common import MNIST_TEST, interleaved_best, matmul_product, numpy_blas_kernels, print_json, tf_matmul_product
 from fvae import load_dataset
 
 import tensorflow as tf  # noqa: E402  (after fvae.vae sets the backend)
@@ -232,7 +232,8 @@ def main():
     tf_matmul = tf_product_flops / timings["tf matmul"][0] / 1e9
     fvae_gflops, tutorial_gflops = fvae_img_s * flops / 1e9, tutorial_img_s * flops / 1e9
     figures.update(training_mflop_per_image=flops / 1e6, fvae_gflop_s=fvae_gflops, tutorial_gflop_s=tutorial_gflops,
-                   matmul_gflop_s=matmul, fvae_fraction_of_matmul=fvae_gflops / matmul,
+                   matmul_gflop_s=matmul, numpy_blas_kernels=numpy_blas_kernels(),
+                   fvae_fraction_of_matmul=fvae_gflops / matmul,
                    fraction_of_matmul_needed_for_2x=2 * tutorial_gflops / matmul,
                    tf_matmul_gflop_s=tf_matmul, fvae_fraction_of_tf_matmul=fvae_gflops / tf_matmul,
                    fraction_of_tf_matmul_needed_for_2x=2 * tutorial_gflops / tf_matmul)

@@ -57,3 +57,22 @@ def test_the_reference_matmuls_compute_the_product_they_are_credited_with():
     assert numpy_flops == tf_flops == 2 * n**3
     np.testing.assert_allclose(numpy_product(), a @ a, rtol=1e-5)
     np.testing.assert_allclose(tf_product(), (a.astype(np.float64) @ a).sum(), rtol=1e-4)
+
+
+def _numpy_blas_is_openblas():
+    from threadpoolctl import threadpool_info  # NumPy is loaded: _common imports it
+
+    return any(info["internal_api"] == "openblas" and "numpy" in info["filepath"] for info in threadpool_info())
+
+
+@pytest.mark.skipif(not _numpy_blas_is_openblas() or os.uname().machine != "x86_64",
+                    reason="OPENBLAS_CORETYPE names x86-64 kernels of OpenBLAS, which this NumPy does not use")
+def test_numpy_blas_kernels_are_the_ones_openblas_runs():
+    import subprocess
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    code = "import _common; print(_common.numpy_blas_kernels())"
+    for kernels in ("Haswell", "Nehalem"):  # AVX2 kernels, and SSE4.2 ones
+        env = {**os.environ, "OPENBLAS_CORETYPE": kernels}
+        named = subprocess.run([sys.executable, "-c", code], cwd=benchmarks, env=env, capture_output=True, text=True)
+        assert named.stdout.strip() == kernels, named.stderr
