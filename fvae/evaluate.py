@@ -436,11 +436,13 @@ class ProbeSpace:
         out = np.empty((len(self._test_codes), weights.shape[1]))
         for start in range(0, len(out), self.TEST_BLOCK):
             rows = slice(start, start + self.TEST_BLOCK)
-            block = np.array(self._test_codes[rows], dtype=np.float64)
-            if self._scaler is not None:
-                block = self._scaler.transform(block)
-            out[rows] = block @ weights
+            out[rows] = self._standardized(self._test_codes[rows]) @ weights
         return out
+
+    def _standardized(self, codes) -> np.ndarray:
+        """A float64 copy of ``codes``, standardized with the train codes' statistics."""
+        copy = np.array(codes, dtype=np.float64)
+        return copy if self._scaler is None else self._scaler.transform(copy)
 
     def ridge(self, targets: np.ndarray, alphas) -> tuple[float, np.ndarray]:
         """Ridge regression (with an intercept) from :attr:`train` to ``targets`` (n, p), alpha by
