@@ -417,7 +417,7 @@ def _c_choice(report: dict) -> str:
     """How the logistic probe's C was chosen: by the folds it used, or not at all (C=1) when a
     class has a single probe image."""
     logistic = next(iter(report["encodings"].values()))["classification"]["logistic"]
-    folds = logistic.get("cv_folds", report["settings"]["cv_folds"])  # absent from reports written before it was
+    folds = logistic.get("cv_folds", report["settings"]["cv_folds"])  # older reports lack cv_folds
     if folds is None:
         return "C=1, as a class has a single probe image, too few for cross-validation"
     return f"C from {report['settings']['c_grid']} by {folds}-fold cross-validation on the train codes"
