@@ -409,14 +409,19 @@ class ProbeSpace:
         if self._scaler is not None:
             train = self._scaler.transform(train)  # in place: the same array
         self._test_codes = test_codes
-        self._codes, self._basis, self._singular, self._svd = train, None, None, None
+        self._codes, self._svd = train, None
         self.train = train
-        if train.shape[1] > train.shape[0]:
+        if self._wide:
             eigenvalues, eigenvectors = eigh(train @ train.T, overwrite_a=True, check_finite=False)
             keep = eigenvalues > eigenvalues.max(initial=0.0) * 1e-10
-            self._basis, self._singular = eigenvectors[:, keep], np.sqrt(eigenvalues[keep])
-            self.train = self._basis * self._singular
-            self._svd = (self._basis, self._singular, None)  # train = U S I: already its own SVD
+            basis, singular = eigenvectors[:, keep], np.sqrt(eigenvalues[keep])
+            self.train = basis * singular
+            self._svd = (basis, singular, None)  # train = U S I: already its own SVD
+
+    @property
+    def _wide(self) -> bool:
+        """Codes wider than the train set, whose :attr:`train` is their row-space coordinates."""
+        return self._codes.shape[1] > self._codes.shape[0]
 
     @functools.cached_property
     def train32(self) -> np.ndarray:
@@ -427,9 +432,10 @@ class ProbeSpace:
 
     def lift(self, beta: np.ndarray) -> np.ndarray:
         """Feature weights (d, k) of coefficients (r, k) given in :attr:`train`'s basis."""
-        if self._basis is None:
+        if not self._wide:
             return beta
-        return self._codes.T @ (self._basis @ (beta / self._singular[:, None]))
+        basis, singular, _ = self._svd
+        return self._codes.T @ (basis @ (beta / singular[:, None]))
 
     def _test_times(self, weights: np.ndarray) -> np.ndarray:
         """The standardized test codes (m, d) times ``weights`` (d, k), in float64."""
