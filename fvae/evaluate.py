@@ -938,11 +938,16 @@ def _names(names: list[str], bold: bool = False) -> str:
     return marked[0] if len(marked) == 1 else ", ".join(marked[:-1]) + " and " + marked[-1]
 
 
-def _lead(names: list[str], of: int) -> str:
-    """``names`` and their verb: one leads, some lead, and all ``of`` of them tie."""
+def _all_tie(leaders: list[str], scores: dict) -> bool:
+    """Whether the ``leaders`` of ``scores`` (:func:`_leaders`) are all of them, two or more."""
+    return 1 < len(leaders) == len(scores)
+
+
+def _lead(names: list[str], scores: dict) -> str:
+    """The leaders ``names`` of ``scores`` and their verb: one leads, some lead, all tie."""
     if len(names) == 1:
         return f"{names[0]} leads"
-    return f"{_names(names)} {'tie' if len(names) == of else 'lead'}"
+    return f"{_names(names)} {'tie' if _all_tie(names, scores) else 'lead'}"
 
 
 def reading(report: dict) -> list[str]:
@@ -954,7 +959,7 @@ def reading(report: dict) -> list[str]:
     lines = []
     logistic = {n: enc[n]["classification"]["logistic"]["accuracy"] for n in enc}
     best = _leaders(logistic)
-    verdict = "serve best" if len(best) < len(logistic) else "serve equally well"
+    verdict = "serve equally well" if _all_tie(best, logistic) else "serve best"
     sentence = (f"For classification, {_names(best, bold=True)} codes {verdict}: logistic regression reaches "
                 f"{_pct(logistic[best[0]])} on the test set")
     others = {n: a for n, a in logistic.items() if n not in best}
@@ -964,14 +969,14 @@ def reading(report: dict) -> list[str]:
     lines.append(sentence + ".")
     knn = {n: enc[n]["classification"]["knn"]["accuracy"] for n in enc}
     by_knn = _leaders(knn)
-    lines.append(f"With {knn_neighbours(report)}-nearest neighbours instead, {_lead(by_knn, len(knn))} "
+    lines.append(f"With {knn_neighbours(report)}-nearest neighbours instead, {_lead(by_knn, knn)} "
                  f"({_pct(knn[by_knn[0]])}).")
     at_100 = {n: _accuracy_with_100_labels(enc[n]) for n in enc}
     few = {n: accuracy for n, accuracy in at_100.items() if accuracy is not None}
     if few:
         leaders = _leaders(few)
-        at = "at" if len(leaders) == len(few) > 1 else "with"
-        lines.append(f"With only 100 labelled train images, {_lead(leaders, len(few))} {at} {_pct(few[leaders[0]])}.")
+        at = "at" if _all_tie(leaders, few) else "with"
+        lines.append(f"With only 100 labelled train images, {_lead(leaders, few)} {at} {_pct(few[leaders[0]])}.")
     learned = {n: enc[n]["reconstruction"]["ridge"]["mse"] for n in enc if n != "raw"}  # raw: no contest
     if learned:
         ridge = _leaders(learned, lowest=True)
@@ -985,16 +990,17 @@ def reading(report: dict) -> list[str]:
 
 def _cost(enc: dict) -> str:
     """The Cost sentence of :func:`reading`: the widest codes (all that tie) and their encode speed."""
-    widest = _leaders({n: enc[n]["dim"] for n in enc})
+    dims = {n: enc[n]["dim"] for n in enc}
+    widest = _leaders(dims)
     speeds = " and ".join(f"{enc[n]['cost']['encode_images_per_second']:,.0f}" for n in widest)
-    width = f"{enc[widest[0]]['dim']:,} dims"
+    width = f"{dims[widest[0]]:,} dims"
     if len(widest) == 1:
-        return (f"Cost: {widest[0]} codes are the widest ({width}, {speeds} images/s to encode); "
-                + ", ".join(f"{n} {enc[n]['dim']:,} dims" for n in enc if n != widest[0]) + ".")
-    sentence = f"Cost: {_names(widest)} codes are {'equally wide' if len(widest) == len(enc) else 'the widest'} "
-    sentence += f"({width}; {speeds} images/s to encode)"
-    narrower = [f"{n} {enc[n]['dim']:,} dims" for n in enc if n not in widest]
-    return sentence + ("; " + ", ".join(narrower) if narrower else "") + "."
+        head = f"{widest[0]} codes are the widest ({width}, {speeds} images/s to encode)"
+    else:
+        how = "equally wide" if _all_tie(widest, dims) else "the widest"
+        head = f"{_names(widest)} codes are {how} ({width}; {speeds} images/s to encode)"
+    narrower = ", ".join(f"{n} {dims[n]:,} dims" for n in enc if n not in widest)
+    return f"Cost: {head}" + (f"; {narrower}" if narrower else "") + "."
 
 
 def _reading_of_one(report: dict) -> list[str]:
