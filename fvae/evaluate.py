@@ -12,7 +12,7 @@ scored on the test images with the same probes:
 - Label efficiency: the same logistic probe when only 100, 500, 1000 or all train labels are
   used (stratified subsets, fixed seeds, C chosen inside each subset).
 - Reconstruction: one linear probe for every encoding (ridge regression from standardized codes to
-  pixels, alpha by generalized cross-validation on train), and each model's own reconstruction
+  pixels, alpha by exact leave-one-out error on train), and each model's own reconstruction
   where it has one (the VAE's decoder, PCA's inverse).
 - Cost: fit seconds, encode images/s (timed on the test images), code dimension, model bytes.
 
@@ -387,9 +387,11 @@ class ProbeSpace:
     lifts them back to feature weights, ``w = X^T U S^-1 beta``, an n x d x classes product, so the
     test codes are never projected (that would cost as much as the Gram matrix again).
 
-    Memory: the train codes are copied once, as float64, and standardized in place; the test codes
-    are standardized a block of rows at a time when predictions are made. For 10,000 train and
-    10,000 test Fisher Vectors each float64 copy is 1.7 GB.
+    Memory: wide codes are never copied whole. Their statistics and Gram matrix are computed a
+    block of columns at a time, and the lift and the test predictions standardize a block of rows
+    at a time, each block a float64 copy of about :attr:`BLOCK_VALUES` values (for 10,000 Fisher
+    Vectors a whole copy would be 1.7 GB). Narrower codes are copied once, as float64, and
+    standardized in place.
 
     Attributes
     ----------
@@ -397,26 +399,57 @@ class ProbeSpace:
         What the probe is fitted on: standardized codes, or their row-space coordinates.
     """
 
-    #: Test rows standardized at a time by :meth:`_test_times` (170 MB of Fisher Vectors).
-    TEST_BLOCK = 1024
+    #: Code values standardized at a time, as float64 (134 MB).
+    BLOCK_VALUES = 2 ** 24
 
     def __init__(self, train_codes, test_codes, *, standardize: bool = True):
-        from scipy.linalg import eigh
+        self._codes, self._test_codes, self._svd = train_codes, test_codes, None
+        self._mean, self._scale = self._statistics(train_codes) if standardize else (None, None)
+        if self._wide:
+            self._reduce_to_row_space()
+        else:
+            self.train = self._standardized(train_codes)
+            self._codes = self.train
+
+    def _statistics(self, codes) -> tuple[np.ndarray, np.ndarray]:
+        """The mean and scale of each column of ``codes``, as :class:`StandardScaler` computes
+        them from a float64 copy, a block of columns at a time."""
         from sklearn.preprocessing import StandardScaler
 
-        train = np.array(train_codes, dtype=np.float64)
-        self._scaler = StandardScaler(copy=False).fit(train) if standardize else None
-        if self._scaler is not None:
-            train = self._scaler.transform(train)  # in place: the same array
-        self._test_codes = test_codes
-        self._codes, self._svd = train, None
-        self.train = train
-        if self._wide:
-            eigenvalues, eigenvectors = eigh(train @ train.T, overwrite_a=True, check_finite=False)
-            keep = eigenvalues > eigenvalues.max(initial=0.0) * 1e-10
-            basis, singular = eigenvectors[:, keep], np.sqrt(eigenvalues[keep])
-            self.train = basis * singular
-            self._svd = (basis, singular, None)  # train = U S I: already its own SVD
+        means, scales = [], []
+        for columns in self._column_blocks(codes):
+            scaler = StandardScaler().fit(np.array(codes[:, columns], dtype=np.float64))
+            means.append(scaler.mean_)
+            scales.append(scaler.scale_)
+        return np.concatenate(means), np.concatenate(scales)
+
+    def _column_blocks(self, codes) -> list[slice]:
+        width = max(1, self.BLOCK_VALUES // max(len(codes), 1))
+        return [slice(start, start + width) for start in range(0, codes.shape[1], width)]
+
+    def _row_blocks(self, codes) -> list[slice]:
+        height = max(1, self.BLOCK_VALUES // max(codes.shape[1], 1))
+        return [slice(start, start + height) for start in range(0, len(codes), height)]
+
+    def _reduce_to_row_space(self) -> None:
+        """Set :attr:`train` to the row-space coordinates of the standardized train codes, from
+        the eigendecomposition of their Gram matrix, summed a block of columns at a time."""
+        from scipy.linalg import eigh
+        from scipy.linalg.blas import dsyrk
+
+        n = len(self._codes)
+        gram = np.zeros((n, n), order="F")  # BLAS's layout, so that dsyrk adds to it in place
+        for columns in self._column_blocks(self._codes):
+            block = self._standardized(self._codes[:, columns], columns)
+            # block.T is Fortran-ordered (no copy); trans=1 gives block @ block.T, upper triangle
+            gram = dsyrk(1.0, block.T, beta=1.0, c=gram, trans=1, overwrite_c=1)
+        eigenvalues, eigenvectors = eigh(gram, lower=False, overwrite_a=True, check_finite=False)
+        del gram
+        # ascending: the negligible directions are the first columns, and a slice is a view
+        first = int(np.searchsorted(eigenvalues, eigenvalues.max(initial=0.0) * 1e-10, side="right"))
+        basis, singular = eigenvectors[:, first:], np.sqrt(eigenvalues[first:])
+        self.train = basis * singular
+        self._svd = (basis, singular, None)  # train = U S I: already its own SVD
 
     @property
     def _wide(self) -> bool:
@@ -435,20 +468,27 @@ class ProbeSpace:
         if not self._wide:
             return beta
         basis, singular, _ = self._svd
-        return self._codes.T @ (basis @ (beta / singular[:, None]))
+        coordinates = basis @ (beta / singular[:, None])
+        weights = np.zeros((self._codes.shape[1], beta.shape[1]))
+        for rows in self._row_blocks(self._codes):
+            weights += self._standardized(self._codes[rows]).T @ coordinates[rows]
+        return weights
 
     def _test_times(self, weights: np.ndarray) -> np.ndarray:
         """The standardized test codes (m, d) times ``weights`` (d, k), in float64."""
         out = np.empty((len(self._test_codes), weights.shape[1]))
-        for start in range(0, len(out), self.TEST_BLOCK):
-            rows = slice(start, start + self.TEST_BLOCK)
+        for rows in self._row_blocks(self._test_codes):
             out[rows] = self._standardized(self._test_codes[rows]) @ weights
         return out
 
-    def _standardized(self, codes) -> np.ndarray:
-        """A float64 copy of ``codes``, standardized with the train codes' statistics."""
+    def _standardized(self, codes, columns=slice(None)) -> np.ndarray:
+        """A float64 copy of ``codes`` (of the given columns), standardized with the train codes'
+        statistics, as :meth:`StandardScaler.transform` does it."""
         copy = np.array(codes, dtype=np.float64)
-        return copy if self._scaler is None else self._scaler.transform(copy)
+        if self._mean is not None:
+            copy -= self._mean[columns]
+            copy /= self._scale[columns]
+        return copy
 
     def ridge(self, targets: np.ndarray, alphas) -> tuple[float, np.ndarray]:
         """Ridge regression (with an intercept) from :attr:`train` to ``targets`` (n, p), alpha by

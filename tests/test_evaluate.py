@@ -142,7 +142,7 @@ def test_ridge_from_the_probe_space_equals_scikit_learns_ridgecv(width, monkeypa
     train, test = rng.standard_normal((80, width)), rng.standard_normal((20, width))
     targets = train[:, :4] @ rng.standard_normal((4, 6)) + 0.3 * rng.standard_normal((80, 6)) + 2.0
     alphas = (0.01, 1.0, 30.0, 1000.0)
-    monkeypatch.setattr(ProbeSpace, "TEST_BLOCK", 7)  # the test codes standardized in 3 blocks of rows
+    monkeypatch.setattr(ProbeSpace, "BLOCK_VALUES", 7 * width)  # 3 blocks of test rows, several of train columns
     given = train.copy(), test.copy()
     alpha, predicted = ProbeSpace(train, test).ridge(targets, alphas)
     np.testing.assert_array_equal(train, given[0])  # standardized in copies, not in place
@@ -153,24 +153,27 @@ def test_ridge_from_the_probe_space_equals_scikit_learns_ridgecv(width, monkeypa
     np.testing.assert_allclose(predicted, reference.predict(scaler.transform(test)), rtol=1e-6, atol=1e-8)
 
 
-def test_the_probe_space_copies_the_train_codes_once_and_the_test_codes_a_block_at_a_time():
-    # 10,000 train and test Fisher Vectors peaked at 10.7 GB: standardized float64 copies of both
-    # beside the copies they were made from. Memory as NumPy reports it to tracemalloc.
+def test_the_probe_space_standardizes_wide_codes_a_block_at_a_time(monkeypatch):
+    # 10,000 train and test Fisher Vectors peaked at 10.7 GB, then 7.5 GB: standardized float64
+    # copies of the codes beside the float32 codes they were made from. Memory as NumPy reports it
+    # to tracemalloc.
     import tracemalloc
 
     rng = np.random.default_rng(0)
-    train = rng.random((200, 3000), dtype=np.float32)  # wider than the train set: the row-space path
-    test = rng.random((4096, 3000), dtype=np.float32)
-    targets = rng.random((200, 10))
+    n, d = 300, 16000  # wider than the train set: the row-space path
+    train = rng.random((n, d), dtype=np.float32)
+    test = rng.random((1000, d), dtype=np.float32)
+    targets = rng.random((n, 10))
     ProbeSpace(train[:5, :9], test[:2, :9]).ridge(targets[:5], (1.0,))  # its imports, not traced below
+    monkeypatch.setattr(ProbeSpace, "BLOCK_VALUES", 32 * d)
     tracemalloc.start()
     try:
         ProbeSpace(train, test).ridge(targets, (1.0, 10.0))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    train64, test64, block64 = train.size * 8, test.size * 8, 1024 * test.shape[1] * 8
-    assert peak < train64 + 2 * block64 < test64  # before: more than train64 + 2 * test64
+    train64, block64, gram64 = train.size * 8, ProbeSpace.BLOCK_VALUES * 8, n * n * 8
+    assert peak < 3 * block64 + 5 * gram64 < train64 / 2  # before: more than train64 + 3 * gram64 + block64
 
 
 def test_ridge_breaks_an_exact_tie_of_leave_one_out_errors_towards_the_smallest_alpha():
