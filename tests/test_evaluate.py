@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings  # "settings" here are evaluate's
+from hypothesis import strategies as st
 
 from conftest import fvae_cli, write_image_folder, write_named_digits
 import fvae
@@ -151,6 +154,38 @@ def test_ridge_from_the_probe_space_equals_scikit_learns_ridgecv(width, monkeypa
     reference = RidgeCV(alphas=alphas).fit(scaler.transform(train), targets)
     assert alpha == reference.alpha_
     np.testing.assert_allclose(predicted, reference.predict(scaler.transform(test)), rtol=1e-6, atol=1e-8)
+
+
+@hypothesis_settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 24), extra=st.integers(-20, 40),
+       block_values=st.integers(1, 400), dtype=st.sampled_from([np.float32, np.float64]))
+def test_the_probe_space_in_any_blocks_is_the_standardized_codes_reduced_exactly(seed, n, extra, block_values,
+                                                                                 dtype):
+    """Against whole-array arithmetic: the train coordinates keep the standardized codes' Gram
+    matrix, lifted weights act on the codes as the coefficients act on the coordinates
+    (``Xs V beta = U S beta``), and the test products are the standardized test codes' own, for
+    codes narrower or wider than the train set and blocks of any size."""
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(seed)
+    d = max(1, n + extra)
+    train = (rng.standard_normal((n, d)) * rng.uniform(0.1, 10, d) + rng.uniform(-5, 5, d)).astype(dtype)
+    test = rng.standard_normal((7, d)).astype(dtype)
+    given = train.copy(), test.copy()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ProbeSpace, "BLOCK_VALUES", block_values)
+        space = ProbeSpace(train, test)
+        beta = rng.standard_normal((space.train.shape[1], 3))
+        weights = space.lift(beta)
+        test_times = space._test_times(weights)
+    np.testing.assert_array_equal(train, given[0])
+    np.testing.assert_array_equal(test, given[1])
+    scaler = StandardScaler().fit(train.astype(np.float64))
+    standardized, standardized_test = scaler.transform(train.astype(np.float64)), scaler.transform(test.astype(np.float64))
+    scale = max(1.0, float(np.abs(standardized).max())) ** 2 * d
+    np.testing.assert_allclose(space.train @ space.train.T, standardized @ standardized.T, atol=1e-9 * scale)
+    np.testing.assert_allclose(standardized @ weights, space.train @ beta, atol=1e-8 * scale * np.abs(beta).max())
+    np.testing.assert_allclose(test_times, standardized_test @ weights, rtol=1e-12, atol=1e-12 * scale)
 
 
 def test_the_probe_space_standardizes_wide_codes_a_block_at_a_time(monkeypatch):
