@@ -390,13 +390,9 @@ class ProbeSpace:
     Memory: wide codes are never copied whole. Their statistics and Gram matrix are computed a
     block of columns at a time, and the lift and the test predictions standardize a block of rows
     at a time, each block a float64 copy of about :attr:`BLOCK_VALUES` values (for 10,000 Fisher
-    Vectors a whole copy would be 1.7 GB). Narrower codes are copied once, as float64, and
-    standardized in place.
-
-    Attributes
-    ----------
-    train : ndarray (n, r)
-        What the probe is fitted on: standardized codes, or their row-space coordinates.
+    Vectors a whole copy would be 1.7 GB). Of their decomposition only the basis U (n x r) is
+    kept: the coordinates U S are made from it when asked for. Narrower codes are copied once, as
+    float64, and standardized in place.
     """
 
     #: Code values standardized at a time, as float64 (134 MB).
@@ -406,10 +402,9 @@ class ProbeSpace:
         self._codes, self._test_codes, self._svd = train_codes, test_codes, None
         self._mean, self._scale = self._statistics(train_codes) if standardize else (None, None)
         if self._wide:
-            self._reduce_to_row_space()
+            self._svd = self._row_space_svd()
         else:
-            self.train = self._standardized(train_codes)
-            self._codes = self.train
+            self._narrow = self._standardized(train_codes)
 
     def _statistics(self, codes) -> tuple[np.ndarray, np.ndarray]:
         """The mean and scale of each column of ``codes``, as :class:`StandardScaler` computes
@@ -431,9 +426,10 @@ class ProbeSpace:
         height = max(1, self.BLOCK_VALUES // max(codes.shape[1], 1))
         return [slice(start, start + height) for start in range(0, len(codes), height)]
 
-    def _reduce_to_row_space(self) -> None:
-        """Set :attr:`train` to the row-space coordinates of the standardized train codes, from
-        the eigendecomposition of their Gram matrix, summed a block of columns at a time."""
+    def _row_space_svd(self) -> tuple[np.ndarray, np.ndarray, None]:
+        """``(U, S, None)``: the row-space coordinates ``U S`` of the standardized train codes as
+        their own SVD, from the eigendecomposition of their Gram matrix, summed a block of columns
+        at a time."""
         from scipy.linalg import eigh
         from scipy.linalg.blas import dsyrk
 
@@ -447,21 +443,35 @@ class ProbeSpace:
         del gram
         # ascending: the negligible directions are the first columns, and a slice is a view
         first = int(np.searchsorted(eigenvalues, eigenvalues.max(initial=0.0) * 1e-10, side="right"))
-        basis, singular = eigenvectors[:, first:], np.sqrt(eigenvalues[first:])
-        self.train = basis * singular
-        self._svd = (basis, singular, None)  # train = U S I: already its own SVD
+        return eigenvectors[:, first:], np.sqrt(eigenvalues[first:]), None
 
     @property
     def _wide(self) -> bool:
         """Codes wider than the train set, whose :attr:`train` is their row-space coordinates."""
         return self._codes.shape[1] > self._codes.shape[0]
 
+    @property
+    def train(self) -> np.ndarray:
+        """What the probe is fitted on (n, r), in float64: the standardized codes, or, for wide
+        codes, their row-space coordinates, made anew on each access (:meth:`rows` makes a few)."""
+        return self.rows(slice(None))
+
+    def rows(self, index) -> np.ndarray:
+        """Rows of :attr:`train`, without making the others."""
+        if not self._wide:
+            return self._narrow[index]
+        basis, singular, _ = self._svd
+        return basis[index] * singular
+
     @functools.cached_property
     def train32(self) -> np.ndarray:
         """:attr:`train` in float32, what the logistic probe fits on: its L-BFGS passes over the
         codes are bound by memory bandwidth, and float32 halves the bytes (1.8x faster on 10,000
         Fashion-MNIST images' pixels, test accuracy the same to 1e-4)."""
-        return self.train.astype(np.float32)
+        if not self._wide:
+            return self._narrow.astype(np.float32)
+        basis, singular, _ = self._svd
+        return np.multiply(basis, singular, out=np.empty(basis.shape, np.float32), casting="same_kind")
 
     def lift(self, beta: np.ndarray) -> np.ndarray:
         """Feature weights (d, k) of coefficients (r, k) given in :attr:`train`'s basis."""
@@ -501,7 +511,7 @@ class ProbeSpace:
         ``RidgeCV`` computes, without a second decomposition.
         """
         if self._svd is None:
-            u, s, vt = np.linalg.svd(self.train, full_matrices=False)
+            u, s, vt = np.linalg.svd(self._narrow, full_matrices=False)
             self._svd = (u, s, vt)
         u, s, vt = self._svd
         mean = targets.mean(axis=0)
@@ -560,7 +570,7 @@ def logistic_probe(space: ProbeSpace, train_labels, test_labels, *, c_grid, seed
     classes = np.unique(train_labels) if classes is None else classes
     train, inner = space.train32, None
     if rows is not None:
-        train = space.train[rows]
+        train = space.rows(rows)
         if train.shape[1] > train.shape[0]:  # a few labelled rows: reduce again to their own span (exact)
             inner = ProbeSpace(train, None, standardize=False)
             train = inner.train

@@ -195,7 +195,7 @@ def test_the_probe_space_standardizes_wide_codes_a_block_at_a_time(monkeypatch):
     import tracemalloc
 
     rng = np.random.default_rng(0)
-    n, d = 300, 16000  # wider than the train set: the row-space path
+    n, d = 500, 16000  # wider than the train set: the row-space path
     train = rng.random((n, d), dtype=np.float32)
     test = rng.random((1000, d), dtype=np.float32)
     targets = rng.random((n, 10))
@@ -203,12 +203,17 @@ def test_the_probe_space_standardizes_wide_codes_a_block_at_a_time(monkeypatch):
     monkeypatch.setattr(ProbeSpace, "BLOCK_VALUES", 32 * d)
     tracemalloc.start()
     try:
-        ProbeSpace(train, test).ridge(targets, (1.0, 10.0))
+        space = ProbeSpace(train, test)
+        space.train32
+        held = tracemalloc.get_traced_memory()[0]
+        space.ridge(targets, (1.0, 10.0))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     train64, block64, gram64 = train.size * 8, ProbeSpace.BLOCK_VALUES * 8, n * n * 8
     assert peak < 3 * block64 + 5 * gram64 < train64 / 2  # before: more than train64 + 3 * gram64 + block64
+    # the basis U and the float32 coordinates, not also the float64 coordinates U S (one more gram64)
+    assert held < 2 * gram64
 
 
 def test_ridge_breaks_an_exact_tie_of_leave_one_out_errors_towards_the_smallest_alpha():
