@@ -399,12 +399,13 @@ class ProbeSpace:
     BLOCK_VALUES = 2 ** 24
 
     def __init__(self, train_codes, test_codes, *, standardize: bool = True):
-        self._codes, self._test_codes, self._svd = train_codes, test_codes, None
+        self._codes, self._test_codes = train_codes, test_codes
         self._mean, self._scale = self._statistics(train_codes) if standardize else (None, None)
         if self._wide:
             self._svd = self._row_space_svd()
         else:
             self._narrow = self._standardized(train_codes)
+            self._svd = None  # made when the ridge probe first needs it
 
     def _statistics(self, codes) -> tuple[np.ndarray, np.ndarray]:
         """The mean and scale of each column of ``codes``, as :class:`StandardScaler` computes
@@ -412,19 +413,16 @@ class ProbeSpace:
         from sklearn.preprocessing import StandardScaler
 
         means, scales = [], []
-        for columns in self._column_blocks(codes):
+        for columns in self._blocks(codes, axis=1):
             scaler = StandardScaler().fit(np.array(codes[:, columns], dtype=np.float64))
             means.append(scaler.mean_)
             scales.append(scaler.scale_)
         return np.concatenate(means), np.concatenate(scales)
 
-    def _column_blocks(self, codes) -> list[slice]:
-        width = max(1, self.BLOCK_VALUES // max(len(codes), 1))
-        return [slice(start, start + width) for start in range(0, codes.shape[1], width)]
-
-    def _row_blocks(self, codes) -> list[slice]:
-        height = max(1, self.BLOCK_VALUES // max(codes.shape[1], 1))
-        return [slice(start, start + height) for start in range(0, len(codes), height)]
+    def _blocks(self, codes, axis: int) -> list[slice]:
+        """Slices of ``codes`` along ``axis`` (0: rows, 1: columns) of about :attr:`BLOCK_VALUES` values each."""
+        step = max(1, self.BLOCK_VALUES // max(codes.shape[1 - axis], 1))
+        return [slice(start, start + step) for start in range(0, codes.shape[axis], step)]
 
     def _row_space_svd(self) -> tuple[np.ndarray, np.ndarray, None]:
         """``(U, S, None)``: the row-space coordinates ``U S`` of the standardized train codes as
@@ -435,12 +433,12 @@ class ProbeSpace:
 
         n = len(self._codes)
         gram = np.zeros((n, n), order="F")  # BLAS's layout, so that dsyrk adds to it in place
-        for columns in self._column_blocks(self._codes):
-            block = self._standardized(self._codes[:, columns], columns)
-            # block.T is Fortran-ordered (no copy); trans=1 gives block @ block.T, upper triangle
-            gram = dsyrk(1.0, block.T, beta=1.0, c=gram, trans=1, overwrite_c=1)
+        for columns in self._blocks(self._codes, axis=1):
+            # A block's transpose is Fortran-ordered (no copy), and trans=1 adds block @ block.T to
+            # the upper triangle. The block is a temporary of the call, so only one is alive at a time.
+            gram = dsyrk(1.0, self._standardized(self._codes[:, columns], columns).T, beta=1.0, c=gram,
+                         trans=1, overwrite_c=1)
         eigenvalues, eigenvectors = eigh(gram, lower=False, overwrite_a=True, check_finite=False)
-        del gram
         # ascending: the negligible directions are the first columns, and a slice is a view
         first = int(np.searchsorted(eigenvalues, eigenvalues.max(initial=0.0) * 1e-10, side="right"))
         return eigenvectors[:, first:], np.sqrt(eigenvalues[first:]), None
@@ -480,14 +478,14 @@ class ProbeSpace:
         basis, singular, _ = self._svd
         coordinates = basis @ (beta / singular[:, None])
         weights = np.zeros((self._codes.shape[1], beta.shape[1]))
-        for rows in self._row_blocks(self._codes):
+        for rows in self._blocks(self._codes, axis=0):
             weights += self._standardized(self._codes[rows]).T @ coordinates[rows]
         return weights
 
     def _test_times(self, weights: np.ndarray) -> np.ndarray:
         """The standardized test codes (m, d) times ``weights`` (d, k), in float64."""
         out = np.empty((len(self._test_codes), weights.shape[1]))
-        for rows in self._row_blocks(self._test_codes):
+        for rows in self._blocks(self._test_codes, axis=0):
             out[rows] = self._standardized(self._test_codes[rows]) @ weights
         return out
 
