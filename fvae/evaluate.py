@@ -8,7 +8,10 @@ scored on the test images with the same probes:
   the pixels in [0, 1].
 - Classification: multinomial logistic regression on standardized codes, C chosen by stratified
   cross-validation on the train codes only; k-nearest neighbours on the codes as they are
-  (Euclidean); accuracy, macro-F1 and the confusion matrix of each.
+  (Euclidean); accuracy with its 95% Wilson interval, macro-F1 and the confusion matrix of each.
+  Every two encodings are compared on the same test images by McNemar's exact test (a two-sided
+  binomial test on the images one classifies correctly and the other not), so that a lead the
+  test set is too small to tell from chance is read as such.
 - Label efficiency: the same logistic probe when only 100, 500, 1000 or all train labels are
   used (stratified subsets, fixed seeds, C chosen inside each subset).
 - Reconstruction: one linear probe for every encoding (ridge regression from standardized codes to
@@ -43,6 +46,8 @@ LABEL_COUNTS = (100, 500, 1000)
 KNN_K = 5
 CV_FOLDS = 3
 MAX_ITER = 1000
+#: The p-value below which the reading calls a difference in accuracy significant.
+SIGNIFICANCE = 0.05
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 
@@ -337,10 +342,14 @@ def encode_all(train: Split, test: Split, probe_index, settings: Settings, *, fi
 
 
 def _scores(y_true, y_pred, classes) -> dict:
+    from scipy.stats import binomtest
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+    correct = int(np.count_nonzero(np.asarray(y_true) == np.asarray(y_pred)))
+    interval = binomtest(correct, len(y_true)).proportion_ci(confidence_level=0.95, method="wilson")
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
+        "accuracy_ci95": [float(interval.low), float(interval.high)],
         "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
         "confusion": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
     }
@@ -544,7 +553,8 @@ class ProbeSpace:
         return model.classes_[np.argmax(scores, axis=1)]
 
 
-def logistic_probe(space: ProbeSpace, train_labels, test_labels, *, c_grid, seed=0, classes=None, rows=None) -> dict:
+def logistic_probe(space: ProbeSpace, train_labels, test_labels, *, c_grid, seed=0, classes=None,
+                   rows=None) -> tuple[dict, np.ndarray]:
     """Multinomial logistic regression on standardized codes, C by cross-validation on train only.
 
     Parameters
@@ -556,10 +566,12 @@ def logistic_probe(space: ProbeSpace, train_labels, test_labels, *, c_grid, seed
 
     Returns
     -------
-    dict
-        ``accuracy``, ``macro_f1``, ``confusion`` (rows: true class), ``C``, ``cv_accuracy`` and
-        ``cv_folds`` (both None when a class has a single train image, too few for CV, and C=1 was
-        used) and ``converged``.
+    scores : dict
+        ``accuracy``, ``accuracy_ci95``, ``macro_f1``, ``confusion`` (rows: true class), ``C``,
+        ``cv_accuracy`` and ``cv_folds`` (both None when a class has a single train image, too few
+        for CV, and C=1 was used) and ``converged``.
+    predictions : ndarray of shape (n_test,)
+        The predicted class of each test image.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -580,18 +592,55 @@ def logistic_probe(space: ProbeSpace, train_labels, test_labels, *, c_grid, seed
         c, cv_accuracy, cv_folds = _choose_c(train, train_labels, c_grid, seed)
         model = LogisticRegression(C=c, max_iter=MAX_ITER).fit(train, train_labels)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-    return {**_scores(test_labels, space.predict(model, inner), classes), "C": c, "cv_accuracy": cv_accuracy,
-            "cv_folds": cv_folds, "converged": converged}
+    predictions = space.predict(model, inner)
+    scores = {**_scores(test_labels, predictions, classes), "C": c, "cv_accuracy": cv_accuracy,
+              "cv_folds": cv_folds, "converged": converged}
+    return scores, predictions
 
 
-def knn_probe(train_codes, train_labels, test_codes, test_labels, *, k=KNN_K, classes=None) -> dict:
-    """k-nearest neighbours (Euclidean, on the codes as they are): accuracy, macro-F1, confusion."""
+def knn_probe(train_codes, train_labels, test_codes, test_labels, *, k=KNN_K, classes=None) -> tuple[dict, np.ndarray]:
+    """k-nearest neighbours (Euclidean, on the codes as they are): the scores (``k``, accuracy
+    and its interval, macro-F1, confusion) and the predicted class of each test image."""
     from sklearn.neighbors import KNeighborsClassifier
 
     classes = np.unique(train_labels) if classes is None else classes
     k = min(k, len(train_labels))
     model = KNeighborsClassifier(n_neighbors=k).fit(train_codes, train_labels)
-    return {"k": k, **_scores(test_labels, model.predict(test_codes), classes)}
+    predictions = model.predict(test_codes)
+    return {"k": k, **_scores(test_labels, predictions, classes)}, predictions
+
+
+def paired_tests(predictions: dict, test_labels) -> list[dict]:
+    """McNemar's exact test between every two encodings' predictions of the same test images.
+
+    Parameters
+    ----------
+    predictions : dict
+        Encoding name -> predicted class of each test image, in table order.
+    test_labels : array-like of shape (n_test,)
+
+    Returns
+    -------
+    list of dict
+        One per pair, in table order: ``encodings`` (the two names), ``only_first_correct`` and
+        ``only_second_correct`` (the test images one classifies correctly and the other not) and
+        ``p_value``, two-sided: the probability of so uneven a split of those images if both
+        encodings were equally accurate (1 when they disagree on none).
+    """
+    from scipy.stats import binomtest
+
+    truth = np.asarray(test_labels)
+    correct = {name: np.asarray(predicted) == truth for name, predicted in predictions.items()}
+    tests = []
+    for i, first in enumerate(correct):
+        for second in list(correct)[i + 1:]:
+            only_first = int(np.count_nonzero(correct[first] & ~correct[second]))
+            only_second = int(np.count_nonzero(correct[second] & ~correct[first]))
+            discordant = only_first + only_second
+            p_value = binomtest(only_first, discordant).pvalue if discordant else 1.0
+            tests.append({"encodings": [first, second], "only_first_correct": only_first,
+                          "only_second_correct": only_second, "p_value": float(p_value)})
+    return tests
 
 
 def stratified_subset(labels, n: int, seed: int) -> np.ndarray:
@@ -630,13 +679,13 @@ def label_efficiency(space: ProbeSpace, train_labels, test_labels, *, counts=LAB
         accuracies = []
         for r in range(repeats):
             idx = stratified_subset(train_labels, n, seed + r)
-            result = logistic_probe(space, train_labels[idx], test_labels, c_grid=c_grid, seed=seed + r,
-                                    classes=classes, rows=idx)
-            accuracies.append(result["accuracy"])
+            scores, _ = logistic_probe(space, train_labels[idx], test_labels, c_grid=c_grid, seed=seed + r,
+                                       classes=classes, rows=idx)
+            accuracies.append(scores["accuracy"])
         points.append(_curve_point(n, accuracies))
     if full_accuracy is None:
         full_accuracy = logistic_probe(space, train_labels, test_labels, c_grid=c_grid, seed=seed,
-                                       classes=classes)["accuracy"]
+                                       classes=classes)[0]["accuracy"]
     points.append(_curve_point(len(train_labels), [full_accuracy]))
     return points
 
@@ -843,18 +892,19 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
         test_pixels = to_unit_float(test.images, "test")
         train_pixels = to_unit_float(train.images[probe_index], "train")
         results, reconstructions = {}, {}
+        predictions = {"logistic": {}, "knn": {}}
         vae_section = None
         for name, enc in encodings.items():
             log.info("probing %s codes (%s dims)", name, f"{enc.test.shape[1]:,}")
             space = ProbeSpace(enc.train, enc.test)
-            logistic = logistic_probe(space, probe_labels, test.labels, c_grid=settings.c_grid,
-                                      seed=settings.seed, classes=classes)
+            logistic, predictions["logistic"][name] = logistic_probe(
+                space, probe_labels, test.labels, c_grid=settings.c_grid, seed=settings.seed, classes=classes)
             curve = label_efficiency(space, probe_labels, test.labels, repeats=settings.label_repeats,
                                      c_grid=settings.c_grid, seed=settings.seed, full_accuracy=logistic["accuracy"])
             ridge, reconstructions[f"ridge_{name}"] = ridge_probe(space, train_pixels, test_pixels,
                                                                   alphas=settings.ridge_alphas)
             del space
-            knn = knn_probe(enc.train, probe_labels, enc.test, test.labels, classes=classes)
+            knn, predictions["knn"][name] = knn_probe(enc.train, probe_labels, enc.test, test.labels, classes=classes)
             own = None
             if name == "vae":
                 own, reconstructions["vae"] = vae_reconstruction(enc.estimator, enc.test, test_pixels, seed=settings.seed)
@@ -884,6 +934,7 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
                  "classes": [int(c) for c in classes],
                  "class_names": class_names_of(classes, names_by_label)},
         "encodings": results,
+        "paired_tests": {probe: paired_tests(predicted, test.labels) for probe, predicted in predictions.items()},
         "vae": vae_section,
         "seconds": time.perf_counter() - started,
     }
@@ -1009,16 +1060,12 @@ def reading(report: dict) -> list[str]:
     best = _leaders(logistic)
     verdict = "serve equally well" if _all_tie(best, logistic) else "serve best"
     sentence = (f"For classification, {_names(best, bold=True)} codes {verdict}: logistic regression reaches "
-                f"{_pct(logistic[best[0]])} on the test set")
-    others = {n: a for n, a in logistic.items() if n not in best}
-    if others:
-        second = _leaders(others)
-        sentence += f", against {_pct(others[second[0]])} for {_names(second)}"
-    lines.append(sentence + ".")
+                f"{_pct(logistic[best[0]])}{_interval(enc[best[0]]['classification']['logistic'])} on the test set")
+    lines.append(sentence + _runner_up(report, "logistic", logistic, best, name_the_test=True) + ".")
     knn = {n: enc[n]["classification"]["knn"]["accuracy"] for n in enc}
     by_knn = _leaders(knn)
     lines.append(f"With {knn_neighbours(report)}-nearest neighbours instead, {_lead(by_knn, knn)} "
-                 f"({_pct(knn[by_knn[0]])}).")
+                 f"({_pct(knn[by_knn[0]])}){_runner_up(report, 'knn', knn, by_knn)}.")
     at_100 = {n: _accuracy_with_100_labels(enc[n]) for n in enc}
     few = {n: accuracy for n, accuracy in at_100.items() if accuracy is not None}
     if few:
@@ -1034,6 +1081,34 @@ def reading(report: dict) -> list[str]:
         lines.append(_vae_against_pca(report))
     lines.append(_cost(enc))
     return lines
+
+
+def _interval(scores: dict) -> str:
+    """' (95% CI 97.2-98.9%)' for an accuracy reported with its interval; '' for one without."""
+    if "accuracy_ci95" not in scores:
+        return ""
+    low, high = scores["accuracy_ci95"]
+    return f" (95% CI {100 * low:.1f}-{_pct(high)})"
+
+
+def _runner_up(report: dict, probe: str, accuracies: dict, leaders: list[str], *, name_the_test=False) -> str:
+    """', against 94.2% for vae' and, where the report has the paired tests, whether the leaders'
+    lead over the runners-up is significant (by the largest p-value of those pairs); '' when every
+    encoding leads."""
+    others = {n: a for n, a in accuracies.items() if n not in leaders}
+    if not others:
+        return ""
+    second = _leaders(others)
+    text = f", against {_pct(others[second[0]])} for {_names(second)}"
+    tests = report.get("paired_tests", {}).get(probe)
+    if tests is None:
+        return text
+    p_value = max(t["p_value"] for t in tests
+                  if {*t["encodings"]} & {*leaders} and {*t["encodings"]} & {*second})
+    verdict = "significant" if p_value < SIGNIFICANCE else "not significant"
+    shown = "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3g}"
+    test = "McNemar's exact test on the test images: " if name_the_test else ""
+    return f"{text}, a difference {verdict} at {SIGNIFICANCE:.0%} ({test}{shown})"
 
 
 def _cost(enc: dict) -> str:

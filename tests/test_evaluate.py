@@ -1,6 +1,7 @@
 """``fvae evaluate``: the probes, the report and its schema, and the CLI end to end."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,8 @@ from conftest import fvae_cli, write_image_folder, write_named_digits
 import fvae
 from fvae.data import Split, to_unit_float
 from fvae.evaluate import (
-    SCHEMA_PATH, Settings, _PixelPCA, evaluate, label_efficiency, logistic_probe, parse_methods, pixel_errors,
-    ProbeSpace, ridge_probe, shared_images, stratified_subset,
+    SCHEMA_PATH, Settings, _PixelPCA, evaluate, knn_probe, label_efficiency, logistic_probe, paired_tests,
+    parse_methods, pixel_errors, ProbeSpace, ridge_probe, shared_images, stratified_subset,
 )
 from fvae.errors import InputError
 from fvae.report import markdown_report
@@ -46,8 +47,9 @@ def cli_run(tmp_path_factory):
 def test_raw_pixel_logistic_regression_on_digits_is_above_90_percent(digits):
     train = to_unit_float(digits.train.images).reshape(len(digits.train), -1)
     test = to_unit_float(digits.test.images).reshape(len(digits.test), -1)
-    result = logistic_probe(ProbeSpace(train, test), digits.train.labels, digits.test.labels, c_grid=(0.1, 1.0))
-    assert result["accuracy"] > 0.90
+    result, predictions = logistic_probe(ProbeSpace(train, test), digits.train.labels, digits.test.labels,
+                                         c_grid=(0.1, 1.0))
+    assert result["accuracy"] > 0.90 and result["accuracy"] == np.mean(predictions == digits.test.labels)
     assert result["C"] in (0.1, 1.0) and 0.9 < result["cv_accuracy"] <= 1.0
     confusion = np.asarray(result["confusion"])
     assert confusion.shape == (10, 10) and confusion.sum() == len(digits.test)
@@ -60,7 +62,72 @@ def test_raw_pixel_logistic_regression_on_digits_is_above_90_percent(digits):
 
     reference = make_pipeline(StandardScaler(), LogisticRegression(C=result["C"], max_iter=1000)).fit(
         train.astype(np.float64), digits.train.labels)
-    assert result["accuracy"] == np.mean(reference.predict(test.astype(np.float64)) == digits.test.labels)
+    np.testing.assert_array_equal(predictions, reference.predict(test.astype(np.float64)))
+
+
+def _mcnemar_exact_p(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value from its definition: twice the smaller binomial tail of the
+    discordant images under p = 1/2, at most 1."""
+    n = only_first + only_second
+    tail = sum(math.comb(n, i) for i in range(min(only_first, only_second) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def _wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The 95% Wilson score interval from its formula."""
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 60), p_first=st.floats(0, 1), p_second=st.floats(0, 1))
+def test_paired_tests_count_the_disagreements_and_give_mcnemars_exact_p_value(seed, n, p_first, p_second):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 3, n)
+    wrong = (truth + 1) % 3
+    predictions = {name: np.where(rng.random(n) < p, truth, wrong)
+                   for name, p in (("fisher", p_first), ("vae", p_second), ("raw", 0.5))}
+    tests = paired_tests(predictions, truth)
+    assert [t["encodings"] for t in tests] == [["fisher", "vae"], ["fisher", "raw"], ["vae", "raw"]]
+    for t in tests:
+        first, second = (predictions[name] == truth for name in t["encodings"])
+        assert t["only_first_correct"] == sum(a and not b for a, b in zip(first, second))
+        assert t["only_second_correct"] == sum(b and not a for a, b in zip(first, second))
+        # the accuracies differ by exactly the disagreements' difference
+        assert first.mean() - second.mean() == pytest.approx((t["only_first_correct"] - t["only_second_correct"]) / n)
+        assert t["p_value"] == pytest.approx(_mcnemar_exact_p(t["only_first_correct"], t["only_second_correct"]),
+                                             rel=1e-9)
+
+
+def test_paired_tests_tell_a_real_lead_from_chance():
+    truth = np.zeros(1000, dtype=int)
+    better = np.where(np.arange(1000) < 980, 0, 1)  # 98.0%
+    worse = np.where(np.arange(1000) < 940, 0, 1)  # 94.0%, wrong on all that `better` misses and 40 more
+    close = np.where((np.arange(1000) < 975) | (np.arange(1000) >= 997), 0, 1)  # 97.8%: 5 more right, 3 less
+    first, second = paired_tests({"fisher": better, "vae": worse, "pca": close}, truth)[:2]
+    assert (first["only_first_correct"], first["only_second_correct"]) == (40, 0)
+    assert first["p_value"] == pytest.approx(2 / 2 ** 40)
+    assert (second["only_first_correct"], second["only_second_correct"]) == (5, 3)
+    assert second["p_value"] == pytest.approx(_mcnemar_exact_p(5, 3)) and second["p_value"] > 0.5
+    assert paired_tests({"pca": truth, "raw": truth}, truth)[0]["p_value"] == 1.0  # no disagreement at all
+
+
+def test_probe_accuracies_come_with_their_wilson_interval(digits):
+    train = to_unit_float(digits.train.images[:200]).reshape(200, -1)
+    test = to_unit_float(digits.test.images).reshape(len(digits.test), -1)
+    knn, predictions = knn_probe(train, digits.train.labels[:200], test, digits.test.labels)
+    correct = int(np.sum(predictions == digits.test.labels))
+    assert knn["accuracy"] == correct / len(test) < 1
+    assert knn["accuracy_ci95"] == pytest.approx(_wilson_interval(correct, len(test)), rel=1e-9)
+    low, high = knn["accuracy_ci95"]
+    assert low < knn["accuracy"] < high
+    # all right: the interval still has width, ending at 1
+    logistic, _ = logistic_probe(ProbeSpace(test, test), digits.test.labels, digits.test.labels, c_grid=(100.0,))
+    assert logistic["accuracy"] == 1.0
+    assert logistic["accuracy_ci95"] == pytest.approx(_wilson_interval(len(test), len(test)), rel=1e-9)
+    assert logistic["accuracy_ci95"][0] < 0.995 and logistic["accuracy_ci95"][1] == 1.0
 
 
 def test_the_logistic_probe_fits_under_one_blas_thread_and_gives_the_threads_back(digits, monkeypatch):
@@ -83,8 +150,8 @@ def test_the_logistic_probe_fits_under_one_blas_thread_and_gives_the_threads_bac
     train = to_unit_float(digits.train.images[:300]).reshape(300, -1)
     test = to_unit_float(digits.test.images).reshape(len(digits.test), -1)
     with threadpool_limits(limits=2, user_api="blas"):
-        result = logistic_probe(ProbeSpace(train, test), digits.train.labels[:300], digits.test.labels,
-                                c_grid=(0.1, 1.0))
+        result, _ = logistic_probe(ProbeSpace(train, test), digits.train.labels[:300], digits.test.labels,
+                                   c_grid=(0.1, 1.0))
         after = blas_threads()
     assert len(seen) == 3 * 2 + 1  # 3 folds x 2 values of C, then the chosen C on every train row
     assert all(threads == {1} for threads in seen)
@@ -130,7 +197,8 @@ def test_row_space_reduction_gives_the_same_classifier_as_the_wide_features():
     rows = np.arange(0, 60, 5)
     test_labels = np.arange(25) % 3
     wide = LogisticRegression(C=1.0, max_iter=5000).fit(train[rows], labels[rows])
-    probe = logistic_probe(space, labels[rows], test_labels, c_grid=(1.0,), rows=rows)
+    probe, predictions = logistic_probe(space, labels[rows], test_labels, c_grid=(1.0,), rows=rows)
+    np.testing.assert_array_equal(predictions, wide.predict(test))
     assert probe["accuracy"] == pytest.approx(np.mean(wide.predict(test) == test_labels))
 
 
@@ -478,6 +546,13 @@ def test_cli_report_numbers_are_consistent(cli_run):
     for e in enc.values():
         assert e["label_efficiency"][-1]["accuracy_mean"] == e["classification"]["logistic"]["accuracy"]
         assert np.asarray(e["classification"]["knn"]["confusion"]).sum() == 360
+    for probe in ("logistic", "knn"):  # every two encodings, their accuracies apart by their disagreements
+        tests = report["paired_tests"][probe]
+        assert [t["encodings"] for t in tests] == [[a, b] for i, a in enumerate(enc) for b in list(enc)[i + 1:]]
+        for t in tests:
+            first, second = (enc[name]["classification"][probe]["accuracy"] for name in t["encodings"])
+            assert round(360 * (first - second)) == t["only_first_correct"] - t["only_second_correct"]
+            assert 0 < t["p_value"] <= 1
     assert result.stdout.splitlines()[-1].endswith(" figures and models/fisher.npz, models/vae.npz")
     training = report["vae"]["training"]
     assert f" Trained {training['epochs_run']} epochs ({training['stopped_by']})" in markdown_report(report)
@@ -622,7 +697,7 @@ def test_reading_names_every_encoding_in_a_tie_and_says_when_pca_is_lossless():
     lines = fvae.evaluate.reading(report)
     assert lines[0] == ("For classification, **fisher** and **raw** codes serve best: logistic regression "
                         "reaches 99.0% on the test set, against 95.0% for pca.")
-    assert lines[1] == "With 5-nearest neighbours instead, pca and raw lead (97.8%)."
+    assert lines[1] == "With 5-nearest neighbours instead, pca and raw lead (97.8%), against 96.7% for fisher."
     assert lines[4] == ("PCA with 64 components keeps all 64 pixels of 8x8 images, so it reconstructs exactly: "
                         "no yardstick for the VAE's decoder (MSE 0.0566) at this size.")
     # a narrower PCA is the yardstick
@@ -641,7 +716,7 @@ def test_reading_says_tie_when_every_encoding_scores_the_same():
     lines = fvae.evaluate.reading(report)
     assert lines[0] == ("For classification, **fisher**, **pca** and **raw** codes serve equally well: logistic "
                         "regression reaches 100.0% on the test set.")
-    assert lines[1] == "With 5-nearest neighbours instead, fisher and pca lead (100.0%)."
+    assert lines[1] == "With 5-nearest neighbours instead, fisher and pca lead (100.0%), against 95.0% for raw."
     assert lines[2] == "With only 100 labelled train images, fisher, pca and raw tie at 90.0%."
     report["encodings"]["raw"]["classification"]["knn"]["accuracy"] = 1.0
     assert fvae.evaluate.reading(report)[1] == "With 5-nearest neighbours instead, fisher, pca and raw tie (100.0%)."
@@ -655,6 +730,34 @@ def test_reading_says_tie_when_every_encoding_scores_the_same():
     report["encodings"]["vae"] = _encoding(32, 0.9, 0.9, 0.8, 0.01, own=0.02)
     assert fvae.evaluate.reading(report)[-1] == ("Cost: pca and raw codes are the widest (64 dims; 1,000 and "
                                                  "2,000,000 images/s to encode); vae 32 dims.")
+
+
+def test_reading_gives_the_leaders_interval_and_whether_its_lead_is_significant():
+    report = {"data": {"image_shape": [28, 28]}, "encodings": {
+        "fisher": _encoding(21760, 0.982, 0.897, 0.83, 0.024),
+        "vae": _encoding(128, 0.942, 0.951, 0.70, 0.013, own=0.009),
+        "pca": _encoding(64, 0.90, 0.935, 0.62, 0.008, own=0.0095),
+        "raw": _encoding(784, 0.90, 0.923, 0.71, 0.0),
+    }}
+    report["encodings"]["fisher"]["classification"]["logistic"]["accuracy_ci95"] = [0.9723, 0.9884]
+
+    def pair(first, second, p_value):
+        return {"encodings": [first, second], "only_first_correct": 0, "only_second_correct": 0, "p_value": p_value}
+
+    report["paired_tests"] = {
+        "logistic": [pair("fisher", "vae", 2e-9), pair("fisher", "pca", 1e-20), pair("vae", "pca", 1e-5)],
+        "knn": [pair("fisher", "vae", 1e-8), pair("vae", "pca", 0.0312), pair("vae", "raw", 0.4)],
+    }
+    lines = fvae.evaluate.reading(report)
+    assert lines[0] == ("For classification, **fisher** codes serve best: logistic regression reaches 98.2% "
+                        "(95% CI 97.2-98.8%) on the test set, against 94.2% for vae, a difference significant at 5% "
+                        "(McNemar's exact test on the test images: p < 0.001).")
+    assert lines[1] == ("With 5-nearest neighbours instead, vae leads (95.1%), against 93.5% for pca, a difference "
+                        "significant at 5% (p = 0.0312).")
+    # two runners-up: the lead is significant only if it is over each of them (the largest p-value)
+    report["encodings"]["raw"]["classification"]["knn"]["accuracy"] = 0.935
+    assert fvae.evaluate.reading(report)[1] == ("With 5-nearest neighbours instead, vae leads (95.1%), against 93.5% "
+                                                "for pca and raw, a difference not significant at 5% (p = 0.4).")
 
 
 def test_reading_of_one_encoding_gives_its_numbers_without_a_contest():
