@@ -90,5 +90,10 @@ def _square_matrix(n):
 
 
 def print_json(figures: dict):
-    """The last line of every benchmark: its figures as one JSON object."""
-    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}))
+    """The last line of every benchmark: its figures as one JSON object, floats to 4 decimals (4
+    significant digits below 1e-4, so that a small p-value is not printed as 0)."""
+    print(json.dumps({k: (_rounded(v) if isinstance(v, float) else v) for k, v in figures.items()}))
+
+
+def _rounded(value: float) -> float:
+    return float(f"{value:.4g}") if 0 < abs(value) < 1e-4 else round(value, 4)

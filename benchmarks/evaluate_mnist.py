@@ -38,11 +38,14 @@ def main():
     def accuracy(name):
         return enc[name]["classification"]["logistic"]["accuracy"]
 
+    fisher_vs_vae = next(t for t in report["paired_tests"]["logistic"] if t["encodings"] == ["fisher", "vae"])
+
     print_json({
         "fisher_accuracy": accuracy("fisher"),
         "vae_accuracy": accuracy("vae"),
         "pca_accuracy": accuracy("pca"),
         "raw_accuracy": accuracy("raw"),
+        "fisher_vs_vae_p_value": fisher_vs_vae["p_value"],
         "fisher_knn_accuracy": enc["fisher"]["classification"]["knn"]["accuracy"],
         "vae_knn_accuracy": enc["vae"]["classification"]["knn"]["accuracy"],
         "vae_recon_mse": enc["vae"]["reconstruction"]["own"]["mse"],

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _common import busy_cpu_seconds, interleaved_best  # noqa: E402
+from _common import busy_cpu_seconds, interleaved_best, print_json  # noqa: E402
 
 
 def spin(seconds=0.3):
@@ -76,3 +76,12 @@ def test_numpy_blas_kernels_are_the_ones_openblas_runs():
         env = {**os.environ, "OPENBLAS_CORETYPE": kernels}
         named = subprocess.run([sys.executable, "-c", code], cwd=benchmarks, env=env, capture_output=True, text=True)
         assert named.stdout.strip() == kernels, named.stderr
+
+
+def test_the_json_line_rounds_to_4_decimals_but_never_a_small_value_to_zero(capsys):
+    import json
+
+    print_json({"ratio": 0.99087, "rate": 5816.0557123, "p_value": 1.83236e-60, "zero": 0.0, "count": 7})
+    # a McNemar p-value of 1e-60 was printed as 0.0, as if the test could be certain
+    assert json.loads(capsys.readouterr().out) == {"ratio": 0.9909, "rate": 5816.0557, "p_value": 1.832e-60,
+                                                   "zero": 0.0, "count": 7}
