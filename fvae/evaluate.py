@@ -699,6 +699,44 @@ def _curve_point(n: int, accuracies: list) -> dict:
 # reconstruction probes
 
 
+def paired_error_tests(errors: dict) -> list[dict]:
+    """A paired t-test between every two encodings' reconstruction errors of the same test images.
+
+    Parameters
+    ----------
+    errors : dict
+        Encoding name -> the squared error per pixel of each test image (:func:`image_errors`),
+        in table order.
+
+    Returns
+    -------
+    list of dict
+        One per pair, in table order: ``encodings`` (the two names), ``first_lower`` and
+        ``second_lower`` (the test images each reconstructs better), ``mean_difference`` (the
+        first's MSE minus the second's) and ``p_value``, two-sided, of a mean difference this far
+        from 0 (1 when every image's errors are equal).
+    """
+    from scipy.stats import ttest_rel
+
+    names = list(errors)
+    tests = []
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            difference = errors[first] - errors[second]
+            p_value = ttest_rel(errors[first], errors[second]).pvalue if np.any(difference) else 1.0
+            tests.append({"encodings": [first, second], "first_lower": int(np.count_nonzero(difference < 0)),
+                          "second_lower": int(np.count_nonzero(difference > 0)),
+                          "mean_difference": float(difference.mean()), "p_value": float(p_value)})
+    return tests
+
+
+def image_errors(originals, reconstructions) -> np.ndarray:
+    """The mean squared error per pixel of each image (float64, shape (n,)): :func:`pixel_errors`'
+    MSE is their mean."""
+    squared = (np.asarray(originals, np.float64) - np.asarray(reconstructions, np.float64)) ** 2
+    return squared.reshape(len(squared), -1).mean(axis=1)
+
+
 def pixel_errors(originals, reconstructions) -> dict:
     """Mean squared error per pixel (images in [0, 1]) and the PSNR of that error in dB."""
     mse = float(np.mean((np.asarray(originals, np.float64) - np.asarray(reconstructions, np.float64)) ** 2))
@@ -934,13 +972,26 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
                  "classes": [int(c) for c in classes],
                  "class_names": class_names_of(classes, names_by_label)},
         "encodings": results,
-        "paired_tests": {probe: paired_tests(predicted, test.labels) for probe, predicted in predictions.items()},
+        "paired_tests": _all_paired_tests(predictions, test.labels, test_pixels, reconstructions),
         "vae": vae_section,
         "seconds": time.perf_counter() - started,
     }
     artifacts = {"encodings": encodings, "reconstructions": reconstructions, "test_pixels": test_pixels,
                  "test_labels": test.labels}
     return report, artifacts
+
+
+def _all_paired_tests(predictions: dict, test_labels, test_pixels, reconstructions: dict) -> dict:
+    """report.json's ``paired_tests``: of the classifiers' predictions (``logistic``, ``knn``), of
+    the ridge probe's reconstructions (``ridge``), and of the models' own (``own``: the VAE's
+    decoder and PCA's inverse, where both were evaluated)."""
+    tests = {probe: paired_tests(predicted, test_labels) for probe, predicted in predictions.items()}
+    ridge = {name: image_errors(test_pixels, reconstructions[f"ridge_{name}"]) for name in predictions["logistic"]}
+    tests["ridge"] = paired_error_tests(ridge)
+    if "vae" in reconstructions and "pca" in reconstructions:
+        tests["own"] = paired_error_tests({name: image_errors(test_pixels, reconstructions[name])
+                                           for name in ("vae", "pca")})
+    return tests
 
 
 def _str_or_none(value):
@@ -1061,7 +1112,8 @@ def reading(report: dict) -> list[str]:
     verdict = "serve equally well" if _all_tie(best, logistic) else "serve best"
     sentence = (f"For classification, {_names(best, bold=True)} codes {verdict}: logistic regression reaches "
                 f"{_pct(logistic[best[0]])}{_interval(enc[best[0]]['classification']['logistic'])} on the test set")
-    lines.append(sentence + _runner_up(report, "logistic", logistic, best, name_the_test=True) + ".")
+    lines.append(sentence + _runner_up(report, "logistic", logistic, best,
+                                       test_name="McNemar's exact test on the test images") + ".")
     knn = {n: enc[n]["classification"]["knn"]["accuracy"] for n in enc}
     by_knn = _leaders(knn)
     lines.append(f"With {knn_neighbours(report)}-nearest neighbours instead, {_lead(by_knn, knn)} "
@@ -1075,8 +1127,10 @@ def reading(report: dict) -> list[str]:
     learned = {n: enc[n]["reconstruction"]["ridge"]["mse"] for n in enc if n != "raw"}  # raw: no contest
     if learned:
         ridge = _leaders(learned, lowest=True)
+        runner_up = _runner_up(report, "ridge", learned, ridge, shown=_mse, lowest=True,
+                               test_name="paired t-test on the test images' errors")
         lines.append(f"Through the same linear probe (ridge from codes to pixels), {_names(ridge)} codes keep the most "
-                     f"pixel information (test MSE {learned[ridge[0]]:.4f}).")
+                     f"pixel information (test MSE {_mse(learned[ridge[0]])}){runner_up}.")
     if "vae" in enc and "pca" in enc:
         lines.append(_vae_against_pca(report))
     lines.append(_cost(enc))
@@ -1091,24 +1145,36 @@ def _interval(scores: dict) -> str:
     return f" (95% CI {100 * low:.1f}-{_pct(high)})"
 
 
-def _runner_up(report: dict, probe: str, accuracies: dict, leaders: list[str], *, name_the_test=False) -> str:
-    """', against 94.2% for vae' and, where the report has the paired tests, whether the leaders'
-    lead over the runners-up is significant (by the largest p-value of those pairs); '' when every
-    encoding leads."""
-    others = {n: a for n, a in accuracies.items() if n not in leaders}
+def _runner_up(report: dict, probe: str, scores: dict, leaders: list[str], *, shown=None, lowest=False,
+               test_name: str | None = None) -> str:
+    """', against 94.2% for vae' (each score ``shown`` as a percentage by default) and, where the
+    report has the paired tests, whether the leaders' lead over the runners-up is significant
+    (:func:`_significance`); '' when every encoding leads."""
+    others = {n: score for n, score in scores.items() if n not in leaders}
     if not others:
         return ""
-    second = _leaders(others)
-    text = f", against {_pct(others[second[0]])} for {_names(second)}"
+    shown = shown or _pct
+    second = _leaders(others, lowest=lowest)
+    return (f", against {shown(others[second[0]])} for {_names(second)}"
+            + _significance(report, probe, leaders, second, test_name))
+
+
+def _significance(report: dict, probe: str, leaders: list[str], others: list[str], test_name: str | None = None) -> str:
+    """', a difference significant at 5% (p < 0.001)': whether the paired tests of ``probe`` in the
+    report set each of the ``leaders`` apart from each of the ``others`` (by the largest p-value of
+    those pairs); '' for a report without them."""
     tests = report.get("paired_tests", {}).get(probe)
     if tests is None:
-        return text
+        return ""
     p_value = max(t["p_value"] for t in tests
-                  if {*t["encodings"]} & {*leaders} and {*t["encodings"]} & {*second})
+                  if {*t["encodings"]} & {*leaders} and {*t["encodings"]} & {*others})
     verdict = "significant" if p_value < SIGNIFICANCE else "not significant"
     shown = "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3g}"
-    test = "McNemar's exact test on the test images: " if name_the_test else ""
-    return f"{text}, a difference {verdict} at {SIGNIFICANCE:.0%} ({test}{shown})"
+    return f", a difference {verdict} at {SIGNIFICANCE:.0%} ({f'{test_name}: ' if test_name else ''}{shown})"
+
+
+def _mse(value: float) -> str:
+    return f"{value:.4f}"
 
 
 def _cost(enc: dict) -> str:
@@ -1156,7 +1222,8 @@ def _vae_against_pca(report: dict) -> str:
     pca_size = (f"of the same dimension ({pca['dim']})" if pca["dim"] == _latent_dim(report)
                 else f"with {pca['dim']} components")
     return (f"The VAE's own decoder {verdict} PCA {pca_size}: "
-            f"MSE {v['mse']:.4f} ({v['psnr']:.1f} dB) against {p['mse']:.4f} ({p['psnr']:.1f} dB).")
+            f"MSE {v['mse']:.4f} ({v['psnr']:.1f} dB) against {p['mse']:.4f} ({p['psnr']:.1f} dB)"
+            f"{_significance(report, 'own', ['vae'], ['pca'])}.")
 
 
 def _latent_dim(report: dict) -> int:

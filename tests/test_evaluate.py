@@ -16,8 +16,9 @@ from conftest import fvae_cli, write_image_folder, write_named_digits
 import fvae
 from fvae.data import Split, to_unit_float
 from fvae.evaluate import (
-    SCHEMA_PATH, Settings, _PixelPCA, evaluate, knn_probe, label_efficiency, logistic_probe, paired_tests,
-    parse_methods, pixel_errors, ProbeSpace, ridge_probe, shared_images, stratified_subset,
+    SCHEMA_PATH, Settings, _PixelPCA, evaluate, image_errors, knn_probe, label_efficiency, logistic_probe,
+    paired_error_tests, paired_tests, parse_methods, pixel_errors, ProbeSpace, ridge_probe, shared_images,
+    stratified_subset,
 )
 from fvae.errors import InputError
 from fvae.report import markdown_report
@@ -112,6 +113,32 @@ def test_paired_tests_tell_a_real_lead_from_chance():
     assert (second["only_first_correct"], second["only_second_correct"]) == (5, 3)
     assert second["p_value"] == pytest.approx(_mcnemar_exact_p(5, 3)) and second["p_value"] > 0.5
     assert paired_tests({"pca": truth, "raw": truth}, truth)[0]["p_value"] == 1.0  # no disagreement at all
+
+
+@hypothesis_settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 50), shift=st.floats(-0.05, 0.05))
+def test_paired_error_tests_are_the_paired_t_test_of_the_per_image_errors(seed, n, shift):
+    from scipy.stats import t as student
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.random((n, 4, 3))
+    reconstructions = {"vae": pixels + rng.normal(0, 0.1, pixels.shape),
+                       "pca": pixels + rng.normal(0, 0.1, pixels.shape) + shift, "raw": pixels}
+    errors = {name: image_errors(pixels, r) for name, r in reconstructions.items()}
+    for name, r in reconstructions.items():  # the images' errors average to the MSE the report gives
+        assert errors[name].mean() == pytest.approx(pixel_errors(pixels, r)["mse"], rel=1e-12)
+        assert errors[name][0] == pytest.approx(np.mean((pixels[0] - r[0]) ** 2), rel=1e-12)
+    tests = paired_error_tests(errors)
+    assert [t["encodings"] for t in tests] == [["vae", "pca"], ["vae", "raw"], ["pca", "raw"]]
+    for t in tests:
+        first, second = (errors[name] for name in t["encodings"])
+        d = first - second
+        assert (t["first_lower"], t["second_lower"]) == (np.sum(d < 0), np.sum(d > 0))
+        assert t["mean_difference"] == pytest.approx(d.mean(), rel=1e-12, abs=1e-15)
+        # t = mean / (sd / sqrt(n)) with n - 1 degrees of freedom, two-sided
+        statistic = d.mean() / (d.std(ddof=1) / np.sqrt(n))
+        assert t["p_value"] == pytest.approx(2 * student.sf(abs(statistic), n - 1), rel=1e-6, abs=1e-300)
+    assert paired_error_tests({"pca": errors["raw"], "raw": errors["raw"]})[0]["p_value"] == 1.0  # all equal
 
 
 def test_probe_accuracies_come_with_their_wilson_interval(digits):
@@ -546,13 +573,23 @@ def test_cli_report_numbers_are_consistent(cli_run):
     for e in enc.values():
         assert e["label_efficiency"][-1]["accuracy_mean"] == e["classification"]["logistic"]["accuracy"]
         assert np.asarray(e["classification"]["knn"]["confusion"]).sum() == 360
+    pairs = [[a, b] for i, a in enumerate(enc) for b in list(enc)[i + 1:]]
     for probe in ("logistic", "knn"):  # every two encodings, their accuracies apart by their disagreements
         tests = report["paired_tests"][probe]
-        assert [t["encodings"] for t in tests] == [[a, b] for i, a in enumerate(enc) for b in list(enc)[i + 1:]]
+        assert [t["encodings"] for t in tests] == pairs
         for t in tests:
             first, second = (enc[name]["classification"][probe]["accuracy"] for name in t["encodings"])
             assert round(360 * (first - second)) == t["only_first_correct"] - t["only_second_correct"]
             assert 0 < t["p_value"] <= 1
+    # the reconstructions' tests: their mean differences are the differences of the table's MSEs
+    assert [t["encodings"] for t in report["paired_tests"]["ridge"]] == pairs
+    for t in report["paired_tests"]["ridge"]:
+        first, second = (enc[name]["reconstruction"]["ridge"]["mse"] for name in t["encodings"])
+        assert t["mean_difference"] == pytest.approx(first - second, abs=1e-7)
+    (own,) = report["paired_tests"]["own"]
+    assert own["encodings"] == ["vae", "pca"] and own["first_lower"] + own["second_lower"] == 360
+    mse = {name: enc[name]["reconstruction"]["own"]["mse"] for name in ("vae", "pca")}
+    assert own["mean_difference"] == pytest.approx(mse["vae"] - mse["pca"], abs=1e-7)
     assert result.stdout.splitlines()[-1].endswith(" figures and models/fisher.npz, models/vae.npz")
     training = report["vae"]["training"]
     assert f" Trained {training['epochs_run']} epochs ({training['stopped_by']})" in markdown_report(report)
@@ -747,6 +784,8 @@ def test_reading_gives_the_leaders_interval_and_whether_its_lead_is_significant(
     report["paired_tests"] = {
         "logistic": [pair("fisher", "vae", 2e-9), pair("fisher", "pca", 1e-20), pair("vae", "pca", 1e-5)],
         "knn": [pair("fisher", "vae", 1e-8), pair("vae", "pca", 0.0312), pair("vae", "raw", 0.4)],
+        "ridge": [pair("vae", "pca", 3e-4), pair("fisher", "pca", 1e-30)],
+        "own": [pair("vae", "pca", 0.2)],
     }
     lines = fvae.evaluate.reading(report)
     assert lines[0] == ("For classification, **fisher** codes serve best: logistic regression reaches 98.2% "
@@ -754,6 +793,11 @@ def test_reading_gives_the_leaders_interval_and_whether_its_lead_is_significant(
                         "(McNemar's exact test on the test images: p < 0.001).")
     assert lines[1] == ("With 5-nearest neighbours instead, vae leads (95.1%), against 93.5% for pca, a difference "
                         "significant at 5% (p = 0.0312).")
+    assert lines[3] == ("Through the same linear probe (ridge from codes to pixels), pca codes keep the most pixel "
+                        "information (test MSE 0.0080), against 0.0130 for vae, a difference significant at 5% "
+                        "(paired t-test on the test images' errors: p < 0.001).")
+    assert lines[4] == ("The VAE's own decoder beats PCA of the same dimension (64): MSE 0.0090 (20.5 dB) against "
+                        "0.0095 (20.2 dB), a difference not significant at 5% (p = 0.2).")
     # two runners-up: the lead is significant only if it is over each of them (the largest p-value)
     report["encodings"]["raw"]["classification"]["knn"]["accuracy"] = 0.935
     assert fvae.evaluate.reading(report)[1] == ("With 5-nearest neighbours instead, vae leads (95.1%), against 93.5% "
