@@ -812,6 +812,9 @@ def test_reading_of_one_encoding_gives_its_numbers_without_a_contest():
         "Through a linear probe (ridge from codes to pixels) its codes reconstruct the test images with MSE 0.0021.",
         "Cost: 64 dims, 1,000 images/s to encode.",
     ]
+    report["encodings"]["pca"]["classification"]["logistic"]["accuracy_ci95"] = [0.9223, 0.9679]
+    assert fvae.evaluate.reading(report)[0].startswith("Only **pca** was evaluated: logistic regression on its codes "
+                                                      "reaches 95.0% (95% CI 92.2-96.8%) on the test set, ")
     report["encodings"] = {"raw": _encoding(64, 0.99, 0.9778, 0.88, 0.0)}  # pixels: nothing to reconstruct
     assert [line.split(":")[0] for line in fvae.evaluate.reading(report)] == ["Only **raw** was evaluated", "Cost"]
 
