@@ -1054,6 +1054,16 @@ def _accuracy_with_100_labels(encoding: dict) -> float | None:
     return next((p["accuracy_mean"] for p in encoding["label_efficiency"] if p["n_labels"] == 100), None)
 
 
+def _spread_of_draws(encoding: dict) -> str:
+    """' (mean of 3 draws of the labelled images, sd 1.2 points)' for the 100-label point of a
+    curve drawn more than once; '' for a single draw, whose spread is unknown."""
+    point = next(p for p in encoding["label_efficiency"] if p["n_labels"] == 100)
+    draws = len(point.get("accuracies", ()))
+    if draws < 2:
+        return ""
+    return f" (mean of {draws} draws of the labelled images, sd {100 * point['accuracy_std']:.1f} points)"
+
+
 def knn_neighbours(report: dict) -> int:
     """The neighbours the k-NN probe used: ``KNN_K``, or every train image when there are fewer."""
     first = next(iter(report["encodings"].values()))
@@ -1123,7 +1133,8 @@ def reading(report: dict) -> list[str]:
     if few:
         leaders = _leaders(few)
         at = "at" if _all_tie(leaders, few) else "with"
-        lines.append(f"With only 100 labelled train images, {_lead(leaders, few)} {at} {_pct(few[leaders[0]])}.")
+        lines.append(f"With only 100 labelled train images, {_lead(leaders, few)} {at} {_pct(few[leaders[0]])}"
+                     f"{_spread_of_draws(enc[leaders[0]])}.")
     learned = {n: enc[n]["reconstruction"]["ridge"]["mse"] for n in enc if n != "raw"}  # raw: no contest
     if learned:
         ridge = _leaders(learned, lowest=True)

@@ -415,6 +415,18 @@ def test_library_evaluate_validates_against_the_schema(digits):
                  data={"train": {"source": "mine.npz"}, "class_names": ["zero", "one", "two", "three"]})
 
 
+def test_a_full_run_draws_the_labelled_images_three_times_and_reads_their_spread(digits):
+    report, _ = evaluate(digits.train, digits.test, Settings(methods=("pca", "raw")), data=SOURCES)
+    _validate({"name": "full", **report, "figures": []})
+    point = report["encodings"]["raw"]["label_efficiency"][0]
+    assert point["n_labels"] == 100 and len(point["accuracies"]) == 3
+    assert point["accuracy_std"] == pytest.approx(np.std(point["accuracies"]))
+    line = fvae.evaluate.reading(report)[2]
+    leader = line.split(", ")[1].split(" ")[0]
+    spread = report["encodings"][leader]["label_efficiency"][0]["accuracy_std"]
+    assert line.endswith(f" (mean of 3 draws of the labelled images, sd {100 * spread:.1f} points).")
+
+
 PUBLIC_EVALUATE = """
 import sys
 import fvae
@@ -755,6 +767,10 @@ def test_reading_says_tie_when_every_encoding_scores_the_same():
                         "regression reaches 100.0% on the test set.")
     assert lines[1] == "With 5-nearest neighbours instead, fisher and pca lead (100.0%), against 95.0% for raw."
     assert lines[2] == "With only 100 labelled train images, fisher, pca and raw tie at 90.0%."
+    # three draws of the 100 labelled images: their spread is said (one draw's is unknown)
+    report["encodings"]["fisher"]["label_efficiency"][0].update(accuracies=[0.88, 0.9, 0.92], accuracy_std=0.01633)
+    assert fvae.evaluate.reading(report)[2] == ("With only 100 labelled train images, fisher, pca and raw tie at "
+                                                "90.0% (mean of 3 draws of the labelled images, sd 1.6 points).")
     report["encodings"]["raw"]["classification"]["knn"]["accuracy"] = 1.0
     assert fvae.evaluate.reading(report)[1] == "With 5-nearest neighbours instead, fisher, pca and raw tie (100.0%)."
     assert lines[-1] == ("Cost: fisher codes are the widest (21,760 dims, 1,000 images/s to encode); pca 47 dims, "
