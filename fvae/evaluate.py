@@ -345,12 +345,12 @@ def encode_all(train: Split, test: Split, probe_index, settings: Settings, *, fi
 
 def _scores(y_true, y_pred, classes) -> dict:
     from scipy.stats import binomtest
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+    from sklearn.metrics import confusion_matrix, f1_score
 
     correct = int(np.count_nonzero(np.asarray(y_true) == np.asarray(y_pred)))
     interval = binomtest(correct, len(y_true)).proportion_ci(confidence_level=0.95, method="wilson")
     return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "accuracy": correct / len(y_true),
         "accuracy_ci95": [float(interval.low), float(interval.high)],
         "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
         "confusion": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
@@ -731,15 +731,15 @@ def paired_error_tests(errors: dict) -> list[dict]:
 
 
 def image_errors(originals, reconstructions) -> np.ndarray:
-    """The mean squared error per pixel of each image (float64, shape (n,)): :func:`pixel_errors`'
-    MSE is their mean."""
+    """The mean squared error per pixel of each image (float64, shape (n,)), whose mean is
+    :func:`pixel_errors`' MSE."""
     squared = (np.asarray(originals, np.float64) - np.asarray(reconstructions, np.float64)) ** 2
     return squared.reshape(len(squared), -1).mean(axis=1)
 
 
 def pixel_errors(originals, reconstructions) -> dict:
     """Mean squared error per pixel (images in [0, 1]) and the PSNR of that error in dB."""
-    mse = float(np.mean((np.asarray(originals, np.float64) - np.asarray(reconstructions, np.float64)) ** 2))
+    mse = float(image_errors(originals, reconstructions).mean())  # every image has as many pixels
     return {"mse": mse, "psnr": float(10 * np.log10(1.0 / max(mse, 1e-12)))}
 
 
@@ -1048,16 +1048,21 @@ def comparison_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+def _point_at_100_labels(encoding: dict) -> dict | None:
+    """An encoding's label-efficiency point at 100 labels, or None when the train split has fewer images."""
+    return next((p for p in encoding["label_efficiency"] if p["n_labels"] == 100), None)
+
+
 def _accuracy_with_100_labels(encoding: dict) -> float | None:
-    """An encoding's mean accuracy on the label-efficiency curve's 100-label point (the table's
-    "acc @100 labels"), or None when the train split has fewer images."""
-    return next((p["accuracy_mean"] for p in encoding["label_efficiency"] if p["n_labels"] == 100), None)
+    """An encoding's mean accuracy at 100 labels (the table's "acc @100 labels"), or None."""
+    point = _point_at_100_labels(encoding)
+    return None if point is None else point["accuracy_mean"]
 
 
 def _spread_of_draws(encoding: dict) -> str:
     """' (mean of 3 draws of the labelled images, sd 1.2 points)' for the 100-label point of a
     curve drawn more than once; '' for a single draw, whose spread is unknown."""
-    point = next(p for p in encoding["label_efficiency"] if p["n_labels"] == 100)
+    point = _point_at_100_labels(encoding)
     draws = len(point.get("accuracies", ()))
     if draws < 2:
         return ""
@@ -1148,6 +1153,14 @@ def reading(report: dict) -> list[str]:
     return lines
 
 
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:.1f}%"
+
+
+def _mse(value: float) -> str:
+    return f"{value:.4f}"
+
+
 def _interval(scores: dict) -> str:
     """' (95% CI 97.2-98.9%)' for an accuracy reported with its interval; '' for one without."""
     if "accuracy_ci95" not in scores:
@@ -1156,7 +1169,7 @@ def _interval(scores: dict) -> str:
     return f" (95% CI {100 * low:.1f}-{_pct(high)})"
 
 
-def _runner_up(report: dict, probe: str, scores: dict, leaders: list[str], *, shown=None, lowest=False,
+def _runner_up(report: dict, probe: str, scores: dict, leaders: list[str], *, shown=_pct, lowest=False,
                test_name: str | None = None) -> str:
     """', against 94.2% for vae' (each score ``shown`` as a percentage by default) and, where the
     report has the paired tests, whether the leaders' lead over the runners-up is significant
@@ -1164,7 +1177,6 @@ def _runner_up(report: dict, probe: str, scores: dict, leaders: list[str], *, sh
     others = {n: score for n, score in scores.items() if n not in leaders}
     if not others:
         return ""
-    shown = shown or _pct
     second = _leaders(others, lowest=lowest)
     return (f", against {shown(others[second[0]])} for {_names(second)}"
             + _significance(report, probe, leaders, second, test_name))
@@ -1182,10 +1194,6 @@ def _significance(report: dict, probe: str, leaders: list[str], others: list[str
     verdict = "significant" if p_value < SIGNIFICANCE else "not significant"
     shown = "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3g}"
     return f", a difference {verdict} at {SIGNIFICANCE:.0%} ({f'{test_name}: ' if test_name else ''}{shown})"
-
-
-def _mse(value: float) -> str:
-    return f"{value:.4f}"
 
 
 def _cost(enc: dict) -> str:
@@ -1255,10 +1263,6 @@ def pca_size_note(report: dict) -> str:
         return f"PCA has {dim} components, as many as there are pixels ({whose} has {latent})."
     return (f"PCA has {dim} components, one fewer than there are train images: centred, they span no more "
             f"({whose} has {latent}).")
-
-
-def _pct(fraction: float) -> str:
-    return f"{100 * fraction:.1f}%"
 
 
 class _CallableModule(types.ModuleType):
