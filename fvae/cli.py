@@ -444,7 +444,7 @@ def fit_vae(
     if binarization is not None:
         given["binarization"] = binarization.value
     # before the data and TensorFlow load: a file in the way is refused at once
-    refuse_vae_outputs(output, figures, latent_dim=latent_dim, conditional=conditional, force=force)
+    refuse_vae_outputs(output, figures, latent_dim=latent_dim, force=force)
     dataset = load_dataset(data, data_dir)
     train = _fitting_split(dataset, split)
     if conditional and train.labels is None:

@@ -56,6 +56,8 @@ DPI = 100
 GRID_PIXELS = 480  # small grids are enlarged to about this side, by a whole factor
 GRID_MAX_PIXELS = 4096  # larger grids are reduced by a whole factor, each pixel the mean of its block
 CAPTION_PIXELS = 20
+PANEL_GAP = 10  # white pixels between panels (a grid's images are 1 apart)
+MANIFOLD_SIDE = 20  # latent points a side of the manifold figure
 
 
 def _grid_scale(shape) -> int:
@@ -79,14 +81,40 @@ def save_grid(images, path, *, n_cols=None, title=None, row_labels=None, force=T
     grid over GRID_MAX_PIXELS a side (the manifold of 256-pixel images: 5,139) is reduced instead,
     by block means.
     """
-    plt = _pyplot()
     images = np.asarray(images)
-    grid = tile(images, n_cols)
-    row_height = images.shape[1] + 1
+    labels = None
+    if row_labels is not None:
+        row_height = images.shape[1] + 1
+        labels = [(row_height * i + row_height / 2, str(label)) for i, label in enumerate(row_labels)]
+    return _save_canvas(tile(images, n_cols), path, title=title, row_labels=labels, force=force)
+
+
+def save_panels(panels, path, *, names, title=None, n_cols=5, force=True) -> Path:
+    """Save 2-D images in [0, 1] of one shape (e.g. a manifold grid per class) as one PNG, up to
+    ``n_cols`` a row, each under its name and drawn as :func:`save_grid` draws a grid."""
+    panels = np.asarray(panels, dtype=np.float32)
+    n, height, width = panels.shape
+    cells = np.ones((n, CAPTION_PIXELS + height, width), dtype=np.float32)  # white room for the name
+    cells[:, CAPTION_PIXELS:] = panels
+    n_cols = min(n_cols, n)
+    captions = [((i // n_cols) * (CAPTION_PIXELS + height + PANEL_GAP) + CAPTION_PIXELS / 2,
+                 (i % n_cols) * (width + PANEL_GAP) + width / 2, str(name)) for i, name in enumerate(names)]
+    return _save_canvas(tile(cells, n_cols, pad=PANEL_GAP), path, title=title, captions=captions, force=force)
+
+
+def _save_canvas(grid, path, *, title=None, row_labels=None, captions=(), force=True) -> Path:
+    """Draw a 2-D array in [0, 1] with each of its pixels a whole square of screen pixels (reduced
+    by block means first when over GRID_MAX_PIXELS a side) and save it as a PNG.
+
+    ``row_labels`` are ``(y, text)`` pairs drawn on the left, ``captions`` ``(y, x, text)``
+    triples drawn centred there; both in pixels of ``grid``.
+    """
+    plt = _pyplot()
     reduction = -(-max(grid.shape) // GRID_MAX_PIXELS)
     if reduction > 1:
-        grid, row_height = _reduced(grid, reduction), row_height / reduction
+        grid = _reduced(grid, reduction)
     scale = _grid_scale(grid.shape)
+    shown = scale / max(reduction, 1)  # screen pixels per pixel of the given grid
     grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
     left, top = (30 if row_labels is not None else 0), (30 if title else 0)  # room for the labels and the title
     width, height = grid.shape[1] + left, grid.shape[0] + top
@@ -96,10 +124,11 @@ def save_grid(images, path, *, n_cols=None, title=None, row_labels=None, force=T
     ax.spines[:].set_visible(False)  # a frame would be drawn over the outer images' edge pixels
     ax.set_xticks([])
     if row_labels is not None:
-        h = row_height * scale
-        ax.set_yticks([h * i + h / 2 for i in range(len(row_labels))], [str(r) for r in row_labels])
+        ax.set_yticks([y * shown for y, _ in row_labels], [text for _, text in row_labels])
     else:
         ax.set_yticks([])
+    for y, x, text in captions:
+        ax.text(x * shown, y * shown, text, ha="center", va="center")
     if title:
         ax.set_title(title)
     return _save(fig, path, force, tight=True)  # tight: a title wider than a narrow grid is kept whole
@@ -293,19 +322,40 @@ def save_samples(encoder, path, *, n=64, label=None, random_state=0, class_names
     return n
 
 
+def manifold_latents(side: int = MANIFOLD_SIDE, extent: float = 3.0) -> np.ndarray:
+    """A ``side`` x ``side`` grid of 2-D latent vectors over [-extent, extent]^2, row by row from
+    the top (largest z_2) and left to right (z_1 growing): float32 of shape (side * side, 2)."""
+    axis = np.linspace(-extent, extent, side, dtype=np.float32)
+    z_1, z_2 = np.meshgrid(axis, axis[::-1])
+    return np.stack([z_1.ravel(), z_2.ravel()], axis=1)
+
+
+def save_manifold(encoder, path, *, class_names=None, force=True) -> Path:
+    """The images a fitted VAE with a 2-D latent decodes from a 20x20 grid over [-3, 3]^2; a
+    conditional VAE draws it once per class, a panel each, named by ``class_names`` (label ->
+    name) where it names them (Kingma et al. 2014's handwriting styles, the class held fixed)."""
+    z = manifold_latents()
+    title = "latent manifold over [-3, 3]^2"
+    if not encoder.conditional:
+        return save_grid(encoder.inverse_transform(z), path, n_cols=MANIFOLD_SIDE, title=title, force=force)
+    panels = [tile(encoder.sample(len(z), label=c, z=z), MANIFOLD_SIDE) for c in encoder.classes_]
+    return save_panels(panels, path, names=class_names_of(encoder.classes_, class_names or {}),
+                       title=title + ", a panel per class", force=force)
+
+
 def spread_rows(n: int, k: int) -> np.ndarray:
     """``min(n, k)`` row indices evenly spread over ``n`` rows: splits are often sorted by class,
     and the first rows would show only the first class."""
     return np.linspace(0, n - 1, min(n, k)).astype(int)
 
 
-def vae_figure_names(latent_dim: int, conditional: bool) -> list[str]:
+def vae_figure_names(latent_dim: int) -> list[str]:
     """The files :func:`vae_figures` writes for an encoder with a training history and frames."""
-    manifold = ["manifold.png"] if latent_dim == 2 and not conditional else []
+    manifold = ["manifold.png"] if latent_dim == 2 else []
     return ["samples.png", "reconstructions.png", "latent.png", *manifold, "training_curves.png", "training.gif"]
 
 
-def refuse_vae_outputs(model_path, figures_dir, *, latent_dim: int, conditional: bool, force: bool) -> None:
+def refuse_vae_outputs(model_path, figures_dir, *, latent_dim: int, force: bool) -> None:
     """Before a VAE is trained: its model file, its history files and its figures (``figures_dir``,
     unless None) can be written without overwriting any file (unless ``force``), their folders
     take files, and neither ``figures_dir`` nor a parent of it is a file.
@@ -323,14 +373,15 @@ def refuse_vae_outputs(model_path, figures_dir, *, latent_dim: int, conditional:
     if existing.exists() and not existing.is_dir():
         raise InputError(f"--figures {figures_dir}: {'a file' if existing == figures_dir else f'{existing} is a file'}, "
                          "not a folder")
-    names = vae_figure_names(latent_dim, conditional)
+    names = vae_figure_names(latent_dim)
     refuse_overwrite(*(figures_dir / name for name in names), force=force)
     refuse_unwritable(figures_dir / names[0], force=True)  # the folder takes files
 
 
 def vae_figures(encoder, images, labels, out_dir, *, frames=(), class_names=None, force=True) -> list[Path]:
     """The VAE's figures in ``out_dir``: samples, reconstructions, latent codes in 2-D, training
-    curves, the training-progress GIF (from ``frames``) and, for latent_dim 2, the 20x20 manifold.
+    curves, the training-progress GIF (from ``frames``) and, for latent_dim 2, the 20x20 manifold
+    (a panel per class for a conditional VAE).
 
     Parameters
     ----------
@@ -344,7 +395,7 @@ def vae_figures(encoder, images, labels, out_dir, *, frames=(), class_names=None
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = {name: out / name for name in vae_figure_names(encoder.latent_dim, encoder.conditional)}
+    path = {name: out / name for name in vae_figure_names(encoder.latent_dim)}
     written = []
     shown = spread_rows(len(images), 2000)
     images = images[shown]
@@ -362,10 +413,7 @@ def vae_figures(encoder, images, labels, out_dir, *, frames=(), class_names=None
                                   title="test codes (posterior means)" + (", PCA" if encoder.latent_dim > 2 else ""),
                                   class_names=class_names, force=force))
     if "manifold.png" in path:
-        grid = np.linspace(-3, 3, 20, dtype=np.float32)
-        z = np.array([[x, y] for y in grid[::-1] for x in grid], dtype=np.float32)
-        written.append(save_grid(encoder.inverse_transform(z), path["manifold.png"], n_cols=20,
-                                 title="latent manifold over [-3, 3]^2", force=force))
+        written.append(save_manifold(encoder, path["manifold.png"], class_names=class_names, force=force))
     if encoder.history_:
         written.append(save_curves(encoder.history_, path["training_curves.png"], force=force))
     if frames:

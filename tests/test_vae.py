@@ -560,6 +560,55 @@ def test_a_grid_too_large_to_show_whole_is_reduced_by_block_means(tmp_path, monk
     assert shown.shape == expected.shape and np.abs(shown - expected).max() <= 1  # the colormap rounds to 1/255
 
 
+def test_panels_are_drawn_pixel_for_pixel_each_under_its_name(tmp_path):
+    from PIL import Image
+
+    from fvae import report
+
+    rng = np.random.default_rng(0)
+    panels = rng.integers(0, 2, (3, 40, 40)).astype(np.float32)
+    panels[0, 0, 0] = 0  # the first panel's top-left pixel is black: where its picture starts
+    report.save_panels(panels, tmp_path / "plain.png", names=["", "", ""])  # no text: only the panels are dark
+    cell_height, gap = report.CAPTION_PIXELS + 40, report.PANEL_GAP
+    canvas = np.ones((cell_height, 3 * 40 + 2 * gap), np.float32)  # one row of three: white gaps, white names
+    for i in range(3):
+        canvas[report.CAPTION_PIXELS:, i * (40 + gap):i * (40 + gap) + 40] = panels[i]
+    scale = report._grid_scale(canvas.shape)  # 140 pixels wide: 3x
+    expected = (np.repeat(np.repeat(canvas, scale, axis=0), scale, axis=1) * 255).astype(np.uint8)
+    with Image.open(tmp_path / "plain.png") as picture:
+        grey = np.asarray(picture.convert("L"))
+    top, left = np.argwhere(grey == 0).min(axis=0) - (report.CAPTION_PIXELS * scale, 0)
+    assert np.array_equal(grey[top:top + expected.shape[0], left:left + expected.shape[1]], expected)
+    # with names, each is drawn in the white band above its own panel, centred on it
+    report.save_panels(panels, tmp_path / "named.png", names=["one", "two", "three"])
+    with Image.open(tmp_path / "named.png") as picture:
+        band = np.asarray(picture.convert("L"))[top:top + report.CAPTION_PIXELS * scale, left:left + expected.shape[1]]
+    for i in range(3):
+        ink = np.argwhere(band[:, i * (40 + gap) * scale:(i * (40 + gap) + 40) * scale] < 128)
+        assert len(ink) and abs(ink[:, 1].mean() - 20 * scale) < 4 * scale, i
+
+
+def test_the_manifold_of_a_conditional_vae_has_a_panel_per_class(tmp_path, digits, monkeypatch):
+    """Kingma et al. (2014)'s handwriting styles: the class held fixed, the 2-D latent varied."""
+    from fvae import report
+
+    picked = np.isin(digits.train.labels, [3, 7, 8])
+    encoder = VAEEncoder(**ONE_EPOCH_CONDITIONAL).fit(digits.train.images[picked], digits.train.labels[picked])
+    drawn = {}
+    monkeypatch.setattr(report, "_save_canvas", lambda canvas, path, **kw: drawn.update(canvas=canvas, **kw) or path)
+    report.save_manifold(encoder, tmp_path / "manifold.png", class_names={3: "three", 8: "eight"})
+    z = report.manifold_latents()
+    assert z.shape == (400, 2) and z[0].tolist() == [-3, 3] and z[19].tolist() == [3, 3] and z[-1].tolist() == [3, -3]
+    side, top, gap = 20 * 9 - 1, report.CAPTION_PIXELS, report.PANEL_GAP
+    assert drawn["canvas"].shape == (top + side, 3 * side + 2 * gap)
+    for i, label in enumerate([3, 7, 8]):
+        expected = report.tile(encoder.inverse_transform(z, np.full(400, label)), 20)
+        np.testing.assert_array_equal(drawn["canvas"][top:, i * (side + gap):i * (side + gap) + side], expected)
+    assert [text for _, _, text in drawn["captions"]] == ["three", "7", "eight"]
+    assert [x for _, x, _ in drawn["captions"]] == [side / 2 + i * (side + gap) for i in range(3)]
+    assert drawn["title"] == "latent manifold over [-3, 3]^2, a panel per class"
+
+
 def test_a_title_wider_than_its_grid_is_drawn_whole(tmp_path):
     from PIL import Image
 
@@ -632,7 +681,7 @@ def test_cli_refuses_bad_outputs_and_models_before_tensorflow_loads(tmp_path):
     # a latent of another size draws no manifold: nothing of it is in the way
     from fvae.report import refuse_vae_outputs
 
-    refuse_vae_outputs(tmp_path / "other.npz", tmp_path / "figs2", latent_dim=32, conditional=False, force=False)
+    refuse_vae_outputs(tmp_path / "other.npz", tmp_path / "figs2", latent_dim=32, force=False)
 
 
 def test_cli_a_model_too_large_for_memory_is_one_line_not_a_traceback(tmp_path, monkeypatch):
@@ -772,10 +821,10 @@ def test_cli_conditional_vae_samples_a_chosen_class_in_a_subprocess(tmp_path):
                                   fvae.load(tmp_path / "cvae.npz").transform(test.images, test.labels))
 
 
-def fit_tiny_conditional_vae(cwd, data, output, epochs=1):
+def fit_tiny_conditional_vae(cwd, data, output, *options, epochs=1):
     """``fvae fit vae --conditional`` of a tiny MLP (16 hidden units, 2-D latent) on ``data``."""
     return fvae_cli("fit", "vae", "--data", data, "-o", output, "--conditional", "--arch", "mlp", "--hidden", "16",
-                    "--latent-dim", "2", "--epochs", epochs, "--quiet", cwd=cwd)
+                    "--latent-dim", "2", "--epochs", epochs, "--quiet", *options, cwd=cwd)
 
 
 def test_cli_encode_gives_a_conditional_vae_the_labels_it_was_fitted_with(tmp_path, digits):
@@ -819,9 +868,11 @@ def test_cli_a_conditional_vae_on_named_classes_draws_them_by_name(tmp_path, dig
 
     # labels 0 and 1 by the folders' sorted names
     picked = write_named_digits(tmp_path / "imgs", digits.train, {3: "three", 7: "seven"}, per_class=40)
-    fit = fit_tiny_conditional_vae(tmp_path, "imgs", "named.npz", epochs=2)
+    fit = fit_tiny_conditional_vae(tmp_path, "imgs", "named.npz", "--figures", "figs", epochs=2)
     assert fit.returncode == 0, fit.stderr
     assert fvae.load(tmp_path / "named.npz").class_names_ == {0: "seven", 1: "three"}
+    with Image.open(tmp_path / "figs" / "manifold.png") as manifold:  # two panels side by side, named
+        assert manifold.format == "PNG" and manifold.width > 2 * (20 * 9 - 1) > manifold.height
     by_name = fvae_cli("sample", "--model", "named.npz", "-n", "4", "--label", "three", "-o", "by_name.png", cwd=tmp_path)
     by_label = fvae_cli("sample", "--model", "named.npz", "-n", "4", "--label", "1", "-o", "by_label.png", cwd=tmp_path)
     assert by_name.returncode == by_label.returncode == 0, by_name.stderr + by_label.stderr

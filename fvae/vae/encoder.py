@@ -588,8 +588,7 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
     from ..report import refuse_vae_outputs
     from .train import EpochSamples
 
-    refuse_vae_outputs(model_path, figures_dir, latent_dim=encoder.latent_dim, conditional=encoder.conditional,
-                       force=force)
+    refuse_vae_outputs(model_path, figures_dir, latent_dim=encoder.latent_dim, force=force)
     callbacks = [] if figures_dir is None else [EpochSamples(encoder.latent_dim)]
     interrupted = False
     try:
