@@ -500,7 +500,8 @@ def _counted(n: int, noun: str) -> str:
 @_user_errors
 def sample(
     model: Annotated[Path, typer.Option(help="A saved VAE model.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Image grid to write (.png).")],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Image grid to write (.png), or the images as an array (.npy).")],
     n: Annotated[int, typer.Option("-n", min=1, max=10_000, help="How many samples.")] = 64,
     label: Annotated[Optional[str], typer.Option(
         help="Class to generate, by label or name (conditional VAE; without it, one row per class).")] = None,
@@ -508,27 +509,36 @@ def sample(
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ):
-    """Draw images from a VAE's prior and save them as a PNG grid.
+    """Draw images from a VAE's prior and save them as a PNG grid, or as an array.
 
     A conditional VAE draws the class --label names, or without it every class, one row per
-    class (-n rounded up to whole rows).
+    class (-n rounded up to whole rows). A .npy output holds the decoded pixels (float32 in
+    [0, 1], an image source for --data), and for a conditional VAE NAME.labels.npy their classes.
     """
-    from .persist import refuse_unwritable, saved_method
+    from .persist import read_header, refuse_overwrite, refuse_unwritable, sample_labels_path, saved_method
 
-    _check_output_suffix(output, ".png", "sample grid")
+    as_array = output.name.lower().endswith(".npy")
+    _check_output_suffix(output, ".npy" if as_array else ".png", "sample array" if as_array else "sample grid")
     refuse_unwritable(output, force=force)
     saved_method(model, "vae")  # a missing or wrong file is refused before TensorFlow loads
+    written = [output]
+    if as_array and read_header(model).get("params", {}).get("conditional"):
+        written.append(sample_labels_path(output))
+        refuse_overwrite(written[1], force=force)
     with _status(f"loading {model} and drawing {n} samples", quiet):  # TensorFlow's import takes seconds
         from .report import save_samples
-        from .vae.encoder import VAEEncoder
+        from .vae.encoder import VAEEncoder, save_sample_arrays
 
         encoder = VAEEncoder.load(model)
-        names = encoder.class_names_
-        drawn = save_samples(encoder, output, n=n, label=_label_of(label, encoder), random_state=seed,
-                             class_names=names, force=force)
+        chosen = _label_of(label, encoder)
+        if as_array:
+            drawn = save_sample_arrays(encoder, output, n, label=chosen, random_state=seed, force=force)
+        else:
+            drawn = save_samples(encoder, output, n=n, label=chosen, random_state=seed,
+                                 class_names=encoder.class_names_, force=force)
     every_class = encoder.conditional and label is None
     rows = f" ({drawn // encoder.n_classes_:,} of each of {encoder.n_classes_:,} classes)" if every_class else ""
-    typer.echo(f"wrote {_counted(drawn, 'sample')}{rows} to {output}")
+    typer.echo(f"wrote {_counted(drawn, 'sample')}{rows} to {' and '.join(map(str, written))}")
 
 
 def _label_of(text: str | None, encoder) -> int | str | None:

@@ -290,6 +290,13 @@ def _jsonable(value):
     raise TypeError(f"parameter value {value!r} cannot be saved as JSON (use an int seed, not a RandomState)")
 
 
+def sample_labels_path(path) -> Path:
+    """Where ``fvae sample`` writes the classes of the images it writes as an array at ``path``
+    (``s.npy``: ``s.labels.npy``, as ``fvae encode`` names its labels)."""
+    path = Path(path)
+    return path.with_name(path.stem + ".labels.npy")
+
+
 def read_header(path) -> dict:
     """The JSON header of a model file.
 

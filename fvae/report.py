@@ -310,16 +310,17 @@ def save_samples(encoder, path, *, n=64, label=None, random_state=0, class_names
     ``ceil(n / n_classes)`` samples (so ``n`` is rounded up to whole rows), named by
     ``class_names`` (label -> name) where it names them.
     """
+    from .vae.encoder import draw_samples
+
     names = class_names or {}
+    images, labels = draw_samples(encoder, n, label=label, random_state=random_state)
     if encoder.conditional and label is None:
-        per_class = -(-n // encoder.n_classes_)
-        rows = [encoder.sample(per_class, label=c, random_state=random_state) for c in encoder.classes_]
-        save_grid(np.concatenate(rows), path, n_cols=per_class, row_labels=class_names_of(encoder.classes_, names),
-                  title="samples, one row per class", force=force)
-        return per_class * encoder.n_classes_
-    title = "samples from the prior" if label is None else f"class {class_names_of([label], names)[0]}"
-    save_grid(encoder.sample(n, label=label, random_state=random_state), path, title=title, force=force)
-    return n
+        save_grid(images, path, n_cols=len(images) // encoder.n_classes_,
+                  row_labels=class_names_of(encoder.classes_, names), title="samples, one row per class", force=force)
+    else:
+        title = "samples from the prior" if label is None else f"class {class_names_of([label], names)[0]}"
+        save_grid(images, path, title=title, force=force)
+    return len(images)
 
 
 def manifold_latents(side: int = MANIFOLD_SIDE, extent: float = 3.0) -> np.ndarray:

@@ -279,6 +279,7 @@ def test_out_of_range_options_are_refused_by_the_option_name_not_the_library_par
     (["fit", "fisher"], ".npz", ".npz: the model file needs a name before .npz"),
     (["sample", "--model", "v.npz"], ".png", ".png: the sample grid needs a name before .png"),
     (["sample", "--model", "v.npz"], "grid.jpg", "grid.jpg: the sample grid is written as .png"),
+    (["sample", "--model", "v.npz"], ".npy", ".npy: the sample array needs a name before .npy"),
 ])
 def test_an_output_file_without_its_format_s_suffix_is_refused(tmp_path, monkeypatch, capsys, command, output,
                                                                 message):

@@ -768,6 +768,10 @@ def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):
         assert picture.format == "PNG"
     again = fvae_cli("sample", "--model", "vae.npz", "-n", "16", "-o", "s.png", cwd=tmp_path)
     assert again.returncode == 2 and "exists; pass --force" in again.stderr
+    as_array = fvae_cli("sample", "--model", "vae.npz", "-n", "16", "-o", "s.npy", cwd=tmp_path)
+    assert as_array.stdout == "wrote 16 samples to s.npy\n", as_array.stderr  # no classes: no labels file
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), fvae.load(tmp_path / "vae.npz").sample(16, random_state=0))
+    assert not (tmp_path / "s.labels.npy").exists()
     fisher_log_var = fvae_cli("encode", "--method", "fisher", "--data", "digits", "-o", "f.npy", "--log-var", cwd=tmp_path)
     assert fisher_log_var.returncode == 2 and "--log-var" in fisher_log_var.stderr and "vae only" in fisher_log_var.stderr
     wrong = fvae_cli("encode", "--method", "fisher", "--model", "vae.npz", "--data", "digits", "-o", "f.npy", cwd=tmp_path)
@@ -812,6 +816,27 @@ def test_cli_conditional_vae_samples_a_chosen_class_in_a_subprocess(tmp_path):
     assert most.stdout == "wrote 10,000 samples (1,000 of each of 10 classes) to most.png\n", most.stderr
     with Image.open(tmp_path / "every.png") as picture:
         assert picture.format == "PNG" and picture.size[1] > picture.size[0]  # 10 rows of 3: taller than wide
+    # the same draws as arrays: the pixels and their classes, an image source for fvae itself
+    arrays = fvae_cli("sample", "--model", "cvae.npz", "-n", "25", "-o", "every.npy", cwd=tmp_path)
+    assert arrays.returncode == 0, arrays.stderr
+    assert arrays.stdout == "wrote 30 samples (3 of each of 10 classes) to every.npy and every.labels.npy\n"
+    images, labels = np.load(tmp_path / "every.npy"), np.load(tmp_path / "every.labels.npy")
+    drawn = [fvae.load(tmp_path / "cvae.npz").sample(3, label=c, random_state=0) for c in range(10)]
+    np.testing.assert_array_equal(images, np.concatenate(drawn))  # every.png's rows, in order
+    np.testing.assert_array_equal(labels, np.repeat(np.arange(10), 3))
+    assert images.dtype == np.float32 and images.shape == (30, 8, 8)
+    np.testing.assert_array_equal(fvae.load_dataset(str(tmp_path / "every.npy")).test.images, np.rint(images * 255))
+    one_class = fvae_cli("sample", "--model", "cvae.npz", "-n", "4", "--label", "3", "-o", "three.npy", cwd=tmp_path)
+    assert one_class.stdout == "wrote 4 samples to three.npy and three.labels.npy\n", one_class.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "three.labels.npy"), [3, 3, 3, 3])
+    # the labels file is not overwritten without --force either, and that is found before TensorFlow loads
+    (tmp_path / "every.npy").unlink()
+    labels_before = (tmp_path / "every.labels.npy").read_bytes()
+    kept = subprocess.run([sys.executable, "-c", "import sys; sys.modules['tensorflow'] = sys.modules['keras'] = None; "
+                           "sys.argv[0] = 'fvae'; from fvae.cli import run; run()", "sample", "--model", "cvae.npz",
+                           "-o", "every.npy"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert (kept.returncode, kept.stderr) == (2, "fvae: error: every.labels.npy exists; pass --force to overwrite it\n")
+    assert not (tmp_path / "every.npy").exists() and (tmp_path / "every.labels.npy").read_bytes() == labels_before
 
     enc = fvae_cli("encode", "--method", "vae", "--model", "cvae.npz", "--data", "digits", "-o", "codes.npy", "--quiet",
                 cwd=tmp_path)

@@ -17,7 +17,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..data import check_image_batch, class_names_of, image_encoder_tags, is_whole_number, to_unit_float
 from ..errors import InputError, ModelFileError, TrainingInterrupted
-from ..persist import ZIP_DATE, atomic_output, forget_file, history_paths, load_model, save_model
+from ..persist import (ZIP_DATE, atomic_output, forget_file, history_paths, load_model, refuse_overwrite,
+                       sample_labels_path, save_model)
 from .model import ARCHITECTURES, BINARIZATIONS, LIKELIHOODS
 
 KERAS_MEMBER = "model.keras"
@@ -549,6 +550,42 @@ def keras_from_bytes(payload: bytes):
         return keras.saving.load_model(tmp, safe_mode=True, compile=False)
     finally:
         os.unlink(tmp)
+
+
+def draw_samples(encoder: VAEEncoder, n: int, *, label=None, random_state=0) -> tuple[np.ndarray, np.ndarray | None]:
+    """Draw ``n`` images from a fitted VAE's prior, of ``label``'s class for a conditional VAE;
+    without a label a conditional VAE draws every class, ``ceil(n / n_classes)`` each, class by
+    class (so ``n`` is rounded up to whole classes).
+
+    Returns
+    -------
+    images : ndarray of shape (m, h, w)
+        Decoded pixel means, float32 in [0, 1].
+    labels : ndarray of shape (m,) or None
+        The class of each image (values of ``classes_``); None for an unconditional VAE.
+    """
+    if not (encoder.conditional and label is None):
+        images = encoder.sample(n, label=label, random_state=random_state)
+        return images, None if label is None else np.full(len(images), label, dtype=encoder.classes_.dtype)
+    per_class = -(-n // encoder.n_classes_)
+    images = [encoder.sample(per_class, label=c, random_state=random_state) for c in encoder.classes_]
+    return np.concatenate(images), np.repeat(encoder.classes_, per_class)
+
+
+def save_sample_arrays(encoder: VAEEncoder, path, n: int, *, label=None, random_state=0, force=False) -> int:
+    """:func:`draw_samples` saved as arrays: the images in ``path`` (a ``.npy`` that ``fvae``
+    reads as an image source), and for a conditional VAE their classes in
+    :func:`~fvae.persist.sample_labels_path`. Neither file is overwritten without ``force``. Returns how many
+    images were drawn."""
+    labels_path = sample_labels_path(path) if encoder.conditional else None
+    refuse_overwrite(*filter(None, (path, labels_path)), force=force)
+    images, labels = draw_samples(encoder, n, label=label, random_state=random_state)
+    if labels_path is not None:
+        with atomic_output(labels_path, force=force) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, labels, allow_pickle=False)
+    with atomic_output(path, force=force) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, images, allow_pickle=False)
+    return len(images)
 
 
 def write_history(history: dict, model_path, *, force: bool = False) -> dict[str, Path]:
