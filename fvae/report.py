@@ -313,7 +313,7 @@ def save_samples(encoder, path, *, n=64, label=None, random_state=0, class_names
     from .vae.encoder import draw_samples
 
     names = class_names or {}
-    images, labels = draw_samples(encoder, n, label=label, random_state=random_state)
+    images, _ = draw_samples(encoder, n, label=label, random_state=random_state)
     if encoder.conditional and label is None:
         save_grid(images, path, n_cols=len(images) // encoder.n_classes_,
                   row_labels=class_names_of(encoder.classes_, names), title="samples, one row per class", force=force)
