@@ -509,7 +509,7 @@ def sample(
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ):
-    """Draw images from a VAE's prior and save them as a PNG grid, or as an array.
+    """Draw images from a VAE's prior as a PNG grid or an array.
 
     A conditional VAE draws the class --label names, or without it every class, one row per
     class (-n rounded up to whole rows). A .npy output holds the decoded pixels (float32 in
