@@ -4,6 +4,7 @@ complete or absent."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -134,26 +135,35 @@ def _save_canvas(grid, path, *, title=None, row_labels=None, captions=(), force=
     return _save(fig, path, force, tight=True)  # tight: a title wider than a narrow grid is kept whole
 
 
-def save_gif(frames, path, *, captions=None, seconds_per_frame=0.3, last_frame_seconds=2.0, force=True) -> Path:
+def save_gif(frames, path, *, captions=None, row_labels=None, seconds_per_frame=0.3, last_frame_seconds=2.0,
+             force=True) -> Path:
     """Assemble 2-D frames in [0, 1] (e.g. one sample grid per epoch) into a looping GIF.
 
     Each frame is enlarged as :func:`save_grid` enlarges a grid, under its caption when
-    ``captions`` gives one per frame (e.g. "epoch 3"); the last frame is held longer, so the
-    trained model's samples can be looked at before the loop starts over.
+    ``captions`` gives one per frame (e.g. "epoch 3"), with ``row_labels`` (e.g. a class per row
+    of a :func:`tile` of images) on its left; the last frame is held longer, so the trained
+    model's samples can be looked at before the loop starts over.
     """
     from PIL import Image, ImageDraw, ImageFont
 
     scale = _grid_scale(frames[0].shape)
     font = ImageFont.load_default(size=14)
+    top = CAPTION_PIXELS if captions is not None else 0
+    left, row_pitch = 0, 0.0
+    if row_labels is not None:
+        left = 8 + math.ceil(max(font.getlength(str(text)) for text in row_labels))
+        row_pitch = (frames[0].shape[0] + 1) * scale / len(row_labels)  # a tile's rows: the last has no gap below
     pictures = []
     for i, frame in enumerate(frames):
-        picture = Image.fromarray((np.clip(frame, 0, 1) * 255).astype(np.uint8)).resize(
+        grid = Image.fromarray((np.clip(frame, 0, 1) * 255).astype(np.uint8)).resize(
             (frame.shape[1] * scale, frame.shape[0] * scale), Image.NEAREST)
+        picture = Image.new("L", (left + grid.width, top + grid.height), 255)
+        picture.paste(grid, (left, top))
+        draw = ImageDraw.Draw(picture)
         if captions is not None:
-            captioned = Image.new("L", (picture.width, picture.height + CAPTION_PIXELS), 255)
-            captioned.paste(picture, (0, CAPTION_PIXELS))
-            ImageDraw.Draw(captioned).text((4, 2), captions[i], fill=0, font=font)
-            picture = captioned
+            draw.text((4, 2), captions[i], fill=0, font=font)
+        for row, text in enumerate(row_labels or ()):
+            draw.text((left - 4, top + row_pitch * (row + 0.5)), str(text), fill=0, font=font, anchor="rm")
         pictures.append(picture)
     durations = [round(seconds_per_frame * 1000)] * (len(pictures) - 1) + [round(last_frame_seconds * 1000)]
     with atomic_output(path, force=force) as tmp:
@@ -420,7 +430,8 @@ def vae_figures(encoder, images, labels, out_dir, *, frames=(), class_names=None
     if frames:
         # the callback keeps one frame per finished epoch, from the first
         captions = [f"epoch {epoch}" for epoch in range(1, len(frames) + 1)]
-        written.append(save_gif(list(frames), path["training.gif"], captions=captions, force=force))
+        rows = class_names_of(encoder.classes_, class_names or {}) if cond else None  # EpochSamples: a row per class
+        written.append(save_gif(list(frames), path["training.gif"], captions=captions, row_labels=rows, force=force))
     return written
 
 

@@ -647,6 +647,28 @@ def test_the_training_gif_captions_each_epoch_and_holds_the_last_frame(tmp_path)
     assert (pictures[0][:caption] < 128).any()  # and a caption is drawn at all
 
 
+def test_the_training_gif_names_the_rows_of_a_conditional_vae_on_their_left(tmp_path):
+    from PIL import Image
+
+    from fvae import report
+
+    frame = report.tile(np.random.default_rng(0).integers(0, 2, (30, 28, 28)).astype(np.float32), 10)  # 3 rows
+    report.save_gif([frame] * 2, tmp_path / "rows.gif", captions=["epoch 1", "epoch 2"],
+                    row_labels=["T-shirt/top", "Sneaker", "Bag"])
+    with Image.open(tmp_path / "rows.gif") as gif:
+        picture = np.asarray(gif.convert("L"))
+    caption, scale = report.CAPTION_PIXELS, report._grid_scale(frame.shape)
+    width = frame.shape[1] * scale
+    assert picture.shape[0] == caption + frame.shape[0] * scale
+    assert np.array_equal(picture[caption:, -width:], np.repeat(np.repeat(frame, scale, 0), scale, 1) * 255)
+    margin = picture[caption:, :-width]
+    assert margin.shape[1] > 50  # room for "T-shirt/top"
+    row_pitch = 29 * scale  # 28 pixels and a gap a row
+    for row in range(3):  # each name within its own row's band, ending near the images
+        ink = np.argwhere(margin[row * row_pitch:(row + 1) * row_pitch] < 128)
+        assert len(ink) and margin.shape[1] - 12 <= ink[:, 1].max() < margin.shape[1], row
+
+
 def test_cli_refuses_bad_outputs_and_models_before_tensorflow_loads(tmp_path):
     # Importing TensorFlow takes seconds: a file in the way or a wrong model is refused before it,
     # so these commands run here with TensorFlow made unimportable.
