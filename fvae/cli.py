@@ -515,7 +515,8 @@ def sample(
     class (-n rounded up to whole rows). A .npy output holds the decoded pixels (float32 in
     [0, 1], an image source for --data), and for a conditional VAE NAME.labels.npy their classes.
     """
-    from .persist import read_header, refuse_overwrite, refuse_unwritable, sample_labels_path, saved_method
+    from .extract import output_paths
+    from .persist import read_header, refuse_overwrite, refuse_unwritable, saved_method
 
     as_array = output.name.lower().endswith(".npy")
     _check_output_suffix(output, ".npy" if as_array else ".png", "sample array" if as_array else "sample grid")
@@ -523,7 +524,7 @@ def sample(
     saved_method(model, "vae")  # a missing or wrong file is refused before TensorFlow loads
     written = [output]
     if as_array and read_header(model).get("params", {}).get("conditional"):
-        written.append(sample_labels_path(output))
+        written.append(output_paths(output)["labels"])
         refuse_overwrite(written[1], force=force)
     with _status(f"loading {model} and drawing {n} samples", quiet):  # TensorFlow's import takes seconds
         from .report import save_samples

@@ -33,7 +33,7 @@ import numpy as np
 
 from .data import Split, check_fitted_size, class_names_of, kept_by_position, labels_named_as, only_numbered
 from .errors import DataError, FvaeError, InputError, OutputExistsError
-from .persist import ZIP_DATE, atomic_output, fvae_version, refuse_overwrite, refuse_unwritable
+from .persist import ZIP_DATE, atomic_output, fvae_version, refuse_overwrite, refuse_unwritable, save_npy
 
 FORMATS = (".npy", ".npz", ".zarr")
 NEEDS_DASK = "running on Dask needs dask[distributed]: pip install 'fvae[dask]'"
@@ -501,8 +501,7 @@ def extract_features(
 
     writer.finish(out, split.labels)
     if split.labels is not None and fmt != ".npz":
-        with atomic_output(paths["labels"], force=True) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, np.asarray(split.labels, dtype=np.int64), allow_pickle=False)
+        save_npy(paths["labels"], np.asarray(split.labels, dtype=np.int64), force=True)
     sidecar = {
         **metadata,
         "n_images": n,

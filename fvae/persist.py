@@ -133,6 +133,13 @@ def atomic_output(path, *, force: bool = False):
         raise
 
 
+def save_npy(path, array, *, force: bool = False) -> Path:
+    """Write ``array`` as a ``.npy`` file (no pickles) through :func:`atomic_output`."""
+    with atomic_output(path, force=force) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+    return Path(path)
+
+
 @contextlib.contextmanager
 def atomic_directory(path, *, force: bool = False, otherwise: str | None = None):
     """Yield a temporary folder beside ``path``; it becomes ``path`` only if the block succeeds.
@@ -288,13 +295,6 @@ def _jsonable(value):
     if isinstance(value, (tuple, np.ndarray)):
         return list(value)
     raise TypeError(f"parameter value {value!r} cannot be saved as JSON (use an int seed, not a RandomState)")
-
-
-def sample_labels_path(path) -> Path:
-    """Where ``fvae sample`` writes the classes of the images it writes as an array at ``path``
-    (``s.npy``: ``s.labels.npy``, as ``fvae encode`` names its labels)."""
-    path = Path(path)
-    return path.with_name(path.stem + ".labels.npy")
 
 
 def read_header(path) -> dict:

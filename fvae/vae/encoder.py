@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from ..data import check_image_batch, class_names_of, image_encoder_tags, is_whole_number, to_unit_float
 from ..errors import InputError, ModelFileError, TrainingInterrupted
 from ..persist import (ZIP_DATE, atomic_output, forget_file, history_paths, load_model, refuse_overwrite,
-                       sample_labels_path, save_model)
+                       save_model, save_npy)
 from .model import ARCHITECTURES, BINARIZATIONS, LIKELIHOODS
 
 KERAS_MEMBER = "model.keras"
@@ -574,17 +574,17 @@ def draw_samples(encoder: VAEEncoder, n: int, *, label=None, random_state=0) -> 
 
 def save_sample_arrays(encoder: VAEEncoder, path, n: int, *, label=None, random_state=0, force=False) -> int:
     """:func:`draw_samples` saved as arrays: the images in ``path`` (a ``.npy`` that ``fvae``
-    reads as an image source), and for a conditional VAE their classes in
-    :func:`~fvae.persist.sample_labels_path`. Neither file is overwritten without ``force``. Returns how many
-    images were drawn."""
-    labels_path = sample_labels_path(path) if encoder.conditional else None
+    reads as an image source), and for a conditional VAE their classes where ``fvae encode``
+    writes labels (``s.npy``: ``s.labels.npy``). Neither file is overwritten without ``force``.
+    Returns how many images were drawn."""
+    from ..extract import output_paths
+
+    labels_path = output_paths(path)["labels"] if encoder.conditional else None
     refuse_overwrite(*filter(None, (path, labels_path)), force=force)
     images, labels = draw_samples(encoder, n, label=label, random_state=random_state)
     if labels_path is not None:
-        with atomic_output(labels_path, force=force) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, labels, allow_pickle=False)
-    with atomic_output(path, force=force) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, images, allow_pickle=False)
+        save_npy(labels_path, labels, force=force)
+    save_npy(path, images, force=force)
     return len(images)
 
 
