@@ -1225,7 +1225,7 @@ def _reading_of_one(report: dict) -> list[str]:
     lines = [sentence + "."]
     if name != "raw":
         lines.append(f"Through a linear probe (ridge from codes to pixels) its codes reconstruct the test images "
-                     f"with MSE {entry['reconstruction']['ridge']['mse']:.4f}.")
+                     f"with MSE {_mse(entry['reconstruction']['ridge']['mse'])}.")
     lines.append(f"Cost: {entry['dim']:,} dims, {entry['cost']['encode_images_per_second']:,.0f} images/s to encode.")
     return lines
 
@@ -1237,12 +1237,12 @@ def _vae_against_pca(report: dict) -> str:
     h, w = report["data"]["image_shape"]
     if pca["dim"] >= h * w:
         return (f"PCA with {pca['dim']} components keeps all {h * w} pixels of {h}x{w} images, so it reconstructs "
-                f"exactly: no yardstick for the VAE's decoder (MSE {v['mse']:.4f}) at this size.")
+                f"exactly: no yardstick for the VAE's decoder (MSE {_mse(v['mse'])}) at this size.")
     verdict = "beats" if v["mse"] < p["mse"] else "does not beat"
     pca_size = (f"of the same dimension ({pca['dim']})" if pca["dim"] == _latent_dim(report)
                 else f"with {pca['dim']} components")
     return (f"The VAE's own decoder {verdict} PCA {pca_size}: "
-            f"MSE {v['mse']:.4f} ({v['psnr']:.1f} dB) against {p['mse']:.4f} ({p['psnr']:.1f} dB)"
+            f"MSE {_mse(v['mse'])} ({v['psnr']:.1f} dB) against {_mse(p['mse'])} ({p['psnr']:.1f} dB)"
             f"{_significance(report, 'own', ['vae'], ['pca'])}.")
 
 
