@@ -496,44 +496,64 @@ def _counted(n: int, noun: str) -> str:
     return counted(n, noun)
 
 
+#: fvae sample's outputs by suffix, each named as its errors name it.
+SAMPLE_OUTPUTS = {".png": "sample grid", ".npy": "sample array", ".npz": "sample dataset"}
+#: The most samples a grid shows: 100 x 100 images. Arrays hold more: a dataset's worth (at
+#: 28x28, one million float32 images take 3.1 GB).
+MAX_GRID_SAMPLES, MAX_SAMPLES = 10_000, 1_000_000
+
+
 @app.command()
 @_user_errors
 def sample(
     model: Annotated[Path, typer.Option(help="A saved VAE model.")],
     output: Annotated[Path, typer.Option(
-        "--output", "-o", help="Image grid to write (.png), or the images as an array (.npy).")],
-    n: Annotated[int, typer.Option("-n", min=1, max=10_000, help="How many samples.")] = 64,
+        "--output", "-o", help="Image grid to write (.png), the images as an array (.npy), or a conditional "
+                               "VAE's images and classes as a labelled dataset (.npz).")],
+    n: Annotated[int, typer.Option("-n", min=1, max=MAX_SAMPLES, help=(
+        f"How many samples (at most {MAX_GRID_SAMPLES:,} in a .png grid)."))] = 64,
     label: Annotated[Optional[str], typer.Option(
         help="Class to generate, by label or name (conditional VAE; without it, one row per class).")] = None,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ):
-    """Draw images from a VAE's prior as a PNG grid or an array.
+    """Draw images from a VAE's prior: a grid, array or dataset.
 
     A conditional VAE draws the class --label names, or without it every class, one row per
     class (-n rounded up to whole rows). A .npy output holds the decoded pixels (float32 in
     [0, 1], an image source for --data), and for a conditional VAE NAME.labels.npy their classes.
+    A .npz output holds both, a labelled source: "fvae evaluate --data NAME.npz --test-data
+    REAL" trains on the samples and tests on real images.
     """
     from .extract import output_paths
     from .persist import read_header, refuse_overwrite, refuse_unwritable, saved_method
 
-    as_array = output.name.lower().endswith(".npy")
-    _check_output_suffix(output, ".npy" if as_array else ".png", "sample array" if as_array else "sample grid")
+    kind = next((suffix for suffix in SAMPLE_OUTPUTS if output.name.lower().endswith(suffix)), ".png")
+    _check_output_suffix(output, kind, SAMPLE_OUTPUTS[kind])
+    if kind == ".png" and n > MAX_GRID_SAMPLES:
+        raise _bad_option("-n", f"{n:,} samples are more than a .png grid shows ({MAX_GRID_SAMPLES:,}): "
+                                "write them as .npy or .npz")
     refuse_unwritable(output, force=force)
     saved_method(model, "vae")  # a missing or wrong file is refused before TensorFlow loads
+    conditional = kind != ".png" and read_header(model).get("params", {}).get("conditional")
+    if kind == ".npz" and not conditional:
+        raise _bad_option("--output", f"{output}: a sample dataset labels each image with its class, and {model} "
+                                      "is not a conditional VAE: write its samples as .npy")
     written = [output]
-    if as_array and read_header(model).get("params", {}).get("conditional"):
+    if kind == ".npy" and conditional:
         written.append(output_paths(output)["labels"])
         refuse_overwrite(written[1], force=force)
-    with _status(f"loading {model} and drawing {n} samples", quiet):  # TensorFlow's import takes seconds
+    with _status(f"loading {model} and drawing {n:,} samples", quiet):  # TensorFlow's import takes seconds
         from .report import save_samples
-        from .vae.encoder import VAEEncoder, save_sample_arrays
+        from .vae.encoder import VAEEncoder, save_sample_arrays, save_sample_dataset
 
         encoder = VAEEncoder.load(model)
         chosen = _label_of(label, encoder)
-        if as_array:
+        if kind == ".npy":
             drawn = save_sample_arrays(encoder, output, n, label=chosen, random_state=seed, force=force)
+        elif kind == ".npz":
+            drawn = save_sample_dataset(encoder, output, n, label=chosen, random_state=seed, force=force)
         else:
             drawn = save_samples(encoder, output, n=n, label=chosen, random_state=seed,
                                  class_names=encoder.class_names_, force=force)

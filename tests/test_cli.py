@@ -280,6 +280,7 @@ def test_out_of_range_options_are_refused_by_the_option_name_not_the_library_par
     (["sample", "--model", "v.npz"], ".png", ".png: the sample grid needs a name before .png"),
     (["sample", "--model", "v.npz"], "grid.jpg", "grid.jpg: the sample grid is written as .png"),
     (["sample", "--model", "v.npz"], ".npy", ".npy: the sample array needs a name before .npy"),
+    (["sample", "--model", "v.npz"], ".npz", ".npz: the sample dataset needs a name before .npz"),
 ])
 def test_an_output_file_without_its_format_s_suffix_is_refused(tmp_path, monkeypatch, capsys, command, output,
                                                                 message):
@@ -292,6 +293,20 @@ def test_an_output_file_without_its_format_s_suffix_is_refused(tmp_path, monkeyp
     assert err.startswith(f"fvae: error: Invalid value for '--output': {message} (see '")
     subcommand = " ".join(word for word in command[:2] if not word.startswith("-"))
     assert err.endswith(f"fvae {subcommand} --help')\n")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_sample_grid_of_more_than_ten_thousand_images_is_refused_before_the_model_is_read(
+        tmp_path, monkeypatch, capsys):
+    # arrays take up to a million (a dataset's worth); a grid of more would be too large to look at
+    monkeypatch.setattr(sys, "argv", ["fvae", "sample", "--model", str(tmp_path / "missing.npz"), "-n", "10001",
+                                      "-o", str(tmp_path / "s.png")])
+    with pytest.raises(SystemExit) as exit_:
+        cli.run()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and err.endswith("fvae sample --help')\n"), err
+    assert err.startswith("fvae: error: Invalid value for '-n': 10,001 samples are more than a .png grid shows "
+                          "(10,000): write them as .npy or .npz (see '")
     assert not list(tmp_path.iterdir())
 
 

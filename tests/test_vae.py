@@ -794,6 +794,14 @@ def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):
     assert as_array.stdout == "wrote 16 samples to s.npy\n", as_array.stderr  # no classes: no labels file
     np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), fvae.load(tmp_path / "vae.npz").sample(16, random_state=0))
     assert not (tmp_path / "s.labels.npy").exists()
+    # a dataset labels each image with its class: refused for want of classes, before TensorFlow loads
+    unlabelled = subprocess.run([sys.executable, "-c", "import sys; sys.modules['tensorflow'] = sys.modules['keras'] = "
+                                 "None; sys.argv[0] = 'fvae'; from fvae.cli import run; run()", "sample", "--model",
+                                 "vae.npz", "-o", "s.npz"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert (unlabelled.returncode, unlabelled.stderr) == (2, (
+        "fvae: error: Invalid value for '--output': s.npz: a sample dataset labels each image with its class, and "
+        "vae.npz is not a conditional VAE: write its samples as .npy (see 'fvae sample --help')\n"))
+    assert not (tmp_path / "s.npz").exists()
     fisher_log_var = fvae_cli("encode", "--method", "fisher", "--data", "digits", "-o", "f.npy", "--log-var", cwd=tmp_path)
     assert fisher_log_var.returncode == 2 and "--log-var" in fisher_log_var.stderr and "vae only" in fisher_log_var.stderr
     wrong = fvae_cli("encode", "--method", "fisher", "--model", "vae.npz", "--data", "digits", "-o", "f.npy", cwd=tmp_path)
@@ -868,6 +876,42 @@ def test_cli_conditional_vae_samples_a_chosen_class_in_a_subprocess(tmp_path):
                                   fvae.load(tmp_path / "cvae.npz").transform(test.images, test.labels))
 
 
+def test_cli_conditional_samples_as_a_dataset_train_the_probes_that_real_images_test(tmp_path):
+    """``sample -o s.npz``: a conditional VAE's samples and their classes as one labelled source,
+    so ``evaluate --data s.npz --test-data REAL`` scores "train on samples, test on real"."""
+    from fvae.vae.encoder import draw_samples
+
+    assert fit_tiny_conditional_vae(tmp_path, "digits", "cvae.npz").returncode == 0
+    sample = fvae_cli("sample", "--model", "cvae.npz", "-n", "45", "-o", "synth.npz", cwd=tmp_path)
+    assert sample.stdout == "wrote 50 samples (5 of each of 10 classes) to synth.npz\n", sample.stderr
+    with np.load(tmp_path / "synth.npz") as saved:
+        assert saved.files == ["images", "labels"]
+        images, labels = saved["images"], saved["labels"]
+    drawn, classes = draw_samples(fvae.load(tmp_path / "cvae.npz"), 45, random_state=0)
+    np.testing.assert_array_equal(images, drawn)  # the .npy's and the grid's draws
+    np.testing.assert_array_equal(labels, np.repeat(np.arange(10), 5))  # numbered classes stay numbers
+    source = fvae.load_dataset(str(tmp_path / "synth.npz"))
+    everything = source.split("all")
+    assert source.class_names == tuple("0123456789")
+    np.testing.assert_array_equal(np.sort(everything.images.reshape(50, -1), axis=0),
+                                  np.sort(np.rint(images * 255).reshape(50, -1), axis=0))
+    np.testing.assert_array_equal(np.bincount(everything.labels), [5] * 10)
+
+    evaluate = fvae_cli("evaluate", "--data", "synth.npz", "--test-data", "digits", "--methods", "raw", "--quick",
+                        "--runs-dir", "runs", "--quiet", cwd=tmp_path)
+    assert evaluate.returncode == 0, evaluate.stderr
+    data = json.loads((tmp_path / "runs" / "synth" / "report.json").read_text())["data"]
+    assert (data["train"]["split"], data["n_train"], data["n_test_in_train"]) == ("all", 50, 0)
+    assert (data["test"]["source"], data["n_test"]) == ("digits", 1797)  # all of it: fvae splits digits itself
+
+    one = fvae_cli("sample", "--model", "cvae.npz", "-n", "3", "--label", "7", "-o", "seven.npz", cwd=tmp_path)
+    assert one.stdout == "wrote 3 samples to seven.npz\n", one.stderr
+    with np.load(tmp_path / "seven.npz") as saved:
+        np.testing.assert_array_equal(saved["labels"], [7, 7, 7])
+    again = fvae_cli("sample", "--model", "cvae.npz", "-o", "seven.npz", cwd=tmp_path)
+    assert (again.returncode, again.stderr) == (2, "fvae: error: seven.npz exists; pass --force to overwrite it\n")
+
+
 def fit_tiny_conditional_vae(cwd, data, output, *options, epochs=1):
     """``fvae fit vae --conditional`` of a tiny MLP (16 hidden units, 2-D latent) on ``data``."""
     return fvae_cli("fit", "vae", "--data", data, "-o", output, "--conditional", "--arch", "mlp", "--hidden", "16",
@@ -925,6 +969,12 @@ def test_cli_a_conditional_vae_on_named_classes_draws_them_by_name(tmp_path, dig
     assert by_name.returncode == by_label.returncode == 0, by_name.stderr + by_label.stderr
     with Image.open(tmp_path / "by_name.png") as named, Image.open(tmp_path / "by_label.png") as numbered:
         np.testing.assert_array_equal(np.asarray(named), np.asarray(numbered))  # both titled "class three"
+    # as a dataset, the samples are labelled by name: another source's labels are matched by name
+    as_dataset = fvae_cli("sample", "--model", "named.npz", "-n", "4", "-o", "named_samples.npz", cwd=tmp_path)
+    assert as_dataset.returncode == 0, as_dataset.stderr
+    with np.load(tmp_path / "named_samples.npz") as saved:
+        np.testing.assert_array_equal(saved["labels"], ["seven", "seven", "three", "three"])
+    assert fvae.load_dataset(str(tmp_path / "named_samples.npz")).class_names == ("seven", "three")
     unknown = fvae_cli("sample", "--model", "named.npz", "--label", "eight", "-o", "eight.png", cwd=tmp_path)
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
     assert "'eight' names no class: this model's classes are seven, three" in unknown.stderr

@@ -588,6 +588,40 @@ def save_sample_arrays(encoder: VAEEncoder, path, n: int, *, label=None, random_
     return len(images)
 
 
+def save_sample_dataset(encoder: VAEEncoder, path, n: int, *, label=None, random_state=0, force=False) -> int:
+    """:func:`draw_samples` of a conditional VAE saved as a labelled image source: an ``.npz`` of
+    ``images`` (float32 in [0, 1]) and ``labels``, which ``fvae`` reads as one labelled set.
+
+    So ``fvae evaluate --data s.npz --test-data REAL`` fits every probe on the samples and tests
+    it on real images: the "classification accuracy score" of a conditional generative model
+    (Ravuri & Vinyals, 2019). The labels are the classes as the model names them: numbers for
+    numbered classes, and names for named ones, so that a test source's labels are matched to
+    them by name. Returns how many images were drawn.
+
+    Raises
+    ------
+    InputError
+        If the VAE is not conditional: its samples have no classes.
+    """
+    if not encoder.conditional:
+        raise InputError("a sample dataset labels each image with its class, and this VAE is not conditional: "
+                         "save its samples as .npy")
+    refuse_overwrite(path, force=force)
+    images, labels = draw_samples(encoder, n, label=label, random_state=random_state)
+    with atomic_output(path, force=force) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, images=images, labels=_labels_as_named(encoder, labels))
+    return len(images)
+
+
+def _labels_as_named(encoder: VAEEncoder, labels: np.ndarray) -> np.ndarray:
+    """``labels`` (values of ``classes_``) as the model names them: unchanged where every class is
+    named by its own number, else each class's name."""
+    names = class_names_of(encoder.classes_, getattr(encoder, "class_names_", None) or {})
+    if names == [str(c) for c in encoder.classes_.tolist()]:
+        return labels
+    return np.asarray(names)[_class_positions(labels, encoder.classes_, "labels")]
+
+
 def write_history(history: dict, model_path, *, force: bool = False) -> dict[str, Path]:
     """Write the per-epoch history as JSON (everything) and CSV (one row per epoch)."""
     paths = history_paths(model_path)
