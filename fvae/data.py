@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import hashlib
 import logging
+import math
 import os
 import re
 import urllib.error
@@ -713,17 +714,25 @@ def _read_image_files(files: list[Path], labels: np.ndarray | None, lazy: bool) 
 
 def _held_out(name: str, location: str, everything: Split, class_names) -> Dataset:
     """A source of one labelled set, as fvae splits it: a stratified 20% held out as the test
-    split (``held_out_by_fvae``), the same images on every run."""
+    split (``held_out_by_fvae``), the same images on every run. One image is too few to split:
+    it is the train split, and the source has no test split."""
+    if len(everything) < 2:
+        return Dataset(name, location, everything, None, tuple(class_names), held_out_by_fvae=True)
     train, test = _stratified_split(everything, test_fraction=0.2)
     return Dataset(name, location, train, test, tuple(class_names), held_out_by_fvae=True)
 
 
 def _stratified_split(split: Split, test_fraction: float) -> tuple[Split, Split]:
+    """Split ``split`` in two, ``test_fraction`` of it (rounded up) in the second part: stratified
+    by class where every class has two images and each part has room for one of each, else at
+    random (five images of three classes cannot all be in a test split of one)."""
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(split))
     counts = np.bincount(split.labels)
-    stratify = split.labels if counts[counts > 0].min() >= 2 else None
+    n_test = math.ceil(test_fraction * len(split))  # as train_test_split rounds it
+    n_classes = np.count_nonzero(counts)
+    stratify = split.labels if counts[counts > 0].min() >= 2 and min(n_test, len(split) - n_test) >= n_classes else None
     train_idx, test_idx = train_test_split(
         index, test_size=test_fraction, random_state=_SPLIT_SEED, stratify=stratify
     )

@@ -165,6 +165,25 @@ def test_keras_npz(tmp_path, tiny):
         fvae.load_dataset(tmp_path / "broken.npz")
 
 
+@pytest.mark.parametrize("rows, sizes", [
+    ([0, 1, 3, 4], (3, 1)),  # two classes of two: a test split of one cannot hold both (a traceback before)
+    ([0, 1, 2, 3, 4, 5, 6], (5, 2)),  # three classes of two or three: nor can one of two
+    ([0], (1, None)),  # one image: nothing can be held out (the train split was empty, a traceback)
+])
+def test_a_labelled_set_too_small_to_stratify_is_split_at_random_or_not_at_all(tmp_path, tiny, rows, sizes):
+    images, labels = tiny  # labels 0, 1, 2, 0, 1, 2, ...
+    np.savez(tmp_path / "few.npz", images=images[rows], labels=labels[rows])
+    write_image_folder(tmp_path / "few", images[rows], [f"class{label}" for label in labels[rows]])
+    for source in ("few.npz", "few"):
+        few = fvae.load_dataset(tmp_path / source)
+        assert (len(few.train), None if few.test is None else len(few.test)) == sizes
+        assert sorted(img.tobytes() for img in few.split("all").images) == sorted(img.tobytes() for img in images[rows])
+        assert sorted(few.split("all").labels.tolist()) == sorted(labels[rows].tolist())
+    if sizes[1] is None:
+        with pytest.raises(DataError, match=r"few has no test split, only train images"):
+            few.split("test")
+
+
 def test_an_npz_of_class_names_numbers_them_as_an_image_folder_numbers_its_subfolders(tmp_path, tiny):
     images, labels = tiny
     names = np.array(["dog", "cat", "fox"])  # as words, sorted: cat 0, dog 1, fox 2
