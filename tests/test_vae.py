@@ -153,12 +153,13 @@ def test_short_training_lowers_the_validation_loss(trained):
     assert history["stopped_by"] == "epoch limit"
 
 
-def test_too_few_images_for_a_validation_split_say_there_is_no_early_stopping(digits, caplog):
+@pytest.mark.parametrize("n, too_few", [(4, "4 images are"), (1, "1 image is")])
+def test_too_few_images_for_a_validation_split_say_there_is_no_early_stopping(digits, caplog, n, too_few):
     with caplog.at_level(logging.WARNING, logger="fvae"):
-        vae = VAEEncoder(arch="mlp", hidden=(8,), latent_dim=2, epochs=2, random_state=0).fit(digits.train.images[:4])
+        vae = VAEEncoder(arch="mlp", hidden=(8,), latent_dim=2, epochs=2, random_state=0).fit(digits.train.images[:n])
     assert vae.history_["stopped_by"] == "epoch limit" and "val_elbo" not in vae.history_
     assert [r.getMessage() for r in caplog.records] == [
-        "4 images are too few to hold out a validation split (validation_fraction 0.1): no early stopping, "
+        f"{too_few} too few to hold out a validation split (validation_fraction 0.1): no early stopping, "
         "the last epoch's weights are kept"]
 
 
