@@ -196,20 +196,34 @@ def _class_colours(labels) -> dict:
 
 
 def _scatter_2d(ax, codes, labels, title):
-    """Codes in 2-D coloured by class on ``ax``; PCA to 2-D when the codes are wider."""
+    """Codes in 2-D coloured by class on ``ax``: PCA to 2-D when the codes are wider, and 1-D
+    codes spread by class (one row of points per class)."""
     codes = np.asarray(codes, dtype=np.float64)
     axes_label = ("z1", "z2")
     if codes.shape[1] > 2:
-        from sklearn.decomposition import PCA
-
-        codes = PCA(n_components=2, random_state=0).fit_transform(codes)
         axes_label = ("PC 1", "PC 2")
+        codes = _first_two_principal_components(codes)
+    elif codes.shape[1] == 1:
+        axes_label = ("z1", "class" if labels is not None else "")
+        classes, rows = np.unique(labels, return_inverse=True) if labels is not None else ((), np.zeros(len(codes)))
+        codes = np.column_stack([codes[:, 0], rows])
+        ax.set_yticks(np.arange(len(classes)), labels=[str(c) for c in classes])
     colours = {} if labels is None else _class_colours(labels)
     scatter = ax.scatter(codes[:, 0], codes[:, 1], s=4, alpha=0.7, **colours)
     ax.set_xlabel(axes_label[0])
     ax.set_ylabel(axes_label[1])
     ax.set_title(title)
     return scatter
+
+
+def _first_two_principal_components(codes: np.ndarray) -> np.ndarray:
+    """The codes' coordinates (n, 2) on their first two principal axes; a single code (a test
+    split of one image) has none, and sits at the origin."""
+    from sklearn.decomposition import PCA
+
+    if len(codes) < 2:
+        return np.zeros((len(codes), 2))
+    return PCA(n_components=2, random_state=0).fit_transform(codes)
 
 
 def _class_colorbar(fig, scatter, axes, labels, class_names=None) -> None:

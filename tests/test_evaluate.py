@@ -677,6 +677,37 @@ def test_cli_folders_of_digit_subfolders_are_scored_by_class_name(tmp_path, digi
     assert report["encodings"]["raw"]["classification"]["logistic"]["accuracy"] >= 0.9  # before: 0.0
 
 
+def test_cli_evaluates_a_folder_of_four_images(tmp_path, digits):
+    """Two classes of two images: fvae holds one out, which neither scikit-learn's stratified
+    split nor the embeddings' PCA to 2-D took (two tracebacks)."""
+    write_named_digits(tmp_path / "four", digits.train, {3: "three", 7: "seven"}, per_class=2)
+    result = fvae_cli("evaluate", "--data", "four", "--methods", "pca,raw", "--quick", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "runs" / "four" / "report.json").read_text())
+    assert (report["data"]["n_train"], report["data"]["n_test"]) == (3, 1)
+    assert (tmp_path / "runs" / "four" / "figures" / "embeddings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_embeddings_of_one_code_or_of_one_dimension_are_drawn():
+    """A test split of one image has no principal axes: it sits at the origin. 1-D codes (a VAE
+    with latent_dim 1) are spread by class, a row each (before: an IndexError)."""
+    from fvae import report
+
+    plt = report._pyplot()
+    fig, (one, line, wide) = plt.subplots(1, 3)
+    np.testing.assert_array_equal(report._scatter_2d(one, np.ones((1, 5)), np.array([1]), "one").get_offsets(),
+                                  [[0.0, 0.0]])
+    points = report._scatter_2d(line, np.array([[0.5], [-1.0], [2.0]]), np.array([7, 3, 7]), "1-D")
+    np.testing.assert_array_equal(points.get_offsets(), [[0.5, 1], [-1.0, 0], [2.0, 1]])
+    assert [tick.get_text() for tick in line.get_yticklabels()] == ["3", "7"] and line.get_ylabel() == "class"
+    codes = np.random.default_rng(0).normal(size=(20, 4))
+    from sklearn.decomposition import PCA
+
+    np.testing.assert_allclose(report._scatter_2d(wide, codes, None, "4-D").get_offsets(),
+                               PCA(n_components=2, random_state=0).fit_transform(codes))
+    plt.close(fig)
+
+
 def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
     np.savez(tmp_path / "unlabelled.npz", x_train=np.zeros((20, 8, 8), np.uint8))
     np.save(tmp_path / "images.npy", np.zeros((20, 8, 8), np.uint8))
