@@ -557,7 +557,7 @@ def sample(
         else:
             drawn = save_samples(encoder, output, n=n, label=chosen, random_state=seed,
                                  class_names=encoder.class_names_, force=force)
-    every_class = encoder.conditional and label is None
+    every_class = encoder.conditional and label is None and encoder.n_classes_ > 1
     rows = f" ({drawn // encoder.n_classes_:,} of each of {encoder.n_classes_:,} classes)" if every_class else ""
     typer.echo(f"wrote {_counted(drawn, 'sample')}{rows} to {' and '.join(map(str, written))}")
 

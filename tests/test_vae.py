@@ -913,6 +913,16 @@ def test_cli_conditional_samples_as_a_dataset_train_the_probes_that_real_images_
     assert (again.returncode, again.stderr) == (2, "fvae: error: seven.npz exists; pass --force to overwrite it\n")
 
 
+def test_cli_samples_of_a_conditional_vae_of_one_class_are_counted_without_rows(tmp_path, digits):
+    sevens = digits.train.images[digits.train.labels == 7]
+    np.savez(tmp_path / "sevens.npz", x=sevens, y=np.full(len(sevens), 7))
+    assert fit_tiny_conditional_vae(tmp_path, "sevens.npz", "cvae.npz").returncode == 0
+    sample = fvae_cli("sample", "--model", "cvae.npz", "-n", "5", "-o", "s.npz", cwd=tmp_path)
+    assert sample.stdout == "wrote 5 samples to s.npz\n", sample.stderr  # before: "(5 of each of 1 classes)"
+    with np.load(tmp_path / "s.npz") as saved:
+        np.testing.assert_array_equal(saved["labels"], [7] * 5)
+
+
 def fit_tiny_conditional_vae(cwd, data, output, *options, epochs=1):
     """``fvae fit vae --conditional`` of a tiny MLP (16 hidden units, 2-D latent) on ``data``."""
     return fvae_cli("fit", "vae", "--data", data, "-o", output, "--conditional", "--arch", "mlp", "--hidden", "16",
