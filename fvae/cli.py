@@ -286,7 +286,8 @@ def datasets(data_dir: DataDirOpt = None):
 
 # FisherVectorEncoder's parameters that a fit checks against the data, by the option that sets each
 FISHER_OPTIONS = {"n_components": "--components", "pca_components": "--pca", "patch_size": "--patch-size",
-                  "stride": "--stride", "spatial_pyramid": "--pyramid", "n_descriptor_samples": "--samples"}
+                  "stride": "--stride", "spatial_pyramid": "--pyramid", "n_descriptor_samples": "--samples",
+                  "patch_normalization": "--patch-norm"}
 
 
 @contextlib.contextmanager

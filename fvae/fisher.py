@@ -718,6 +718,10 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         images = check_image_batch(X, self.image_shape, "fit")
         sizes = patch_defaults(images.shape[1:], patch_size=self.patch_size, stride=self.stride,
                                pca_components=self.pca_components)
+        if sizes["patch_size"] == 1 and self.patch_normalization in ("center", "standardize"):
+            raise InputError(f"patch_normalization {self.patch_normalization} subtracts each patch's mean, which "
+                             "leaves every 1x1 patch 0 (patch_size 1): take larger patches, or patch_normalization "
+                             "none or l2")
         layout = patch_layout(images.shape[1:], sizes["patch_size"], sizes["stride"], self.spatial_pyramid)
         rng = check_random_state(self.random_state)
         n_total = len(images) * layout.n_patches

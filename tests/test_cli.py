@@ -212,6 +212,9 @@ def test_one_idx_images_file_is_fitted_on_and_encoded_as_its_split(tmp_path, dig
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--pca", "1000"], "--pca must be in [1, 16]: patches of 16"),
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--samples", "3"], "only 3 descriptors are sampled (--samples)"),
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--patch-size", "9"], "--patch-size 9 does not fit in 8x8"),
+    (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--patch-size", "1", "--pca", "1", "--patch-norm", "center"],
+     "--patch-norm center subtracts each patch's mean, which leaves every 1x1 patch 0 (--patch-size 1): take larger "
+     "patches, or --patch-norm none or l2"),
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--stride", "8"],
      "--pyramid needs patches in all four quadrants; 8x8 images with --patch-size 4 and --stride 8 give a 1x1 grid: "
      "a smaller --stride or --patch-size gives more cells, or turn --pyramid off"),

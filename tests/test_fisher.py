@@ -254,6 +254,11 @@ def test_bad_inputs_raise_clear_errors(digits):
         FisherVectorEncoder(patch_size=7, stride=2).fit(digits.train.images)
     with pytest.raises(InputError, match="patch_normalization"):
         FisherVectorEncoder(patch_normalization="zca").fit(digits.train.images)
+    for mode in ("center", "standardize"):  # was "all ... patches are the same (blank images?)"
+        with pytest.raises(InputError, match=rf"^patch_normalization {mode} subtracts each patch's mean, which "
+                                             r"leaves every 1x1 patch 0 \(patch_size 1\)"):
+            FisherVectorEncoder(**{**SMALL, "patch_size": 1, "pca_components": 1, "patch_normalization": mode}).fit(
+                digits.train.images)
     # the PCA's limit is named by what sets it: the patch size, or the descriptor sample
     with pytest.raises(InputError, match=r"^pca_components must be in \[1, 9\]: patches of 9 pixels; got 12$"):
         FisherVectorEncoder(**{**SMALL, "patch_size": 3, "pca_components": 12}).fit(digits.train.images)
