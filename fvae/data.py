@@ -730,9 +730,10 @@ def _stratified_split(split: Split, test_fraction: float) -> tuple[Split, Split]
 
     index = np.arange(len(split))
     counts = np.bincount(split.labels)
+    present = counts[counts > 0]
     n_test = math.ceil(test_fraction * len(split))  # as train_test_split rounds it
-    n_classes = np.count_nonzero(counts)
-    stratify = split.labels if counts[counts > 0].min() >= 2 and min(n_test, len(split) - n_test) >= n_classes else None
+    room_for_each_class = min(n_test, len(split) - n_test) >= len(present)
+    stratify = split.labels if present.min() >= 2 and room_for_each_class else None
     train_idx, test_idx = train_test_split(
         index, test_size=test_fraction, random_state=_SPLIT_SEED, stratify=stratify
     )
