@@ -746,11 +746,12 @@ def _stratified_split(split: Split, test_fraction: float) -> tuple[Split, Split]
     return subset(train_idx), subset(test_idx)
 
 
-def class_names_of(classes, class_names) -> list[str]:
+def class_names_of(classes, class_names=None) -> list[str]:
     """The name of each of ``classes`` (integer or string labels): its name in ``class_names`` (a
-    dict label -> name), else the label itself as text. A dataset's names are
+    dict label -> name; None names none), else the label itself as text. A dataset's names are
     ``dict(enumerate(dataset.class_names))``."""
-    return [str(class_names.get(c, c)) for c in np.asarray(classes).tolist()]
+    names = class_names or {}
+    return [str(names.get(c, c)) for c in np.asarray(classes).tolist()]
 
 
 def labels_named_as(split: Split, names: tuple[str, ...], to_names: tuple[str, ...], source: str,

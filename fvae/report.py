@@ -204,10 +204,12 @@ def _scatter_2d(ax, codes, labels, title):
         axes_label = ("PC 1", "PC 2")
         codes = _first_two_principal_components(codes)
     elif codes.shape[1] == 1:
-        axes_label = ("z1", "class" if labels is not None else "")
-        classes, rows = np.unique(labels, return_inverse=True) if labels is not None else ((), np.zeros(len(codes)))
-        codes = np.column_stack([codes[:, 0], rows])
+        axes_label, classes, rows = ("z1", ""), [], np.zeros(len(codes))
+        if labels is not None:
+            axes_label = ("z1", "class")
+            classes, rows = np.unique(labels, return_inverse=True)
         ax.set_yticks(np.arange(len(classes)), labels=[str(c) for c in classes])
+        codes = np.column_stack([codes[:, 0], rows])
     colours = {} if labels is None else _class_colours(labels)
     scatter = ax.scatter(codes[:, 0], codes[:, 1], s=4, alpha=0.7, **colours)
     ax.set_xlabel(axes_label[0])
@@ -232,7 +234,7 @@ def _class_colorbar(fig, scatter, axes, labels, class_names=None) -> None:
     bar = fig.colorbar(scatter, ax=axes, label="class")
     classes = np.unique(labels)
     if len(classes) <= MAX_NAMED_CLASSES:
-        bar.set_ticks(np.arange(len(classes)), labels=class_names_of(classes, class_names or {}))
+        bar.set_ticks(np.arange(len(classes)), labels=class_names_of(classes, class_names))
 
 
 def save_embedding(codes, labels, path, *, title="latent codes", class_names=None, force=True) -> Path:
@@ -336,13 +338,12 @@ def save_samples(encoder, path, *, n=64, label=None, random_state=0, class_names
     """
     from .vae.encoder import draw_samples
 
-    names = class_names or {}
     images, _ = draw_samples(encoder, n, label=label, random_state=random_state)
     if encoder.conditional and label is None:
         save_grid(images, path, n_cols=len(images) // encoder.n_classes_,
-                  row_labels=class_names_of(encoder.classes_, names), title="samples, one row per class", force=force)
+                  row_labels=class_names_of(encoder.classes_, class_names), title="samples, one row per class", force=force)
     else:
-        title = "samples from the prior" if label is None else f"class {class_names_of([label], names)[0]}"
+        title = "samples from the prior" if label is None else f"class {class_names_of([label], class_names)[0]}"
         save_grid(images, path, title=title, force=force)
     return len(images)
 
@@ -364,7 +365,7 @@ def save_manifold(encoder, path, *, class_names=None, force=True) -> Path:
     if not encoder.conditional:
         return save_grid(encoder.inverse_transform(z), path, n_cols=MANIFOLD_SIDE, title=title, force=force)
     panels = [tile(encoder.sample(len(z), label=c, z=z), MANIFOLD_SIDE) for c in encoder.classes_]
-    return save_panels(panels, path, names=class_names_of(encoder.classes_, class_names or {}),
+    return save_panels(panels, path, names=class_names_of(encoder.classes_, class_names),
                        title=title + ", a panel per class", force=force)
 
 
@@ -444,7 +445,7 @@ def vae_figures(encoder, images, labels, out_dir, *, frames=(), class_names=None
     if frames:
         # the callback keeps one frame per finished epoch, from the first
         captions = [f"epoch {epoch}" for epoch in range(1, len(frames) + 1)]
-        rows = class_names_of(encoder.classes_, class_names or {}) if cond else None  # EpochSamples: a row per class
+        rows = class_names_of(encoder.classes_, class_names) if cond else None  # EpochSamples: a row per class
         written.append(save_gif(list(frames), path["training.gif"], captions=captions, row_labels=rows, force=force))
     return written
 

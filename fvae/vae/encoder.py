@@ -619,7 +619,7 @@ def save_sample_dataset(encoder: VAEEncoder, path, n: int, *, label=None, random
 def _labels_as_named(encoder: VAEEncoder, labels: np.ndarray) -> np.ndarray:
     """``labels`` (values of ``classes_``) as the model names them: unchanged where every class is
     named by its own number, else each class's name."""
-    names = class_names_of(encoder.classes_, getattr(encoder, "class_names_", None) or {})
+    names = class_names_of(encoder.classes_, getattr(encoder, "class_names_", None))
     if names == [str(c) for c in encoder.classes_.tolist()]:
         return labels
     return np.asarray(names)[_class_positions(labels, encoder.classes_, "labels")]
