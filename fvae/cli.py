@@ -530,7 +530,10 @@ def sample(
     from .extract import output_paths
     from .persist import read_header, refuse_overwrite, refuse_unwritable, saved_method
 
-    kind = next((suffix for suffix in SAMPLE_OUTPUTS if output.name.lower().endswith(suffix)), ".png")
+    kind = next((suffix for suffix in SAMPLE_OUTPUTS if output.name.lower().endswith(suffix)), None)
+    if kind is None:
+        raise _bad_option("--output", f"{output}: samples are written as .png (a grid), .npy (an array) "
+                                      "or .npz (a labelled dataset)")
     _check_output_suffix(output, kind, SAMPLE_OUTPUTS[kind])
     if kind == ".png" and n > MAX_GRID_SAMPLES:
         raise _bad_option("-n", f"{n:,} samples are more than a .png grid shows ({MAX_GRID_SAMPLES:,}): "

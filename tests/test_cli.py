@@ -281,7 +281,11 @@ def test_out_of_range_options_are_refused_by_the_option_name_not_the_library_par
     # "-o .npz" wrote a hidden file, and "-o .png" was told to end in .png, which it does
     (["fit", "fisher"], ".npz", ".npz: the model file needs a name before .npz"),
     (["sample", "--model", "v.npz"], ".png", ".png: the sample grid needs a name before .png"),
-    (["sample", "--model", "v.npz"], "grid.jpg", "grid.jpg: the sample grid is written as .png"),
+    # a wrong suffix was told of .png alone, though .npy and .npz are written too
+    (["sample", "--model", "v.npz"], "grid.jpg",
+     "grid.jpg: samples are written as .png (a grid), .npy (an array) or .npz (a labelled dataset)"),
+    (["sample", "--model", "v.npz"], "samples",
+     "samples: samples are written as .png (a grid), .npy (an array) or .npz (a labelled dataset)"),
     (["sample", "--model", "v.npz"], ".npy", ".npy: the sample array needs a name before .npy"),
     (["sample", "--model", "v.npz"], ".npz", ".npz: the sample dataset needs a name before .npz"),
 ])
