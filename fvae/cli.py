@@ -347,12 +347,13 @@ def fit_fisher(
     import time
 
     from .data import load_dataset
-    from .persist import refuse_unwritable
+    from .persist import refuse_replacing_inputs, refuse_unwritable
 
     if alpha is not None and not improved:
         raise _bad_option("--alpha", "applies to the improved Fisher Vector only, not with --no-improved")
     given = {} if alpha is None else {"alpha": alpha}  # otherwise FisherVectorEncoder's default
     _check_output_suffix(output, ".npz", "model file")
+    refuse_replacing_inputs([output], {"--data": data})
     refuse_unwritable(output, force=force)  # before the fit, which may take minutes
     dataset = load_dataset(data, data_dir)
     train = _fitting_split(dataset, split)
@@ -431,6 +432,7 @@ def fit_vae(
     which is taken as Ctrl-C is).
     """
     from .data import load_dataset
+    from .persist import history_paths, refuse_replacing_inputs
     from .report import refuse_vae_outputs
 
     # Options of another architecture or likelihood would be ignored: refuse them instead.
@@ -445,6 +447,7 @@ def fit_vae(
     if binarization is not None:
         given["binarization"] = binarization.value
     # before the data and TensorFlow load: a file in the way is refused at once
+    refuse_replacing_inputs([output, *history_paths(output).values()], {"--data": data})
     refuse_vae_outputs(output, figures, latent_dim=latent_dim, force=force)
     dataset = load_dataset(data, data_dir)
     train = _fitting_split(dataset, split)
@@ -528,7 +531,7 @@ def sample(
     REAL" trains on the samples and tests on real images.
     """
     from .extract import output_paths
-    from .persist import read_header, refuse_overwrite, refuse_unwritable, saved_method
+    from .persist import read_header, refuse_overwrite, refuse_replacing_inputs, refuse_unwritable, saved_method
 
     kind = next((suffix for suffix in SAMPLE_OUTPUTS if output.name.lower().endswith(suffix)), None)
     if kind is None:
@@ -538,6 +541,7 @@ def sample(
     if kind == ".png" and n > MAX_GRID_SAMPLES:
         raise _bad_option("-n", f"{n:,} samples are more than a .png grid shows ({MAX_GRID_SAMPLES:,}): "
                                 "write them as .npy or .npz")
+    refuse_replacing_inputs([output, output_paths(output)["labels"]], {"--model": model})
     refuse_unwritable(output, force=force)
     saved_method(model, "vae")  # a missing or wrong file is refused before TensorFlow loads
     conditional = kind != ".png" and read_header(model).get("params", {}).get("conditional")
@@ -620,7 +624,7 @@ def encode(
     from .data import load_dataset
     from .extract import (check_scheduler_address, dask_client, extract_features, output_format, output_paths,
                           refuse_existing_outputs)
-    from .persist import saved_method
+    from .persist import refuse_replacing_inputs, saved_method
 
     output_format(output)
     if scheduler is not None:
@@ -639,6 +643,8 @@ def encode(
         raise _bad_option("--jobs", "applies to Fisher encoding, or to --dask workers: the VAE encodes with "
                                     "TensorFlow's threads, all cores already")
     # Checked before loading or fitting anything, so a refusal costs nothing.
+    written = [paths[key] for key in ("features", "labels", "sidecar")] + ([paths["model"]] if model is None else [])
+    refuse_replacing_inputs(written, {"--data": data, "--model": model})
     refuse_existing_outputs(output, force=force, resume=resume)
     if model is None and paths["model"].exists() and not force:
         # A run that failed after fitting leaves its model; say how to use it, not only --force.
@@ -750,12 +756,15 @@ def evaluate(
     Writes runs/NAME/report.json, report.md, figures/ and the models it fits (models/)."""
     from .evaluate import (Settings, evaluate as run_evaluation, given_models, load_splits, markdown_table,
                            parse_methods, run_name)
-    from .persist import atomic_directory
+    from .persist import atomic_directory, refuse_replacing_inputs
     from .report import write_run
 
     chosen = parse_methods(methods)
     given_models(chosen, fisher_model, vae_model)  # before the data loads: a wrong model file is refused at once
     run_dir = runs_dir / (run_name(data) if name is None else name)
+    refuse_replacing_inputs([run_dir], {"--data": data, "--test-data": test_data, "--fisher-model": fisher_model,
+                                        "--vae-model": vae_model},
+                            otherwise="copy it out of the run first, or write this run under another --name")
     # refuses an existing run before any work
     with atomic_directory(run_dir, force=force, otherwise="--name to write another run beside it") as tmp:
         if quiet:

@@ -189,6 +189,41 @@ def refuse_overwrite(*paths, force: bool = False, otherwise: str | None = None) 
             raise OutputExistsError(f"{path} exists; pass --force to overwrite it{instead}")
 
 
+def refuse_replacing_inputs(outputs, inputs: dict, *, otherwise: str = "write to another name") -> None:
+    """Refuse, even with ``force``, to write an output over a file the command reads: an output
+    that is one of ``inputs``, or a folder (a run, a .zarr store) that holds one. ``--force``
+    means "replace my old outputs", not "destroy my data or model": a sample grid written over
+    its own --model, or a run replaced with the model it was told to reuse, loses that file.
+
+    Parameters
+    ----------
+    outputs : iterable of path-like
+        What the command writes (files or folders).
+    inputs : dict
+        The files it reads, keyed by the option naming each (``{"--model": path}``); a None
+        path (an option not given) and a name that is no file (``digits``) are passed over.
+    otherwise : str, default="write to another name"
+        The way out, named in the message.
+
+    Raises
+    ------
+    OutputExistsError
+        Naming the output and the input it would replace.
+    """
+    for output in map(Path, outputs):
+        if not output.exists():
+            continue  # an input exists, so a missing output replaces none
+        for option, path in inputs.items():
+            if path is None or not Path(path).exists():
+                continue
+            if os.path.samefile(output, path):
+                raise OutputExistsError(f"{output} is the {option} this command reads, so even --force does not "
+                                        f"replace it: {otherwise}")
+            if output.is_dir() and output.resolve() in Path(path).resolve().parents:
+                raise OutputExistsError(f"{output} holds {option} {path}, which this command reads, so even --force "
+                                        f"does not replace it: {otherwise}")
+
+
 def refuse_unwritable(path, *, force: bool = False, folder: bool = False) -> None:
     """Refuse now an output that could not be written at the end of a long run: one that exists
     (unless ``force``), a folder in the place of a file, or one in a folder that takes no files

@@ -766,6 +766,38 @@ def test_a_folder_in_the_place_of_an_output_file_is_refused_even_with_force(tmp_
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [folder, folder / "yours.txt"]
 
 
+@pytest.mark.parametrize("args, message", [
+    (["sample", "--model", "vae.npz", "-o", "vae.npz"], "vae.npz is the --model this command reads"),
+    (["fit", "fisher", "--data", "data.npz", "-o", "data.npz"], "data.npz is the --data this command reads"),
+    (["fit", "vae", "--data", "data.npz", "-o", "data.npz"], "data.npz is the --data this command reads"),
+    (["encode", "--data", "data.npz", "-o", "data.npz"], "data.npz is the --data this command reads"),
+    (["encode", "--data", "digits", "--model", "fisher.npz", "-o", "fisher.npz"],
+     "fisher.npz is the --model this command reads"),
+    (["encode", "--data", "digits", "--model", "fisher.npz", "-o", "link.npz"],
+     "link.npz is the --model this command reads"),
+    (["evaluate", "--data", "digits", "--methods", "fisher", "--fisher-model", "runs/digits/models/fisher.npz"],
+     "runs/digits holds --fisher-model runs/digits/models/fisher.npz, which this command reads"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else "")
+def test_an_output_that_would_replace_the_command_s_own_input_is_refused_even_with_force(tmp_path, monkeypatch,
+                                                                                          args, message):
+    """--force wrote samples over their own --model, features over the model encoding them, and
+    replaced a run together with the saved model the new run was told to reuse, leaving a report
+    that names a file no longer there."""
+    loading_no_data(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    np.savez("data.npz", images=np.zeros((4, 8, 8), np.uint8))
+    save_model("vae.npz", method="vae", params={}, arrays={}, input_shape=(8, 8))
+    save_model("fisher.npz", method="fisher", params={}, arrays={}, input_shape=(8, 8))
+    Path("link.npz").symlink_to("fisher.npz")
+    Path("runs/digits/models").mkdir(parents=True)
+    save_model("runs/digits/models/fisher.npz", method="fisher", params={}, arrays={}, input_shape=(8, 8))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    result = runner.invoke(app, [*args, "--force"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"fvae: error: {message}, so even --force does not replace it: ")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("args, output", [
     (["fit", "fisher", "--data", "digits", "-o", "taken/m.npz"], "taken/m.npz"),
     (["fit", "vae", "--data", "digits", "-o", "taken/deeper/m.npz"], "taken/deeper/m.npz"),
