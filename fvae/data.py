@@ -38,7 +38,11 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Bag", "Ankle boot")
 MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: The image files an image folder is read from: the formats Pillow reads without extra
+#: libraries (Keras's image_dataset_from_directory reads the first four). An animated GIF or a
+#: multi-page TIFF gives its first frame, as Keras gives it.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGE_FORMATS = "PNG, JPEG, BMP, GIF, TIFF or WebP"
 #: The largest label taken as a class number (ImageNet-21k has 21,841 classes).
 MAX_CLASS_NUMBER = 100_000
 _IDX_PREFIXES = {"train": "train", "test": "t10k"}
@@ -246,7 +250,7 @@ class RawImages(LazyImages):
 
 
 class ImageFiles(LazyImages):
-    """Grayscale images read from PNG/JPEG files, one file per image, when sliced."""
+    """Grayscale images read from image files (:data:`IMAGE_SUFFIXES`), one per image, when sliced."""
 
     def __init__(self, files, shape):
         super().__init__((len(files),) + tuple(shape))
@@ -626,7 +630,7 @@ def image_file_names(images, root) -> list[str] | None:
 
 
 def _image_files_in(folder: Path) -> list[Path]:
-    """The PNG and JPEG files in ``folder`` (not in its subfolders, not hidden), sorted by name;
+    """The image files in ``folder`` (not in its subfolders, not hidden), sorted by name;
     none if there is no such folder (a class that one split of a train/test folder lacks)."""
     if not folder.is_dir():
         return []
@@ -639,7 +643,7 @@ def _load_flat_image_folder(folder: Path, lazy: bool) -> Dataset:
     the order of the files' names."""
     files = _image_files_in(folder)
     if not files:
-        raise DataError(f"{folder}: no idx files, no class subfolders and no PNG or JPEG images")
+        raise DataError(f"{folder}: no idx files, no class subfolders and no images ({IMAGE_FORMATS})")
     return Dataset(str(folder), str(folder), None, _read_image_files(files, None, lazy))
 
 
@@ -658,6 +662,7 @@ def _opened_image(file: Path):
 def _read_image_file(file: Path, shape=None) -> np.ndarray:
     """One image file as uint8 grayscale; with ``shape``, it must have that size."""
     with _opened_image(file) as img:
+        _refuse_floating_point(file, img.mode)
         pixels = _grey_levels(img)
     if shape is not None:
         _check_same_size(file, pixels.shape, shape)
@@ -680,7 +685,17 @@ def _check_image_headers(files, shape) -> None:
     for file in files:
         with _opened_image(file) as img:
             width, height = img.size
+            _refuse_floating_point(file, img.mode)
         _check_same_size(file, (height, width), shape)
+
+
+def _refuse_floating_point(file: Path, mode: str) -> None:
+    """Refuse a floating-point image (a TIFF of mode "F"): its grey levels may be in [0, 1] or
+    [0, 255] or any other range, and converting it as Pillow does would clip [0, 1] to black.
+    fvae guesses no scale file by file; a .npy of all the images is read by one rule."""
+    if mode == "F":
+        raise DataError(f"{file}: floating-point pixels, which fvae reads from a .npy of all the images "
+                        "(values in [0, 1] or [0, 255]), not from image files")
 
 
 def _grey_levels(img) -> np.ndarray:
@@ -693,14 +708,21 @@ def _grey_levels(img) -> np.ndarray:
 
 
 def _read_class_folders(folder: Path, class_names: list[str], lazy: bool = False) -> Split:
-    files, labels = [], []
-    for label, name in enumerate(class_names):
-        found = _image_files_in(folder / name)
-        files += found
-        labels += [label] * len(found)
+    found = {name: _image_files_in(folder / name) for name in class_names}
+    files = [file for name in class_names for file in found[name]]
     if not files:
-        raise DataError(f"{folder}: class subfolders hold no PNG or JPEG images")
-    return _read_image_files(files, np.asarray(labels, dtype=np.int64), lazy)
+        raise DataError(f"{folder}: class subfolders hold no images ({IMAGE_FORMATS})")
+    _warn_of_empty_classes(folder, [name for name in class_names if not found[name]])
+    labels = np.repeat(np.arange(len(class_names), dtype=np.int64), [len(found[name]) for name in class_names])
+    return _read_image_files(files, labels, lazy)
+
+
+def _warn_of_empty_classes(folder: Path, empty: list[str]) -> None:
+    """A class subfolder without images (empty, or of files fvae does not read) still counts as
+    a class: say so. A class that one split of a train/test folder lacks altogether is no news."""
+    for name in empty:
+        if (folder / name).is_dir():
+            log.warning("%s: no images (%s), so class %r has none", folder / name, IMAGE_FORMATS, name)
 
 
 def _read_image_files(files: list[Path], labels: np.ndarray | None, lazy: bool) -> Split:

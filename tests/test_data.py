@@ -289,7 +289,7 @@ def test_a_folder_of_images_without_classes_is_unlabelled_test_images_in_the_ord
     assert names == [f"{i}.png" for i in in_name_order]
     assert image_file_names(fvae.load_dataset(tmp_path / "flat").test.images, tmp_path / "flat") is None  # read
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="empty: no idx files, no class subfolders and no PNG or JPEG images$"):
+    with pytest.raises(DataError, match=r"empty: no idx files, no class subfolders and no images \(PNG, JPEG, BMP, GIF, TIFF or WebP\)$"):
         fvae.load_dataset(tmp_path / "empty")
 
 
@@ -321,6 +321,47 @@ def test_16_bit_pngs_are_scaled_to_8_bits_and_deep_arrays_refused_with_how_to_sc
     advised = np.rint(deep / (2**16 - 1) * 255)  # x * 255 first would overflow uint16
     np.save(tmp_path / "eight.npy", np.stack([advised.astype(np.uint16)] * 2))
     np.testing.assert_array_equal(fvae.load_dataset(tmp_path / "eight.npy").test.images, pixels[:2])
+
+
+@pytest.mark.parametrize("suffix", [".bmp", ".gif", ".tif", ".tiff", ".webp"])
+def test_lossless_formats_beside_png_read_the_same_grey_levels(tmp_path, tiny, suffix):
+    """A class folder of .tif or .bmp files held "no PNG or JPEG images": the class was empty."""
+    images, labels = tiny
+    write_image_folder(tmp_path / "png", images, [f"c{lab}" for lab in labels])
+    for png in (tmp_path / "png").rglob("*.png"):
+        other = tmp_path / "other" / png.relative_to(tmp_path / "png").with_suffix(suffix)
+        other.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(png).save(other, **({"lossless": True} if suffix == ".webp" else {}))
+    assert not list((tmp_path / "other").rglob("*.png"))
+    for lazy in (False, True):
+        want, got = fvae.load_dataset(tmp_path / "png"), fvae.load_dataset(tmp_path / "other", lazy=lazy)
+        assert got.class_names == want.class_names
+        for split in ("train", "test"):
+            np.testing.assert_array_equal(getattr(got, split).images[:], getattr(want, split).images)
+            np.testing.assert_array_equal(getattr(got, split).labels, getattr(want, split).labels)
+
+
+def test_a_floating_point_tiff_is_refused_not_clipped_to_black(tmp_path, tiny):
+    """Pillow's convert("L") turned a TIFF of grey levels in [0, 1] into 0s and 1s."""
+    images, labels = tiny
+    write_image_folder(tmp_path / "f", images, [f"c{lab}" for lab in labels])
+    Image.fromarray(images[0].astype(np.float32) / 255, mode="F").save(tmp_path / "f" / "c1" / "z.tif")
+    for lazy in (False, True):
+        with pytest.raises(DataError, match=r"z.tif: floating-point pixels, which fvae reads from a .npy of all the "
+                                            r"images \(values in \[0, 1\] or \[0, 255\]\), not from image files$"):
+            fvae.load_dataset(tmp_path / "f", lazy=lazy)
+
+
+def test_a_class_subfolder_without_images_is_a_class_with_a_warning(tmp_path, tiny, caplog):
+    images, labels = tiny
+    write_image_folder(tmp_path / "f", images, [f"c{lab}" for lab in labels])
+    (tmp_path / "f" / "d").mkdir()
+    (tmp_path / "f" / "d" / "scan.heic").write_bytes(b"a format fvae does not read")
+    with caplog.at_level(logging.WARNING, logger="fvae"):
+        ds = fvae.load_dataset(tmp_path / "f")
+    assert ds.class_names == ("c0", "c1", "c2", "d") and len(ds.split("all")) == 12
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'f' / 'd'}: no images (PNG, JPEG, BMP, GIF, TIFF or WebP), so class 'd' has none"]
 
 
 def test_image_folder_with_train_and_test_subfolders(tmp_path, tiny):
