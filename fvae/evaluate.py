@@ -344,6 +344,13 @@ def encode_all(train: Split, test: Split, probe_index, settings: Settings, *, fi
 
 
 def _scores(y_true, y_pred, classes) -> dict:
+    """Accuracy with its 95% Wilson interval, macro-F1 and the confusion matrix (rows and columns:
+    ``classes``, all the train source's classes, so that every probe's matrix has one shape).
+
+    Macro-F1 averages over the classes the test set holds or the probe predicts, as scikit-learn's
+    own default does: a class of neither has no F1, and counting it as 0 would score a perfect
+    probe on a test set of 3 of 10 classes 0.3.
+    """
     from scipy.stats import binomtest
     from sklearn.metrics import confusion_matrix, f1_score
 
@@ -352,7 +359,8 @@ def _scores(y_true, y_pred, classes) -> dict:
     return {
         "accuracy": correct / len(y_true),
         "accuracy_ci95": [float(interval.low), float(interval.high)],
-        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=np.union1d(y_true, y_pred), average="macro",
+                                   zero_division=0)),
         "confusion": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
     }
 

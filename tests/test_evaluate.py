@@ -639,6 +639,20 @@ def test_cli_reuses_saved_models_and_refuses_to_overwrite(cli_run, tmp_path):
     assert "vae_samples.png" not in " ".join(second["figures"])
 
 
+def test_macro_f1_averages_over_the_classes_tested_or_predicted_not_all_the_train_classes():
+    """A perfect probe on a test set of 3 of the train source's 10 classes scored macro-F1 0.3:
+    the 7 classes with no test image and no prediction counted as F1 0."""
+    from fvae.evaluate import _scores
+
+    classes = np.arange(10)
+    perfect = _scores([0, 1, 2, 2], [0, 1, 2, 2], classes)
+    assert perfect["macro_f1"] == 1.0 and perfect["accuracy"] == 1.0
+    assert np.array(perfect["confusion"]).shape == (10, 10)  # every train class still has its row and column
+    # a class predicted but never tested counts, with F1 0: classes 0 (F1 1), 1 (F1 2/3), 5 (F1 0)
+    wrong = _scores([0, 1, 1], [0, 1, 5], classes)
+    assert wrong["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+
+
 def test_cli_a_test_folder_of_some_classes_is_scored_by_class_name(tmp_path, digits):
     """Two image folders number their classes each by its own subfolders: a test folder of dogs
     and foxes has them as 0 and 1, which the train folder calls cat and dog."""
