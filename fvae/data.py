@@ -851,6 +851,11 @@ def _digit_names(splits: dict[str, Split]) -> tuple[str, ...]:
 # named sources
 
 
+def _no_folder(path) -> str:
+    """Why ``path``, given as a folder, is none: it does not exist, or it is a file."""
+    return "a file, not a folder" if Path(path).expanduser().exists() else "no such folder"
+
+
 def data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Folders searched for named datasets, in order: ``data_dir``, ``$FVAE_DATA_DIR``, ``./data``.
 
@@ -858,10 +863,11 @@ def data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     otherwise send ``mnist`` to the download, or offline to the 5,000-image stand-in.
     """
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise DataError(f"{data_dir}: no such folder (data_dir, --data-dir)")
+        raise DataError(f"{data_dir}: {_no_folder(data_dir)} (data_dir, --data-dir)")
     from_environment = os.environ.get("FVAE_DATA_DIR")
     if from_environment and not Path(from_environment).expanduser().is_dir():
-        raise DataError(f"FVAE_DATA_DIR={from_environment}: no such folder (point it at one, or unset it)")
+        raise DataError(f"FVAE_DATA_DIR={from_environment}: {_no_folder(from_environment)} (point it at one, or "
+                        "unset it)")
     dirs = [data_dir, from_environment, "data"]
     return [Path(d).expanduser() for d in dirs if d]
 
