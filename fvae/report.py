@@ -521,6 +521,9 @@ def _vae_targets_note(report: dict) -> str:
     if params.get("likelihood") == "bernoulli" and params.get("binarization") == "none":
         return (" Its decoder is scored by cross-entropy against the grey pixels, the ones every encoding "
                 "reconstructs here, so these are not the ELBOs of binarized images that papers report.")
+    if params.get("likelihood") == "gaussian":
+        return (" Its decoder is a Gaussian density over the grey pixels, so these are nats of a density, not of "
+                "a probability: they do not compare with the ELBOs of binarized images that papers report.")
     return ""
 
 

@@ -558,6 +558,23 @@ def test_cli_writes_every_file_valid(cli_run):
     assert not list((cwd / "runs").glob(".*"))  # no temporary folder left behind
 
 
+@pytest.mark.parametrize("likelihood, binarization, note", [
+    ("bernoulli", "none", "cross-entropy against the grey pixels"),
+    ("gaussian", "threshold", "nats of a density, not of a probability"),  # before: no word of it
+    ("bernoulli", "dynamic", None),  # binarized pixels: the ELBO papers report
+    ("bernoulli", "threshold", None),
+])
+def test_the_report_says_when_the_vae_s_elbo_is_not_one_of_binarized_images(likelihood, binarization, note):
+    from fvae.report import _vae_targets_note
+
+    report = {"settings": {"vae_params": {"likelihood": likelihood, "binarization": binarization}}}
+    said = _vae_targets_note(report)
+    if note is None:
+        assert said == ""
+    else:
+        assert note in said and said.endswith(" the ELBOs of binarized images that papers report.")
+
+
 def test_cli_report_numbers_are_consistent(cli_run):
     cwd, result = cli_run
     assert result.returncode == 0, result.stderr
