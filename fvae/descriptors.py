@@ -141,6 +141,8 @@ def fit_pca(sample: np.ndarray, n_components: int, whiten: bool, random_state,
     from sklearn.decomposition import PCA
 
     n_samples, n_features = sample.shape
+    if n_samples < 2:  # one point has no directions of variance; its "blank images?" refusal misled
+        raise InputError(f"only {n_samples} descriptor is sampled ({sampled_from}): a PCA needs at least 2")
     if not 1 <= n_components <= min(n_samples, n_features):
         limit = (f"patches of {n_features} pixels" if n_features <= n_samples
                  else f"only {n_samples} descriptors are sampled ({sampled_from})")

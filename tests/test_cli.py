@@ -211,6 +211,9 @@ def test_one_idx_images_file_is_fitted_on_and_encoded_as_its_split(tmp_path, dig
     # limits the data sets, which only the fit can check: named by the options, as the next test's are
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--pca", "1000"], "--pca must be in [1, 16]: patches of 16"),
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--samples", "3"], "only 3 descriptors are sampled (--samples)"),
+    # one descriptor was refused as "all 1 sampled patches are the same (blank images?)"
+    (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--samples", "1", "--pca", "1"],
+     "only 1 descriptor is sampled (--samples): a PCA needs at least 2"),
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--patch-size", "9"], "--patch-size 9 does not fit in 8x8"),
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--patch-size", "1", "--pca", "1", "--patch-norm", "center"],
      "--patch-norm center subtracts each patch's mean, which leaves every 1x1 patch 0 (--patch-size 1): take larger "
