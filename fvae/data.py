@@ -495,16 +495,27 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
 
 def _as_labels(labels: np.ndarray, n: int, where) -> np.ndarray:
     labels = np.asarray(labels)
+    if _is_one_hot(labels) and len(labels) == n:  # keras.utils.to_categorical's labels
+        labels = labels.argmax(axis=1)
     if labels.ndim != 1 or len(labels) != n:
         raise DataError(f"{where}: {n} images but labels of shape {labels.shape}")
     return _class_numbers(labels, where)
+
+
+def _is_one_hot(labels: np.ndarray) -> bool:
+    """Whether ``labels`` is one-hot: one row per image, a single 1 in each, 0 elsewhere."""
+    if labels.ndim != 2 or labels.shape[1] < 2 or labels.dtype.kind not in "biuf":
+        return False
+    return bool(np.isin(labels, (0, 1)).all() and (labels.sum(axis=1) == 1).all())
 
 
 def _class_numbers(labels: np.ndarray, where) -> np.ndarray:
     """1-D ``labels`` (an .npz array, an idx file) as int64 class numbers, refused unless each is
     a whole number from 0 to ``MAX_CLASS_NUMBER``: a source's classes are named 0 up to its
     largest label, so a label of 9,000,000 (an id, say) made nine million names, and a sidecar of
-    134 MB."""
+    134 MB. Booleans are classes 0 and 1 (False, True)."""
+    if labels.dtype == bool:
+        labels = labels.astype(np.int64)
     if not np.issubdtype(labels.dtype, np.integer):
         if not np.issubdtype(labels.dtype, np.floating) or not np.all(labels == np.round(labels)):
             raise DataError(f"{where}: labels must be integers, found dtype {labels.dtype}")

@@ -211,6 +211,27 @@ def test_an_npz_of_class_names_numbers_them_as_an_image_folder_numbers_its_subfo
         fvae.load_dataset(tmp_path / "short.npz")
 
 
+def test_one_hot_and_boolean_labels_are_read_as_class_numbers(tmp_path, tiny):
+    """keras.utils.to_categorical's one-hot rows were refused as "labels of shape (12, 3)", and a
+    boolean label (is it a cat?) as "labels must be integers"."""
+    images, labels = tiny
+    np.savez(tmp_path / "numbers.npz", x_train=images, y_train=labels, x_test=images[:3], y_test=labels[:3])
+    np.savez(tmp_path / "onehot.npz", x_train=images, y_train=np.eye(3)[labels],
+             x_test=images[:3], y_test=np.eye(3, dtype=np.uint8)[labels[:3]])
+    want, got = fvae.load_dataset(tmp_path / "numbers.npz"), fvae.load_dataset(tmp_path / "onehot.npz")
+    assert got.class_names == want.class_names == ("0", "1", "2")
+    np.testing.assert_array_equal(got.train.labels, want.train.labels)
+    np.testing.assert_array_equal(got.test.labels, want.test.labels)
+    np.savez(tmp_path / "bool.npz", images=images, labels=labels == 1)
+    everything = fvae.load_dataset(tmp_path / "bool.npz").split("all")
+    assert sorted(everything.labels.tolist()) == sorted((labels == 1).astype(int).tolist())
+    # rows that are not one 1 among 0s (two classes at once, scores) are not taken for one-hot
+    two_hot = np.eye(3)[labels] + np.eye(3)[(labels + 1) % 3]
+    np.savez(tmp_path / "two.npz", images=images, labels=two_hot)
+    with pytest.raises(DataError, match=r"two.npz\[labels\]: 12 images but labels of shape \(12, 3\)"):
+        fvae.load_dataset(tmp_path / "two.npz")
+
+
 @pytest.mark.parametrize("name, payload, message", [
     ("text.npz", b"x,y\n1,2\n", "not a .npz file (it does not start like one)"),
     ("text.npy", b"x,y\n1,2\n", "not a .npy file (it does not start like one)"),
