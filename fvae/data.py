@@ -495,7 +495,9 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
 
 def _as_labels(labels: np.ndarray, n: int, where) -> np.ndarray:
     labels = np.asarray(labels)
-    if _is_one_hot(labels) and len(labels) == n:  # keras.utils.to_categorical's labels
+    if labels.shape == (n, 1):  # a column, as keras.datasets.cifar10 gives its labels
+        labels = labels[:, 0]
+    elif _is_one_hot(labels) and len(labels) == n:  # keras.utils.to_categorical's labels
         labels = labels.argmax(axis=1)
     if labels.ndim != 1 or len(labels) != n:
         raise DataError(f"{where}: {n} images but labels of shape {labels.shape}")

@@ -211,14 +211,19 @@ def test_an_npz_of_class_names_numbers_them_as_an_image_folder_numbers_its_subfo
         fvae.load_dataset(tmp_path / "short.npz")
 
 
-def test_one_hot_and_boolean_labels_are_read_as_class_numbers(tmp_path, tiny):
-    """keras.utils.to_categorical's one-hot rows were refused as "labels of shape (12, 3)", and a
-    boolean label (is it a cat?) as "labels must be integers"."""
+@pytest.mark.parametrize("layout", ["one-hot", "column"])
+def test_one_hot_column_and_boolean_labels_are_read_as_class_numbers(tmp_path, tiny, layout):
+    """keras.utils.to_categorical's one-hot rows were refused as "labels of shape (12, 3)",
+    keras.datasets.cifar10's column of labels as "labels of shape (12, 1)", and a boolean label
+    (is it a cat?) as "labels must be integers"."""
     images, labels = tiny
     np.savez(tmp_path / "numbers.npz", x_train=images, y_train=labels, x_test=images[:3], y_test=labels[:3])
-    np.savez(tmp_path / "onehot.npz", x_train=images, y_train=np.eye(3)[labels],
-             x_test=images[:3], y_test=np.eye(3, dtype=np.uint8)[labels[:3]])
-    want, got = fvae.load_dataset(tmp_path / "numbers.npz"), fvae.load_dataset(tmp_path / "onehot.npz")
+    if layout == "one-hot":
+        train, test = np.eye(3)[labels], np.eye(3, dtype=np.uint8)[labels[:3]]
+    else:
+        train, test = labels[:, None], labels[:3, None].astype(np.uint8)
+    np.savez(tmp_path / "other.npz", x_train=images, y_train=train, x_test=images[:3], y_test=test)
+    want, got = fvae.load_dataset(tmp_path / "numbers.npz"), fvae.load_dataset(tmp_path / "other.npz")
     assert got.class_names == want.class_names == ("0", "1", "2")
     np.testing.assert_array_equal(got.train.labels, want.train.labels)
     np.testing.assert_array_equal(got.test.labels, want.test.labels)
