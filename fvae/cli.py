@@ -381,13 +381,14 @@ TENSOR_SIZE_MAX = 2**31 - 1
 
 
 def _hidden_sizes(text: str) -> tuple:
+    """--hidden's layer sizes: "512,256", or "512-256" as the literature writes them."""
     try:
-        sizes = tuple(int(part) for part in text.split(","))
+        sizes = tuple(int(part) for part in re.split(r"[,-]", text))
     except ValueError:
         sizes = ()
     if not sizes or min(sizes) < 1 or max(sizes) > TENSOR_SIZE_MAX:
-        raise _bad_option("--hidden", f"{text!r}: expected positive sizes separated by commas, e.g. 512,256, "
-                                      f"each at most {TENSOR_SIZE_MAX}")
+        raise _bad_option("--hidden", f"{text!r}: expected positive sizes separated by commas, e.g. 512,256 (or "
+                                      f"512-256), each at most {TENSOR_SIZE_MAX}")
     return sizes
 
 
@@ -398,7 +399,7 @@ def fit_vae(
     output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.npz).")],
     arch: Annotated[Arch, typer.Option(help="Encoder/decoder architecture.")] = Arch.conv,
     latent_dim: Annotated[int, typer.Option(min=1, max=TENSOR_SIZE_MAX, help="Latent dimensions.")] = 32,
-    hidden: Annotated[Optional[str], typer.Option(help="MLP hidden sizes, comma-separated (default: 512,256).")] = None,
+    hidden: Annotated[Optional[str], typer.Option(help="MLP hidden sizes, e.g. 1024,512 or 1024-512 (default: 512,256).")] = None,
     likelihood: Annotated[Likelihood, typer.Option(help="Decoder likelihood.")] = Likelihood.bernoulli,
     binarization: Annotated[Optional[Binarization], typer.Option(
         help="Bernoulli targets: threshold 0.5, dynamic, or grey (default: threshold).")] = None,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 from typer.main import get_command
 from typer.testing import CliRunner
 
@@ -259,7 +260,8 @@ def test_user_errors_are_one_line_exit_2_no_output(tmp_path, args, message):
      "'--latent-dim': must be <= 2147483647, got 99999999999999999999 (", "latent_dim"),
     (["fit", "vae", "--batch-size", str(2**31)], f"'--batch-size': must be <= {2**31 - 1}, got {2**31} (", "batch_size"),
     (["fit", "vae", "--arch", "mlp", "--hidden", "8,2147483648"],
-     "'--hidden': '8,2147483648': expected positive sizes separated by commas, e.g. 512,256, each at most 2147483647",
+     "'--hidden': '8,2147483648': expected positive sizes separated by commas, e.g. 512,256 (or 512-256), each at "
+     "most 2147483647",
      "hidden must"),
     # a choice's error names the value itself: nothing is added
     (["fit", "vae", "--arch", "rnn"], "'--arch': 'rnn' is not one of 'conv', 'mlp' (see", ", got"),
@@ -799,6 +801,19 @@ def test_an_output_that_would_replace_the_command_s_own_input_is_refused_even_wi
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert result.output.startswith(f"fvae: error: {message}, so even --force does not replace it: ")
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("text, sizes", [
+    ("512,256", (512, 256)), ("512, 256", (512, 256)), ("16", (16,)),
+    ("512-256", (512, 256)),  # as the issue and papers write it; it was refused
+    ("512-", None), ("-512", None), ("512,-256", None), ("512 256", None), ("0-256", None), ("1.5", None), ("", None),
+])
+def test_hidden_sizes_are_read_with_commas_or_dashes(text, sizes):
+    if sizes is None:
+        with pytest.raises(typer.BadParameter, match="expected positive sizes separated by commas"):
+            cli._hidden_sizes(text)
+    else:
+        assert cli._hidden_sizes(text) == sizes
 
 
 @pytest.mark.parametrize("args, output", [
