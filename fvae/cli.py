@@ -518,7 +518,7 @@ def sample(
     n: Annotated[int, typer.Option("-n", min=1, max=MAX_SAMPLES, help=(
         f"How many samples (at most {MAX_GRID_SAMPLES:,} in a .png grid)."))] = 64,
     label: Annotated[Optional[str], typer.Option(
-        help="Class to generate, by label or name (conditional VAE; without it, one row per class).")] = None,
+        help="Class to generate, by label or name, in any case (conditional VAE; without it, one row per class).")] = None,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
@@ -573,7 +573,8 @@ def sample(
 
 def _label_of(text: str | None, encoder) -> int | str | None:
     """The label ``--label`` names: a class by its name in the model file (a class it does not
-    name, or a string label, by the label itself), else a label number for ``sample`` to check."""
+    name, or a string label, by the label itself; in any case where only one name matches so,
+    "sneaker" for "Sneaker"), else a label number for ``sample`` to check."""
     if text is None:
         return None
     from .data import class_names_of
@@ -583,6 +584,9 @@ def _label_of(text: str | None, encoder) -> int | str | None:
     by_name = dict(zip(class_names_of(classes, encoder.class_names_), classes))
     if text in by_name:
         return by_name[text]
+    matched = [name for name in by_name if name.casefold() == text.casefold()]
+    if len(matched) == 1:
+        return by_name[matched[0]]
     if not fitted_on_strings(encoder):
         with contextlib.suppress(ValueError):
             label = int(text)

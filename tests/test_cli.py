@@ -803,6 +803,23 @@ def test_an_output_that_would_replace_the_command_s_own_input_is_refused_even_wi
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+def test_a_label_name_is_matched_in_any_case_only_where_one_name_matches():
+    from types import SimpleNamespace
+
+    def model(*names):
+        return SimpleNamespace(conditional=True, classes_=np.arange(len(names)), class_names_=dict(enumerate(names)))
+
+    fashion = model("Ankle boot", "Sneaker", "T-shirt/top")
+    assert [cli._label_of(text, fashion) for text in ("Sneaker", "sneaker", "ANKLE BOOT", "t-shirt/top", "2")] == \
+        [1, 1, 0, 2, 2]
+    with pytest.raises(typer.BadParameter, match="'sandal' names no class: this model's classes are Ankle boot"):
+        cli._label_of("sandal", fashion)
+    both = model("Cat", "cat")  # two names in one case: which one is meant cannot be told
+    assert (cli._label_of("Cat", both), cli._label_of("cat", both)) == (0, 1)
+    with pytest.raises(typer.BadParameter, match="'CAT' names no class"):
+        cli._label_of("CAT", both)
+
+
 @pytest.mark.parametrize("text, sizes", [
     ("512,256", (512, 256)), ("512, 256", (512, 256)), ("16", (16,)),
     ("512-256", (512, 256)),  # as the issue and papers write it; it was refused

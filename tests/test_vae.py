@@ -980,6 +980,12 @@ def test_cli_a_conditional_vae_on_named_classes_draws_them_by_name(tmp_path, dig
     assert by_name.returncode == by_label.returncode == 0, by_name.stderr + by_label.stderr
     with Image.open(tmp_path / "by_name.png") as named, Image.open(tmp_path / "by_label.png") as numbered:
         np.testing.assert_array_equal(np.asarray(named), np.asarray(numbered))  # both titled "class three"
+    # a name in another case, where only one name matches so (it was "names no class")
+    any_case = fvae_cli("sample", "--model", "named.npz", "-n", "4", "--label", "Three", "-o", "any_case.png",
+                        cwd=tmp_path)
+    assert any_case.returncode == 0, any_case.stderr
+    with Image.open(tmp_path / "by_name.png") as named, Image.open(tmp_path / "any_case.png") as cased:
+        np.testing.assert_array_equal(np.asarray(named), np.asarray(cased))
     # as a dataset, the samples are labelled by name: another source's labels are matched by name
     as_dataset = fvae_cli("sample", "--model", "named.npz", "-n", "4", "-o", "named_samples.npz", cwd=tmp_path)
     assert as_dataset.returncode == 0, as_dataset.stderr
