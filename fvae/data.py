@@ -864,6 +864,16 @@ def _digit_names(splits: dict[str, Split]) -> tuple[str, ...]:
 # named sources
 
 
+def _did_you_mean(name: str) -> str:
+    """'; did you mean digits?' for a name that is a named dataset's, mistyped ("Digits",
+    "fashion_mnist", "fasion-mnist"); '' for one like none of them (a path that is not there)."""
+    import difflib
+
+    by_key = {source.casefold().replace("_", "-"): source for source in NAMED_SOURCES}
+    close = difflib.get_close_matches(name.casefold().replace("_", "-"), by_key, n=1, cutoff=0.8)
+    return f"; did you mean {by_key[close[0]]}?" if close else ""
+
+
 def _no_folder(path) -> str:
     """Why ``path``, given as a folder, is none: it does not exist, or it is a file."""
     return "a file, not a folder" if Path(path).expanduser().exists() else "no such folder"
@@ -1010,7 +1020,8 @@ def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None =
         return _load_fashion_mnist(data_dir, lazy)
     path = Path(source).expanduser()
     if not path.exists():
-        raise DataError(f"{name}: no such file or folder, and not a named dataset ({', '.join(NAMED_SOURCES)})")
+        raise DataError(f"{name}: no such file or folder, and not a named dataset ({', '.join(NAMED_SOURCES)})"
+                        + _did_you_mean(name))
     if path.is_dir():
         if _idx_files(path):
             return _load_idx_folder(path, name, lazy)

@@ -542,8 +542,14 @@ def test_describe_sources_reports_availability(tmp_path, tiny):
 
 
 def test_missing_or_unknown_source():
-    with pytest.raises(DataError, match="not a named dataset"):
+    with pytest.raises(DataError, match=r"not a named dataset \(mnist, mnist-5k, fashion-mnist, digits\)$"):
         fvae.load_dataset("imagenet-21k")
+    for typed, meant in (("Digits", "digits"), ("fashion_mnist", "fashion-mnist"), ("fasion-mnist", "fashion-mnist"),
+                         ("MNIST-5K", "mnist-5k"), ("mnist5k", "mnist-5k")):
+        with pytest.raises(DataError, match=rf"^{typed}: no such file or folder, .*; did you mean {meant}\?$"):
+            fvae.load_dataset(typed)
+    with pytest.raises(DataError, match=r"\)$"):  # a path unlike any name gets no guess
+        fvae.load_dataset("my_images/train")
 
 
 def test_estimator_input_validation():
