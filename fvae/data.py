@@ -662,11 +662,17 @@ def _load_flat_image_folder(folder: Path, lazy: bool) -> Dataset:
 
 @contextlib.contextmanager
 def _opened_image(file: Path):
-    """``file`` opened with Pillow; failing to open or decode it is a DataError naming the file."""
+    """``file`` opened with Pillow; failing to open or decode it is a DataError naming the file,
+    and so is an image of floating-point pixels (a TIFF of mode "F"), known from its header: its
+    grey levels may be in [0, 1] or [0, 255] or any other range, and Pillow's conversion clips
+    [0, 1] to black. fvae guesses no scale file by file; a .npy of all the images is read by one rule."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(file) as img:
+            if img.mode == "F":
+                raise DataError(f"{file}: floating-point pixels, which fvae reads from a .npy of all the images "
+                                "(values in [0, 1] or [0, 255]), not from image files")
             yield img
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{file}: cannot read image ({exc})") from None
@@ -675,7 +681,6 @@ def _opened_image(file: Path):
 def _read_image_file(file: Path, shape=None) -> np.ndarray:
     """One image file as uint8 grayscale; with ``shape``, it must have that size."""
     with _opened_image(file) as img:
-        _refuse_floating_point(file, img.mode)
         pixels = _grey_levels(img)
     if shape is not None:
         _check_same_size(file, pixels.shape, shape)
@@ -698,17 +703,7 @@ def _check_image_headers(files, shape) -> None:
     for file in files:
         with _opened_image(file) as img:
             width, height = img.size
-            _refuse_floating_point(file, img.mode)
         _check_same_size(file, (height, width), shape)
-
-
-def _refuse_floating_point(file: Path, mode: str) -> None:
-    """Refuse a floating-point image (a TIFF of mode "F"): its grey levels may be in [0, 1] or
-    [0, 255] or any other range, and converting it as Pillow does would clip [0, 1] to black.
-    fvae guesses no scale file by file; a .npy of all the images is read by one rule."""
-    if mode == "F":
-        raise DataError(f"{file}: floating-point pixels, which fvae reads from a .npy of all the images "
-                        "(values in [0, 1] or [0, 255]), not from image files")
 
 
 def _grey_levels(img) -> np.ndarray:
