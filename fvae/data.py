@@ -869,9 +869,13 @@ def _did_you_mean(name: str) -> str:
     return f"; did you mean {by_key[close[0]]}?" if close else ""
 
 
-def _no_folder(path) -> str:
-    """Why ``path``, given as a folder, is none: it does not exist, or it is a file."""
-    return "a file, not a folder" if Path(path).expanduser().exists() else "no such folder"
+def _why_not_a_folder(path) -> str | None:
+    """Why ``path``, given as a folder, is none ("no such folder", "a file, not a folder"); None
+    for a folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return None
+    return "a file, not a folder" if path.exists() else "no such folder"
 
 
 def data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -880,12 +884,11 @@ def data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     A ``data_dir`` or ``$FVAE_DATA_DIR`` that is not a folder is refused: a mistyped one would
     otherwise send ``mnist`` to the download, or offline to the 5,000-image stand-in.
     """
-    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise DataError(f"{data_dir}: {_no_folder(data_dir)} (data_dir, --data-dir)")
+    if data_dir is not None and (why := _why_not_a_folder(data_dir)):
+        raise DataError(f"{data_dir}: {why} (data_dir, --data-dir)")
     from_environment = os.environ.get("FVAE_DATA_DIR")
-    if from_environment and not Path(from_environment).expanduser().is_dir():
-        raise DataError(f"FVAE_DATA_DIR={from_environment}: {_no_folder(from_environment)} (point it at one, or "
-                        "unset it)")
+    if from_environment and (why := _why_not_a_folder(from_environment)):
+        raise DataError(f"FVAE_DATA_DIR={from_environment}: {why} (point it at one, or unset it)")
     dirs = [data_dir, from_environment, "data"]
     return [Path(d).expanduser() for d in dirs if d]
 
