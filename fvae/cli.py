@@ -542,7 +542,8 @@ def sample(
     if kind == ".png" and n > MAX_GRID_SAMPLES:
         raise _bad_option("-n", f"{n:,} samples are more than a .png grid shows ({MAX_GRID_SAMPLES:,}): "
                                 "write them as .npy or .npz")
-    refuse_replacing_inputs([output, output_paths(output)["labels"]], {"--model": model})
+    labels_path = output_paths(output)["labels"] if kind == ".npy" else None  # a conditional VAE's classes
+    refuse_replacing_inputs(filter(None, (output, labels_path)), {"--model": model})
     refuse_unwritable(output, force=force)
     saved_method(model, "vae")  # a missing or wrong file is refused before TensorFlow loads
     conditional = kind != ".png" and read_header(model).get("params", {}).get("conditional")
@@ -550,9 +551,9 @@ def sample(
         raise _bad_option("--output", f"{output}: a sample dataset labels each image with its class, and {model} "
                                       "is not a conditional VAE: write its samples as .npy")
     written = [output]
-    if kind == ".npy" and conditional:
-        written.append(output_paths(output)["labels"])
-        refuse_overwrite(written[1], force=force)
+    if labels_path is not None and conditional:
+        written.append(labels_path)
+        refuse_overwrite(labels_path, force=force)
     with _status(f"loading {model} and drawing {n:,} samples", quiet):  # TensorFlow's import takes seconds
         from .report import save_samples
         from .vae.encoder import VAEEncoder, save_sample_arrays, save_sample_dataset
