@@ -1149,12 +1149,18 @@ def reading(report: dict) -> list[str]:
         lines.append(f"With only 100 labelled train images, {_lead(leaders, few)} {at} {_pct(few[leaders[0]])}"
                      f"{_spread_of_draws(enc[leaders[0]])}.")
     learned = {n: enc[n]["reconstruction"]["ridge"]["mse"] for n in enc if n != "raw"}  # raw: no contest
-    if learned:
+    if len(learned) == 1:  # no contest: raw pixels are the probe's ceiling, not a rival
+        (name, mse), = learned.items()
+        ceiling = enc["raw"]["reconstruction"]["ridge"]["mse"]
+        lines.append(f"Through a linear probe (ridge from codes to pixels), {name} codes reconstruct the test images "
+                     f"with MSE {_mse(mse)} (raw pixels, the probe's ceiling: {_mse(ceiling)}).")
+    elif learned:
         ridge = _leaders(learned, lowest=True)
         runner_up = _runner_up(report, "ridge", learned, ridge, shown=_mse, lowest=True,
                                test_name="paired t-test on the test images' errors")
+        among = " of the learned encodings" if "raw" in enc else ""
         lines.append(f"Through the same linear probe (ridge from codes to pixels), {_names(ridge)} codes keep the most "
-                     f"pixel information (test MSE {_mse(learned[ridge[0]])}){runner_up}.")
+                     f"pixel information{among} (test MSE {_mse(learned[ridge[0]])}){runner_up}.")
     if "vae" in enc and "pca" in enc:
         lines.append(_vae_against_pca(report))
     lines.append(_cost(enc))

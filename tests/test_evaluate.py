@@ -842,6 +842,10 @@ def test_reading_says_tie_when_every_encoding_scores_the_same():
     report["encodings"]["raw"]["cost"]["encode_images_per_second"] = 2e6
     assert fvae.evaluate.reading(report)[-1] == ("Cost: pca and raw codes are equally wide (64 dims; 1,000 and "
                                                  "2,000,000 images/s to encode).")
+    # one learned encoding beside raw: was "pca codes keep the most pixel information", though raw keeps more
+    assert fvae.evaluate.reading(report)[3] == ("Through a linear probe (ridge from codes to pixels), pca codes "
+                                                "reconstruct the test images with MSE 0.0100 (raw pixels, the "
+                                                "probe's ceiling: 0.0000).")
     report["encodings"]["vae"] = _encoding(32, 0.9, 0.9, 0.8, 0.01, own=0.02)
     assert fvae.evaluate.reading(report)[-1] == ("Cost: pca and raw codes are the widest (64 dims; 1,000 and "
                                                  "2,000,000 images/s to encode); vae 32 dims.")
@@ -872,7 +876,7 @@ def test_reading_gives_the_leaders_interval_and_whether_its_lead_is_significant(
     assert lines[1] == ("With 5-nearest neighbours instead, vae leads (95.1%), against 93.5% for pca, a difference "
                         "significant at 5% (p = 0.0312).")
     assert lines[3] == ("Through the same linear probe (ridge from codes to pixels), pca codes keep the most pixel "
-                        "information (test MSE 0.0080), against 0.0130 for vae, a difference significant at 5% "
+                        "information of the learned encodings (test MSE 0.0080), against 0.0130 for vae, a difference significant at 5% "
                         "(paired t-test on the test images' errors: p < 0.001).")
     assert lines[4] == ("The VAE's own decoder beats PCA of the same dimension (64): MSE 0.0090 (20.5 dB) against "
                         "0.0095 (20.2 dB), a difference not significant at 5% (p = 0.2).")
