@@ -279,7 +279,12 @@ def test_a_conditional_vae_learns_its_classes_from_the_labels(tmp_path, monkeypa
     digits = fvae.load_dataset("digits").train
     chosen = np.isin(digits.labels, [3, 7])
     images, labels = digits.images[chosen], digits.labels[chosen]
+    with pytest.raises(InputError, match="^fit: a conditional VAE needs labels: pass y, the class of each image$"):
+        VAEEncoder(**ONE_EPOCH_CONDITIONAL).fit(images)
     vae = VAEEncoder(**ONE_EPOCH_CONDITIONAL).fit(images, labels)
+    for method in (vae.transform, vae.inverse_transform):  # as a Pipeline's predict would call them
+        with pytest.raises(InputError, match=f"^{method.__name__}: a conditional VAE needs labels: pass y"):
+            method(images[:2] if method == vae.transform else np.zeros((2, 2), np.float32))
     # before: classes 0..7, six of them never seen, and sample(label=5) drew from an untrained one-hot
     assert vae.classes_.tolist() == [3, 7] and vae.n_classes_ == vae.model_.n_classes == 2
     with pytest.raises(InputError, match="^label 5: this model knows classes 3, 7$"):

@@ -232,7 +232,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         if not self.conditional:
             return None
         if y is None:
-            raise InputError(f"{where}: a conditional VAE needs labels")
+            raise InputError(f"{where}: a conditional VAE needs labels: pass y, the class of each image")
         labels = np.asarray(y)
         if labels.dtype == object and labels.shape == (n,):  # a list or pandas column of names
             kinds = {_label_kind(t) for t in set(map(type, labels.tolist()))}
