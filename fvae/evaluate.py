@@ -42,6 +42,7 @@ import numpy as np
 
 from .data import Split, check_fitted_size, class_names_of, is_whole_number, to_unit_float
 from .errors import DataError, InputError
+from .persist import readable_size
 
 METHODS = ("fisher", "vae", "pca", "raw")
 LABEL_COUNTS = (100, 500, 1000)
@@ -1051,7 +1052,7 @@ def comparison_rows(report: dict) -> list[list[str]]:
             f"{c['knn']['accuracy']:.4f}", "-" if few is None else f"{few:.4f}",
             f"{r['reconstruction']['ridge']['mse']:.4f}", "-" if own is None else f"{own['mse']:.4f}",
             "reused" if fit is None else f"{fit:.1f}", f"{r['cost']['encode_images_per_second']:,.0f}",
-            _size(r["cost"]["model_bytes"]),
+            readable_size(r["cost"]["model_bytes"]),
         ])
     return rows
 
@@ -1089,15 +1090,6 @@ def markdown_table(report: dict) -> str:
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
-
-
-def _size(n: int) -> str:
-    if n == 0:
-        return "0"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
 
 
 def _leaders(scores: dict[str, float], *, lowest: bool = False) -> list[str]:

@@ -79,6 +79,42 @@ def _remove_empty(folders: list[Path]) -> None:
             folder.rmdir()
 
 
+#: The errors of a write that the disk (or the user's quota) has no room for
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the disk (or the user's quota) has no room for a write."""
+    if not isinstance(exc, OSError):
+        return False
+    # NumPy's tofile (np.save to a file) says so in words only, without an errno
+    return exc.errno in DISK_FULL or (exc.errno is None and "not enough free space" in str(exc).lower())
+
+
+def name_a_full_disk(exc: BaseException, path, temporary) -> None:
+    """Raise a full disk's error again as one that names ``path``, the output the user gave.
+
+    A write (not an open) that finds the disk full raises an error without a file name, and one
+    that has a name has the hidden ``temporary`` file or folder that the output is written under
+    (gone by the time the user reads it). Any other exception is left for the caller to raise.
+    """
+    if not is_disk_full(exc):
+        return
+    named = Path(exc.filename) if exc.filename else None
+    if named is None or named == temporary or temporary in named.parents:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+
+
+def readable_size(n_bytes: float) -> str:
+    """``n_bytes`` as people read sizes: "512 B", "17.8 KB", "5.2 MB", "6.0 GB" ("0" for none)."""
+    if n_bytes == 0:
+        return "0"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n_bytes < 1024 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+
+
 def _fresh_name_beside(path: Path, suffix: str) -> Path:
     """A hidden name beside ``path`` that no other run picks: ``.NAME.PID.RANDOM<suffix>``."""
     return path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}{suffix}")
@@ -127,9 +163,10 @@ def atomic_output(path, *, force: bool = False):
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
         _remove_empty(created)
+        name_a_full_disk(exc, path, tmp)
         raise
 
 
@@ -166,12 +203,13 @@ def atomic_directory(path, *, force: bool = False, otherwise: str | None = None)
             old = _fresh_name_beside(path, ".old")
             os.replace(path, old)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if old is not None and not path.exists():
             os.replace(old, path)
             old = None
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_empty(created)
+        name_a_full_disk(exc, path, tmp)
         raise
     finally:
         if old is not None:

@@ -1,3 +1,4 @@
+import errno
 import inspect
 import json
 import os
@@ -726,6 +727,29 @@ def test_a_folder_that_refuses_the_temporary_gets_an_error_naming_the_output(tmp
             pytest.fail("the block ran without its temporary")
     assert refused.value.filename == str(tmp_path / "new" / "out")  # not the hidden .part name
     assert not list(tmp_path.iterdir())  # nor the folder made for it
+
+
+@pytest.mark.parametrize("atomic", [atomic_directory, atomic_output])
+def test_a_full_disk_is_reported_for_the_output_not_the_temporary(tmp_path, atomic):
+    """A write into a full disk raises an error without a file name (or with the hidden one):
+    the CLI said only "fvae: error: No space left on device", or named a file already removed."""
+    out = tmp_path / "out"
+
+    def full(name=None):
+        return OSError(errno.ENOSPC, "No space left on device", *([str(name)] if name else []))
+
+    numpy_says = OSError("Not enough free space to write 25600000 bytes after offset 128")  # np.save, no errno
+    for make_error in (full, lambda tmp: full(tmp), lambda tmp: full(tmp / "figures" / "a.png"), lambda tmp: numpy_says):
+        with pytest.raises(OSError) as raised:
+            with atomic(out) as tmp:
+                raise make_error(tmp)
+        assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(out))
+        assert not list(tmp_path.iterdir())
+    for other in (full(tmp_path / "an-input.npz"), OSError(errno.EIO, "Input/output error")):
+        with pytest.raises(OSError) as raised:
+            with atomic(out):
+                raise other
+        assert raised.value is other  # not a full disk's write into the output: left as it was
 
 
 def loading_no_data(monkeypatch):
