@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import hashlib
 import json
 import logging
@@ -33,7 +34,10 @@ import numpy as np
 
 from .data import Split, check_fitted_size, class_names_of, kept_by_position, labels_named_as, only_numbered
 from .errors import DataError, FvaeError, InputError, OutputExistsError
-from .persist import ZIP_DATE, atomic_output, fvae_version, refuse_overwrite, refuse_unwritable, save_npy
+from .persist import (
+    DISK_FULL, ZIP_DATE, atomic_output, fvae_version, is_disk_full, readable_size, refuse_overwrite, refuse_unwritable,
+    save_npy,
+)
 
 FORMATS = (".npy", ".npz", ".zarr")
 NEEDS_DASK = "running on Dask needs dask[distributed]: pip install 'fvae[dask]'"
@@ -84,6 +88,7 @@ class _NpyWriter:
         self.offset, self.row_bytes = existing.offset, shape[1] * 4
         self.shape = tuple(shape)
         del existing
+        _allocate_on_disk(path)
 
     def write(self, start: int, rows: np.ndarray) -> None:
         target = np.memmap(self.path, dtype=np.float32, mode="r+", offset=self.offset + start * self.row_bytes,
@@ -97,6 +102,31 @@ class _NpyWriter:
             self.path.unlink()
         else:
             os.replace(self.path, out)
+
+
+def _allocate_on_disk(path: Path) -> None:
+    """Give the file its disk blocks now. ``open_memmap`` makes a sparse file, and a write through
+    a memory map into a page that a full disk cannot back kills the process with SIGBUS: no
+    message, exit code 135. Allocated up front, a full disk is an ``OSError`` before any work.
+
+    Where the filesystem cannot allocate ahead (or Python has no ``posix_fallocate``: macOS,
+    Windows), the free space is checked instead.
+    """
+    size = path.stat().st_size
+    try:
+        with open(path, "r+b") as fh:
+            os.posix_fallocate(fh.fileno(), 0, size)
+        return
+    except AttributeError:
+        pass
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    unallocated = size - getattr(path.stat(), "st_blocks", 0) * 512
+    if shutil.disk_usage(path.parent).free < unallocated:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 def _pack_npz(features_npy: Path, labels, out: Path) -> None:
@@ -234,11 +264,20 @@ def fitted_on_strings(encoder) -> bool:
     return bool(getattr(encoder, "conditional", False)) and classes is not None and classes.dtype.kind == "U"
 
 
-def _encode_into_zarr(encoder, images, labels, path: str, start: int) -> int:
-    """Worker side of a Zarr run: encode a chunk and write it into the shared array."""
+def _encode_into_zarr(encoder, images, labels, path: str, start: int) -> int | OSError:
+    """Worker side of a Zarr run: encode a chunk and write it into the shared array.
+
+    Returns the number of rows written, or the error of a full disk: returned, not raised, as a
+    worker logs a traceback of every task that raises, under the CLI's one-line message.
+    """
     zarr = _import_zarr()
     rows = encode_chunk(encoder, images, labels)
-    zarr.open_array(path, mode="r+")[start : start + len(rows)] = rows
+    try:
+        zarr.open_array(path, mode="r+")[start : start + len(rows)] = rows
+    except OSError as exc:
+        if is_disk_full(exc):
+            return exc
+        raise
     return len(rows)
 
 
@@ -298,6 +337,8 @@ def _run_dask(client, encoder, split, chunks, needs_labels, writer, manifest, pr
     for future in futures:
         index, rows = where.pop(future.key)
         result = future.result()
+        if isinstance(result, OSError):
+            raise result
         if zarr_path is None:
             writer.write(rows.start, result)
         _chunk_done(manifest, progress, index, rows)
@@ -307,6 +348,13 @@ def _run_dask(client, encoder, split, chunks, needs_labels, writer, manifest, pr
 
 # ----------------------------------------------------------------------------------------------------
 # the whole extraction
+
+
+def _explain_a_full_disk(exc: BaseException, out: Path, detail: str) -> None:
+    """Raise ``exc`` again, naming ``out`` and adding ``detail``, if it is a full disk's error;
+    leave any other exception to the caller."""
+    if is_disk_full(exc):
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} {detail}", str(out)) from exc
 
 
 def refuse_existing_outputs(out, *, force: bool, resume: bool) -> None:
@@ -475,7 +523,14 @@ def extract_features(
     reopen = resume and partial.exists() and manifest_path.exists()
     manifest = Manifest.resume(manifest_path, identity) if reopen else Manifest(manifest_path, identity)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    writer = _open_writer(fmt, partial, (n, dim), batch_size, reopen)
+    try:
+        writer = _open_writer(fmt, partial, (n, dim), batch_size, reopen)
+    except OSError as exc:
+        if not reopen:
+            _remove(partial)
+        _explain_a_full_disk(exc, out, f"for {readable_size(4 * n * dim)} of features "
+                                       f"({readable_size(shutil.disk_usage(partial.parent).free)} free there)")
+        raise
     if not reopen:
         manifest.save()
     chunks = [(i, slice(start, min(start + batch_size, n))) for i, start in enumerate(range(0, n, batch_size))]
@@ -492,16 +547,29 @@ def extract_features(
                       str(partial) if fmt == ".zarr" else None)
     except FvaeError:
         # Bad input (a corrupt file found mid-way): no output, partial or not, is left behind.
-        # Anything else (Ctrl-C, a kill, a crash) keeps the finished chunks for --resume.
+        # Anything else (Ctrl-C, a kill, a crash, a full disk) keeps the finished chunks for --resume.
         _remove(partial)
         _remove(manifest_path)
+        raise
+    except OSError as exc:
+        _explain_a_full_disk(exc, out, f"after {len(manifest.done)} of {len(chunks)} chunks: free some space, "
+                                       "then finish with --resume")
         raise
     seconds = time.perf_counter() - started
     encoded = sum(rows.stop - rows.start for _, rows in todo)
 
-    writer.finish(out, split.labels)
-    if split.labels is not None and fmt != ".npz":
-        save_npy(paths["labels"], np.asarray(split.labels, dtype=np.int64), force=True)
+    # The labels first: should the disk be full, the features are still the partial output that
+    # --resume finishes (once renamed, a run is finished and there is nothing to resume).
+    separate_labels = split.labels is not None and fmt != ".npz"
+    try:
+        if separate_labels:
+            save_npy(paths["labels"], np.asarray(split.labels, dtype=np.int64), force=True)
+        writer.finish(out, split.labels)
+    except OSError as exc:
+        if separate_labels and partial.exists():
+            _remove(paths["labels"])
+        _explain_a_full_disk(exc, out, "once every chunk was encoded: free some space, then finish with --resume")
+        raise
     sidecar = {
         **metadata,
         "n_images": n,
@@ -566,13 +634,15 @@ def dask_client(scheduler: str | None = None, *, workers: int | None = None):
             yield client
         return
     # The scheduler serves HTTP even without a dashboard, by default on port 8787; where another
-    # cluster holds that port, Dask prints a UserWarning. Any free port will do.
+    # cluster holds that port, Dask prints a UserWarning. Any free port will do. The workers' own
+    # warnings (a task cancelled when a failed run shuts the cluster down, an event loop held by a
+    # long chunk) would print under the command's one-line error or between its progress lines.
     # A Ctrl-C in a terminal reaches every process of the command, and each worker died of it
     # with a traceback of its own. Started with SIGINT ignored (a spawned Python keeps it so), the
     # workers leave the shutdown, and its one message of what was kept, to this process.
     with _sigint_handled_by(signal.SIG_IGN):
         cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=":0")
+                               host="127.0.0.1", dashboard_address=":0", silence_logs=logging.ERROR)
     # After Ctrl-C the cluster is shut down on purpose: its warnings of lost workers and cancelled
     # tasks would bury the message that says what was kept. So would a traceback that Tornado logs
     # when the Ctrl-C lands inside distributed.utils.sync before its future exists (a NameError in

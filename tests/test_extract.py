@@ -1,11 +1,13 @@
 """Streaming extraction: chunked output equals in-memory transform, kill-and-resume, formats,
 corrupt input, and Dask."""
 
+import errno
 import gzip
 import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -176,6 +178,142 @@ def test_the_dask_logs_are_silenced_before_ctrl_c_raises():
     finally:
         signal.signal(signal.SIGINT, ignored)
     assert calls == ["silenced", "interrupted"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a 2 MB tmpfs, a disk that really fills up, and a function that resizes it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("a full disk is made by mounting a small tmpfs, and this system has no mount command")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a full disk is made by mounting a small tmpfs, which needs root: {mounted.stderr.strip()}")
+
+    def resize(size: str):
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)
+
+    try:
+        yield disk, resize
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory, digits):
+    """A Fisher model whose codes of the 360 digits test images take 6.2 MB."""
+    path = tmp_path_factory.mktemp("digits_model") / "fisher.npz"
+    FisherVectorEncoder(n_components=32, random_state=0).fit(digits.train.images[:300]).save(path)
+    return path
+
+
+def test_a_full_disk_is_one_line_that_says_what_to_do_and_resume_finishes(small_disk, digits_model, tmp_path):
+    """On a disk with too little room, the .npy output, written through a memory map of a sparse
+    file, killed the process with SIGBUS: exit code 135 and no message at all."""
+    disk, resize = small_disk
+    encode = ["encode", "--model", digits_model, "--data", "digits", "--quiet"]
+    for name in ("x.npy", "x.npz"):
+        full = fvae_cli(*encode, "-o", name, cwd=disk)
+        assert full.returncode == 2, full.stderr
+        assert re.fullmatch(rf"fvae: error: {re.escape(name)}: No space left on device for 6\.2 MB of features "
+                            r"\((1\.9|2\.0) MB free there\)\n", full.stderr), full.stderr
+        assert not os.listdir(disk)
+
+    # room for the features but not for the .npz that they are then packed into
+    resize("10M")
+    full = fvae_cli(*encode, "-o", "x.npz", cwd=disk)
+    assert (full.returncode, full.stderr) == (2, "fvae: error: x.npz: No space left on device once every chunk was "
+                                                 "encoded: free some space, then finish with --resume\n")
+    assert sorted(os.listdir(disk)) == ["x.npz.part", "x.npz.part.json"]
+    resize("20M")
+    assert fvae_cli(*encode, "-o", "x.npz", "--resume", cwd=disk).returncode == 0
+    assert fvae_cli(*encode, "-o", "x.npz", cwd=tmp_path).returncode == 0
+    assert (disk / "x.npz").read_bytes() == (tmp_path / "x.npz").read_bytes()
+
+
+@pytest.mark.parametrize("where", [[], ["--dask", "--jobs", "2"]], ids=["local", "dask"])
+def test_a_zarr_store_that_fills_the_disk_keeps_its_chunks_for_resume(small_disk, digits_model, tmp_path, where):
+    """A Dask worker whose write finds the disk full logged a traceback of its own, and the
+    cluster's shutdown a warning of every task cut short, around the one-line error."""
+    zarr = pytest.importorskip("zarr", reason="zarr is in the dask extra: pip install 'fvae[dask]'")
+    if where:
+        pytest.importorskip("distributed", reason="dask[distributed] is in the dask extra: pip install 'fvae[dask]'")
+    disk, resize = small_disk
+    encode = ["encode", "--model", digits_model, "--data", "digits", "--batch-size", "50", "--quiet", *where]
+    full = fvae_cli(*encode, "-o", "x.zarr", cwd=disk)
+    assert full.returncode == 2, full.stderr
+    assert re.fullmatch(r"fvae: error: x\.zarr: No space left on device after [0-7] of 8 chunks: free some space, "
+                        r"then finish with --resume\n", full.stderr), full.stderr
+    resize("20M")
+    assert fvae_cli(*encode, "-o", "x.zarr", "--resume", cwd=disk).returncode == 0
+    assert fvae_cli(*encode, "-o", "whole.npy", cwd=tmp_path).returncode == 0
+    np.testing.assert_array_equal(zarr.open_array(str(disk / "x.zarr"), mode="r")[:], np.load(tmp_path / "whole.npy"))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".zarr"])
+def test_a_disk_that_fills_while_the_run_finishes_leaves_it_to_resume(digits_model, digits, tmp_path, monkeypatch,
+                                                                      suffix):
+    """The features were renamed into place before the labels were written: with the labels
+    refused by a full disk, --resume found a finished output and nothing to resume."""
+    import fvae.extract
+
+    if suffix == ".zarr":
+        pytest.importorskip("zarr", reason="zarr is in the dask extra: pip install 'fvae[dask]'")
+    encoder, split = fvae.load(digits_model), digits.test
+    settings = dict(metadata={"source": "digits"}, batch_size=100)
+    out, paths = tmp_path / f"x{suffix}", output_paths(tmp_path / f"x{suffix}")
+    real_save_npy = fvae.extract.save_npy
+    for failing in ("save_npy", "finish"):
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        if failing == "save_npy":
+            monkeypatch.setattr(fvae.extract, "save_npy", full)
+        else:
+            monkeypatch.setattr(fvae.extract, "save_npy", real_save_npy)
+            monkeypatch.setattr(fvae.extract._ZarrWriter if suffix == ".zarr" else fvae.extract._NpyWriter, "finish", full)
+        with pytest.raises(OSError) as raised:
+            extract_features(encoder, split, out, **settings, resume=True)
+        assert raised.value.filename == str(out)
+        assert raised.value.strerror == ("No space left on device once every chunk was encoded: free some space, "
+                                         "then finish with --resume")
+        assert sorted(p.name for p in tmp_path.iterdir()) == [paths["partial"].name, paths["manifest"].name]
+        monkeypatch.undo()
+    sidecar = extract_features(encoder, split, out, **settings, resume=True)
+    assert sidecar["resumed_chunks"] == 4
+    whole = tmp_path / "whole" / "x.npy"
+    extract_features(encoder, split, whole, **settings)
+    got = np.load(out) if suffix == ".npy" else pytest.importorskip("zarr").open_array(str(out), mode="r")[:]
+    np.testing.assert_array_equal(got, np.load(whole))
+    np.testing.assert_array_equal(np.load(paths["labels"]), split.labels)
+
+
+def test_where_space_cannot_be_allocated_ahead_the_free_space_is_checked(tmp_path, monkeypatch):
+    """macOS has no posix_fallocate, and some filesystems refuse it: a memory-mapped write that a
+    full disk cannot back must still not be where the run finds out."""
+    from fvae.extract import _allocate_on_disk
+
+    path = tmp_path / "f.npy.part"
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(1000, 100)).flush()  # sparse: 400 KB
+
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    def free_space(n_bytes):
+        monkeypatch.setattr(shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10**12, 10**12 - n_bytes, n_bytes))
+
+    for no_preallocation in ("refused", "missing"):
+        if no_preallocation == "refused":
+            monkeypatch.setattr(os, "posix_fallocate", unsupported)
+        else:
+            monkeypatch.delattr(os, "posix_fallocate")
+        free_space(300_000)
+        with pytest.raises(OSError) as full:
+            _allocate_on_disk(path)
+        assert (full.value.errno, full.value.filename) == (errno.ENOSPC, str(path))
+        free_space(500_000)
+        _allocate_on_disk(path)
 
 
 class _Stop(Exception):
