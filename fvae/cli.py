@@ -297,8 +297,28 @@ def _named_as_options(options: dict[str, str]):
     try:
         yield
     except InputError as exc:
-        names = re.compile(r"\b(" + "|".join(options) + r")\b")
-        raise InputError(names.sub(lambda match: options[match.group(1)], str(exc))) from None
+        raise InputError(_with_option_names(str(exc), options)) from None
+
+
+def _with_option_names(message: str, options: dict[str, str]) -> str:
+    """``message`` with each library parameter of ``options`` written as the option that sets it."""
+    names = re.compile(r"\b(" + "|".join(options) + r")\b")
+    return names.sub(lambda match: options[match.group(1)], message)
+
+
+@contextlib.contextmanager
+def _fit_fisher_for_options(data: str, model_option: str):
+    """For a Fisher model that a command fits with the defaults (encode or evaluate without one),
+    which has no options for them: an error of the fit that names a parameter names the option of
+    ``fvae fit fisher`` that sets it, and how to pass the model written there."""
+    try:
+        yield
+    except InputError as exc:
+        message = _with_option_names(str(exc), FISHER_OPTIONS)
+        if message == str(exc):  # names no parameter
+            raise
+        raise InputError(f"{message} (in 'fvae fit fisher --data {data} -o MODEL', then pass {model_option} "
+                         "MODEL)") from None
 
 
 def _fisher_encoder(**params):
@@ -714,7 +734,8 @@ def _encoder_and_images(dataset, split: str, model: Path | None, method: Method,
     encoder = default_encoder(method.value, seed=seed)
     if method == Method.vae:  # training shows its own epochs
         encoder.set_params(verbose=_training_verbosity(quiet))
-    with _status(f"fitting {method.value} on {len(train):,} train images", quiet or method == Method.vae):
+    with _status(f"fitting {method.value} on {len(train):,} train images", quiet or method == Method.vae), \
+            _fit_fisher_for_options(data, "--model") if method == Method.fisher else contextlib.nullcontext():
         encoder.fit(train.images)
     checksum = encoder.save(output_model, force=force)
     typer.echo(f"fitted {method.value} on {len(train):,} train images in {time.perf_counter() - started:.1f} s; "
@@ -777,8 +798,10 @@ def evaluate(
             logging.getLogger("fvae").setLevel(logging.WARNING)
         train, test, description = load_splits(data, test_data, data_dir)
         settings = Settings(methods=chosen, quick=quick, seed=seed, vae_seconds=vae_seconds, max_train=max_train)
-        report, artifacts = run_evaluation(train, test, settings, fisher_model=fisher_model, vae_model=vae_model,
-                                           models_dir=tmp / "models", data=description)
+        fitting_fisher = "fisher" in chosen and fisher_model is None
+        with _fit_fisher_for_options(data, "--fisher-model") if fitting_fisher else contextlib.nullcontext():
+            report, artifacts = run_evaluation(train, test, settings, fisher_model=fisher_model, vae_model=vae_model,
+                                               models_dir=tmp / "models", data=description)
         report = write_run(report, artifacts, tmp, run_dir.name)
     typer.echo(markdown_table(report))
     fitted = [e["cost"]["model_path"] for e in report["encodings"].values()

@@ -718,6 +718,10 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         images = check_image_batch(X, self.image_shape, "fit")
         sizes = patch_defaults(images.shape[1:], patch_size=self.patch_size, stride=self.stride,
                                pca_components=self.pca_components)
+        if self.patch_size is None and sizes["patch_size"] > min(images.shape[1:]):  # not one the user chose
+            h, w = images.shape[1:]
+            raise InputError(f"{h}x{w} images are smaller than the default {sizes['patch_size']}x"
+                             f"{sizes['patch_size']} patches: choose a patch_size of at most {min(h, w)}")
         if sizes["patch_size"] == 1 and self.patch_normalization in ("center", "standardize"):
             raise InputError(f"patch_normalization {self.patch_normalization} subtracts each patch's mean, which "
                              "leaves every 1x1 patch 0 (patch_size 1): take larger patches, or patch_normalization "

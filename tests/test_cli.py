@@ -240,6 +240,30 @@ def test_user_errors_are_one_line_exit_2_no_output(tmp_path, args, message):
     assert not any(p.name in ("f.npy", "m.npz") for p in tmp_path.iterdir())
 
 
+def test_images_smaller_than_the_default_patches_ask_for_a_patch_size_the_user_never_gave(tmp_path):
+    tiny = np.arange(40 * 9, dtype=np.uint8).reshape(40, 3, 3)
+    np.savez(tmp_path / "tiny.npz", x_train=tiny[:30], y_train=np.arange(30) % 2, x_test=tiny[30:], y_test=np.arange(10) % 2)
+    data = str(tmp_path / "tiny.npz")
+    fit = ["fit", "fisher", "--data", data, "-o", str(tmp_path / "m.npz")]
+    result = runner.invoke(app, fit)  # was "--patch-size 4 does not fit in 3x3 images", an option never passed
+    assert (result.exit_code, result.output) == (2, "fvae: error: 3x3 images are smaller than the default 4x4 "
+                                                    "patches: choose a --patch-size of at most 3\n")
+    # commands that fit a default model have no --patch-size: they say where it is (they said "patch_size")
+    for command, model_option in ((["encode", "-o", str(tmp_path / "f.npy")], "--model"),
+                                  (["evaluate", "--methods", "fisher,raw", "--runs-dir", str(tmp_path)], "--fisher-model")):
+        result = runner.invoke(app, [*command, "--data", data, "-q"])
+        assert (result.exit_code, result.output) == (2, "fvae: error: 3x3 images are smaller than the default 4x4 "
+                                                        "patches: choose a --patch-size of at most 3 (in 'fvae fit "
+                                                        f"fisher --data {data} -o MODEL', then pass {model_option} "
+                                                        "MODEL)\n")
+    result = runner.invoke(app, [*fit, "--patch-size", "2", "--pca", "2", "--components", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["evaluate", "--data", data, "--methods", "fisher,raw", "--runs-dir", str(tmp_path),
+                                 "--fisher-model", str(tmp_path / "m.npz"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "tiny", "tiny.npz"]
+
+
 @pytest.mark.parametrize("args, message, parameter", [
     (["fit", "fisher", "--components", "0"], "'--components': must be >= 1, got 0 (", "n_components"),
     (["fit", "fisher", "--em-iter", "0"], "'--em-iter': must be >= 1, got 0 (", "max_iter"),
