@@ -35,8 +35,8 @@ import numpy as np
 from .data import Split, check_fitted_size, class_names_of, kept_by_position, labels_named_as, only_numbered
 from .errors import DataError, FvaeError, InputError, OutputExistsError
 from .persist import (
-    DISK_FULL, ZIP_DATE, atomic_output, fvae_version, is_disk_full, readable_size, refuse_overwrite, refuse_unwritable,
-    save_npy,
+    ZIP_DATE, atomic_output, disk_full_error, fvae_version, is_disk_full, readable_size, refuse_overwrite,
+    refuse_unwritable, save_npy,
 )
 
 FORMATS = (".npy", ".npz", ".zarr")
@@ -120,13 +120,13 @@ def _allocate_on_disk(path: Path) -> None:
     except AttributeError:
         pass
     except OSError as exc:
-        if exc.errno in DISK_FULL:
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        if is_disk_full(exc):
+            raise disk_full_error(path, cause=exc) from exc
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             raise
     unallocated = size - getattr(path.stat(), "st_blocks", 0) * 512
     if shutil.disk_usage(path.parent).free < unallocated:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        raise disk_full_error(path)
 
 
 def _pack_npz(features_npy: Path, labels, out: Path) -> None:
@@ -354,7 +354,7 @@ def _explain_a_full_disk(exc: BaseException, out: Path, detail: str) -> None:
     """Raise ``exc`` again, naming ``out`` and adding ``detail``, if it is a full disk's error;
     leave any other exception to the caller."""
     if is_disk_full(exc):
-        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} {detail}", str(out)) from exc
+        raise disk_full_error(out, cause=exc, detail=f" {detail}") from exc
 
 
 def refuse_existing_outputs(out, *, force: bool, resume: bool) -> None:

@@ -102,7 +102,14 @@ def name_a_full_disk(exc: BaseException, path, temporary) -> None:
         return
     named = Path(exc.filename) if exc.filename else None
     if named is None or named == temporary or temporary in named.parents:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+        raise disk_full_error(path, cause=exc) from exc
+
+
+def disk_full_error(path, *, cause: OSError | None = None, detail: str = "") -> OSError:
+    """The error of a full disk (``cause``'s: ENOSPC, or EDQUOT for a quota) for ``path``, the
+    output the user named, its message followed by ``detail``."""
+    code = cause.errno if cause is not None and cause.errno in DISK_FULL else errno.ENOSPC
+    return OSError(code, os.strerror(code) + detail, str(path))
 
 
 def readable_size(n_bytes: float) -> str:
