@@ -291,34 +291,30 @@ FISHER_OPTIONS = {"n_components": "--components", "pca_components": "--pca", "pa
 
 
 @contextlib.contextmanager
-def _named_as_options(options: dict[str, str]):
+def _named_as_options(options: dict[str, str], *, set_in: str | None = None):
     """Re-raise an :class:`InputError` with the library parameters it names written as ``options``
-    names them: the user typed ``--pca``, not ``pca_components``."""
+    names them: the user typed ``--pca``, not ``pca_components``.
+
+    ``set_in``, for a command without those options (encode and evaluate fit a default Fisher
+    model), says where they are set; it is added to an error that names one, and any other error
+    is left as it was.
+    """
     try:
         yield
     except InputError as exc:
-        raise InputError(_with_option_names(str(exc), options)) from None
-
-
-def _with_option_names(message: str, options: dict[str, str]) -> str:
-    """``message`` with each library parameter of ``options`` written as the option that sets it."""
-    names = re.compile(r"\b(" + "|".join(options) + r")\b")
-    return names.sub(lambda match: options[match.group(1)], message)
-
-
-@contextlib.contextmanager
-def _fit_fisher_for_options(data: str, model_option: str):
-    """For a Fisher model that a command fits with the defaults (encode or evaluate without one),
-    which has no options for them: an error of the fit that names a parameter names the option of
-    ``fvae fit fisher`` that sets it, and how to pass the model written there."""
-    try:
-        yield
-    except InputError as exc:
-        message = _with_option_names(str(exc), FISHER_OPTIONS)
+        names = re.compile(r"\b(" + "|".join(options) + r")\b")
+        message = names.sub(lambda match: options[match.group(1)], str(exc))
+        if set_in is None:
+            raise InputError(message) from None
         if message == str(exc):  # names no parameter
             raise
-        raise InputError(f"{message} (in 'fvae fit fisher --data {data} -o MODEL', then pass {model_option} "
-                         "MODEL)") from None
+        raise InputError(f"{message} ({set_in})") from None
+
+
+def _fisher_options_set_in(data: str, model_option: str) -> str:
+    """Where the Fisher options of a default fit are set: by ``fvae fit fisher``, whose model the
+    command then takes as ``model_option``."""
+    return f"in 'fvae fit fisher --data {data} -o MODEL', then pass {model_option} MODEL"
 
 
 def _fisher_encoder(**params):
@@ -734,8 +730,9 @@ def _encoder_and_images(dataset, split: str, model: Path | None, method: Method,
     encoder = default_encoder(method.value, seed=seed)
     if method == Method.vae:  # training shows its own epochs
         encoder.set_params(verbose=_training_verbosity(quiet))
-    with _status(f"fitting {method.value} on {len(train):,} train images", quiet or method == Method.vae), \
-            _fit_fisher_for_options(data, "--model") if method == Method.fisher else contextlib.nullcontext():
+    named = (_named_as_options(FISHER_OPTIONS, set_in=_fisher_options_set_in(data, "--model"))
+             if method == Method.fisher else contextlib.nullcontext())
+    with _status(f"fitting {method.value} on {len(train):,} train images", quiet or method == Method.vae), named:
         encoder.fit(train.images)
     checksum = encoder.save(output_model, force=force)
     typer.echo(f"fitted {method.value} on {len(train):,} train images in {time.perf_counter() - started:.1f} s; "
@@ -798,8 +795,9 @@ def evaluate(
             logging.getLogger("fvae").setLevel(logging.WARNING)
         train, test, description = load_splits(data, test_data, data_dir)
         settings = Settings(methods=chosen, quick=quick, seed=seed, vae_seconds=vae_seconds, max_train=max_train)
-        fitting_fisher = "fisher" in chosen and fisher_model is None
-        with _fit_fisher_for_options(data, "--fisher-model") if fitting_fisher else contextlib.nullcontext():
+        named = (_named_as_options(FISHER_OPTIONS, set_in=_fisher_options_set_in(data, "--fisher-model"))
+                 if "fisher" in chosen and fisher_model is None else contextlib.nullcontext())
+        with named:
             report, artifacts = run_evaluation(train, test, settings, fisher_model=fisher_model, vae_model=vae_model,
                                                models_dir=tmp / "models", data=description)
         report = write_run(report, artifacts, tmp, run_dir.name)
