@@ -574,10 +574,20 @@ def patch_defaults(image_shape, *, patch_size=None, stride=None, pca_components=
     -------
     dict
         ``patch_size``, ``stride`` and ``pca_components``, as :class:`FisherVectorEncoder` takes them.
+
+    Raises
+    ------
+    InputError
+        If the images are smaller than the default patch (a patch size the user gives is checked
+        with the rest of the layout, by :func:`~fvae.descriptors.patch_layout`).
     """
     small = min(image_shape) < 14
     if patch_size is None:
         patch_size = 4 if small else 7
+        if patch_size > min(image_shape):
+            h, w = image_shape
+            raise InputError(f"{h}x{w} images are smaller than the default {patch_size}x{patch_size} patches: "
+                             f"choose a patch_size of at most {min(h, w)}")
     if stride is None:
         stride = 1 if small else 2
     if pca_components is None:
@@ -718,10 +728,6 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         images = check_image_batch(X, self.image_shape, "fit")
         sizes = patch_defaults(images.shape[1:], patch_size=self.patch_size, stride=self.stride,
                                pca_components=self.pca_components)
-        if self.patch_size is None and sizes["patch_size"] > min(images.shape[1:]):  # not one the user chose
-            h, w = images.shape[1:]
-            raise InputError(f"{h}x{w} images are smaller than the default {sizes['patch_size']}x"
-                             f"{sizes['patch_size']} patches: choose a patch_size of at most {min(h, w)}")
         if sizes["patch_size"] == 1 and self.patch_normalization in ("center", "standardize"):
             raise InputError(f"patch_normalization {self.patch_normalization} subtracts each patch's mean, which "
                              "leaves every 1x1 patch 0 (patch_size 1): take larger patches, or patch_normalization "

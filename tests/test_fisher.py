@@ -412,3 +412,10 @@ def test_kernels_compile_without_a_writable_cache_location(tmp_path):
 def test_patch_defaults_fill_only_what_the_user_left_out(shape, given, expected):
     chosen = fisher.patch_defaults(shape, **given)
     assert (chosen["patch_size"], chosen["stride"], chosen["pca_components"]) == expected
+
+
+def test_patch_defaults_refuse_images_smaller_than_the_default_patch_but_not_a_given_one():
+    with pytest.raises(InputError, match=r"^3x5 images are smaller than the default 4x4 patches: choose a "
+                                         r"patch_size of at most 3$"):
+        fisher.patch_defaults((3, 5))
+    assert fisher.patch_defaults((3, 5), patch_size=2)["patch_size"] == 2
