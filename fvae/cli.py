@@ -457,6 +457,8 @@ def fit_vae(
         raise _bad_option("--hidden", "applies to --arch mlp only")
     if binarization is not None and likelihood != Likelihood.bernoulli:
         raise _bad_option("--binarization", "applies to --likelihood bernoulli only")
+    if gaussian_variance is not None and likelihood != Likelihood.gaussian:
+        raise _bad_option("--gaussian-variance", "applies to --likelihood gaussian only")
     _check_output_suffix(output, ".npz", "model file")
     given = {}  # the rest are VAEEncoder's defaults
     if hidden is not None:

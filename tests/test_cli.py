@@ -380,6 +380,7 @@ def test_encode_refuses_a_model_of_a_method_it_does_not_know(tmp_path):
     (["--hidden", "64"], "Invalid value for '--hidden': applies to --arch mlp only"),
     (["--likelihood", "gaussian", "--binarization", "dynamic"],
      "Invalid value for '--binarization': applies to --likelihood bernoulli only"),
+    (["--gaussian-variance", "0.1"], "Invalid value for '--gaussian-variance': applies to --likelihood gaussian only"),
 ])
 def test_fit_vae_refuses_options_its_architecture_or_likelihood_would_ignore(tmp_path, args, message):
     result = fvae_cli("fit", "vae", "--data", "digits", "-o", "v.npz", *args, cwd=tmp_path)
