@@ -535,6 +535,19 @@ def _also_trained_on(data: dict) -> str:
     return ", 1 of them also a train image" if shared == 1 else f", {shared:,} of them also train images"
 
 
+def _of_untrained_classes(data: dict) -> str:
+    """', N of them of classes A, B, which no train image has' (reports before it was counted: '')."""
+    from .data import class_names_of
+
+    count, untrained = data.get("n_test_of_untrained_classes", 0), data.get("untrained_classes", [])
+    if not count:
+        return ""
+    names = class_names_of(untrained, dict(zip(data["classes"], data.get("class_names", data["classes"]))))
+    classes = f"class {names[0]}" if len(names) == 1 else f"classes {', '.join(names)}"
+    them = "1 of them" if count == 1 else f"{count:,} of them"
+    return f", {them} of {classes}, which no train image has"
+
+
 def markdown_report(report: dict) -> str:
     """``report.md``: the comparison table, a plain reading of it, the figures and the settings."""
     from .evaluate import knn_neighbours, markdown_table, reading
@@ -546,7 +559,7 @@ def markdown_report(report: dict) -> str:
         f"# fvae evaluate: {report['name']}",
         "",
         f"Train: {train.get('source', '?')} ({data['n_train']:,} images; the probes use {data['n_probe_train']:,}), "
-        f"test: {test.get('source', '?')} ({data['n_test']:,} images{_also_trained_on(data)}), {h}x{w} pixels, "
+        f"test: {test.get('source', '?')} ({data['n_test']:,} images{_also_trained_on(data)}{_of_untrained_classes(data)}), {h}x{w} pixels, "
         f"{len(data['classes'])} classes. Seed {settings['seed']}{', quick run' if settings['quick'] else ''}; "
         f"{report['seconds']:.0f} s in all; fvae {report['versions'].get('fvae')}, {report['created']}.",
         "",

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -488,6 +489,43 @@ def test_test_images_that_are_train_images_are_counted_and_all_of_them_refused(d
     assert "test: digits (361 images, 1 of them also a train image), 8x8" in markdown_report({"name": "x", **report})
 
 
+def test_test_images_of_classes_no_train_image_has_are_counted_and_all_of_them_refused(digits, caplog):
+    settings = Settings(methods=("raw",), quick=True)
+    low = digits.train.labels < 5
+    train = Split(digits.train.images[low], digits.train.labels[low])  # classes 0..4 only
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    sources = {"train": {"source": "low.npz", "location": "low.npz", "split": "all"},
+               "test": {"source": "mine.npz", "location": "mine.npz", "split": "all"}, "class_names": names}
+    high = digits.test.labels >= 5
+    with pytest.raises(fvae.DataError, match="^every test image of mine.npz is of classes five, six, seven, eight, "
+                                             "nine, which no train image has: no classifier could get one right$"):
+        evaluate(train, Split(digits.test.images[high], digits.test.labels[high]), settings, data=sources)
+    with caplog.at_level("WARNING", logger="fvae"):
+        report, _ = evaluate(train, digits.test, settings, data=sources)
+    n_high = int(high.sum())
+    assert report["data"]["n_test_of_untrained_classes"] == n_high and report["data"]["untrained_classes"] == [5, 6, 7, 8, 9]
+    assert caplog.messages == [f"{n_high} of the {len(digits.test)} test images of mine.npz are of classes five, six, "
+                               "seven, eight, nine, which no train image has: the classifiers' scores count them as "
+                               "mistakes"]
+    # every one of them is a mistake, so the accuracy is at most the share of the other classes
+    assert report["encodings"]["raw"]["classification"]["logistic"]["accuracy"] <= 1 - n_high / len(digits.test)
+    assert (f"test: mine.npz ({len(digits.test)} images, {n_high} of them of classes five, six, seven, eight, nine, "
+            "which no train image has), 8x8") in markdown_report({"name": "x", **report})
+    _validate({"name": "x", **report, "figures": []})
+    one = (digits.test.labels <= 5) & (np.cumsum(digits.test.labels == 5) <= 1)  # a single image of class 5
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fvae"):
+        report, _ = evaluate(train, Split(digits.test.images[one], digits.test.labels[one]), settings, data=sources)
+    assert caplog.messages == [f"1 of the {int(one.sum())} test images of mine.npz is of class five, which no train "
+                               "image has: the classifiers' scores count it as mistakes"]
+    assert "1 of them of class five, which no train image has), 8x8" in markdown_report({"name": "x", **report})
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fvae"):
+        report, _ = evaluate(digits.train, digits.test, settings, data=sources)
+    assert caplog.messages == [] and report["data"]["n_test_of_untrained_classes"] == 0
+    assert "which no train image has" not in markdown_report({"name": "x", **report})
+
+
 def test_a_stratified_subset_smaller_than_the_classes_takes_one_image_of_each_of_n_classes(digits):
     labels = digits.train.labels
     for n in (2, 5, 9):
@@ -706,6 +744,26 @@ def test_cli_folders_of_digit_subfolders_are_scored_by_class_name(tmp_path, digi
     report = json.loads((tmp_path / "runs" / "train" / "report.json").read_text())
     assert report["data"]["class_names"] == ["0", "1", "2"]
     assert report["encodings"]["raw"]["classification"]["logistic"]["accuracy"] >= 0.9  # before: 0.0
+
+
+def test_cli_warns_of_test_images_whose_class_the_train_folder_lacks(tmp_path, digits):
+    """A train/test folder whose test folder has a class subfolder the train folder lacks: before,
+    the report counted those images as mistakes without a word."""
+    write_named_digits(tmp_path / "pets" / "train", digits.train, {0: "cat", 1: "dog"}, per_class=30)
+    write_named_digits(tmp_path / "pets" / "test", digits.test, {0: "cat", 1: "dog", 2: "fox"}, per_class=10)
+    result = fvae_cli("evaluate", "--data", "pets", "--methods", "raw", "--quick", "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ("fvae: WARNING: 10 of the 30 test images of pets are of class fox, which no train image "
+                             "has: the classifiers' scores count them as mistakes\n")
+    report = (tmp_path / "runs" / "pets" / "report.md").read_text()
+    assert "test: pets (30 images, 10 of them of class fox, which no train image has), 8x8 pixels, 3 classes" in report
+    shutil.rmtree(tmp_path / "pets" / "test" / "cat")
+    shutil.rmtree(tmp_path / "pets" / "test" / "dog")
+    refused = fvae_cli("evaluate", "--data", "pets", "--methods", "raw", "--name", "foxes", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr == ("fvae: error: every test image of pets is of class fox, which no train image has: "
+                              "no classifier could get one right\n")
+    assert not (tmp_path / "runs" / "foxes").exists()
 
 
 def test_cli_evaluates_a_folder_of_four_images(tmp_path, digits):
