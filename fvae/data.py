@@ -50,6 +50,8 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 _SPLIT_SEED = 0
 #: Images/labels pairs of an .npz holding one labelled set, tried in this order.
 _NPZ_UNSPLIT_KEYS = (("x", "y"), ("X", "y"), ("images", "labels"))
+#: The name of an .npz's one array of unlabelled images; np.savez(path, images) names it arr_0.
+_NPZ_IMAGES_KEYS = ("x", "X", "images", "arr_0")
 
 
 @dataclass(frozen=True)
@@ -548,15 +550,17 @@ def _load_npz(path: Path) -> Dataset:
     except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
         raise _numpy_file_error(path, ".npz", b"PK\x03\x04", exc) from None
     present = [split for split in ("train", "test") if f"x_{split}" in arrays]
+    labelled = any(f"y_{split}" in arrays for split in present)
     for split in present:
-        if f"y_{split}" not in arrays:
+        if labelled and f"y_{split}" not in arrays:
             raise DataError(f"{path}: labels missing: has x_{split} but no y_{split}")
-    named = _labels_by_name(arrays, [f"y_{split}" for split in present], path)
+    named = _labels_by_name(arrays, [f"y_{split}" for split in present], path) if labelled else ()
     splits = {}
     for split in present:
         images = _as_uint8_images(arrays[f"x_{split}"], f"{path}[x_{split}]")
-        splits[split] = Split(images, _as_labels(arrays[f"y_{split}"], len(images), f"{path}[y_{split}]"))
-    if splits:
+        labels = _as_labels(arrays[f"y_{split}"], len(images), f"{path}[y_{split}]") if labelled else None
+        splits[split] = Split(images, labels)
+    if splits:  # without any y_ array, unlabelled images, as a .npy holds them
         return Dataset(str(path), str(path), splits.get("train"), splits.get("test"), named or _digit_names(splits))
     for x_key, y_key in _NPZ_UNSPLIT_KEYS:
         if x_key in arrays and y_key in arrays:
@@ -565,10 +569,13 @@ def _load_npz(path: Path) -> Dataset:
             images = _as_uint8_images(arrays[x_key], f"{path}[{x_key}]")
             everything = Split(images, _as_labels(arrays[y_key], len(images), f"{path}[{y_key}]"))
             return _held_out(str(path), str(path), everything, named or _digit_names({"all": everything}))
+    only = next(iter(arrays)) if len(arrays) == 1 else None
+    if only in _NPZ_IMAGES_KEYS:  # unlabelled images, test-only as a .npy's are
+        return Dataset(str(path), str(path), None, Split(_as_uint8_images(arrays[only], f"{path}[{only}]"), None))
     keys = ", ".join(arrays) or "nothing"
     pairs = ", ".join(f"{x}/{y}" for x, y in _NPZ_UNSPLIT_KEYS)
-    raise DataError(f"{path}: expected arrays x_train/y_train and/or x_test/y_test, or one labelled set "
-                    f"({pairs}), found {keys}")
+    raise DataError(f"{path}: expected arrays x_train/y_train and/or x_test/y_test (the y_ arrays optional), one "
+                    f"labelled set ({pairs}) or one array of images, found {keys}")
 
 
 def _labels_by_name(arrays: dict[str, np.ndarray], keys: list[str], path: Path) -> tuple[str, ...]:

@@ -442,6 +442,24 @@ def test_fit_fisher_on_a_npy_of_unlabelled_images_needs_split_test(tmp_path, dig
     np.testing.assert_array_equal(model.transform(digits.test.images[:5]), reference.transform(digits.test.images[:5]))
 
 
+def test_an_npz_of_unlabelled_train_and_test_images_fits_and_encodes(tmp_path, digits):
+    """Before: 'labels missing: has x_train but no y_train', though neither command needs labels."""
+    np.savez(tmp_path / "mine.npz", x_train=digits.train.images[:300], x_test=digits.test.images[:40])
+    fitted = runner.invoke(app, ["fit", "fisher", "--data", str(tmp_path / "mine.npz"), "-o", str(tmp_path / "m.npz"),
+                                 *SMALL_FIT])
+    assert fitted.exit_code == 0 and "fitted fisher on 300 " in fitted.output
+    encoded = runner.invoke(app, ["encode", "--data", str(tmp_path / "mine.npz"), "--model", str(tmp_path / "m.npz"),
+                                  "-o", str(tmp_path / "f.npy"), "-q"])
+    assert encoded.exit_code == 0, encoded.output
+    np.testing.assert_array_equal(np.load(tmp_path / "f.npy"), fvae.load(tmp_path / "m.npz").transform(digits.test.images[:40]))
+    assert not (tmp_path / "f.labels.npy").exists()
+    refused = runner.invoke(app, ["evaluate", "--data", str(tmp_path / "mine.npz"), "--methods", "raw",
+                                  "--runs-dir", str(tmp_path / "runs")])
+    assert refused.exit_code == 2 and refused.output.startswith(
+        f"fvae: error: {tmp_path / 'mine.npz'} has no labels, and evaluate needs labelled train images")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_corrupt_input_file_fails_cleanly_in_a_subprocess(tmp_path):
     import gzip
 

@@ -136,22 +136,41 @@ def test_labels_too_large_to_be_class_numbers_are_refused_in_npz_and_idx_files(t
             fvae.load_dataset(folder)
 
 
+def test_an_npz_of_unlabelled_images_is_read_as_a_npy_is(tmp_path, tiny):
+    """Before, an .npz without labels was refused, though encoding and fitting need none."""
+    images, _ = tiny
+    np.savez(tmp_path / "split.npz", x_train=images, x_test=images[:3])
+    split = fvae.load_dataset(tmp_path / "split.npz")
+    assert (split.train.labels, split.test.labels, split.class_names) == (None, None, ())
+    np.testing.assert_array_equal(split.split("all").images, np.concatenate([images, images[:3]]))
+    assert split.split("all").labels is None
+    for name, arrays in (("images.npz", {"images": images}), ("x.npz", {"x": images}), ("savez.npz", {"arr_0": images})):
+        np.savez(tmp_path / name, **arrays)
+        one = fvae.load_dataset(tmp_path / name)
+        assert one.train is None and one.test.labels is None  # test-only, as a .npy is
+        np.testing.assert_array_equal(one.test.images, images)
+    np.savez(tmp_path / "two.npz", images, images)  # arr_0 and arr_1: which are the images?
+    with pytest.raises(DataError, match=r"two.npz: expected arrays .* or one array of images, found arr_0, arr_1$"):
+        fvae.load_dataset(tmp_path / "two.npz")
+
+
 def test_keras_npz(tmp_path, tiny):
     images, labels = tiny
     np.savez(tmp_path / "k.npz", x_train=images, y_train=labels, x_test=images[:3], y_test=labels[:3])
     ds = fvae.load_dataset(tmp_path / "k.npz")
     np.testing.assert_array_equal(ds.test.images, images[:3])
-    np.savez(tmp_path / "nolabels.npz", x_train=images)
-    with pytest.raises(DataError, match="labels missing: has x_train but no y_train"):
-        fvae.load_dataset(tmp_path / "nolabels.npz")
+    np.savez(tmp_path / "partly.npz", x_train=images, y_train=labels, x_test=images[:3])
+    with pytest.raises(DataError, match="labels missing: has x_test but no y_test"):
+        fvae.load_dataset(tmp_path / "partly.npz")
     # one labelled set under a common pair of names is split 80/20, stratified, as an image folder is
     np.savez(tmp_path / "one.npz", images=images, labels=labels)
     one = fvae.load_dataset(tmp_path / "one.npz")
     assert (len(one.train), len(one.test)) == (9, 3) and sorted(one.test.labels.tolist()) == [0, 1, 2]
     assert {img.tobytes() for img in one.split("all").images} == {img.tobytes() for img in images}
     np.savez(tmp_path / "other.npz", pixels=images, classes=labels)
-    with pytest.raises(DataError, match=r"other.npz: expected arrays x_train/y_train and/or x_test/y_test, or one "
-                                        r"labelled set \(x/y, X/y, images/labels\), found pixels, classes$"):
+    with pytest.raises(DataError, match=r"other.npz: expected arrays x_train/y_train and/or x_test/y_test \(the y_ "
+                                        r"arrays optional\), one labelled set \(x/y, X/y, images/labels\) or one array "
+                                        r"of images, found pixels, classes$"):
         fvae.load_dataset(tmp_path / "other.npz")
     np.savez(tmp_path / "floats.npz", x_test=images / 255.0, y_test=labels)
     np.testing.assert_array_equal(fvae.load_dataset(tmp_path / "floats.npz").test.images, images)
