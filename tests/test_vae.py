@@ -181,6 +181,15 @@ def test_transform_is_deterministic_and_sklearn_shaped(trained, digits):
     for bad in (-1, 2.5):
         with pytest.raises(InputError, match=rf"^sample: n must be a whole number >= 0, got {bad}$"):
             trained.sample(bad)
+    # before: "inverse_transform: codes ...", a method not called, and z of twice the width was taken
+    for z in (np.zeros((3, 5)), np.zeros((3, 8))):
+        with pytest.raises(InputError, match=rf"^sample: z must have shape \(n, 4\), got \(3, {z.shape[1]}\)$"):
+            trained.sample(3, z=z)
+    np.testing.assert_array_equal(trained.sample(5, z=codes[:5]), trained.inverse_transform(codes[:5]))
+    for method, argument in (("transform", digits.test.images[:3]), ("inverse_transform", codes[:3])):
+        for bad in (0, 2.5):  # before: range() arg 3 must not be zero, and a TypeError for 2.5
+            with pytest.raises(InputError, match=rf"^{method}: batch_size must be a whole number >= 1, got {bad}$"):
+                getattr(trained, method)(argument, batch_size=bad)
     with pytest.raises(InputError, match=r"^evaluate: iwae_k must be a whole number >= 0 \(0: no IWAE bound\), got -3$"):
         trained.evaluate(digits.test.images[:10], iwae_k=-3)
     assert "iwae_bound" not in trained.evaluate(digits.test.images[:10], iwae_k=0)

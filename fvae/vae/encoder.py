@@ -270,6 +270,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         """
         from keras import ops
 
+        _check_batch_size(batch_size, "transform")
         images, labels = self._checked_inputs(X, y, "transform")
         out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
         for start in range(0, len(images), batch_size):
@@ -287,11 +288,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         from keras import ops
 
         check_is_fitted(self, "model_")
-        Z = np.asarray(Z, dtype=np.float32)
-        if Z.ndim != 2 or Z.shape[1] not in (self.latent_dim, 2 * self.latent_dim):
-            raise InputError(f"inverse_transform: codes must have shape (n, {self.latent_dim}), got {Z.shape}")
-        if not np.isfinite(Z).all():
-            raise InputError("inverse_transform: codes contain NaN or infinite values")
+        _check_batch_size(batch_size, "inverse_transform")
+        Z = self._checked_codes(Z, "inverse_transform", "codes", with_log_var=True)
         Z = Z[:, : self.latent_dim]
         labels = self._positions(y, len(Z), "inverse_transform")
         out = np.empty((len(Z),) + self.image_shape_, dtype=np.float32)
@@ -300,6 +298,17 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
             decoded = self.model_.decode(Z[s], None if labels is None else labels[s])
             out[s] = ops.convert_to_numpy(self.model_.mean_image(decoded))
         return out
+
+    def _checked_codes(self, Z, where: str, what: str, *, with_log_var: bool) -> np.ndarray:
+        """``Z`` as float32 latent codes (n, latent_dim), or ``with_log_var`` also means and
+        log-variances (n, 2 * latent_dim), as ``transform`` gives them with ``return_log_var``."""
+        Z = np.asarray(Z, dtype=np.float32)
+        widths = (self.latent_dim, 2 * self.latent_dim) if with_log_var else (self.latent_dim,)
+        if Z.ndim != 2 or Z.shape[1] not in widths:
+            raise InputError(f"{where}: {what} must have shape (n, {self.latent_dim}), got {Z.shape}")
+        if not np.isfinite(Z).all():
+            raise InputError(f"{where}: {what} contain NaN or infinite values")
+        return Z
 
     def sample(self, n, label=None, *, random_state=None, z=None):
         """Draw ``n`` images from the prior: decode z ~ N(0, I) (or the given ``z``).
@@ -323,8 +332,10 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
                              "(fit one with conditional=True, --conditional)")
         if label is not None and not _is_one_of(label, self.classes_):
             raise InputError(f"label {label!r}: this model knows classes {_listed(self.classes_)}")
-        if z is not None and n != len(z):
-            raise InputError(f"sample: n = {n!r}, but len(z) = {len(z)}: they must agree")
+        if z is not None:
+            z = self._checked_codes(z, "sample", "z", with_log_var=False)
+            if n != len(z):
+                raise InputError(f"sample: n = {n!r}, but len(z) = {len(z)}: they must agree")
         if z is None:
             if not is_whole_number(n):
                 raise InputError(f"sample: n must be a whole number >= 0, got {n!r}")
@@ -467,6 +478,11 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         self.__dict__.update(state)
         if payload is not None:
             self.model_ = keras_from_bytes(payload)
+
+
+def _check_batch_size(batch_size, where: str) -> None:
+    if not is_whole_number(batch_size, 1):
+        raise InputError(f"{where}: batch_size must be a whole number >= 1, got {batch_size!r}")
 
 
 def _class_positions(labels, classes, where) -> np.ndarray:
