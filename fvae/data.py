@@ -649,6 +649,17 @@ def image_file_names(images, root) -> list[str] | None:
     return [file.relative_to(root).as_posix() for file in images.files]
 
 
+def _image_files_under(folder: Path) -> list[Path]:
+    """The image files in ``folder`` and, at any depth, in its subfolders that are not hidden
+    (``cat/2019/a.png`` is a cat, as Keras's image_dataset_from_directory reads it), sorted by
+    their path below ``folder``; none if there is no such folder."""
+    found = []
+    for root, dirs, _ in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += _image_files_in(Path(root))
+    return sorted(found, key=lambda file: file.relative_to(folder).parts)
+
+
 def _image_files_in(folder: Path) -> list[Path]:
     """The image files in ``folder`` (not in its subfolders, not hidden), sorted by name;
     none if there is no such folder (a class that one split of a train/test folder lacks)."""
@@ -723,7 +734,7 @@ def _grey_levels(img) -> np.ndarray:
 
 
 def _read_class_folders(folder: Path, class_names: list[str], lazy: bool = False) -> Split:
-    found = {name: _image_files_in(folder / name) for name in class_names}
+    found = {name: _image_files_under(folder / name) for name in class_names}
     files = [file for name in class_names for file in found[name]]
     if not files:
         raise DataError(f"{folder}: class subfolders hold no images ({IMAGE_FORMATS})")

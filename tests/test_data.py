@@ -350,6 +350,32 @@ def test_every_image_of_a_class_folder_keeps_its_file_name(tmp_path, tiny):
         assert folder == f"class{label}"
 
 
+@pytest.mark.parametrize("layout", ["classes", "train and test"])
+def test_images_in_subfolders_of_a_class_folder_are_of_that_class(tmp_path, tiny, layout):
+    """``cat/2019/a.png`` is a cat, as Keras's image_dataset_from_directory reads it. Before, only
+    the images directly in ``cat/`` were read, and the rest were left out without a word."""
+    images, labels = tiny
+    nested = [f"c{lab}/{'old' if i % 2 else 'new/deeper'}" for i, lab in enumerate(labels)]
+    root = tmp_path / "f"
+    if layout == "train and test":
+        nested = [f"{'train' if i < 9 else 'test'}/{folder}" for i, folder in enumerate(nested)]
+    write_image_folder(root, images, nested)  # image i is FOLDER/i.png
+    (root / "c0" if layout == "classes" else root / "train" / "c0").joinpath(".ipynb_checkpoints").mkdir()
+    hidden = (root / "c0" if layout == "classes" else root / "train" / "c0") / ".ipynb_checkpoints" / "copy.png"
+    Image.fromarray(images[0]).save(hidden)  # a hidden folder is left out at any depth
+    lazy = fvae.load_dataset(root, lazy=True)
+    assert lazy.class_names == ("c0", "c1", "c2")
+    everything = lazy.split("all")
+    names = image_file_names(everything.images, root)  # the path below the root, kept for the sidecar
+    assert set(names) == {f"{folder}/{i}.png" for i, folder in enumerate(nested)}
+    rows = [int(name.rsplit("/", 1)[1][:-4]) for name in names]
+    np.testing.assert_array_equal(everything.images[:], images[rows])
+    np.testing.assert_array_equal(everything.labels, labels[rows])
+    read = fvae.load_dataset(root).split("all")
+    np.testing.assert_array_equal(read.images, images[rows])
+    np.testing.assert_array_equal(read.labels, labels[rows])
+
+
 def test_16_bit_pngs_are_scaled_to_8_bits_and_deep_arrays_refused_with_how_to_scale_them(tmp_path):
     deep = np.array([[0, 257, 1000, 32768, 65535]], dtype=np.uint16)
     write_image_folder(tmp_path / "deep", [deep] * 6, ["a"] * 3 + ["b"] * 3)
