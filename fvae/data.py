@@ -614,7 +614,10 @@ def _load_image_folder(folder: Path, lazy: bool = False) -> Dataset:
     _warn_of_loose_images(folder)
     if names <= {"train", "test"}:
         class_names = sorted({c.name for s in subdirs for c in _subfolders(s)})
-        splits = {s.name: _read_class_folders(s, class_names, lazy) for s in subdirs}
+        if class_names:
+            splits = {s.name: _read_class_folders(s, class_names, lazy) for s in subdirs}
+        else:  # train/ and test/ of images without classes: unlabelled, as a flat folder's
+            splits = {s.name: _read_unlabelled_folder(s, lazy) for s in subdirs}
         return Dataset(str(folder), str(folder), splits.get("train"), splits.get("test"), tuple(class_names))
     class_names = [p.name for p in subdirs]
     return _held_out(str(folder), str(folder), _read_class_folders(folder, class_names, lazy), class_names)
@@ -672,10 +675,14 @@ def _image_files_in(folder: Path) -> list[Path]:
 def _load_flat_image_folder(folder: Path, lazy: bool) -> Dataset:
     """A folder of images without class subfolders: unlabelled, test-only as a ``.npy`` is, in
     the order of the files' names."""
+    return Dataset(str(folder), str(folder), None, _read_unlabelled_folder(folder, lazy))
+
+
+def _read_unlabelled_folder(folder: Path, lazy: bool) -> Split:
     files = _image_files_in(folder)
     if not files:
         raise DataError(f"{folder}: no idx files, no class subfolders and no images ({IMAGE_FORMATS})")
-    return Dataset(str(folder), str(folder), None, _read_image_files(files, None, lazy))
+    return _read_image_files(files, None, lazy)
 
 
 @contextlib.contextmanager

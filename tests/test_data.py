@@ -444,6 +444,17 @@ def test_image_folder_with_train_and_test_subfolders(tmp_path, tiny):
     assert ds.train.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
 
 
+def test_train_and_test_folders_of_images_without_classes_are_unlabelled_splits(tmp_path, tiny):
+    """Before: "f/test: class subfolders hold no images", of a folder that has no class subfolders."""
+    images, _ = tiny
+    write_image_folder(tmp_path / "f", images, ["train"] * 8 + ["test"] * 4)
+    for lazy in (False, True):
+        ds = fvae.load_dataset(tmp_path / "f", lazy=lazy)
+        assert (ds.train.labels, ds.test.labels, ds.class_names) == (None, None, ())
+        np.testing.assert_array_equal(ds.train.images[:], images[:8])
+        np.testing.assert_array_equal(ds.test.images[:], images[[10, 11, 8, 9]])  # 10.png sorts before 8.png
+
+
 def _hidden_things_in(folder, image):
     """What Jupyter, git and macOS leave in a folder, beside its images: hidden folders, one of
     them holding a real image, and a macOS "._" file with an image's name that is no image."""
