@@ -97,6 +97,8 @@ def _folder_name(value: str | None) -> str | None:
     or a path, which would put the run outside --runs-dir (``/tmp/x`` replaces it altogether)."""
     if value is not None and (value in ("", ".", "..") or "/" in value or os.sep in value):
         raise typer.BadParameter(f"{value!r}: a run name is one folder name; --runs-dir chooses where it goes")
+    if value is not None and value.strip() != value:  # " " or "run ": a folder no one means to make
+        raise typer.BadParameter(f"{value!r}: a run name neither starts nor ends with a space")
     return value
 
 

@@ -365,6 +365,16 @@ def test_a_run_name_that_is_not_one_folder_name_is_refused(tmp_path, name):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("name", [" ", "run ", " run"])
+def test_a_run_name_with_spaces_at_its_ends_is_refused(tmp_path, name):
+    # " " made a run folder named by a space
+    result = runner.invoke(app, ["evaluate", "--data", "digits", "--methods", "raw", "--runs-dir", str(tmp_path / "runs"),
+                                 "--name", name])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '--name': {name!r}: a run name neither starts nor ends with a space" in result.output
+    assert not list(tmp_path.iterdir())
+
+
 def test_encode_refuses_a_model_of_a_method_it_does_not_know(tmp_path):
     save_model(tmp_path / "pca.npz", method="pca", params={}, arrays={"components_": np.eye(2)}, input_shape=(8, 8))
     with pytest.raises(fvae.ModelFileError, match="unknown model method 'pca'"):
