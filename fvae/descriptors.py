@@ -127,10 +127,11 @@ def normalize_patches(patches: np.ndarray, mode: str) -> np.ndarray:
 
 
 def fit_pca(sample: np.ndarray, n_components: int, whiten: bool, random_state,
-            sampled_from: str = "n_descriptor_samples") -> np.ndarray:
+            sampled_from: str = "n_descriptor_samples", default_components: bool = False) -> np.ndarray:
     """Fit PCA on a sample of descriptors and return its projection matrix.
 
-    ``sampled_from`` says what bounds the sample's size, for the error when it is too small.
+    ``sampled_from`` says what bounds the sample's size, and ``default_components`` whether
+    ``n_components`` is fvae's choice rather than the caller's, for the error when it is too small.
 
     Returns
     -------
@@ -143,6 +144,9 @@ def fit_pca(sample: np.ndarray, n_components: int, whiten: bool, random_state,
     n_samples, n_features = sample.shape
     if n_samples < 2:  # one point has no directions of variance; its "blank images?" refusal misled
         raise InputError(f"only {n_samples} descriptor is sampled ({sampled_from}): a PCA needs at least 2")
+    if default_components and n_components > n_samples:  # name the choice as the default, not as the caller's
+        raise InputError(f"only {n_samples} descriptors are sampled ({sampled_from}), fewer than the "
+                         f"{n_components} dimensions of the default PCA: choose pca_components of at most {n_samples}")
     if not 1 <= n_components <= min(n_samples, n_features):
         limit = (f"patches of {n_features} pixels" if n_features <= n_samples
                  else f"only {n_samples} descriptors are sampled ({sampled_from})")

@@ -743,7 +743,8 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         # a bigger n_descriptor_samples helps only while the images have more patches than it
         sampled_from = ("n_descriptor_samples" if n_samples < n_total
                         else f"all the patches of {counted(len(images), 'image')}")
-        projection = fit_pca(patches, sizes["pca_components"], self.whiten, rng, sampled_from)
+        projection = fit_pca(patches, sizes["pca_components"], self.whiten, rng, sampled_from,
+                             default_components=self.pca_components is None)
         descriptors = project(patches, projection)
         if self.xy:
             descriptors = np.concatenate([descriptors, layout.xy[patch_idx]], axis=1)

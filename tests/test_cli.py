@@ -213,6 +213,10 @@ def test_one_idx_images_file_is_fitted_on_and_encoded_as_its_split(tmp_path, dig
     # limits the data sets, which only the fit can check: named by the options, as the next test's are
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--pca", "1000"], "--pca must be in [1, 16]: patches of 16"),
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--samples", "3"], "only 3 descriptors are sampled (--samples)"),
+    # was "--pca must be in [1, 10]: ...; got 12", of an option not given
+    (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--samples", "10"],
+     "only 10 descriptors are sampled (--samples), fewer than the 12 dimensions of the default PCA: choose --pca of "
+     "at most 10"),
     # one descriptor was refused as "all 1 sampled patches are the same (blank images?)"
     (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--samples", "1", "--pca", "1"],
      "only 1 descriptor is sampled (--samples): a PCA needs at least 2"),

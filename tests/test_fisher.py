@@ -264,6 +264,10 @@ def test_bad_inputs_raise_clear_errors(digits):
         FisherVectorEncoder(**{**SMALL, "patch_size": 3, "pca_components": 12}).fit(digits.train.images)
     with pytest.raises(InputError, match=r"^pca_components must be in \[1, 5\]: only 5 descriptors are sampled"):
         FisherVectorEncoder(**{**SMALL, "n_descriptor_samples": 5}).fit(digits.train.images)
+    # fvae's own PCA dimension is named as the default, which the caller did not choose
+    with pytest.raises(InputError, match=r"^only 10 descriptors are sampled \(n_descriptor_samples\), fewer than the 12 "
+                                         r"dimensions of the default PCA: choose pca_components of at most 10$"):
+        FisherVectorEncoder(n_components=2, n_descriptor_samples=10).fit(digits.train.images)
     with pytest.raises(InputError, match=r"^n_components 8 is more than the 7 descriptors sampled to fit the GMM "
                                          r"\(n_descriptor_samples\)$"):
         FisherVectorEncoder(**{**SMALL, "n_descriptor_samples": 7, "pca_components": 2}).fit(digits.train.images)
