@@ -885,6 +885,9 @@ def load_splits(data, test_data=None, data_dir=None) -> tuple[Split, Split, dict
         if source.train is None:
             raise DataError(f"{source.name} has only test images, and evaluate trains on --data: pass a source of "
                             f"train images as --data, and this one as --test-data")
+        if source.test is None:
+            raise DataError(f"{source.name} has only train images, and evaluate tests on the test split of --data: "
+                            f"pass a source of test images as --test-data")
         train, test = source.split("train"), source.split("test")
         test_source, test_split, train_split = source, "test", "train"
     else:

@@ -798,7 +798,8 @@ def test_embeddings_of_one_code_or_of_one_dimension_are_drawn():
 
 
 def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
-    np.savez(tmp_path / "unlabelled.npz", x_train=np.zeros((20, 8, 8), np.uint8))
+    np.savez(tmp_path / "unlabelled.npz", x_train=np.zeros((20, 8, 8), np.uint8), x_test=np.zeros((5, 8, 8), np.uint8))
+    np.savez(tmp_path / "train.npz", x_train=np.arange(20 * 64, dtype=np.uint8).reshape(20, 8, 8), y_train=np.arange(20) % 2)
     np.save(tmp_path / "images.npy", np.zeros((20, 8, 8), np.uint8))
     np.savez(tmp_path / "cats.npz", x=np.arange(20 * 64, dtype=np.uint8).reshape(20, 8, 8), y=np.array(["cat"] * 20))
     for name in ("pets.npz", "copy.npz"):
@@ -809,7 +810,12 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
     cases = [
         (["--data", "digits", "--methods", "fisher", "--fisher-model", "f12.npz"],
          "fvae: error: images are 8x8, but f12.npz was fitted on 12x12 images\n"),
-        (["--data", "unlabelled.npz", "--methods", "raw"], "labels"),
+        (["--data", "unlabelled.npz", "--methods", "raw"],
+         "fvae: error: unlabelled.npz has no labels, and evaluate needs labelled train images"),
+        # was "has no test split, only train images; this needs a test split", with no way round it
+        (["--data", "train.npz", "--methods", "raw"],
+         "fvae: error: train.npz has only train images, and evaluate tests on the test split of --data: pass a source "
+         "of test images as --test-data\n"),
         # was "has no train split, only test images; this needs a train split", with no way round it
         (["--data", "images.npy", "--methods", "raw"],
          "fvae: error: images.npy has only test images, and evaluate trains on --data: pass a source of train images "
