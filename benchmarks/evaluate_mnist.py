@@ -8,6 +8,7 @@ settings. Prints the comparison table, then the figures as one JSON object.
     cd benchmarks && ../.venv/bin/python evaluate_mnist.py [--quick]
 """
 
+import argparse
 import json
 import os
 import subprocess
@@ -20,7 +21,10 @@ from _common import FVAE, MNIST_TEST, print_json
 
 
 def main():
-    extra = [arg for arg in sys.argv[1:] if arg == "--quick"]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fvae evaluate --quick: a few-minute run")
+    args = parser.parse_args()
+    extra = ["--quick"] if args.quick else []
     with tempfile.TemporaryDirectory() as runs:
         started = time.perf_counter()
         result = subprocess.run(

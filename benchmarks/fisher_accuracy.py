@@ -8,6 +8,7 @@ accuracy and the seconds of fit (patches + PCA + GMM) plus encoding of all 15,00
     python benchmarks/fisher_accuracy.py
 """
 
+import argparse
 import time
 
 import numpy as np
@@ -20,6 +21,7 @@ from fvae import FisherVectorEncoder, load_dataset
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, and no stray options
     pixels, train_labels = mnist_data()
     train_images = pixels.reshape(-1, 28, 28).astype(np.uint8)
     test = load_dataset(MNIST_TEST).test

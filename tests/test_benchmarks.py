@@ -85,3 +85,22 @@ def test_the_json_line_rounds_to_4_decimals_but_never_a_small_value_to_zero(caps
     # a McNemar p-value of 1e-60 was printed as 0.0, as if the test could be certain
     assert json.loads(capsys.readouterr().out) == {"ratio": 0.9909, "rate": 5816.0557, "p_value": 1.832e-60,
                                                    "zero": 0.0, "count": 7}
+
+
+BENCHMARKS = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")
+                    if not p.name.startswith("_"))
+
+
+@pytest.mark.parametrize("script", BENCHMARKS)
+def test_every_benchmark_answers_help_and_refuses_an_unknown_option_without_running(script):
+    """evaluate_mnist.py and fisher_accuracy.py took --help (or a misspelt --quick) as nothing
+    and started their 10-minute runs."""
+    import subprocess
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    shown = subprocess.run([sys.executable, script, "--help"], cwd=benchmarks, capture_output=True, text=True,
+                           timeout=300)
+    assert shown.returncode == 0 and shown.stdout.startswith(f"usage: {script}"), shown.stderr
+    refused = subprocess.run([sys.executable, script, "--quik"], cwd=benchmarks, capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 2 and f"{script}: error: unrecognized arguments: --quik" in refused.stderr
