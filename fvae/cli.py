@@ -801,7 +801,7 @@ def evaluate(
         settings = Settings(methods=chosen, quick=quick, seed=seed, vae_seconds=vae_seconds, max_train=max_train)
         named = (_named_as_options(FISHER_OPTIONS, set_in=_fisher_options_set_in(data, "--fisher-model"))
                  if "fisher" in chosen and fisher_model is None else contextlib.nullcontext())
-        with named:
+        with _named_as_options({"max_train": "--max-train"}), named:
             report, artifacts = run_evaluation(train, test, settings, fisher_model=fisher_model, vae_model=vae_model,
                                                models_dir=tmp / "models", data=description)
         report = write_run(report, artifacts, tmp, run_dir.name)

@@ -841,6 +841,15 @@ def _test_images_in_train(train_images, test_images, sources: dict) -> int:
     return shared
 
 
+def _room_for_every_class(train_labels, max_train: int) -> None:
+    """Refuse a ``max_train`` under the number of train classes: the probes would see only some
+    of them, and count every test image of the others as a mistake."""
+    n_classes = len(np.unique(train_labels))
+    if max_train < n_classes:
+        raise InputError(f"max_train {max_train:,} is fewer than the {n_classes:,} classes of the train images: the "
+                         f"probes need an image of each, so give at least {n_classes:,}")
+
+
 def _test_classes_not_trained_on(train_labels, test_labels, sources: dict, names_by_label: dict) -> list:
     """The classes of test images that no train image has: no classifier can predict them. Every
     test image being of such a class is refused, as every prediction would be wrong; some of them
@@ -955,6 +964,7 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
     _two_classes(train.labels, sources.get("train"), names_by_label)
     untrained = _test_classes_not_trained_on(train.labels, test.labels, sources, names_by_label)
     n_test_in_train = _test_images_in_train(train.images, test.images, sources)
+    _room_for_every_class(train.labels, settings.max_train)
     probe_index = stratified_subset(train.labels, settings.max_train, settings.seed)
     probe_labels = train.labels[probe_index]
     with tempfile.TemporaryDirectory() as scratch:

@@ -526,6 +526,21 @@ def test_test_images_of_classes_no_train_image_has_are_counted_and_all_of_them_r
     assert "which no train image has" not in markdown_report({"name": "x", **report})
 
 
+def test_a_max_train_under_the_number_of_classes_is_refused(digits, tmp_path):
+    """--max-train 5 on the ten digits fitted the probes on five classes, and the test images of
+    the other five counted as mistakes, without a word."""
+    with pytest.raises(InputError, match="^max_train 5 is fewer than the 10 classes of the train images: the probes "
+                                         "need an image of each, so give at least 10$"):
+        evaluate(digits.train, digits.test, Settings(methods=("raw",), quick=True, max_train=5))
+    report, _ = evaluate(digits.train, digits.test, Settings(methods=("raw",), quick=True, max_train=10))
+    assert report["data"]["n_probe_train"] == 10
+    result = fvae_cli("evaluate", "--data", "digits", "--methods", "raw", "--max-train", "5", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr == (
+        "fvae: error: --max-train 5 is fewer than the 10 classes of the train images: the probes need an image of "
+        "each, so give at least 10\n")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_stratified_subset_smaller_than_the_classes_takes_one_image_of_each_of_n_classes(digits):
     labels = digits.train.labels
     for n in (2, 5, 9):
@@ -966,7 +981,10 @@ def test_reading_of_one_encoding_gives_its_numbers_without_a_contest():
 
 
 def test_fewer_probe_images_than_neighbours_are_reported_as_the_k_the_probe_used(digits):
-    report, _ = evaluate(digits.train, digits.test, Settings(methods=("raw",), quick=True, max_train=3))
+    train, test = (digits.train.labels < 3), (digits.test.labels < 3)  # three classes, a probe image of each
+    report, _ = evaluate(Split(digits.train.images[train], digits.train.labels[train]),
+                         Split(digits.test.images[test], digits.test.labels[test]),
+                         Settings(methods=("raw",), quick=True, max_train=3))
     assert report["encodings"]["raw"]["classification"]["knn"]["k"] == 3
     text = markdown_report({"name": "few", **report})
     assert "| 3-NN acc |" in text and "; 3-NN on the codes as they are;" in text  # before: 5-NN, as if it were
