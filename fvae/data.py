@@ -521,8 +521,13 @@ def _class_numbers(labels: np.ndarray, where) -> np.ndarray:
     if labels.dtype == bool:
         labels = labels.astype(np.int64)
     if not np.issubdtype(labels.dtype, np.integer):
-        if not np.issubdtype(labels.dtype, np.floating) or not np.all(labels == np.round(labels)):
+        if not np.issubdtype(labels.dtype, np.floating):
             raise DataError(f"{where}: labels must be integers, found dtype {labels.dtype}")
+        fractional = labels[labels != np.round(labels)]  # NaN too
+        if len(fractional):
+            # float labels of whole numbers (1.0, as pandas gives them) are taken: name the first that is not one
+            found = "NaN" if np.isnan(fractional[0]) else f"{fractional[0]:g}"
+            raise DataError(f"{where}: labels must be whole numbers, found {found}")
     if len(labels) and labels.min() < 0:
         raise DataError(f"{where}: labels must be non-negative, found {labels.min()}")
     if len(labels) and labels.max() > MAX_CLASS_NUMBER:

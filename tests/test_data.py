@@ -230,6 +230,18 @@ def test_an_npz_of_class_names_numbers_them_as_an_image_folder_numbers_its_subfo
         fvae.load_dataset(tmp_path / "short.npz")
 
 
+def test_float_labels_are_read_when_whole_and_refused_naming_the_first_that_is_not(tmp_path, tiny):
+    """A float label of 0.5 or NaN was refused as "labels must be integers, found dtype float64",
+    though float labels of whole numbers (as pandas gives them) are read."""
+    images, labels = tiny
+    np.savez(tmp_path / "whole.npz", images=images, labels=labels.astype(np.float64))
+    assert sorted(fvae.load_dataset(tmp_path / "whole.npz").split("all").labels.tolist()) == sorted(labels.tolist())
+    for bad, shown in ((0.5, "0.5"), (np.nan, "NaN")):
+        np.savez(tmp_path / "bad.npz", images=images, labels=np.where(labels == 1, bad, labels))
+        with pytest.raises(DataError, match=rf"bad.npz\[labels\]: labels must be whole numbers, found {shown}$"):
+            fvae.load_dataset(tmp_path / "bad.npz")
+
+
 @pytest.mark.parametrize("layout", ["one-hot", "column"])
 def test_one_hot_column_and_boolean_labels_are_read_as_class_numbers(tmp_path, tiny, layout):
     """keras.utils.to_categorical's one-hot rows were refused as "labels of shape (12, 3)",
