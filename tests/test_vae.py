@@ -333,6 +333,22 @@ def test_a_conditional_vae_learns_its_classes_from_the_labels(tmp_path, monkeypa
     assert VAEEncoder.load(tmp_path / "before.npz").classes_.tolist() == list(range(10))
 
 
+def test_a_conditional_vae_takes_whole_float_and_boolean_labels_as_class_numbers():
+    """y.astype(float) (a pandas column with a gap becomes one) and booleans were refused as "labels
+    must be ... integers or ... strings", though fvae's data sources read both as class numbers."""
+    digits = fvae.load_dataset("digits").train
+    images, labels = digits.images[:200], digits.labels[:200]
+    as_ints = VAEEncoder(**ONE_EPOCH_CONDITIONAL).fit(images, labels)
+    as_floats = VAEEncoder(**ONE_EPOCH_CONDITIONAL).fit(images, labels.astype(np.float64))
+    assert as_floats.classes_.dtype == np.int64 and as_floats.classes_.tolist() == as_ints.classes_.tolist()
+    np.testing.assert_array_equal(as_floats.transform(images[:5], labels[:5] * 1.0), as_ints.transform(images[:5], labels[:5]))
+    assert VAEEncoder(**ONE_EPOCH_CONDITIONAL).fit(images, labels > 4).classes_.tolist() == [0, 1]
+    for bad in (0.5, np.nan):
+        with pytest.raises(InputError, match=r"^fit: labels must be 200 integers or 200 strings, got shape \(200,\) "
+                                             r"dtype float64$"):
+            VAEEncoder(**ONE_EPOCH_CONDITIONAL).fit(images, np.where(labels == 1, bad, labels))
+
+
 def test_a_conditional_vae_takes_string_labels_as_classifiers_do(tmp_path):
     """A scikit-learn user's labels are often names ("cat", a pandas column of objects)."""
     from fvae.persist import read_header

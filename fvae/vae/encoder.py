@@ -227,8 +227,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         return tuple(int(size) for size in np.ravel(sizes))
 
     def _valid_labels(self, y, n, where):
-        """A conditional VAE's labels, checked: ``n`` integers (int64) or ``n`` strings (str);
-        None for an unconditional VAE."""
+        """A conditional VAE's labels, checked: ``n`` integers (int64; booleans and floats of whole
+        numbers too) or ``n`` strings (str); None for an unconditional VAE."""
         if not self.conditional:
             return None
         if y is None:
@@ -240,6 +240,8 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
                 raise InputError(f"{where}: labels must be {n} integers or {n} strings, got a mix of "
                                  f"{', '.join(sorted(kinds))}")
             labels = np.array(labels.tolist())
+        if labels.dtype.kind == "b" or (labels.dtype.kind == "f" and np.all(labels == np.round(labels))):
+            labels = labels.astype(np.int64)  # True/False and whole floats (pandas' 1.0), as fvae's sources read them
         if labels.shape != (n,) or labels.dtype.kind not in "iuU":
             raise InputError(f"{where}: labels must be {n} integers or {n} strings, got shape {labels.shape} "
                              f"dtype {labels.dtype}")
