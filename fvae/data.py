@@ -513,19 +513,26 @@ def _is_one_hot(labels: np.ndarray) -> bool:
     return bool(np.isin(labels, (0, 1)).all() and (labels.sum(axis=1) == 1).all())
 
 
+def integer_labels(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as int64 where they are integers in all but dtype: booleans (False, True: 0, 1)
+    and floats of whole numbers (1.0, as pandas gives them); any other array as it is. The one
+    rule of which labels count as integers, for the data sources and a conditional VAE alike."""
+    # whole floats beyond int64 (1e30) stay floats: cast, they would wrap round to other numbers
+    whole = labels.dtype.kind == "f" and np.all((np.abs(labels) < 2.0**63) & (labels == np.round(labels)))
+    return labels.astype(np.int64) if labels.dtype == bool or whole else labels
+
+
 def _class_numbers(labels: np.ndarray, where) -> np.ndarray:
     """1-D ``labels`` (an .npz array, an idx file) as int64 class numbers, refused unless each is
     a whole number from 0 to ``MAX_CLASS_NUMBER``: a source's classes are named 0 up to its
     largest label, so a label of 9,000,000 (an id, say) made nine million names, and a sidecar of
-    134 MB. Booleans are classes 0 and 1 (False, True)."""
-    if labels.dtype == bool:
-        labels = labels.astype(np.int64)
-    if not np.issubdtype(labels.dtype, np.integer):
-        if not np.issubdtype(labels.dtype, np.floating):
-            raise DataError(f"{where}: labels must be integers, found dtype {labels.dtype}")
-        fractional = labels[labels != np.round(labels)]  # NaN too
+    134 MB. Booleans and whole floats are taken, as :func:`integer_labels` takes them."""
+    labels = integer_labels(labels)
+    if labels.dtype.kind not in "iuf":
+        raise DataError(f"{where}: labels must be integers, found dtype {labels.dtype}")
+    if labels.dtype.kind == "f":  # name the first float that is no whole number; one too large is refused below
+        fractional = labels[~np.isfinite(labels) | (labels != np.round(labels))]
         if len(fractional):
-            # float labels of whole numbers (1.0, as pandas gives them) are taken: name the first that is not one
             found = "NaN" if np.isnan(fractional[0]) else f"{fractional[0]:g}"
             raise DataError(f"{where}: labels must be whole numbers, found {found}")
     if len(labels) and labels.min() < 0:

@@ -236,10 +236,14 @@ def test_float_labels_are_read_when_whole_and_refused_naming_the_first_that_is_n
     images, labels = tiny
     np.savez(tmp_path / "whole.npz", images=images, labels=labels.astype(np.float64))
     assert sorted(fvae.load_dataset(tmp_path / "whole.npz").split("all").labels.tolist()) == sorted(labels.tolist())
-    for bad, shown in ((0.5, "0.5"), (np.nan, "NaN")):
+    for bad, shown in ((0.5, "0.5"), (np.nan, "NaN"), (np.inf, "inf")):
         np.savez(tmp_path / "bad.npz", images=images, labels=np.where(labels == 1, bad, labels))
         with pytest.raises(DataError, match=rf"bad.npz\[labels\]: labels must be whole numbers, found {shown}$"):
             fvae.load_dataset(tmp_path / "bad.npz")
+    # a whole float beyond int64 is not cast (it would wrap round to another number)
+    np.savez(tmp_path / "huge.npz", images=images, labels=np.where(labels == 1, 1e30, labels))
+    with pytest.raises(DataError, match=r"huge.npz\[labels\]: label 1e\+30 is no class number"):
+        fvae.load_dataset(tmp_path / "huge.npz")
 
 
 @pytest.mark.parametrize("layout", ["one-hot", "column"])

@@ -15,7 +15,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ..data import check_image_batch, class_names_of, image_encoder_tags, is_whole_number, to_unit_float
+from ..data import (
+    check_image_batch, class_names_of, image_encoder_tags, integer_labels, is_whole_number, to_unit_float,
+)
 from ..errors import InputError, ModelFileError, TrainingInterrupted
 from ..persist import (ZIP_DATE, atomic_output, forget_file, history_paths, load_model, refuse_overwrite,
                        save_model, save_npy)
@@ -240,8 +242,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
                 raise InputError(f"{where}: labels must be {n} integers or {n} strings, got a mix of "
                                  f"{', '.join(sorted(kinds))}")
             labels = np.array(labels.tolist())
-        if labels.dtype.kind == "b" or (labels.dtype.kind == "f" and np.all(labels == np.round(labels))):
-            labels = labels.astype(np.int64)  # True/False and whole floats (pandas' 1.0), as fvae's sources read them
+        labels = integer_labels(labels)  # booleans and whole floats (pandas' 1.0), as fvae's sources read them
         if labels.shape != (n,) or labels.dtype.kind not in "iuU":
             raise InputError(f"{where}: labels must be {n} integers or {n} strings, got shape {labels.shape} "
                              f"dtype {labels.dtype}")
