@@ -669,9 +669,9 @@ def _image_files_under(folder: Path) -> list[Path]:
     (``cat/2019/a.png`` is a cat, as Keras's image_dataset_from_directory reads it), sorted by
     their path below ``folder``; none if there is no such folder."""
     found = []
-    for root, dirs, _ in os.walk(folder):
+    for root, dirs, files in os.walk(folder):  # one listing of each folder, as os.walk made it
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += _image_files_in(Path(root))
+        found += [file for file in map(Path(root).joinpath, files) if _is_image_file(file)]
     return sorted(found, key=lambda file: file.relative_to(folder).parts)
 
 
@@ -680,8 +680,11 @@ def _image_files_in(folder: Path) -> list[Path]:
     none if there is no such folder (a class that one split of a train/test folder lacks)."""
     if not folder.is_dir():
         return []
-    return sorted(f for f in folder.iterdir()
-                  if f.suffix.lower() in IMAGE_SUFFIXES and not _is_hidden(f) and f.is_file())
+    return sorted(f for f in folder.iterdir() if _is_image_file(f))
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not _is_hidden(path) and path.is_file()
 
 
 def _load_flat_image_folder(folder: Path, lazy: bool) -> Dataset:
