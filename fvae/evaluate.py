@@ -850,24 +850,23 @@ def _room_for_every_class(train_labels, max_train: int) -> None:
                          f"probes need an image of each, so give at least {n_classes:,}")
 
 
-def _test_classes_not_trained_on(train_labels, test_labels, sources: dict, names_by_label: dict) -> list:
-    """The classes of test images that no train image has: no classifier can predict them. Every
-    test image being of such a class is refused, as every prediction would be wrong; some of them
-    are warned of, as the scores count them as mistakes."""
+def _test_classes_not_trained_on(train_labels, test_labels, sources: dict, names_by_label: dict) -> tuple[list, int]:
+    """The classes of test images that no train image has, and how many test images are of them:
+    no classifier can predict them. Every test image being of such a class is refused, as every
+    prediction would be wrong; some of them are warned of, as the scores count them as mistakes."""
     untrained = np.setdiff1d(np.unique(test_labels), train_labels)
     if not len(untrained):
-        return []
+        return [], 0
     names = ", ".join(class_names_of(untrained, names_by_label))
     n_untrained = int(np.isin(test_labels, untrained).sum())
     test_name = f" of {sources['test']}" if sources.get("test") else ""
-    classes = f"class {names}, which no train image has" if len(untrained) == 1 else \
-        f"classes {names}, which no train image has"
+    classes = f"{'class' if len(untrained) == 1 else 'classes'} {names}, which no train image has"
     if n_untrained == len(test_labels):
         raise DataError(f"every test image{test_name} is of {classes}: no classifier could get one right")
     log.warning("%s of the %s test images%s %s of %s: the classifiers' scores count %s as mistakes",
                 f"{n_untrained:,}", f"{len(test_labels):,}", test_name, "is" if n_untrained == 1 else "are",
                 classes, "it" if n_untrained == 1 else "them")
-    return [int(c) for c in untrained]
+    return [int(c) for c in untrained], n_untrained
 
 
 def run_name(source: str) -> str:
@@ -962,7 +961,7 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
     classes = np.unique(np.concatenate([train.labels, test.labels]))
     names_by_label = dict(enumerate((data or {}).get("class_names", ())))
     _two_classes(train.labels, sources.get("train"), names_by_label)
-    untrained = _test_classes_not_trained_on(train.labels, test.labels, sources, names_by_label)
+    untrained, n_untrained = _test_classes_not_trained_on(train.labels, test.labels, sources, names_by_label)
     n_test_in_train = _test_images_in_train(train.images, test.images, sources)
     _room_for_every_class(train.labels, settings.max_train)
     probe_index = stratified_subset(train.labels, settings.max_train, settings.seed)
@@ -1012,7 +1011,7 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
                      "fisher_params": _params(encodings.get("fisher")), "vae_params": _params(encodings.get("vae"))},
         "data": {**(data or {}), "image_shape": list(train.images.shape[1:]), "n_train": len(train),
                  "n_probe_train": len(probe_index), "n_test": len(test), "n_test_in_train": n_test_in_train,
-                 "n_test_of_untrained_classes": int(np.isin(test.labels, untrained).sum()),
+                 "n_test_of_untrained_classes": n_untrained,
                  "untrained_classes": untrained, "classes": [int(c) for c in classes],
                  "class_names": class_names_of(classes, names_by_label)},
         "encodings": results,

@@ -542,7 +542,7 @@ def _of_untrained_classes(data: dict) -> str:
     count, untrained = data.get("n_test_of_untrained_classes", 0), data.get("untrained_classes", [])
     if not count:
         return ""
-    names = class_names_of(untrained, dict(zip(data["classes"], data.get("class_names", data["classes"]))))
+    names = class_names_of(untrained, dict(zip(data["classes"], data.get("class_names", ()))))
     classes = f"class {names[0]}" if len(names) == 1 else f"classes {', '.join(names)}"
     them = "1 of them" if count == 1 else f"{count:,} of them"
     return f", {them} of {classes}, which no train image has"
