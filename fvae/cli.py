@@ -95,9 +95,11 @@ def _check_output_suffix(output: Path, suffix: str, what: str) -> None:
 def _folder_name(value: str | None) -> str | None:
     """An option callback refusing a run name that is not one folder name: empty, ``.``, ``..``,
     or a path, which would put the run outside --runs-dir (``/tmp/x`` replaces it altogether)."""
-    if value is not None and (value in ("", ".", "..") or "/" in value or os.sep in value):
+    if value is None:
+        return None
+    if value in ("", ".", "..") or "/" in value or os.sep in value:
         raise typer.BadParameter(f"{value!r}: a run name is one folder name; --runs-dir chooses where it goes")
-    if value is not None and value.strip() != value:  # " " or "run ": a folder no one means to make
+    if value.strip() != value:  # " " or "run ": a folder no one means to make
         raise typer.BadParameter(f"{value!r}: a run name neither starts nor ends with a space")
     return value
 
@@ -313,10 +315,14 @@ def _named_as_options(options: dict[str, str], *, set_in: str | None = None):
         raise InputError(f"{message} ({set_in})") from None
 
 
-def _fisher_options_set_in(data: str, model_option: str) -> str:
-    """Where the Fisher options of a default fit are set: by ``fvae fit fisher``, whose model the
-    command then takes as ``model_option``."""
-    return f"in 'fvae fit fisher --data {data} -o MODEL', then pass {model_option} MODEL"
+def _default_fisher_fit_errors(data: str, model_option: str, *, fits: bool):
+    """For a command that fits a default Fisher model (``fits``): its errors with the parameters
+    named as ``fvae fit fisher``'s options, where they are set, whose model the command then
+    takes as ``model_option``. Nothing to rename where no Fisher model is fitted."""
+    if not fits:
+        return contextlib.nullcontext()
+    return _named_as_options(FISHER_OPTIONS, set_in=f"in 'fvae fit fisher --data {data} -o MODEL', then pass "
+                                                    f"{model_option} MODEL")
 
 
 def _fisher_encoder(**params):
@@ -734,8 +740,7 @@ def _encoder_and_images(dataset, split: str, model: Path | None, method: Method,
     encoder = default_encoder(method.value, seed=seed)
     if method == Method.vae:  # training shows its own epochs
         encoder.set_params(verbose=_training_verbosity(quiet))
-    named = (_named_as_options(FISHER_OPTIONS, set_in=_fisher_options_set_in(data, "--model"))
-             if method == Method.fisher else contextlib.nullcontext())
+    named = _default_fisher_fit_errors(data, "--model", fits=method == Method.fisher)
     with _status(f"fitting {method.value} on {len(train):,} train images", quiet or method == Method.vae), named:
         encoder.fit(train.images)
     checksum = encoder.save(output_model, force=force)
@@ -799,8 +804,7 @@ def evaluate(
             logging.getLogger("fvae").setLevel(logging.WARNING)
         train, test, description = load_splits(data, test_data, data_dir)
         settings = Settings(methods=chosen, quick=quick, seed=seed, vae_seconds=vae_seconds, max_train=max_train)
-        named = (_named_as_options(FISHER_OPTIONS, set_in=_fisher_options_set_in(data, "--fisher-model"))
-                 if "fisher" in chosen and fisher_model is None else contextlib.nullcontext())
+        named = _default_fisher_fit_errors(data, "--fisher-model", fits="fisher" in chosen and fisher_model is None)
         with _named_as_options({"max_train": "--max-train"}), named:
             report, artifacts = run_evaluation(train, test, settings, fisher_model=fisher_model, vae_model=vae_model,
                                                models_dir=tmp / "models", data=description)
