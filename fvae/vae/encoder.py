@@ -339,7 +339,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
             z = self._checked_codes(z, "sample", "z", with_log_var=False)
             if n != len(z):
                 raise InputError(f"sample: n = {n!r}, but len(z) = {len(z)}: they must agree")
-        if z is None:
+        else:
             if not is_whole_number(n):
                 raise InputError(f"sample: n must be a whole number >= 0, got {n!r}")
             seed = self.random_state if random_state is None else random_state
