@@ -463,6 +463,7 @@ def _as_uint8_images(images: np.ndarray, where) -> np.ndarray:
     if isinstance(images, LazyImages):
         if len(images) == 0:
             raise DataError(f"{where}: contains no images")
+        _refuse_images_without_pixels(images.shape, where, DataError)
         return images
     if images.ndim == 4 and images.shape[-1] in (1, 3):
         images = images[..., 0] if images.shape[-1] == 1 else _luminance(images)
@@ -470,6 +471,7 @@ def _as_uint8_images(images: np.ndarray, where) -> np.ndarray:
         raise DataError(f"{where}: expected images of shape (n, h, w), found {images.shape}")
     if len(images) == 0:
         raise DataError(f"{where}: contains no images")
+    _refuse_images_without_pixels(images.shape, where, DataError)
     if images.dtype == np.uint8:
         return images
     if images.dtype == bool:  # binarized images: True is a full pixel
@@ -488,6 +490,12 @@ def _as_uint8_images(images: np.ndarray, where) -> np.ndarray:
     if np.issubdtype(images.dtype, np.floating) and high <= 1.0:
         values = values * 255.0
     return np.rint(values).astype(np.uint8)
+
+
+def _refuse_images_without_pixels(shape, where, error) -> None:
+    """Images of height or width 0 (``(n, 0, w)``) hold no pixel to describe, encode or scale."""
+    if 0 in shape[1:]:
+        raise error(f"{where}: images are {shape[1]}x{shape[2]}, without a single pixel")
 
 
 def _luminance(rgb: np.ndarray) -> np.ndarray:
@@ -1198,6 +1206,7 @@ def check_image_batch(X, image_shape=None, where: str = "input") -> np.ndarray:
         raise InputError(f"{where}: images are {X.shape[1]}x{X.shape[2]} but the model expects {h}x{w}")
     if len(X) == 0:
         raise InputError(f"{where}: no images")
+    _refuse_images_without_pixels(X.shape, where, InputError)
     return X
 
 

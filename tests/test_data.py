@@ -624,6 +624,20 @@ def test_missing_or_unknown_source():
         fvae.load_dataset("my_images/train")
 
 
+@pytest.mark.parametrize("shape", [(5, 0, 12), (5, 12, 0), (5, 0, 0)])
+def test_images_without_a_pixel_are_refused_by_name_not_by_a_numpy_reduction(tmp_path, tiny, shape):
+    """Before: numpy's "zero-size array to reduction operation minimum which has no identity"."""
+    h, w = shape[1:]
+    np.save(tmp_path / "flat.npy", np.zeros(shape, np.float32))
+    with pytest.raises(DataError, match=rf"^.*flat.npy: images are {h}x{w}, without a single pixel$"):
+        fvae.load_dataset(str(tmp_path / "flat.npy"))
+    write_idx_split(tmp_path / "idx", "t10k", np.zeros(shape, np.uint8), tiny[1][:5])
+    with pytest.raises(DataError, match=rf"images are {h}x{w}, without a single pixel$"):
+        fvae.load_dataset(str(tmp_path / "idx"))
+    with pytest.raises(InputError, match=rf"^fit: images are {h}x{w}, without a single pixel$"):
+        check_image_batch(np.zeros(shape), where="fit")
+
+
 def test_estimator_input_validation():
     with pytest.raises(InputError, match="need image_shape"):
         check_image_batch(np.zeros((2, 64)))
