@@ -725,17 +725,23 @@ def paired_error_tests(errors: dict) -> list[dict]:
         One per pair, in table order: ``encodings`` (the two names), ``first_lower`` and
         ``second_lower`` (the test images each reconstructs better), ``mean_difference`` (the
         first's MSE minus the second's) and ``p_value``, two-sided, of a mean difference this far
-        from 0 (1 when every image's errors are equal).
+        from 0 (1 when every image's errors are equal; None for one test image, which leaves the
+        t-test no degree of freedom).
     """
     from scipy.stats import ttest_rel
 
     tests = []
     for first, second in itertools.combinations(errors, 2):
         difference = errors[first] - errors[second]
-        p_value = ttest_rel(errors[first], errors[second]).pvalue if np.any(difference) else 1.0
+        if not np.any(difference):
+            p_value = 1.0
+        elif len(difference) < 2:
+            p_value = None
+        else:
+            p_value = float(ttest_rel(errors[first], errors[second]).pvalue)
         tests.append({"encodings": [first, second], "first_lower": int(np.count_nonzero(difference < 0)),
                       "second_lower": int(np.count_nonzero(difference > 0)),
-                      "mean_difference": float(difference.mean()), "p_value": float(p_value)})
+                      "mean_difference": float(difference.mean()), "p_value": p_value})
     return tests
 
 
@@ -1227,10 +1233,12 @@ def _significance(report: dict, probe: str, leaders: list[str], others: list[str
     report set each of the ``leaders`` apart from each of the ``others`` (by the largest p-value of
     those pairs); '' for a report without those tests."""
     tests = report.get("paired_tests", {}).get(probe, [])
-    p_value = max((t["p_value"] for t in tests if {*t["encodings"]} & {*leaders} and {*t["encodings"]} & {*others}),
-                  default=None)
-    if p_value is None:
+    p_values = [t["p_value"] for t in tests if {*t["encodings"]} & {*leaders} and {*t["encodings"]} & {*others}]
+    if not p_values:
         return ""
+    if None in p_values:
+        return ", a difference one test image is too few to test"
+    p_value = max(p_values)
     verdict = "significant" if p_value < SIGNIFICANCE else "not significant"
     shown = "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3g}"
     return f", a difference {verdict} at {SIGNIFICANCE:.0%} ({f'{test_name}: ' if test_name else ''}{shown})"

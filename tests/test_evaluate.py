@@ -17,7 +17,7 @@ from conftest import fvae_cli, write_image_folder, write_named_digits
 import fvae
 from fvae.data import Split, to_unit_float
 from fvae.evaluate import (
-    SCHEMA_PATH, Settings, _PixelPCA, evaluate, image_errors, knn_probe, label_efficiency, logistic_probe,
+    SCHEMA_PATH, Settings, _PixelPCA, _significance, evaluate, image_errors, knn_probe, label_efficiency, logistic_probe,
     paired_error_tests, paired_tests, parse_methods, pixel_errors, ProbeSpace, ridge_probe, shared_images,
     stratified_subset,
 )
@@ -29,6 +29,7 @@ FIGURES = ("confusion_matrices", "label_efficiency", "embeddings", "reconstructi
 
 
 def _validate(report):
+    json.dumps(report, allow_nan=False)  # strict JSON: a NaN would be written as the bare word NaN
     jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the dev extra: pip install -e '.[dev]'")
     schema = json.loads(SCHEMA_PATH.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -414,6 +415,21 @@ def test_library_evaluate_validates_against_the_schema(digits):
                                              "classifiers need two classes or more$"):
         evaluate(one_class, digits.test, settings,
                  data={"train": {"source": "mine.npz"}, "class_names": ["zero", "one", "two", "three"]})
+
+
+def test_one_test_image_gets_no_t_test_p_value_rather_than_nan(digits):
+    """Before: report.json held "p_value": NaN (not JSON) and the reading said "p = nan"."""
+    one = Split(digits.test.images[:1], digits.test.labels[:1])
+    report, _ = evaluate(digits.train, one, Settings(methods=("pca", "raw"), quick=True), data=SOURCES)
+    _validate({"name": "one", **report, "figures": []})
+    (test,) = report["paired_tests"]["ridge"]
+    assert test["encodings"] == ["pca", "raw"] and test["p_value"] is None
+    text = markdown_report({"name": "one", **report})
+    assert "test: digits (1 image), 8x8 pixels" in text
+    assert "nan" not in text
+    ridge_tests = {"paired_tests": {"ridge": [test]}}  # the reading's sentence where it compares two encodings
+    assert _significance(ridge_tests, "ridge", ["pca"], ["raw"]) == ", a difference one test image is too few to test"
+    assert paired_error_tests({"pca": np.array([0.5]), "raw": np.array([0.5])})[0]["p_value"] == 1.0  # no difference
 
 
 def test_a_full_run_draws_the_labelled_images_three_times_and_reads_their_spread(digits):
