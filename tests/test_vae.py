@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -1253,6 +1254,17 @@ def test_a_dropout_that_overflows_the_first_epoch_is_named_beside_the_learning_r
                                                     r"0\.001, or less dropout than 0\.99$"):
         encoder.fit(digits.train.images[:600])
     assert not hasattr(encoder, "model_")
+
+
+@pytest.mark.parametrize("setting, named", [({"beta": 1e30}, "a smaller beta than 1e+30"),
+                                            ({"likelihood": "gaussian", "gaussian_variance": 1e-30},
+                                             "a larger Gaussian variance than 1e-30")])
+def test_a_beta_or_variance_that_overflows_the_first_epoch_is_named_beside_the_learning_rate(digits, setting, named):
+    # both overflow float32 at any learning rate: before, the error pointed at the learning rate only
+    encoder = VAEEncoder(**{**TINY, "epochs": 1, **setting})
+    with pytest.raises(fvae.TrainingDiverged, match=rf"with no earlier epoch to keep: try a lower learning rate than "
+                                                    rf"0\.001, or {re.escape(named)}$"):
+        encoder.fit(digits.train.images[:600])
 
 
 def test_cli_a_learning_rate_that_diverges_is_one_line_and_writes_nothing(tmp_path):

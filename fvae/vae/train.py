@@ -304,7 +304,7 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
         log.warning("interrupted %s: training stopped there, with the weights of epoch %d", interrupted,
                     stopper.best_epoch + 1)
     if stopper.diverged_in is not None:
-        _report_divergence(stopper, record, learning_rate, model.dropout)
+        _report_divergence(stopper, record, learning_rate, model)
     result = dict(record.history)
     result["seconds"] = record.seconds
     result["best_epoch"] = stopper.best_epoch  # the last epoch when nothing was validated
@@ -318,21 +318,32 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
     return result
 
 
-def _report_divergence(stopper: BestOnValidationElbo, record: "_EpochRecord", learning_rate: float,
-                       dropout: float) -> None:
+def _report_divergence(stopper: BestOnValidationElbo, record: "_EpochRecord", learning_rate: float, model) -> None:
     """Warn that training stopped at a non-finite epoch, or raise :class:`TrainingDiverged`
     when no epoch before it finished with finite numbers, so that no NaN weights are kept."""
     epoch = stopper.diverged_in
     numbers = ", ".join(f"{name} {record.history[name][epoch]:g}" for name in ("loss", "val_elbo")
                         if name in record.history)
     if stopper.best_epoch < 0:
-        # Dropout scales the units it keeps by 1 / (1 - dropout), 100 for 0.99, layer after layer:
-        # the log-variances overflow whatever the learning rate.
-        less_dropout = f", or less dropout than {dropout:g}" if dropout else ""
         raise TrainingDiverged(f"training diverged in epoch {epoch + 1} ({numbers}), with no earlier epoch to keep: "
-                               f"try a lower learning rate than {learning_rate:g}{less_dropout}")
+                               f"try a lower learning rate than {learning_rate:g}{_settings_that_overflow(model)}")
     log.warning("training diverged in epoch %d (%s): stopped there, with the weights of epoch %d", epoch + 1,
                 numbers, stopper.best_epoch + 1)
+
+
+def _settings_that_overflow(model) -> str:
+    """', or less dropout than 0.99, ...': the model's settings that can overflow float32 at any
+    learning rate, each where it is set beyond its default."""
+    # Dropout scales the units it keeps by 1 / (1 - dropout), 100 for 0.99, layer after layer; beta
+    # scales the KL term and 1 / variance the squared errors, and Adam squares their gradients.
+    advice = []
+    if model.dropout:
+        advice.append(f"less dropout than {model.dropout:g}")
+    if model.beta > 1:
+        advice.append(f"a smaller beta than {model.beta:g}")
+    if model.gaussian_variance is not None and model.gaussian_variance < 1:
+        advice.append(f"a larger Gaussian variance than {model.gaussian_variance:g}")
+    return "".join(f", or {item}" for item in advice)
 
 
 class _EpochRecord(keras.callbacks.Callback):
