@@ -1216,8 +1216,9 @@ def _is_pixel_dtype(dtype) -> bool:
 
 
 def is_whole_number(value, minimum: int = 0) -> bool:
-    """``value`` is an integer (Python's or NumPy's, not a float such as 2.0) and at least ``minimum``."""
-    return isinstance(value, (int, np.integer)) and value >= minimum
+    """``value`` is an integer (Python's or NumPy's, not a float such as 2.0 nor a bool, which Python
+    counts as an int) and at least ``minimum``."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
 
 
 def _is_image_shape(shape) -> bool:

@@ -280,7 +280,8 @@ def test_bad_inputs_raise_clear_errors(digits):
         FisherVectorEncoder(**{**SMALL, "n_components": 80}).fit(digits.train.images[:2])
     with pytest.raises(InputError, match=r"^all 1,800 sampled patches are the same \(blank images\?\)"):
         FisherVectorEncoder(**SMALL).fit(np.zeros((50, 8, 8), np.uint8))  # 50 x 36 patches
-    for name, value in (("reg_covar", -1.0), ("reg_covar", np.nan), ("tol", 0.0), ("tol", np.nan), ("alpha", np.nan)):
+    for name, value in (("reg_covar", -1.0), ("reg_covar", np.nan), ("tol", 0.0), ("tol", np.nan), ("alpha", np.nan),
+                        ("n_components", True), ("stride", True)):  # before: True was 1, or a TypeError
         with pytest.raises(InputError, match=f"^{name} must be"):
             FisherVectorEncoder(**{name: value}).fit(digits.train.images)
 

@@ -538,6 +538,7 @@ def test_bad_parameters_are_refused_by_message(digits):
                         ("gaussian_variance", math.nan), ("warmup_epochs", -1), ("dropout", 1.0),
                         ("validation_fraction", math.nan), ("random_state", None), ("random_state", -1),
                         ("hidden", (0,)), ("hidden", "16,8"), ("hidden", (16.0,)), ("hidden", None),
+                        ("latent_dim", True), ("hidden", (True,)), ("random_state", False),  # before: True was 1
                         # TensorFlow's int32 shapes: a ValueError converting a sequence to a tensor
                         ("hidden", (2**31,)), ("latent_dim", 2**31), ("batch_size", 10**20)):
         with pytest.raises(InputError, match=f"^{name} must be"):
