@@ -724,6 +724,7 @@ def _encoder_and_images(dataset, split: str, model: Path | None, method: Method,
     import time
 
     from . import load
+    from .data import image_sizes_differ
     from .evaluate import default_encoder
     from .extract import labelled_for
 
@@ -736,6 +737,11 @@ def _encoder_and_images(dataset, split: str, model: Path | None, method: Method,
         raise DataError(f"{dataset.name} has no train split to fit a model on: fit one on its test images with "
                         f"'fvae fit {method.value} --data {data} --split test -o MODEL', then pass --model MODEL")
     train = dataset.split("train")
+    if split == "test" and (differ := image_sizes_differ(train, images)):
+        # refused before the fit, which would leave a model that cannot encode these images
+        raise DataError(f"{dataset.name}: {differ}: a model fitted on the train split cannot encode the test "
+                        f"split; fit one on the test images with 'fvae fit {method.value} --data {data} --split "
+                        "test -o MODEL', then pass --model MODEL")
     started = time.perf_counter()
     encoder = default_encoder(method.value, seed=seed)
     if method == Method.vae:  # training shows its own epochs

@@ -115,6 +115,8 @@ class Dataset:
             parts = [s for s in (self.train, self.test) if s is not None]
             if len(parts) == 1:
                 return parts[0]
+            if differ := image_sizes_differ(self.train, self.test):
+                raise DataError(f"{self.name}: {differ}: they cannot be joined into one split (all)")
             labels = None
             if all(p.labels is not None for p in parts):
                 labels = np.concatenate([p.labels for p in parts])
@@ -452,6 +454,12 @@ def _load_idx_split(images_path: Path, labels_path: Path | None, lazy: bool) -> 
             f"{images_path.name} has {len(images)} images but {labels_path.name} has {len(labels)} labels"
         )
     return Split(_as_uint8_images(images, images_path), _class_numbers(labels, labels_path))
+
+
+def image_sizes_differ(train: Split, test: Split) -> str | None:
+    """'train images are 8x8, test images 16x16' when the two splits' images differ in size, else None."""
+    (th, tw), (eh, ew) = train.images.shape[1:], test.images.shape[1:]
+    return f"train images are {th}x{tw}, test images {eh}x{ew}" if (th, tw) != (eh, ew) else None
 
 
 # ----------------------------------------------------------------------------------------------------

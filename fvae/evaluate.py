@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Split, check_fitted_size, class_names_of, is_whole_number, to_unit_float
+from .data import Split, check_fitted_size, class_names_of, image_sizes_differ, is_whole_number, to_unit_float
 from .errors import DataError, InputError
 from .persist import readable_size
 
@@ -961,9 +961,8 @@ def evaluate(train: Split, test: Split, settings: Settings = Settings(), *, fish
     started = time.perf_counter()
     sources = {what: (data or {}).get(what, {}).get("source") for what in ("train", "test")}
     train, test = _labelled(train, "train", sources.get("train")), _labelled(test, "test", sources.get("test"))
-    if train.images.shape[1:] != test.images.shape[1:]:
-        (th, tw), (eh, ew) = train.images.shape[1:], test.images.shape[1:]
-        raise DataError(f"train images are {th}x{tw}, test images {eh}x{ew}: they must have the same size")
+    if differ := image_sizes_differ(train, test):
+        raise DataError(f"{differ}: they must have the same size")
     classes = np.unique(np.concatenate([train.labels, test.labels]))
     names_by_label = dict(enumerate((data or {}).get("class_names", ())))
     _two_classes(train.labels, sources.get("train"), names_by_label)

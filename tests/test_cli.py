@@ -144,6 +144,28 @@ def test_a_model_left_by_a_failed_encode_is_named_with_how_to_use_it(tmp_path, d
     assert f"f.model.npz exists (fitted by an earlier run): pass --model {tmp_path / 'f.model.npz'}" in again.output
 
 
+def test_splits_of_two_image_sizes_are_refused_before_a_fit_or_a_join(tmp_path, digits):
+    """Before: numpy's concatenate traceback for --split all, and a fitted model left behind by an
+    encode that then could not encode the test split."""
+    larger = np.kron(digits.test.images[:20], np.ones((2, 2), np.uint8))  # 16x16
+    np.savez(tmp_path / "two.npz", x_train=digits.train.images[:60], y_train=digits.train.labels[:60],
+             x_test=larger, y_test=digits.test.labels[:20])
+    for args in (["encode", "--split", "all", "-o", "all.npy"], ["fit", "fisher", "--split", "all", "-o", "m.npz"],
+                 ["fit", "vae", "--split", "all", "-o", "v.npz"]):
+        result = runner.invoke(app, [*args, "--data", str(tmp_path / "two.npz")])
+        assert result.exit_code == 2, result.output
+        assert result.output.endswith("two.npz: train images are 8x8, test images 16x16: they cannot be joined into "
+                                      "one split (all)\n")
+    result = runner.invoke(app, ["encode", "--data", str(tmp_path / "two.npz"), "-o", str(tmp_path / "f.npy")])
+    assert result.exit_code == 2
+    assert ("two.npz: train images are 8x8, test images 16x16: a model fitted on the train split cannot encode the test "
+            f"split; fit one on the test images with 'fvae fit fisher --data {tmp_path / 'two.npz'} --split test -o "
+            "MODEL', then pass --model MODEL") in result.output
+    assert list(tmp_path.iterdir()) == [tmp_path / "two.npz"]  # no model fitted, nothing written
+    result = runner.invoke(app, ["encode", "--data", str(tmp_path / "two.npz"), "--split", "train", "-o", "t.npy", "-q"])
+    assert result.exit_code == 0, result.output  # the train split alone is encoded as usual
+
+
 def test_the_sidecar_names_the_classes_of_the_labels(tmp_path, digits):
     # label 0 is the folder "cat", 1 "dog": labels.npy alone does not say which
     write_image_folder(tmp_path / "imgs", digits.train.images[:60], [("cat", "dog")[i % 2] for i in range(60)])
