@@ -451,12 +451,12 @@ def fit_vae(
 
     It trains on the train split of --data, or the split --split names.
 
-    The test numbers are left out when the test images were trained on (--split test or all).
-    Ctrl-C after the first epoch stops the training there and keeps the best epoch so far: it is
+    The test numbers are left out when the test images were trained on (--split test or all), or
+    are of another size than the train images. Ctrl-C after the first epoch stops the training there and keeps the best epoch so far: it is
     saved, evaluated and drawn as usual, and the command exits with code 130 (143 for SIGTERM,
     which is taken as Ctrl-C is).
     """
-    from .data import load_dataset
+    from .data import image_sizes_differ, load_dataset
     from .persist import history_paths, refuse_replacing_inputs
     from .report import refuse_vae_outputs
 
@@ -481,6 +481,10 @@ def fit_vae(
     if conditional and train.labels is None:
         raise DataError(f"{dataset.name} has no labels, and a conditional VAE (--conditional) needs them")
     held_out = dataset.test if split == SplitName.train else None
+    not_scored = f"the test images were trained on (--split {split.value})"
+    if held_out is not None and (differ := image_sizes_differ(train, held_out)):
+        # the model is no less useful, but it cannot read test images of another size
+        held_out, not_scored = None, f"{differ}, which a VAE of the train images cannot read"
     from .vae.encoder import VAEEncoder, fit_and_save
 
     encoder = VAEEncoder(
@@ -499,7 +503,7 @@ def fit_vae(
         + (f", validation ELBO {history['val_elbo'][best]:.2f} nats" if "val_elbo" in history else "")
     )
     if held_out is None and dataset.test is not None:
-        typer.echo(f"test: no numbers, the test images were trained on (--split {split.value})")
+        typer.echo(f"test: no numbers, {not_scored}")
     if result["test"]:
         t = result["test"]
         typer.echo(

@@ -164,6 +164,12 @@ def test_splits_of_two_image_sizes_are_refused_before_a_fit_or_a_join(tmp_path, 
     assert list(tmp_path.iterdir()) == [tmp_path / "two.npz"]  # no model fitted, nothing written
     result = runner.invoke(app, ["encode", "--data", str(tmp_path / "two.npz"), "--split", "train", "-o", "t.npy", "-q"])
     assert result.exit_code == 0, result.output  # the train split alone is encoded as usual
+    # before: trained and saved, then "evaluate: images are 16x16 but the model expects 8x8" with exit code 2
+    result = runner.invoke(app, ["fit", "vae", "--data", str(tmp_path / "two.npz"), "-o", "v.npz", "--arch", "mlp",
+                                 "--hidden", "8", "--latent-dim", "2", "--epochs", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    assert ("test: no numbers, train images are 8x8, test images 16x16, which a VAE of the train images cannot "
+            "read\n") in result.output and (tmp_path / "v.npz").exists()
 
 
 def test_the_sidecar_names_the_classes_of_the_labels(tmp_path, digits):
