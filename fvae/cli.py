@@ -504,6 +504,12 @@ def fit_vae(
     )
     if held_out is None and dataset.test is not None:
         typer.echo(f"test: no numbers, {not_scored}")
+    if result["n_test_of_untrained_classes"]:
+        from .data import class_names_of
+
+        classes = ", ".join(class_names_of(result["untrained_classes"], dict(enumerate(dataset.class_names))))
+        typer.echo(f"test: {_counted(result['n_test_of_untrained_classes'], 'image')} of classes the VAE was not "
+                   f"trained on ({classes}) left out: a conditional VAE encodes only its own classes")
     if result["test"]:
         t = result["test"]
         typer.echo(

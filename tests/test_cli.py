@@ -172,6 +172,26 @@ def test_splits_of_two_image_sizes_are_refused_before_a_fit_or_a_join(tmp_path, 
             "read\n") in result.output and (tmp_path / "v.npz").exists()
 
 
+def test_a_conditional_vae_is_scored_on_the_test_images_of_its_classes(tmp_path, digits):
+    """Before: trained and saved, then "evaluate: label 5 is not a class this model was fitted on
+    (0..4)" with exit code 2."""
+    fives = digits.train.labels < 5
+    np.savez(tmp_path / "half.npz", x_train=digits.train.images[fives], y_train=digits.train.labels[fives],
+             x_test=digits.test.images, y_test=digits.test.labels)
+    result = runner.invoke(app, ["fit", "vae", "--data", str(tmp_path / "half.npz"), "-o", "c.npz", "--conditional",
+                                 "--arch", "mlp", "--hidden", "8", "--latent-dim", "2", "--epochs", "1",
+                                 "--figures", "figs", "-q"])
+    assert result.exit_code == 0, result.output
+    n_left_out = int(np.sum(digits.test.labels >= 5))
+    assert (f"test: {n_left_out} images of classes the VAE was not trained on (5, 6, 7, 8, 9) left out: a conditional "
+            "VAE encodes only its own classes\ntest: ELBO ") in result.output
+    assert (tmp_path / "figs" / "latent.png").exists()
+    only_fives = digits.test.labels < 5
+    encoder = fvae.load(tmp_path / "c.npz")
+    scores = encoder.evaluate(digits.test.images[only_fives], digits.test.labels[only_fives])
+    assert f"test: ELBO {scores['elbo']:.2f} nats" in result.output  # the numbers of those images alone
+
+
 def test_the_sidecar_names_the_classes_of_the_labels(tmp_path, digits):
     # label 0 is the folder "cat", 1 "dog": labels.npy alone does not say which
     write_image_folder(tmp_path / "imgs", digits.train.images[:60], [("cat", "dog")[i % 2] for i in range(60)])

@@ -672,11 +672,15 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
     A Ctrl-C once an epoch has finished ends the training only: the best epoch so far is saved,
     evaluated and drawn like a finished training's, and ``interrupted`` says so.
 
+    A conditional VAE is scored on the test images of the classes it was fitted on: it cannot
+    encode an image of another class.
+
     Returns
     -------
     dict
         ``checksum``, ``history`` paths, ``test`` numbers (or None), ``figures`` paths,
-        ``interrupted``.
+        ``interrupted``, and ``untrained_classes`` (the classes of the test images a conditional
+        VAE left out; empty when none) with ``n_test_of_untrained_classes``.
     """
     from ..report import refuse_vae_outputs
     from .train import EpochSamples
@@ -690,6 +694,9 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
         interrupted = True
     checksum = encoder.save(model_path, force=force, class_names=class_names)
     history = write_history(encoder.history_, model_path, force=force)
+    untrained, n_untrained = [], 0
+    if test is not None and encoder.conditional:
+        test, untrained, n_untrained = _of_fitted_classes(test, encoder.classes_)
     scores = None
     if test is not None and len(test):
         scores = encoder.evaluate(test.images, test.labels if encoder.conditional else None, iwae_k=iwae_k)
@@ -700,4 +707,15 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
         shown = test if test is not None and len(test) else train
         figures = vae_figures(encoder, shown.images, shown.labels, figures_dir, frames=callbacks[0].frames,
                               class_names=class_names, force=force)
-    return {"checksum": checksum, "history": history, "test": scores, "figures": figures, "interrupted": interrupted}
+    return {"checksum": checksum, "history": history, "test": scores, "figures": figures, "interrupted": interrupted,
+            "untrained_classes": untrained, "n_test_of_untrained_classes": n_untrained}
+
+
+def _of_fitted_classes(test, classes) -> tuple:
+    """``(split, untrained_classes, n_left_out)``: the images of ``test`` whose labels are among
+    ``classes``, the other classes its labels hold, and how many images those have."""
+    fitted = np.isin(test.labels, classes)
+    if fitted.all():
+        return test, [], 0
+    untrained = np.unique(test.labels[~fitted]).tolist()
+    return type(test)(test.images[fitted], test.labels[fitted]), untrained, int((~fitted).sum())
