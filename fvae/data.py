@@ -940,13 +940,17 @@ def data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     A ``data_dir`` or ``$FVAE_DATA_DIR`` that is not a folder is refused: a mistyped one would
     otherwise send ``mnist`` to the download, or offline to the 5,000-image stand-in.
     """
-    if data_dir is not None and (why := _why_not_a_folder(data_dir)):
-        raise DataError(f"{data_dir}: {why} (data_dir, --data-dir)")
+    _check_data_dir(data_dir)
     from_environment = os.environ.get("FVAE_DATA_DIR")
     if from_environment and (why := _why_not_a_folder(from_environment)):
         raise DataError(f"FVAE_DATA_DIR={from_environment}: {why} (point it at one, or unset it)")
     dirs = [data_dir, from_environment, "data"]
     return [Path(d).expanduser() for d in dirs if d]
+
+
+def _check_data_dir(data_dir) -> None:
+    if data_dir is not None and (why := _why_not_a_folder(data_dir)):
+        raise DataError(f"{data_dir}: {why} (data_dir, --data-dir)")
 
 
 def _keras_cache() -> Path:
@@ -1046,7 +1050,8 @@ def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None =
         images file named as MNIST's (its one split, labelled by the labels file beside it), a
         ``.npz``/``.npy`` file or an image folder (of class subfolders, or of unlabelled images).
     data_dir : path-like, default=None
-        Extra folder searched first for named datasets (as ``<data_dir>/<name>/``).
+        Extra folder searched first for named datasets (as ``<data_dir>/<name>/``); refused when
+        it is not a folder, whichever the source.
     lazy : bool, default=False
         Read images only when they are sliced (:class:`LazyImages`): gzip-compressed idx files are
         decompressed chunk by chunk, uncompressed idx and uint8 ``.npy`` files read with ``pread``
@@ -1064,6 +1069,7 @@ def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None =
         If the source does not exist or its files are malformed.
     """
     name = str(source)
+    _check_data_dir(data_dir)  # also for the sources that search no folder: mistyped, it is a mistake either way
     if name == "mnist":
         return _load_mnist(data_dir, lazy)
     if name == "mnist-5k":

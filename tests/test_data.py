@@ -550,6 +550,9 @@ def test_mnist_prefers_data_dir_then_keras_cache(tmp_path, tiny, monkeypatch):
     (tmp_path / "notes.txt").write_text("a file")
     with pytest.raises(DataError, match=r"notes.txt: a file, not a folder \(data_dir, --data-dir\)$"):
         fvae.load_dataset("mnist", data_dir=tmp_path / "notes.txt")  # before: "no such folder"
+    for source in ("digits", "mnist-5k", str(tmp_path / "notes.txt")):  # before: ignored, as they search no folder
+        with pytest.raises(DataError, match=r"mnie: no such folder \(data_dir, --data-dir\)$"):
+            fvae.load_dataset(source, data_dir=tmp_path / "mnie")
     monkeypatch.setenv("FVAE_DATA_DIR", str(tmp_path / "mnie"))  # the same, mistyped in the environment
     with pytest.raises(DataError, match=r"^FVAE_DATA_DIR=.*mnie: no such folder \(point it at one, or unset it\)$"):
         fvae.load_dataset("mnist")
