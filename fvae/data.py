@@ -589,6 +589,7 @@ def _load_npz(path: Path) -> Dataset:
         labels = _as_labels(arrays[f"y_{split}"], len(images), f"{path}[y_{split}]") if labelled else None
         splits[split] = Split(images, labels)
     if splits:  # without any y_ array, unlabelled images, as a .npy holds them
+        _warn_of_unread_arrays(path, arrays, [f"{xy}_{split}" for split in present for xy in "xy"])
         return Dataset(str(path), str(path), splits.get("train"), splits.get("test"), named or _digit_names(splits))
     for x_key, y_key in _NPZ_UNSPLIT_KEYS:
         if x_key in arrays and y_key in arrays:
@@ -596,6 +597,7 @@ def _load_npz(path: Path) -> Dataset:
             named = _labels_by_name(arrays, [y_key], path)
             images = _as_uint8_images(arrays[x_key], f"{path}[{x_key}]")
             everything = Split(images, _as_labels(arrays[y_key], len(images), f"{path}[{y_key}]"))
+            _warn_of_unread_arrays(path, arrays, [x_key, y_key])
             return _held_out(str(path), str(path), everything, named or _digit_names({"all": everything}))
     only = next(iter(arrays)) if len(arrays) == 1 else None
     if only in _NPZ_IMAGES_KEYS:  # unlabelled images, test-only as a .npy's are
@@ -604,6 +606,13 @@ def _load_npz(path: Path) -> Dataset:
     pairs = ", ".join(f"{x}/{y}" for x, y in _NPZ_UNSPLIT_KEYS)
     raise DataError(f"{path}: expected arrays x_train/y_train and/or x_test/y_test (the y_ arrays optional), one "
                     f"labelled set ({pairs}) or one array of images, found {keys}")
+
+
+def _warn_of_unread_arrays(path: Path, arrays: dict, read: list[str]) -> None:
+    """Name the arrays of an .npz that fvae leaves out (an x_val, say), rather than drop them unsaid."""
+    unread = [key for key in arrays if key not in read]
+    if unread:
+        log.warning("%s: %s left out: fvae reads only %s", path, ", ".join(unread), ", ".join(read))
 
 
 def _labels_by_name(arrays: dict[str, np.ndarray], keys: list[str], path: Path) -> tuple[str, ...]:

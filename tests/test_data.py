@@ -184,6 +184,27 @@ def test_keras_npz(tmp_path, tiny):
         fvae.load_dataset(tmp_path / "broken.npz")
 
 
+def test_arrays_of_an_npz_that_are_not_read_are_named_in_a_warning(tmp_path, tiny, caplog):
+    """Before: an x_val/y_val pair (or any other array) was dropped without a word."""
+    images, labels = tiny
+    np.savez(tmp_path / "v.npz", x_train=images, y_train=labels, x_val=images[:3], y_val=labels[:3], x_test=images[:3],
+             y_test=labels[:3])
+    with caplog.at_level(logging.WARNING, logger="fvae"):
+        assert len(fvae.load_dataset(tmp_path / "v.npz").train) == len(images)
+    assert caplog.messages == [f"{tmp_path / 'v.npz'}: x_val, y_val left out: fvae reads only x_train, y_train, "
+                               "x_test, y_test"]
+    caplog.clear()
+    np.savez(tmp_path / "one.npz", images=images, labels=labels, class_names=np.array(["a", "b", "c"]))
+    with caplog.at_level(logging.WARNING, logger="fvae"):
+        fvae.load_dataset(tmp_path / "one.npz")
+    assert caplog.messages == [f"{tmp_path / 'one.npz'}: class_names left out: fvae reads only images, labels"]
+    caplog.clear()
+    np.savez(tmp_path / "k.npz", x_train=images, y_train=labels)
+    with caplog.at_level(logging.WARNING, logger="fvae"):
+        fvae.load_dataset(tmp_path / "k.npz")
+    assert caplog.messages == []  # every array read, nothing to say
+
+
 @pytest.mark.parametrize("rows, sizes", [
     ([0, 1, 3, 4], (3, 1)),  # two classes of two: a test split of one cannot hold both (a traceback before)
     ([0, 1, 2, 3, 4, 5, 6], (5, 2)),  # three classes of two or three: nor can one of two
