@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, InputError
-from .persist import atomic_output
+from .errors import DataError, InputError, ModelFileError
+from .persist import HEADER, atomic_output, saved_method
 
 log = logging.getLogger("fvae")
 
@@ -574,9 +574,13 @@ def _numpy_file_error(path: Path, kind: str, magic: bytes, exc: Exception) -> Da
 def _load_npz(path: Path) -> Dataset:
     try:
         archive = np.load(path, allow_pickle=False)
-        arrays = {key: archive[key] for key in archive.files}
+        # checked before the arrays are read: a VAE's file holds its whole Keras model
+        arrays = None if HEADER in archive.files else {key: archive[key] for key in archive.files}
     except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
         raise _numpy_file_error(path, ".npz", b"PK\x03\x04", exc) from None
+    if arrays is None:
+        raise DataError(f"{path}: an fvae model file{_model_method(path)}, not images: pass it as a model "
+                        "(--model, --fisher-model or --vae-model)")
     present = [split for split in ("train", "test") if f"x_{split}" in arrays]
     labelled = any(f"y_{split}" in arrays for split in present)
     for split in present:
@@ -606,6 +610,14 @@ def _load_npz(path: Path) -> Dataset:
     pairs = ", ".join(f"{x}/{y}" for x, y in _NPZ_UNSPLIT_KEYS)
     raise DataError(f"{path}: expected arrays x_train/y_train and/or x_test/y_test (the y_ arrays optional), one "
                     f"labelled set ({pairs}) or one array of images, found {keys}")
+
+
+def _model_method(path: Path) -> str:
+    """' (fisher)' or ' (vae)', the method in a model file's header ('' where it cannot be read)."""
+    try:
+        return f" ({saved_method(path)})"
+    except ModelFileError:
+        return ""
 
 
 def _warn_of_unread_arrays(path: Path, arrays: dict, read: list[str]) -> None:

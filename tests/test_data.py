@@ -179,6 +179,11 @@ def test_keras_npz(tmp_path, tiny):
     np.savez(tmp_path / "nan.npz", x_test=bad, y_test=labels)
     with pytest.raises(DataError, match="NaN"):
         fvae.load_dataset(tmp_path / "nan.npz")
+    fvae.FisherVectorEncoder(patch_size=2, stride=1, n_components=2, pca_components=4).fit(images).save(
+        tmp_path / "model.npz")
+    with pytest.raises(DataError, match=r"^.*model.npz: an fvae model file \(fisher\), not images: pass it as a model "
+                                        r"\(--model, --fisher-model or --vae-model\)$"):  # before: "expected arrays .."
+        fvae.load_dataset(tmp_path / "model.npz")
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(DataError, match="broken.npz: not a readable .npz"):
         fvae.load_dataset(tmp_path / "broken.npz")
