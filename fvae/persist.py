@@ -387,11 +387,23 @@ def read_header(path) -> dict:
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
+            if HEADER not in archive.namelist():
+                raise ModelFileError(f"{path}: not an fvae model file but {_members(archive)}")
             return json.loads(archive.read(HEADER))
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such model file") from None
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as exc:
+    except (zipfile.BadZipFile, json.JSONDecodeError, OSError) as exc:
         raise ModelFileError(f"{path}: not an fvae model file ({exc})") from None
+
+
+def _members(archive: zipfile.ZipFile, shown: int = 5) -> str:
+    """'an archive of images, labels (images go to --data)': what an archive without a header
+    holds (an .npz's arrays, named without '.npy'), the first few."""
+    names = [name.removesuffix(".npy") for name in archive.namelist()]
+    if not names:
+        return "an empty archive"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"an archive of {', '.join(names[:shown])}{more} (images go to --data)"
 
 
 def saved_method(path, expected: str | None = None) -> str:

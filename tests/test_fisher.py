@@ -378,6 +378,14 @@ def test_load_refuses_modified_newer_or_foreign_files(digits, tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ModelFileError, match="not an fvae model"):
         FisherVectorEncoder.load(tmp_path / "junk.npz")
+    # images where the model goes: before, Python's KeyError "There is no item named 'header.json' ..."
+    np.savez(tmp_path / "images.npz", images=np.zeros((2, 8, 8)), labels=np.arange(2))
+    with pytest.raises(ModelFileError, match=r"^.*images.npz: not an fvae model file but an archive of images, labels "
+                                             r"\(images go to --data\)$"):
+        FisherVectorEncoder.load(tmp_path / "images.npz")
+    np.savez(tmp_path / "many.npz", *np.zeros((7, 1)))
+    with pytest.raises(ModelFileError, match=r"an archive of arr_0, arr_1, arr_2, arr_3, arr_4 and 2 more \(images"):
+        FisherVectorEncoder.load(tmp_path / "many.npz")
 
 
 def test_kernels_compile_without_a_writable_cache_location(tmp_path):
