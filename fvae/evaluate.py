@@ -1182,9 +1182,11 @@ def reading(report: dict) -> list[str]:
     learned = {n: enc[n]["reconstruction"]["ridge"]["mse"] for n in enc if n != "raw"}  # raw: no contest
     if len(learned) == 1:  # no contest: raw pixels are the probe's ceiling, not a rival
         (name, mse), = learned.items()
-        ceiling = enc["raw"]["reconstruction"]["ridge"]["mse"]
+        raw = enc["raw"]["reconstruction"]["ridge"]["mse"]
+        # a ceiling where there are train images enough for the probe to learn the identity
+        ceiling = "the probe's ceiling" if raw <= mse else "through the same probe"
         lines.append(f"Through a linear probe (ridge from codes to pixels), {name} codes reconstruct the test images "
-                     f"with MSE {_mse(mse)} (raw pixels, the probe's ceiling: {_mse(ceiling)}).")
+                     f"with MSE {_mse(mse)} (raw pixels, {ceiling}: {_mse(raw)}).")
     elif learned:
         ridge = _leaders(learned, lowest=True)
         runner_up = _runner_up(report, "ridge", learned, ridge, shown=_mse, lowest=True,

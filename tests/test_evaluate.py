@@ -941,6 +941,10 @@ def test_reading_says_tie_when_every_encoding_scores_the_same():
     assert fvae.evaluate.reading(report)[3] == ("Through a linear probe (ridge from codes to pixels), pca codes "
                                                 "reconstruct the test images with MSE 0.0100 (raw pixels, the "
                                                 "probe's ceiling: 0.0000).")
+    # no ceiling where the raw pixels' probe does worse (three train images: before, "the probe's ceiling: 0.0493")
+    report["encodings"]["raw"]["reconstruction"]["ridge"]["mse"] = 0.05
+    assert fvae.evaluate.reading(report)[3].endswith("with MSE 0.0100 (raw pixels, through the same probe: 0.0500).")
+    report["encodings"]["raw"]["reconstruction"]["ridge"]["mse"] = 0.0
     report["encodings"]["vae"] = _encoding(32, 0.9, 0.9, 0.8, 0.01, own=0.02)
     assert fvae.evaluate.reading(report)[-1] == ("Cost: pca and raw codes are the widest (64 dims; 1,000 and "
                                                  "2,000,000 images/s to encode); vae 32 dims.")
