@@ -608,6 +608,13 @@ def sample(
     typer.echo(f"wrote {_counted(drawn, 'sample')}{rows} to {' and '.join(map(str, written))}")
 
 
+def _is_integer_text(text: str) -> bool:
+    with contextlib.suppress(ValueError):
+        int(text)
+        return True
+    return False
+
+
 def _label_of(text: str | None, encoder) -> int | str | None:
     """The label ``--label`` names: a class by its name in the model file (a class it does not
     name, or a string label, by the label itself; in any case where only one name matches so,
@@ -624,7 +631,9 @@ def _label_of(text: str | None, encoder) -> int | str | None:
     matched = [name for name in by_name if name.casefold() == text.casefold()]
     if len(matched) == 1:
         return by_name[matched[0]]
-    if not fitted_on_strings(encoder):
+    # where some names are numbers themselves (folders "1", "2", "10"), a number is one of them, not
+    # a label: "--label 0" would otherwise draw label 0, the class named "1"
+    if not fitted_on_strings(encoder) and not any(_is_integer_text(name) for name in by_name):
         with contextlib.suppress(ValueError):
             label = int(text)
             if not encoder.conditional or label in classes:  # sample() says an unconditional VAE draws no class

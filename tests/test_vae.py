@@ -997,6 +997,25 @@ def test_cli_encode_matches_digit_named_classes_of_a_conditional_vae_by_name(tmp
         digits.train.images[rows], labels))
 
 
+def test_a_label_number_is_no_class_where_the_class_names_are_numbers_themselves(tmp_path, digits):
+    """Folders "1", "10", "2" are labels 0, 1, 2: before, --label 0 drew label 0, the class named "1"."""
+    import typer
+
+    from fvae.cli import _label_of
+
+    rows = digits.train.labels < 3
+    VAEEncoder(**ONE_EPOCH_CONDITIONAL).fit(digits.train.images[rows], digits.train.labels[rows]).save(
+        tmp_path / "numbered.npz", class_names={0: "1", 1: "10", 2: "2"})
+    encoder = fvae.load(tmp_path / "numbered.npz")
+    assert [_label_of(name, encoder) for name in ("1", "10", "2")] == [0, 1, 2]
+    for number in ("0", "3"):
+        with pytest.raises(typer.BadParameter, match=rf"^'{number}' names no class: this model's classes are 1, 10, 2$"):
+            _label_of(number, encoder)
+    VAEEncoder(**ONE_EPOCH_CONDITIONAL).fit(digits.train.images[rows], digits.train.labels[rows]).save(
+        tmp_path / "words.npz", class_names={0: "zero", 1: "one", 2: "two"})
+    assert _label_of("0", fvae.load(tmp_path / "words.npz")) == 0  # names that are words: a number is a label
+
+
 def test_cli_a_conditional_vae_on_named_classes_draws_them_by_name(tmp_path, digits):
     from PIL import Image
 
