@@ -522,6 +522,21 @@ def _as_labels(labels: np.ndarray, n: int, where) -> np.ndarray:
     return _class_numbers(labels, where)
 
 
+def checked_split(split: Split, where: str) -> Split:
+    """``split`` as the loaders give one, for a Split built by hand: uint8 ``(n, h, w)`` images (floats
+    in [0, 1], a channel axis and colour converted as the loaders convert them) and int64 class
+    numbers of one per image (or None).
+
+    Raises
+    ------
+    DataError
+    """
+    images = split.images if isinstance(split.images, (np.ndarray, LazyImages)) else np.asarray(split.images)
+    images = _as_uint8_images(images, where)
+    labels = None if split.labels is None else _as_labels(split.labels, len(images), where)
+    return Split(images, labels)
+
+
 def _is_one_hot(labels: np.ndarray) -> bool:
     """Whether ``labels`` is one-hot: one row per image, a single 1 in each, 0 elsewhere."""
     if labels.ndim != 2 or labels.shape[1] < 2 or labels.dtype.kind not in "biuf":
@@ -545,7 +560,8 @@ def _class_numbers(labels: np.ndarray, where) -> np.ndarray:
     134 MB. Booleans and whole floats are taken, as :func:`integer_labels` takes them."""
     labels = integer_labels(labels)
     if labels.dtype.kind not in "iuf":
-        raise DataError(f"{where}: labels must be integers, found dtype {labels.dtype}")
+        names = " (class names? number them: np.unique(y, return_inverse=True)[1])" if labels.dtype.kind in "US" else ""
+        raise DataError(f"{where}: labels must be integers, found dtype {labels.dtype}{names}")
     if labels.dtype.kind == "f":  # name the first float that is no whole number; one too large is refused below
         fractional = labels[~np.isfinite(labels) | (labels != np.round(labels))]
         if len(fractional):

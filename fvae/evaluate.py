@@ -40,7 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Split, check_fitted_size, class_names_of, image_sizes_differ, is_whole_number, to_unit_float
+from .data import (
+    Split, check_fitted_size, checked_split, class_names_of, image_sizes_differ, is_whole_number, to_unit_float,
+)
 from .errors import DataError, InputError
 from .persist import readable_size
 
@@ -811,7 +813,7 @@ def _labelled(split: Split | None, what: str, source: str | None = None) -> Spli
     if split.labels is None:
         raise DataError(f"{named} has no labels, and evaluate needs labelled {what} images: give an idx folder, "
                         "a Keras-style .npz or an image folder with a subfolder per class")
-    return split
+    return checked_split(split, named)
 
 
 def _two_classes(train_labels: np.ndarray, source: str | None, names_by_label: dict) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -415,6 +416,30 @@ def test_library_evaluate_validates_against_the_schema(digits):
                                              "classifiers need two classes or more$"):
         evaluate(one_class, digits.test, settings,
                  data={"train": {"source": "mine.npz"}, "class_names": ["zero", "one", "two", "three"]})
+
+
+def test_library_evaluate_checks_splits_built_by_hand_as_the_loaders_check_files(digits):
+    """Before: labels one short of the images were scored without a word, and string labels, flat
+    images or float pixels ended in numpy's errors (int(), unpacking, void type promotion)."""
+    settings = Settings(methods=("pca", "raw"), quick=True)
+    train, test = digits.train, digits.test
+    refused = {
+        "the train split: 1437 images but labels of shape (1436,)": Split(train.images, train.labels[:-1]),
+        "the train split: expected images of shape (n, h, w), found (1437, 64)":
+            Split(train.images.reshape(len(train), -1), train.labels),
+        "the train split: labels must be integers, found dtype <U1 (class names? number them: "
+        "np.unique(y, return_inverse=True)[1])": Split(train.images, np.array(list("abcdefghij"))[train.labels]),
+    }
+    for message, split in refused.items():
+        with pytest.raises(fvae.DataError, match=f"^{re.escape(message)}$"):
+            evaluate(split, test, settings)
+    reference, _ = evaluate(train, test, settings)
+    # what the loaders take from a file is taken here too: pixels in [0, 1], a list, a column of labels
+    as_read, _ = evaluate(Split(train.images / 255.0, list(train.labels)), Split(test.images, test.labels[:, None]),
+                          settings)
+    for name in ("pca", "raw"):
+        assert (as_read["encodings"][name]["classification"]["logistic"]["accuracy"]
+                == reference["encodings"][name]["classification"]["logistic"]["accuracy"])
 
 
 def test_one_test_image_gets_no_t_test_p_value_rather_than_nan(digits):
