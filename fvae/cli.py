@@ -452,9 +452,9 @@ def fit_vae(
     It trains on the train split of --data, or the split --split names.
 
     The test numbers are left out when the test images were trained on (--split test or all), or
-    are of another size than the train images. Ctrl-C after the first epoch stops the training there and keeps the best epoch so far: it is
-    saved, evaluated and drawn as usual, and the command exits with code 130 (143 for SIGTERM,
-    which is taken as Ctrl-C is).
+    are of another size than the train images. Ctrl-C after the first epoch stops the training
+    there and keeps the best epoch so far: it is saved, evaluated and drawn as usual, and the
+    command exits with code 130 (143 for SIGTERM, which is taken as Ctrl-C is).
     """
     from .data import image_sizes_differ, load_dataset
     from .persist import history_paths, refuse_replacing_inputs

@@ -695,7 +695,7 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
     checksum = encoder.save(model_path, force=force, class_names=class_names)
     history = write_history(encoder.history_, model_path, force=force)
     untrained, n_untrained = [], 0
-    if test is not None and encoder.conditional:
+    if test is not None and encoder.conditional and test.labels is not None:
         test, untrained, n_untrained = _of_fitted_classes(test, encoder.classes_)
     scores = None
     if test is not None and len(test):
