@@ -590,14 +590,51 @@ def _numpy_file_error(path: Path, kind: str, magic: bytes, exc: Exception) -> Da
 def _load_npz(path: Path) -> Dataset:
     try:
         archive = np.load(path, allow_pickle=False)
-        # checked before the arrays are read: a VAE's file holds its whole Keras model
-        arrays = None if HEADER in archive.files else {key: archive[key] for key in archive.files}
+        keys = archive.files
+        # The layout is told by the arrays' names, so only its own arrays are read: not an x_val
+        # beside them, nor the whole Keras model that a VAE's model file holds.
+        read = [] if HEADER in keys else _npz_layout(keys)
+        arrays = {key: archive[key] for key in read}
     except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
         raise _numpy_file_error(path, ".npz", b"PK\x03\x04", exc) from None
-    if arrays is None:
+    if HEADER in keys:
         raise DataError(f"{path}: an fvae model file{_model_method(path)}, not images: pass it as a model "
                         "(--model, --fisher-model or --vae-model)")
+    if not read:
+        pairs = ", ".join(f"{x}/{y}" for x, y in _NPZ_UNSPLIT_KEYS)
+        raise DataError(f"{path}: expected arrays x_train/y_train and/or x_test/y_test (the y_ arrays optional), one "
+                        f"labelled set ({pairs}) or one array of images, found {', '.join(keys) or 'nothing'}")
     present = [split for split in ("train", "test") if f"x_{split}" in arrays]
+    if present:
+        dataset = _npz_splits(path, arrays, present)
+    elif len(read) == 2:  # one labelled set, split as an image folder without train/ and test/ is
+        x_key, y_key = read
+        named = _labels_by_name(arrays, [y_key], path)
+        images = _as_uint8_images(arrays[x_key], f"{path}[{x_key}]")
+        everything = Split(images, _as_labels(arrays[y_key], len(images), f"{path}[{y_key}]"))
+        dataset = _held_out(str(path), str(path), everything, named or _digit_names({"all": everything}))
+    else:  # one array of unlabelled images, test-only as a .npy's are
+        (only,) = read
+        dataset = Dataset(str(path), str(path), None, Split(_as_uint8_images(arrays[only], f"{path}[{only}]"), None))
+    _warn_of_unread_arrays(path, keys, read)
+    return dataset
+
+
+def _npz_layout(keys: list[str]) -> list[str]:
+    """The arrays of an .npz that fvae reads, told by their names: x_train/y_train and x_test/y_test
+    (the y_ arrays optional), else one labelled set, else one array of images; none for another layout."""
+    present = [split for split in ("train", "test") if f"x_{split}" in keys]
+    if present:
+        return [key for split in present for key in (f"x_{split}", f"y_{split}") if key in keys]
+    for x_key, y_key in _NPZ_UNSPLIT_KEYS:
+        if x_key in keys and y_key in keys:
+            return [x_key, y_key]
+    return list(keys) if len(keys) == 1 and keys[0] in _NPZ_IMAGES_KEYS else []
+
+
+def _npz_splits(path: Path, arrays: dict, present: list[str]) -> Dataset:
+    """The train and test splits of an .npz's x_train/y_train and x_test/y_test: labelled where
+    every split has its y_ array, unlabelled where none has (as a .npy's images are)."""
     labelled = any(f"y_{split}" in arrays for split in present)
     for split in present:
         if labelled and f"y_{split}" not in arrays:
@@ -608,24 +645,7 @@ def _load_npz(path: Path) -> Dataset:
         images = _as_uint8_images(arrays[f"x_{split}"], f"{path}[x_{split}]")
         labels = _as_labels(arrays[f"y_{split}"], len(images), f"{path}[y_{split}]") if labelled else None
         splits[split] = Split(images, labels)
-    if splits:  # without any y_ array, unlabelled images, as a .npy holds them
-        _warn_of_unread_arrays(path, arrays, [f"{xy}_{split}" for split in present for xy in "xy"])
-        return Dataset(str(path), str(path), splits.get("train"), splits.get("test"), named or _digit_names(splits))
-    for x_key, y_key in _NPZ_UNSPLIT_KEYS:
-        if x_key in arrays and y_key in arrays:
-            # one labelled set, split as an image folder without train/ and test/ is
-            named = _labels_by_name(arrays, [y_key], path)
-            images = _as_uint8_images(arrays[x_key], f"{path}[{x_key}]")
-            everything = Split(images, _as_labels(arrays[y_key], len(images), f"{path}[{y_key}]"))
-            _warn_of_unread_arrays(path, arrays, [x_key, y_key])
-            return _held_out(str(path), str(path), everything, named or _digit_names({"all": everything}))
-    only = next(iter(arrays)) if len(arrays) == 1 else None
-    if only in _NPZ_IMAGES_KEYS:  # unlabelled images, test-only as a .npy's are
-        return Dataset(str(path), str(path), None, Split(_as_uint8_images(arrays[only], f"{path}[{only}]"), None))
-    keys = ", ".join(arrays) or "nothing"
-    pairs = ", ".join(f"{x}/{y}" for x, y in _NPZ_UNSPLIT_KEYS)
-    raise DataError(f"{path}: expected arrays x_train/y_train and/or x_test/y_test (the y_ arrays optional), one "
-                    f"labelled set ({pairs}) or one array of images, found {keys}")
+    return Dataset(str(path), str(path), splits.get("train"), splits.get("test"), named or _digit_names(splits))
 
 
 def _model_method(path: Path) -> str:
@@ -636,9 +656,9 @@ def _model_method(path: Path) -> str:
         return ""
 
 
-def _warn_of_unread_arrays(path: Path, arrays: dict, read: list[str]) -> None:
+def _warn_of_unread_arrays(path: Path, keys: list[str], read: list[str]) -> None:
     """Name the arrays of an .npz that fvae leaves out (an x_val, say), rather than drop them unsaid."""
-    unread = [key for key in arrays if key not in read]
+    unread = [key for key in keys if key not in read]
     if unread:
         log.warning("%s: %s left out: fvae reads only %s", path, ", ".join(unread), ", ".join(read))
 
