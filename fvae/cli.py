@@ -456,7 +456,7 @@ def fit_vae(
     there and keeps the best epoch so far: it is saved, evaluated and drawn as usual, and the
     command exits with code 130 (143 for SIGTERM, which is taken as Ctrl-C is).
     """
-    from .data import image_sizes_differ, load_dataset
+    from .data import load_dataset
     from .persist import history_paths, refuse_replacing_inputs
     from .report import refuse_vae_outputs
 
@@ -481,10 +481,6 @@ def fit_vae(
     if conditional and train.labels is None:
         raise DataError(f"{dataset.name} has no labels, and a conditional VAE (--conditional) needs them")
     held_out = dataset.test if split == SplitName.train else None
-    not_scored = f"the test images were trained on (--split {split.value})"
-    if held_out is not None and (differ := image_sizes_differ(train, held_out)):
-        # the model is no less useful, but it cannot read test images of another size
-        held_out, not_scored = None, f"{differ}, which a VAE of the train images cannot read"
     from .vae.encoder import VAEEncoder, fit_and_save
 
     encoder = VAEEncoder(
@@ -503,7 +499,9 @@ def fit_vae(
         + (f", validation ELBO {history['val_elbo'][best]:.2f} nats" if "val_elbo" in history else "")
     )
     if held_out is None and dataset.test is not None:
-        typer.echo(f"test: no numbers, {not_scored}")
+        typer.echo(f"test: no numbers, the test images were trained on (--split {split.value})")
+    elif result["not_scored"]:
+        typer.echo(f"test: no numbers, {result['not_scored']}")
     if result["n_test_of_untrained_classes"]:
         from .data import class_names_of
 

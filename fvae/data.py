@@ -456,6 +456,13 @@ def _load_idx_split(images_path: Path, labels_path: Path | None, lazy: bool) -> 
     return Split(_as_uint8_images(images, images_path), _class_numbers(labels, labels_path))
 
 
+def untrained_classes(labels: np.ndarray, trained) -> tuple[np.ndarray, list]:
+    """Which of ``labels`` are of none of the ``trained`` classes (a boolean per label), and those
+    classes, sorted: test images no classifier or conditional VAE fitted on ``trained`` can take."""
+    outside = ~np.isin(labels, trained)
+    return outside, np.unique(labels[outside]).tolist()
+
+
 def image_sizes_differ(train: Split, test: Split) -> str | None:
     """'train images are 8x8, test images 16x16' when the two splits' images differ in size, else None."""
     (th, tw), (eh, ew) = train.images.shape[1:], test.images.shape[1:]

@@ -42,6 +42,7 @@ import numpy as np
 
 from .data import (
     Split, check_fitted_size, checked_split, class_names_of, image_sizes_differ, is_whole_number, to_unit_float,
+    untrained_classes,
 )
 from .errors import DataError, InputError
 from .persist import readable_size
@@ -862,11 +863,11 @@ def _test_classes_not_trained_on(train_labels, test_labels, sources: dict, names
     """The classes of test images that no train image has, and how many test images are of them:
     no classifier can predict them. Every test image being of such a class is refused, as every
     prediction would be wrong; some of them are warned of, as the scores count them as mistakes."""
-    untrained = np.setdiff1d(np.unique(test_labels), train_labels)
-    if not len(untrained):
+    outside, untrained = untrained_classes(test_labels, train_labels)
+    if not untrained:
         return [], 0
     names = ", ".join(class_names_of(untrained, names_by_label))
-    n_untrained = int(np.isin(test_labels, untrained).sum())
+    n_untrained = int(outside.sum())
     test_name = f" of {sources['test']}" if sources.get("test") else ""
     classes = f"{'class' if len(untrained) == 1 else 'classes'} {names}, which no train image has"
     if n_untrained == len(test_labels):
@@ -874,7 +875,7 @@ def _test_classes_not_trained_on(train_labels, test_labels, sources: dict, names
     log.warning("%s of the %s test images%s %s of %s: the classifiers' scores count %s as mistakes",
                 f"{n_untrained:,}", f"{len(test_labels):,}", test_name, "is" if n_untrained == 1 else "are",
                 classes, "it" if n_untrained == 1 else "them")
-    return [int(c) for c in untrained], n_untrained
+    return untrained, n_untrained
 
 
 def run_name(source: str) -> str:

@@ -16,7 +16,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ..data import (
-    check_image_batch, class_names_of, image_encoder_tags, integer_labels, is_whole_number, to_unit_float,
+    Split, check_image_batch, class_names_of, image_encoder_tags, image_sizes_differ, integer_labels, is_whole_number,
+    to_unit_float, untrained_classes,
 )
 from ..errors import InputError, ModelFileError, TrainingInterrupted
 from ..persist import (ZIP_DATE, atomic_output, forget_file, history_paths, load_model, refuse_overwrite,
@@ -672,15 +673,15 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
     A Ctrl-C once an epoch has finished ends the training only: the best epoch so far is saved,
     evaluated and drawn like a finished training's, and ``interrupted`` says so.
 
-    A conditional VAE is scored on the test images of the classes it was fitted on: it cannot
-    encode an image of another class.
+    Test images of another size than the train images are not scored, and a conditional VAE is
+    scored on the test images of the classes it was fitted on: it cannot encode another class.
 
     Returns
     -------
     dict
         ``checksum``, ``history`` paths, ``test`` numbers (or None), ``figures`` paths,
-        ``interrupted``, and ``untrained_classes`` (the classes of the test images a conditional
-        VAE left out; empty when none) with ``n_test_of_untrained_classes``.
+        ``interrupted``, and what of the test split was left out (:func:`_scorable_test`):
+        ``not_scored``, ``untrained_classes``, ``n_test_of_untrained_classes``.
     """
     from ..report import refuse_vae_outputs
     from .train import EpochSamples
@@ -694,9 +695,7 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
         interrupted = True
     checksum = encoder.save(model_path, force=force, class_names=class_names)
     history = write_history(encoder.history_, model_path, force=force)
-    untrained, n_untrained = [], 0
-    if test is not None and encoder.conditional and test.labels is not None:
-        test, untrained, n_untrained = _of_fitted_classes(test, encoder.classes_)
+    test, left_out = _scorable_test(encoder, train, test)
     scores = None
     if test is not None and len(test):
         scores = encoder.evaluate(test.images, test.labels if encoder.conditional else None, iwae_k=iwae_k)
@@ -708,14 +707,22 @@ def fit_and_save(encoder: VAEEncoder, train, test, model_path, *, figures_dir=No
         figures = vae_figures(encoder, shown.images, shown.labels, figures_dir, frames=callbacks[0].frames,
                               class_names=class_names, force=force)
     return {"checksum": checksum, "history": history, "test": scores, "figures": figures, "interrupted": interrupted,
-            "untrained_classes": untrained, "n_test_of_untrained_classes": n_untrained}
+            **left_out}
 
 
-def _of_fitted_classes(test, classes) -> tuple:
-    """``(split, untrained_classes, n_left_out)``: the images of ``test`` whose labels are among
-    ``classes``, the other classes its labels hold, and how many images those have."""
-    fitted = np.isin(test.labels, classes)
-    if fitted.all():
-        return test, [], 0
-    untrained = np.unique(test.labels[~fitted]).tolist()
-    return type(test)(test.images[fitted], test.labels[fitted]), untrained, int((~fitted).sum())
+def _scorable_test(encoder: VAEEncoder, train, test) -> tuple:
+    """``(split, left_out)``: the images of ``test`` that the fitted ``encoder`` can be scored on
+    (None for none), and what it leaves out: ``not_scored``, why no image is (test images of
+    another size than the train images), and for a conditional VAE the ``untrained_classes`` of
+    test images it has no one-hot input for, with their count ``n_test_of_untrained_classes``."""
+    left_out = {"not_scored": None, "untrained_classes": [], "n_test_of_untrained_classes": 0}
+    if test is None:
+        return None, left_out
+    if differ := image_sizes_differ(train, test):
+        return None, {**left_out, "not_scored": f"{differ}, which a VAE of the train images cannot read"}
+    if encoder.conditional and test.labels is not None:  # unlabelled, evaluate() says it needs labels
+        outside, untrained = untrained_classes(test.labels, encoder.classes_)
+        if untrained:
+            test = Split(test.images[~outside], test.labels[~outside])
+            left_out.update(untrained_classes=untrained, n_test_of_untrained_classes=int(outside.sum()))
+    return test, left_out
