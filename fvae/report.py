@@ -559,7 +559,8 @@ def markdown_report(report: dict) -> str:
         f"# fvae evaluate: {report['name']}",
         "",
         f"Train: {train.get('source', '?')} ({data['n_train']:,} images; the probes use {data['n_probe_train']:,}), "
-        f"test: {test.get('source', '?')} ({counted(data['n_test'], 'image')}{_also_trained_on(data)}{_of_untrained_classes(data)}), {h}x{w} pixels, "
+        f"test: {test.get('source', '?')} ({counted(data['n_test'], 'image')}{_also_trained_on(data)}"
+        f"{_of_untrained_classes(data)}), {h}x{w} pixels, "
         f"{len(data['classes'])} classes. Seed {settings['seed']}{', quick run' if settings['quick'] else ''}; "
         f"{report['seconds']:.0f} s in all; fvae {report['versions'].get('fvae')}, {report['created']}.",
         "",
