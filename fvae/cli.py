@@ -822,7 +822,8 @@ def evaluate(
                                         "--vae-model": vae_model},
                             otherwise="copy it out of the run first, or write this run under another --name")
     # refuses an existing run before any work
-    with atomic_directory(run_dir, force=force, otherwise="--name to write another run beside it") as tmp:
+    with atomic_directory(run_dir, force=force, otherwise="--name to write another run beside it", what="an fvae run",
+                          marks=("report.json",)) as tmp:
         if quiet:
             logging.getLogger("fvae").setLevel(logging.WARNING)
         train, test, description = load_splits(data, test_data, data_dir)

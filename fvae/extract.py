@@ -36,10 +36,13 @@ from .data import Split, check_fitted_size, class_names_of, kept_by_position, la
 from .errors import DataError, FvaeError, InputError, OutputExistsError
 from .persist import (
     ZIP_DATE, atomic_output, disk_full_error, fvae_version, is_disk_full, readable_size, refuse_overwrite,
-    refuse_unwritable, save_npy,
+    refuse_replacing_foreign_folder, refuse_unwritable, save_npy,
 )
 
 FORMATS = (".npy", ".npz", ".zarr")
+#: A folder that holds one of these is a Zarr store (format 3, or 2's array or group), which
+#: ``--force`` may replace; any other folder is the user's own.
+ZARR_MARKS = ("zarr.json", ".zarray", ".zgroup")
 NEEDS_DASK = "running on Dask needs dask[distributed]: pip install 'fvae[dask]'"
 
 
@@ -369,9 +372,12 @@ def refuse_existing_outputs(out, *, force: bool, resume: bool) -> None:
     if resume and not force and paths["features"].exists() and not paths["partial"].exists():
         raise OutputExistsError(f"{paths['features']} exists and is finished: there is nothing to resume "
                                 "(pass --force to encode it again)")
+    zarr_store = output_format(out) == ".zarr"
+    if zarr_store:
+        refuse_replacing_foreign_folder(paths["features"], what="a Zarr store", marks=ZARR_MARKS)
     refuse_overwrite(paths["features"], paths["labels"], paths["sidecar"], force=force)
     # where every output goes takes files, and no folder is in the way of a file's
-    refuse_unwritable(paths["features"], force=True, folder=output_format(out) == ".zarr")
+    refuse_unwritable(paths["features"], force=True, folder=zarr_store)
     if not (resume or force) and (paths["partial"].exists() or paths["manifest"].exists()):
         raise OutputExistsError(f"{paths['partial']}: an interrupted run's partial output exists; "
                                 "pass --resume to finish it or --force to start over")

@@ -134,6 +134,32 @@ def _refuse_folder(path: Path) -> None:
         raise OutputExistsError(f"{path}: a folder, not a file")
 
 
+def refuse_replacing_foreign_folder(path, *, what: str, marks: tuple[str, ...]) -> None:
+    """Refuse, even with ``force``, to replace at ``path`` anything but an earlier output of its
+    kind: a folder that holds none of ``marks`` is the user's own (``--force`` replaces fvae's
+    outputs, never a folder of photos named ``x.zarr``), and a file is not a folder to replace.
+
+    Parameters
+    ----------
+    path : path-like
+        Where a folder output (a run, a .zarr store) is to be written.
+    what : str
+        The output's kind, for the message: "an fvae run", "a Zarr store".
+    marks : tuple of str
+        Names of which an earlier output of this kind holds at least one (``report.json``).
+
+    Raises
+    ------
+    OutputExistsError
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path}: a file, not a folder: {what} is a folder; remove it or choose another name")
+    if path.is_dir() and any(path.iterdir()) and not any((path / mark).exists() for mark in marks):
+        raise OutputExistsError(f"{path}: a folder that is not {what} (it has no {marks[0]}): --force replaces only "
+                                "fvae's own outputs; remove it or choose another name")
+
+
 def _make_temporary(path: Path, created: list[Path], make) -> None:
     """Call ``make()``, which creates the temporary file or folder beside ``path``. Should that
     fail (a read-only folder, a full disk), take away the folders :func:`_writable` made and
@@ -185,21 +211,27 @@ def save_npy(path, array, *, force: bool = False) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_directory(path, *, force: bool = False, otherwise: str | None = None):
+def atomic_directory(path, *, force: bool = False, otherwise: str | None = None, what: str = "fvae's output",
+                     marks: tuple[str, ...] = ()):
     """Yield a temporary folder beside ``path``; it becomes ``path`` only if the block succeeds.
 
     A run folder therefore appears complete or not at all. With ``force`` an existing ``path`` is
     replaced, and removed only once the new folder is in place; should that last step fail, the
     old folder is put back. ``otherwise``, when given, is named in the refusal of an existing
     ``path`` as the way out that keeps it (evaluate's "--name to write another run beside it").
+    Where ``marks`` are given, ``path`` is replaced only if it is an earlier output of the kind
+    ``what`` names (see :func:`refuse_replacing_foreign_folder`).
 
     Raises
     ------
     OutputExistsError
-        If ``path`` exists and ``force`` is false (checked before any work).
+        If ``path`` exists and ``force`` is false, or is not an earlier output (checked before
+        any work).
     """
     import shutil
 
+    if marks:
+        refuse_replacing_foreign_folder(path, what=what, marks=marks)
     path, created = _writable(path, force, otherwise)
     tmp = _fresh_name_beside(path, ".part")
     _make_temporary(path, created, tmp.mkdir)  # not mkdtemp, whose 0700 the run folder would keep; the umask decides

@@ -3,6 +3,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -18,7 +19,8 @@ import fvae
 from conftest import FVAE, ROOT, as_from_a_terminal, fvae_cli, write_image_folder
 from fvae import cli
 from fvae.cli import app
-from fvae.persist import atomic_directory, atomic_output, save_model
+from fvae.extract import ZARR_MARKS
+from fvae.persist import atomic_directory, atomic_output, refuse_replacing_foreign_folder, save_model
 
 runner = CliRunner()
 SMALL_FIT = ["--patch-size", "3", "--stride", "1", "--components", "8", "--pca", "6", "--samples", "4000"]
@@ -898,6 +900,44 @@ def test_a_folder_in_the_place_of_an_output_file_is_refused_even_with_force(tmp_
     result = runner.invoke(app, [*args, "--force"])
     assert (result.exit_code, result.output) == (2, f"fvae: error: {folder}: a folder, not a file\n")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [folder, folder / "yours.txt"]
+
+
+@pytest.mark.parametrize("args, what, mark", [
+    (["encode", "--data", "digits", "-o", "yours.zarr"], "a Zarr store", "zarr.json"),
+    (["evaluate", "--data", "digits", "--runs-dir", ".", "--name", "yours"], "an fvae run", "report.json"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else "")
+def test_force_replaces_no_folder_or_file_that_is_not_an_earlier_output_of_its_kind(tmp_path, monkeypatch, args,
+                                                                                     what, mark):
+    """--force removed a whole folder of the user's files named like the .zarr store or the run
+    to write. A file in the place of the folder cost a whole encoding before "Not a directory"
+    (the store's partial output left behind), and a run replaced it with a hidden .old file."""
+    loading_no_data(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    target = Path(args[-1])
+    target.mkdir()
+    (target / "photos").mkdir()
+    (target / "photos" / "cat.png").write_text("kept")
+    result = runner.invoke(app, [*args, "--force"])
+    assert (result.exit_code, result.output) == (2, f"fvae: error: {target}: a folder that is not {what} (it has no "
+                                                    f"{mark}): --force replaces only fvae's own outputs; remove it or "
+                                                    "choose another name\n")
+    assert (target / "photos" / "cat.png").read_text() == "kept"
+    shutil.rmtree(target)
+    target.write_text("kept")
+    result = runner.invoke(app, [*args, "--force"])
+    assert (result.exit_code, result.output) == (2, f"fvae: error: {target}: a file, not a folder: {what} is a "
+                                                    "folder; remove it or choose another name\n")
+    assert [p.name for p in tmp_path.iterdir()] == [target.name] and target.read_text() == "kept"
+
+
+def test_an_earlier_output_or_an_empty_folder_may_be_replaced(tmp_path):
+    for name in ("zarr.json", ".zarray", ".zgroup"):  # Zarr 3, and Zarr 2's array and group
+        (tmp_path / name / "store.zarr").mkdir(parents=True)
+        (tmp_path / name / "store.zarr" / name).write_text("{}")
+        refuse_replacing_foreign_folder(tmp_path / name / "store.zarr", what="a Zarr store", marks=ZARR_MARKS)
+    (tmp_path / "empty").mkdir()
+    refuse_replacing_foreign_folder(tmp_path / "empty", what="an fvae run", marks=("report.json",))
+    refuse_replacing_foreign_folder(tmp_path / "missing", what="an fvae run", marks=("report.json",))
 
 
 @pytest.mark.parametrize("args, message", [
