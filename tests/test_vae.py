@@ -230,6 +230,31 @@ def test_same_seed_same_weights(digits):
         np.testing.assert_array_equal(wa, wb)
 
 
+def test_fitting_vaes_one_after_another_shows_no_retracing_warning():
+    """From the second fit in one process TensorFlow warned of "excessive retracing" to avoid: a
+    false alarm, a new model's steps must be traced, shown to every user of a cross-validation."""
+    script = ("import numpy as np; from fvae import VAEEncoder; x = np.random.default_rng(0).random((200, 8, 8))\n"
+              "for seed in range(3): VAEEncoder(arch='mlp', hidden=(8,), latent_dim=2, epochs=2, "
+              "random_state=seed).fit(x).transform(x)\nprint('fitted')")
+    env = {k: v for k, v in os.environ.items() if k != "FVAE_TF_LOGS"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert (done.returncode, done.stdout) == (0, "fitted\n"), done.stderr
+    assert "retracing" not in done.stderr
+
+
+def test_the_retracing_warning_is_dropped_only_within_fvaes_fits(caplog):
+    from fvae.vae.train import retracing_warnings_dropped
+
+    tf_log = logging.getLogger("tensorflow")
+    retracing = "5 out of the last 6 calls to <function f> triggered tf.function retracing."
+    with caplog.at_level(logging.WARNING, logger="tensorflow"), retracing_warnings_dropped():
+        tf_log.warning(retracing)
+        tf_log.warning("another warning")
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        tf_log.warning(retracing)  # the user's own functions, outside a fit
+    assert [r.getMessage() for r in caplog.records if r.name == "tensorflow"] == ["another warning", retracing]
+
+
 def test_save_load_round_trip_gives_identical_codes(trained, digits, tmp_path):
     checksum = trained.save(tmp_path / "vae.npz")
     loaded = fvae.load(tmp_path / "vae.npz")

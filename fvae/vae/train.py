@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -21,6 +22,34 @@ from ..errors import TrainingDiverged
 from .model import gaussian_log_density
 
 log = logging.getLogger("fvae")
+
+
+class _NotRetracing(logging.Filter):
+    """Drops TensorFlow's "N out of the last M calls ... triggered tf.function retracing" warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def retracing_warnings_dropped():
+    """Within the block, TensorFlow's warning about retraced functions is not shown.
+
+    Each fit compiles the train and test steps of a new model. TensorFlow counts those tracings
+    across models, so from the second VAE fitted in one process (a cross-validation, a notebook)
+    it warns of "excessive retracing" to avoid. Nothing can be avoided: a new model must be
+    traced. Only within fvae's own fits, so that the user's own functions still get the warning;
+    FVAE_TF_LOGS=1 shows it as it shows TensorFlow's other logs.
+    """
+    if os.environ.get("FVAE_TF_LOGS"):
+        yield
+        return
+    dropped, logger = _NotRetracing(), logging.getLogger("tensorflow")
+    logger.addFilter(dropped)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropped)
 
 
 def fixed_binarization(images: np.ndarray, mode: str, seed: int) -> np.ndarray:
@@ -287,7 +316,7 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
     ctrl_c = DeferredCtrlC()
     interrupted = None  # where, if it was
     try:
-        with ctrl_c.installed():
+        with ctrl_c.installed(), retracing_warnings_dropped():
             model.fit(train_data, validation_data=val_data, epochs=epochs, verbose=0, shuffle=False,
                       callbacks=[ctrl_c, KLWarmup(model.beta, warmup_epochs), stopper, record, *shown, *callbacks])
         if ctrl_c.requested:  # pressed after the last boundary: training ended anyway, but the user asked to stop
