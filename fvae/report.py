@@ -4,7 +4,12 @@ complete or absent."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
+import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +17,12 @@ import numpy as np
 from .data import class_names_of, to_unit_float
 from .errors import InputError
 from .persist import atomic_output, history_paths, refuse_overwrite, refuse_unwritable
+
+log = logging.getLogger("fvae")
+#: The family matplotlib draws text in unless told otherwise; it comes with matplotlib.
+BASE_FONT = "DejaVu Sans"
+#: Whether an enclosing :func:`drawing_names` block has chosen the fonts (and told what is missing).
+_fonts_chosen = contextvars.ContextVar("fvae_fonts_chosen", default=False)
 
 
 def counted(n: int, noun: str) -> str:
@@ -39,6 +50,102 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _characters(texts) -> set[int]:
+    """The code points a font needs to draw ``texts`` (spaces need none)."""
+    return {ord(c) for text in texts for c in str(text) if not c.isspace()}
+
+
+@functools.lru_cache(maxsize=None)
+def _characters_of_font(path: str) -> frozenset[int]:
+    """The code points the font file at ``path`` has glyphs for: none if it cannot be read."""
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        return frozenset(FT2Font(path).get_charmap())
+    except (OSError, RuntimeError, ValueError):
+        return frozenset()
+
+
+def fonts_for(texts) -> tuple[list[tuple[str, str]], str]:
+    """The fonts that draw ``texts``, and the characters of them that no installed font has.
+
+    Returns ``(fonts, missing)``: ``fonts`` lists ``(family, file)`` pairs, DejaVu Sans first,
+    then, for the characters it lacks (Chinese class names, say), each installed font that has
+    some the ones before it lack (regular faces first, then by name, so the choice is the same
+    on every run; never matplotlib's Last Resort font, whose glyphs are boxes). Only where DejaVu
+    Sans lacks a character are the other fonts read.
+    """
+    from matplotlib import font_manager
+
+    base = font_manager.findfont(BASE_FONT, fallback_to_default=True)
+    fonts, missing = [(BASE_FONT, base)], _characters(texts) - _characters_of_font(base)
+    regular_first = sorted(font_manager.fontManager.ttflist, key=lambda e: (
+        e.style != "normal", e.weight not in (400, "normal", "regular"), e.name, e.fname))
+    for entry in regular_first:
+        if not missing:
+            break
+        if entry.name.startswith("Last Resort"):  # matplotlib's: a box for every character there is
+            continue
+        found = missing & _characters_of_font(entry.fname)
+        if found:
+            fonts.append((entry.name, entry.fname))
+            missing -= found
+    return fonts, "".join(map(chr, sorted(missing)))
+
+
+def _names_in(class_names) -> list[str]:
+    """The names of a ``class_names`` given as label -> name, as a sequence, or None."""
+    if class_names is None:
+        return []
+    return [str(name) for name in (class_names.values() if isinstance(class_names, dict) else class_names)]
+
+
+@contextlib.contextmanager
+def drawing_names(names):
+    """Within the block, figures draw ``names`` (class names) in fonts that have their characters.
+
+    matplotlib draws in DejaVu Sans, which has no Chinese or Japanese, say: class folders named
+    so came out as boxes, with a two-line warning per figure and character. Here the installed
+    fonts that have them follow DejaVu Sans in the font family, as matplotlib's fallback; the
+    characters no font here has are told once, in one line. An inner block (save_samples within
+    vae_figures) keeps the outer block's choice.
+    """
+    if _fonts_chosen.get():
+        yield
+        return
+    import matplotlib
+
+    fonts, missing = fonts_for(names)
+    if missing:
+        log.warning("figures: no font here has %s (in the class names), so they are drawn as boxes; "
+                    "a font that has them, once installed, is used", " ".join(missing))
+    token = _fonts_chosen.set(True)
+    font_log = logging.getLogger("matplotlib.font_manager")
+    level = font_log.level
+    # a fallback font without a regular face: "Failed to find font weight normal", then it uses another
+    font_log.setLevel(logging.ERROR)
+    try:
+        with matplotlib.rc_context({"font.family": [family for family, _ in fonts]}), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+            yield
+    finally:
+        font_log.setLevel(level)
+        _fonts_chosen.reset(token)
+
+
+def _gif_font(texts, size: int = 14):
+    """Pillow's own font, or where ``texts`` go beyond Latin-1, the font file that has the most
+    of their characters (DejaVu Sans on a tie): Pillow draws a text in one font, without fallback."""
+    from PIL import ImageFont
+
+    needed = _characters(texts)
+    if all(code < 256 for code in needed):
+        return ImageFont.load_default(size=size)
+    fonts, _ = fonts_for(texts)
+    path = max((path for _, path in fonts), key=lambda path: len(needed & _characters_of_font(path)))
+    return ImageFont.truetype(path, size)
 
 
 def tile(images: np.ndarray, n_cols: int | None = None, pad: int = 1) -> np.ndarray:
@@ -144,10 +251,10 @@ def save_gif(frames, path, *, captions=None, row_labels=None, seconds_per_frame=
     of a :func:`tile` of images) on its left; the last frame is held longer, so the trained
     model's samples can be looked at before the loop starts over.
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     scale = _grid_scale(frames[0].shape)
-    font = ImageFont.load_default(size=14)
+    font = _gif_font([*(captions or ()), *(row_labels or ())])
     top = CAPTION_PIXELS if captions is not None else 0
     left, row_pitch = 0, 0.0
     if row_labels is not None:
@@ -339,12 +446,14 @@ def save_samples(encoder, path, *, n=64, label=None, random_state=0, class_names
     from .vae.encoder import draw_samples
 
     images, _ = draw_samples(encoder, n, label=label, random_state=random_state)
-    if encoder.conditional and label is None:
-        save_grid(images, path, n_cols=len(images) // encoder.n_classes_,
-                  row_labels=class_names_of(encoder.classes_, class_names), title="samples, one row per class", force=force)
-    else:
-        title = "samples from the prior" if label is None else f"class {class_names_of([label], class_names)[0]}"
-        save_grid(images, path, title=title, force=force)
+    with drawing_names(_names_in(class_names)):
+        if encoder.conditional and label is None:
+            save_grid(images, path, n_cols=len(images) // encoder.n_classes_,
+                      row_labels=class_names_of(encoder.classes_, class_names), title="samples, one row per class",
+                      force=force)
+        else:
+            title = "samples from the prior" if label is None else f"class {class_names_of([label], class_names)[0]}"
+            save_grid(images, path, title=title, force=force)
     return len(images)
 
 
@@ -419,35 +528,37 @@ def vae_figures(encoder, images, labels, out_dir, *, frames=(), class_names=None
     class_names : dict of int to str, default=None
         Names of the classes (label -> name) for the samples' rows and the latent plot's colours.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = {name: out / name for name in vae_figure_names(encoder.latent_dim)}
-    written = []
-    shown = spread_rows(len(images), 2000)
-    images = images[shown]
-    labels = None if labels is None else labels[shown]
-    cond = bool(encoder.conditional)
-    cond_labels = labels if cond else None
-    save_samples(encoder, path["samples.png"], class_names=class_names, force=force)
-    written.append(path["samples.png"])
-    codes = encoder.transform(images, cond_labels)[:, : encoder.latent_dim]
-    picked = spread_rows(len(images), 16)
-    decoded = encoder.inverse_transform(codes[picked], None if cond_labels is None else cond_labels[picked])
-    written.append(save_reconstructions(to_unit_float(images[picked], "figures"), decoded,
-                                        path["reconstructions.png"], force=force))
-    written.append(save_embedding(codes, labels, path["latent.png"],
-                                  title="test codes (posterior means)" + (", PCA" if encoder.latent_dim > 2 else ""),
-                                  class_names=class_names, force=force))
-    if "manifold.png" in path:
-        written.append(save_manifold(encoder, path["manifold.png"], class_names=class_names, force=force))
-    if encoder.history_:
-        written.append(save_curves(encoder.history_, path["training_curves.png"], force=force))
-    if frames:
-        # the callback keeps one frame per finished epoch, from the first
-        captions = [f"epoch {epoch}" for epoch in range(1, len(frames) + 1)]
-        rows = class_names_of(encoder.classes_, class_names) if cond else None  # EpochSamples: a row per class
-        written.append(save_gif(list(frames), path["training.gif"], captions=captions, row_labels=rows, force=force))
-    return written
+    with drawing_names(_names_in(class_names)):
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = {name: out / name for name in vae_figure_names(encoder.latent_dim)}
+        written = []
+        shown = spread_rows(len(images), 2000)
+        images = images[shown]
+        labels = None if labels is None else labels[shown]
+        cond = bool(encoder.conditional)
+        cond_labels = labels if cond else None
+        save_samples(encoder, path["samples.png"], class_names=class_names, force=force)
+        written.append(path["samples.png"])
+        codes = encoder.transform(images, cond_labels)[:, : encoder.latent_dim]
+        picked = spread_rows(len(images), 16)
+        decoded = encoder.inverse_transform(codes[picked], None if cond_labels is None else cond_labels[picked])
+        written.append(save_reconstructions(to_unit_float(images[picked], "figures"), decoded,
+                                            path["reconstructions.png"], force=force))
+        title = "test codes (posterior means)" + (", PCA" if encoder.latent_dim > 2 else "")
+        written.append(save_embedding(codes, labels, path["latent.png"], title=title, class_names=class_names,
+                                      force=force))
+        if "manifold.png" in path:
+            written.append(save_manifold(encoder, path["manifold.png"], class_names=class_names, force=force))
+        if encoder.history_:
+            written.append(save_curves(encoder.history_, path["training_curves.png"], force=force))
+        if frames:
+            # the callback keeps one frame per finished epoch, from the first
+            captions = [f"epoch {epoch}" for epoch in range(1, len(frames) + 1)]
+            rows = class_names_of(encoder.classes_, class_names) if cond else None  # EpochSamples: a row per class
+            written.append(save_gif(list(frames), path["training.gif"], captions=captions, row_labels=rows,
+                                    force=force))
+        return written
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -461,31 +572,33 @@ def evaluation_figures(report: dict, artifacts: dict, out_dir, *, n_shown: int =
     """The figures of an evaluation in ``out_dir``: confusion matrices, the label-efficiency curve,
     the reconstruction grid, 2-D embeddings of every encoding and, with a VAE, its samples and
     training curves. Returns the paths written."""
-    out = Path(out_dir)
-    encodings, data = report["encodings"], report["data"]
-    n_test = len(artifacts["test_labels"])
-    shown_rows = spread_rows(n_test, n_shown)
-    labels = artifacts["test_labels"][shown_rows]
-    written = [
-        save_confusion_matrices({n: e["classification"]["logistic"]["confusion"] for n, e in encodings.items()},
-                                out / "confusion_matrices.png", class_names=data["class_names"]),
-        save_label_efficiency({n: e["label_efficiency"] for n, e in encodings.items()}, out / "label_efficiency.png"),
-        save_embeddings({n: e.test[shown_rows] for n, e in artifacts["encodings"].items()}, labels,
-                        out / "embeddings.png", class_names=dict(zip(data["classes"], data["class_names"]))),
-    ]
-    shown = [(key, title) for key, title in RECONSTRUCTION_ROWS if key in artifacts["reconstructions"]]
-    picked = spread_rows(n_test, 12)
-    rows = [artifacts["test_pixels"][picked]] + [artifacts["reconstructions"][key][picked] for key, _ in shown]
-    written.append(save_grid(np.concatenate(rows), out / "reconstructions.png", n_cols=len(picked),
-                             row_labels=["original"] + [title for _, title in shown],
-                             title="test images and their reconstructions"))
-    if "vae" in artifacts["encodings"]:
-        vae = artifacts["encodings"]["vae"].estimator
-        save_samples(vae, out / "vae_samples.png")
-        written.append(out / "vae_samples.png")
-        if vae.history_:
-            written.append(save_curves(vae.history_, out / "vae_training_curves.png"))
-    return written
+    with drawing_names(_names_in(report["data"].get("class_names"))):
+        out = Path(out_dir)
+        encodings, data = report["encodings"], report["data"]
+        n_test = len(artifacts["test_labels"])
+        shown_rows = spread_rows(n_test, n_shown)
+        labels = artifacts["test_labels"][shown_rows]
+        written = [
+            save_confusion_matrices({n: e["classification"]["logistic"]["confusion"] for n, e in encodings.items()},
+                                    out / "confusion_matrices.png", class_names=data["class_names"]),
+            save_label_efficiency({n: e["label_efficiency"] for n, e in encodings.items()},
+                                  out / "label_efficiency.png"),
+            save_embeddings({n: e.test[shown_rows] for n, e in artifacts["encodings"].items()}, labels,
+                            out / "embeddings.png", class_names=dict(zip(data["classes"], data["class_names"]))),
+        ]
+        shown = [(key, title) for key, title in RECONSTRUCTION_ROWS if key in artifacts["reconstructions"]]
+        picked = spread_rows(n_test, 12)
+        rows = [artifacts["test_pixels"][picked]] + [artifacts["reconstructions"][key][picked] for key, _ in shown]
+        written.append(save_grid(np.concatenate(rows), out / "reconstructions.png", n_cols=len(picked),
+                                 row_labels=["original"] + [title for _, title in shown],
+                                 title="test images and their reconstructions"))
+        if "vae" in artifacts["encodings"]:
+            vae = artifacts["encodings"]["vae"].estimator
+            save_samples(vae, out / "vae_samples.png")
+            written.append(out / "vae_samples.png")
+            if vae.history_:
+                written.append(save_curves(vae.history_, out / "vae_training_curves.png"))
+        return written
 
 
 def _c_choice(report: dict) -> str:

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import warnings
 import zipfile
 
 import numpy as np
@@ -681,6 +682,54 @@ def test_a_title_wider_than_its_grid_is_drawn_whole(tmp_path):
     plt.close(fig)
     with Image.open(tmp_path / "narrow.png") as picture:
         assert picture.size[0] > title_width > (3 * 9 - 1) * report._grid_scale((10 * 9 - 1, 3 * 9 - 1))
+
+
+#: A character DejaVu Sans, matplotlib's font, lacks and fonts that come with matplotlib have.
+BEYOND_DEJAVU_SANS = "\u2312"  # ⌒, an arc
+#: An unassigned code point: no font draws it (matplotlib's Last Resort font draws a box for it).
+NO_FONT_HAS = "\u0378"
+
+
+def test_class_names_beyond_matplotlibs_font_are_drawn_in_a_font_that_has_them(tmp_path, caplog):
+    """Class folders named in Chinese came out as boxes, with matplotlib's two-line warning per
+    figure and character; the GIF drew them as boxes without a word."""
+    from PIL import Image, ImageFont
+
+    from fvae import report
+
+    fonts, missing = report.fonts_for(["cat", f"arc {BEYOND_DEJAVU_SANS}"])
+    assert fonts[0][0] == "DejaVu Sans" and len(fonts) == 2 and missing == ""
+    assert ord(BEYOND_DEJAVU_SANS) in report._characters_of_font(fonts[1][1])
+    names = {0: "cat", 1: f"arc {BEYOND_DEJAVU_SANS}"}
+    with caplog.at_level(logging.WARNING, logger="fvae"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "Glyph ... missing from font" would fail here
+        with report.drawing_names(report._names_in(names)):
+            report.save_grid(np.zeros((4, 8, 8)), tmp_path / "grid.png", n_cols=2, row_labels=names.values())
+        report.save_gif([np.zeros((17, 17))], tmp_path / "t.gif", captions=["epoch 1"], row_labels=names.values())
+    assert not caplog.records
+    font = report._gif_font(names.values())
+    assert ord(BEYOND_DEJAVU_SANS) in report._characters_of_font(font.path)
+    assert report._gif_font(["αβγ"]).getname()[0] == "DejaVu Sans"  # beyond Latin-1, which Pillow's font has
+    pillows_own = ImageFont.load_default(size=14).getname()
+    assert report._gif_font(["epoch 1", "chien é"]).getname() == pillows_own != font.getname()  # Latin-1: as before
+    with Image.open(tmp_path / "grid.png") as picture:
+        assert picture.size[0] > 2 * 9 * report._grid_scale((17, 17))  # room was made for the names
+
+
+def test_characters_no_font_has_are_told_once_in_one_line(tmp_path, caplog):
+    from fvae import report
+
+    names = ["cat", f"odd{NO_FONT_HAS}"]
+    with caplog.at_level(logging.WARNING, logger="fvae"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with report.drawing_names(names):
+            with report.drawing_names(names):  # save_samples within vae_figures: told by the outer block only
+                report.save_grid(np.zeros((2, 8, 8)), tmp_path / "grid.png", n_cols=1, row_labels=names)
+            report.save_grid(np.zeros((2, 8, 8)), tmp_path / "again.png", n_cols=1, row_labels=names)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"figures: no font here has {NO_FONT_HAS} (in the class names), so they are drawn as boxes; a font that "
+        "has them, once installed, is used"]
+    assert report.fonts_for(names) == ([("DejaVu Sans", report.fonts_for([])[0][0][1])], NO_FONT_HAS)
 
 
 def test_the_training_gif_captions_each_epoch_and_holds_the_last_frame(tmp_path):
