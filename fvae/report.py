@@ -81,17 +81,19 @@ def fonts_for(texts) -> tuple[list[tuple[str, str]], str]:
 
     base = font_manager.findfont(BASE_FONT, fallback_to_default=True)
     fonts, missing = [(BASE_FONT, base)], _characters(texts) - _characters_of_font(base)
+    if not missing:  # the common case: the installed fonts are neither listed nor read
+        return fonts, ""
     regular_first = sorted(font_manager.fontManager.ttflist, key=lambda e: (
         e.style != "normal", e.weight not in (400, "normal", "regular"), e.name, e.fname))
     for entry in regular_first:
-        if not missing:
-            break
         if entry.name.startswith("Last Resort"):  # matplotlib's: a box for every character there is
             continue
         found = missing & _characters_of_font(entry.fname)
         if found:
             fonts.append((entry.name, entry.fname))
             missing -= found
+            if not missing:
+                break
     return fonts, "".join(map(chr, sorted(missing)))
 
 
@@ -572,9 +574,9 @@ def evaluation_figures(report: dict, artifacts: dict, out_dir, *, n_shown: int =
     """The figures of an evaluation in ``out_dir``: confusion matrices, the label-efficiency curve,
     the reconstruction grid, 2-D embeddings of every encoding and, with a VAE, its samples and
     training curves. Returns the paths written."""
-    with drawing_names(_names_in(report["data"].get("class_names"))):
+    encodings, data = report["encodings"], report["data"]
+    with drawing_names(data["class_names"]):
         out = Path(out_dir)
-        encodings, data = report["encodings"], report["data"]
         n_test = len(artifacts["test_labels"])
         shown_rows = spread_rows(n_test, n_shown)
         labels = artifacts["test_labels"][shown_rows]
@@ -650,8 +652,6 @@ def _also_trained_on(data: dict) -> str:
 
 def _of_untrained_classes(data: dict) -> str:
     """', N of them of classes A, B, which no train image has' (reports before it was counted: '')."""
-    from .data import class_names_of
-
     count, untrained = data.get("n_test_of_untrained_classes", 0), data.get("untrained_classes", [])
     if not count:
         return ""

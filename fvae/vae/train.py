@@ -24,11 +24,10 @@ from .model import gaussian_log_density
 log = logging.getLogger("fvae")
 
 
-class _NotRetracing(logging.Filter):
-    """Drops TensorFlow's "N out of the last M calls ... triggered tf.function retracing" warning."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "triggered tf.function retracing" not in record.getMessage()
+def _not_retracing(record: logging.LogRecord) -> bool:
+    """A logging filter that drops TensorFlow's "N out of the last M calls ... triggered
+    tf.function retracing" warning."""
+    return "triggered tf.function retracing" not in record.getMessage()
 
 
 @contextlib.contextmanager
@@ -44,12 +43,12 @@ def retracing_warnings_dropped():
     if os.environ.get("FVAE_TF_LOGS"):
         yield
         return
-    dropped, logger = _NotRetracing(), logging.getLogger("tensorflow")
-    logger.addFilter(dropped)
+    logger = logging.getLogger("tensorflow")
+    logger.addFilter(_not_retracing)
     try:
         yield
     finally:
-        logger.removeFilter(dropped)
+        logger.removeFilter(_not_retracing)
 
 
 def fixed_binarization(images: np.ndarray, mode: str, seed: int) -> np.ndarray:
