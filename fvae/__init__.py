@@ -29,6 +29,11 @@ def __getattr__(name):
     raise AttributeError(f"module 'fvae' has no attribute {name!r}")
 
 
+def __dir__():
+    # the lazy names too, so that tab completion in IPython and editors offers them
+    return sorted(set(globals()) | set(__all__))
+
+
 def load(path, method=None):
     """Load any saved fvae encoder; the file's header says which kind it is.
 

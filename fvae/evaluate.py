@@ -26,6 +26,7 @@ scored on the test images with the same probes:
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import logging
 import math
@@ -1329,3 +1330,5 @@ class _CallableModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallableModule
+# inspect.signature, help() and IPython's "fvae.evaluate?" read a callable's __signature__ first
+__signature__ = inspect.signature(evaluate)

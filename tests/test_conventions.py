@@ -3,10 +3,12 @@
 ``sklearn.utils.estimator_checks.check_estimator`` feeds estimators random tabular data of a
 few columns, which no image encoder can take, so the checks that matter are written here on
 images: fit leaves its input and parameters alone, refits give the same model, and encoding
-does not depend on how the images are batched, ordered, laid out or stored.
+does not depend on how the images are batched, ordered, laid out or stored. Also the package's
+public names, as tab completion and ``help`` find them.
 """
 
 import copy
+import inspect
 import pickle
 
 import numpy as np
@@ -83,3 +85,21 @@ def test_fisher_pipeline_cross_validates_in_worker_processes(digits):
     pipeline = make_pipeline(ENCODERS["fisher"](), LogisticRegression(max_iter=300))
     scores = cross_val_score(pipeline, digits.train.images[:400], digits.train.labels[:400], cv=2, n_jobs=2)
     assert scores.shape == (2,) and scores.min() > 0.6  # 10 classes: chance is 0.1
+
+
+def test_every_public_name_is_listed_for_tab_completion_and_resolves():
+    # the encoders are imported on first use: before, dir(fvae), which IPython and editors complete
+    # from, had none of them
+    assert set(fvae.__all__) <= set(dir(fvae))
+    assert dir(fvae) == sorted(dir(fvae))
+    for name in fvae.__all__:
+        assert getattr(fvae, name) is not None
+
+
+def test_fvae_evaluate_shows_the_signature_of_the_function_it_calls():
+    # fvae.evaluate is the module made callable: inspect, help() and IPython's "?" read
+    # (*args, **kwargs) from its __call__ before
+    from fvae.evaluate import evaluate
+
+    assert inspect.signature(fvae.evaluate) == inspect.signature(evaluate)
+    assert list(inspect.signature(fvae.evaluate).parameters)[:3] == ["train", "test", "settings"]
