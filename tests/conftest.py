@@ -40,6 +40,15 @@ def as_from_a_terminal():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.fixture
+def pythons_ctrl_c():
+    """Python's own SIGINT handler for the test, as in a terminal. A suite started in the background
+    ("make test &", nohup) runs with SIGINT ignored, and fvae rightly leaves that alone."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def fvae_cli(*args, cwd, wait=True):
     """Run ``fvae ARGS`` in ``cwd``; the finished process (text output captured), or with
     ``wait=False`` the running one (to interrupt it)."""

@@ -153,7 +153,7 @@ def test_ctrl_c_on_a_local_dask_cluster_is_one_message(mnist_like, tmp_path):
     assert paths["partial"].exists()
 
 
-def test_the_dask_logs_are_silenced_before_ctrl_c_raises():
+def test_the_dask_logs_are_silenced_before_ctrl_c_raises(pythons_ctrl_c):
     """Dask's loop thread logs at once what a Ctrl-C breaks (a NameError traceback from a race in
     distributed.utils.sync failed the test above in one CI run): the logs must be silent before
     the KeyboardInterrupt exists, not only once it is caught."""

@@ -1391,15 +1391,6 @@ class _RealCtrlC(keras.callbacks.Callback):
             self.finished = True
 
 
-@pytest.fixture
-def pythons_ctrl_c():
-    """Python's own SIGINT handler for the test, as in a terminal. A suite started in the background
-    ("make test &", nohup) runs with SIGINT ignored, and fvae rightly leaves that alone."""
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, before)
-
-
 @pytest.mark.usefixtures("pythons_ctrl_c")
 def test_a_real_ctrl_c_waits_for_the_next_step_instead_of_breaking_into_a_callback(digits):
     # The CLI test's SIGINT once landed inside NumPy's __array__ under TensorFlow's conversion:
