@@ -121,7 +121,9 @@ class Dataset:
             if all(p.labels is not None for p in parts):
                 labels = np.concatenate([p.labels for p in parts])
             if all(isinstance(p.images, ImageFiles) for p in parts):  # still one file an image, named
-                return Split(ImageFiles([f for p in parts for f in p.images.files], parts[0].images.shape[1:]), labels)
+                first = parts[0].images
+                return Split(ImageFiles([f for p in parts for f in p.images.files], first.shape[1:], first.resize),
+                             labels)
             if any(isinstance(p.images, LazyImages) for p in parts):
                 return Split(ChainedImages([p.images for p in parts]), labels)
             return Split(np.concatenate([p.images for p in parts]), labels)
@@ -254,11 +256,13 @@ class RawImages(LazyImages):
 
 
 class ImageFiles(LazyImages):
-    """Grayscale images read from image files (:data:`IMAGE_SUFFIXES`), one per image, when sliced."""
+    """Grayscale images read from image files (:data:`IMAGE_SUFFIXES`), one per image, when sliced:
+    each of ``shape``, or resized to it (``resize``)."""
 
-    def __init__(self, files, shape):
+    def __init__(self, files, shape, resize: bool = False):
         super().__init__((len(files),) + tuple(shape))
         self.files = list(files)
+        self.resize = resize
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         return self._take(np.arange(start, stop))
@@ -266,11 +270,11 @@ class ImageFiles(LazyImages):
     def _take(self, index: np.ndarray) -> np.ndarray:
         out = np.empty((len(index),) + self.shape[1:], dtype=np.uint8)
         for i, j in enumerate(index):
-            out[i] = _read_image_file(self.files[j], self.shape[1:])
+            out[i] = _read_image_file(self.files[j], self.shape[1:], resize=self.resize)
         return out
 
     def subset(self, index) -> "ImageFiles":
-        return ImageFiles([self.files[i] for i in index], self.shape[1:])
+        return ImageFiles([self.files[i] for i in index], self.shape[1:], self.resize)
 
 
 class ChainedImages(LazyImages):
@@ -698,21 +702,23 @@ def _load_npy(path: Path, lazy: bool = False) -> Dataset:
     return Dataset(str(path), str(path), None, Split(_as_uint8_images(images, path), None))
 
 
-def _load_image_folder(folder: Path, lazy: bool = False) -> Dataset:
+def _load_image_folder(folder: Path, lazy: bool = False, size=None) -> Dataset:
+    """An image folder of class subfolders, ``train/`` and ``test/``, or images alone; every
+    image resized to ``size`` (height, width) if given."""
     subdirs = _subfolders(folder)
     names = {p.name for p in subdirs}
     if not names:
-        return _load_flat_image_folder(folder, lazy)
+        return _load_flat_image_folder(folder, lazy, size)
     _warn_of_loose_images(folder)
     if names <= {"train", "test"}:
         class_names = sorted({c.name for s in subdirs for c in _subfolders(s)})
         if class_names:
-            splits = {s.name: _read_class_folders(s, class_names, lazy) for s in subdirs}
+            splits = {s.name: _read_class_folders(s, class_names, lazy, size) for s in subdirs}
         else:  # train/ and test/ of images without classes: unlabelled, as a flat folder's
-            splits = {s.name: _read_unlabelled_folder(s, lazy) for s in subdirs}
+            splits = {s.name: _read_unlabelled_folder(s, lazy, size) for s in subdirs}
         return Dataset(str(folder), str(folder), splits.get("train"), splits.get("test"), tuple(class_names))
     class_names = [p.name for p in subdirs]
-    return _held_out(str(folder), str(folder), _read_class_folders(folder, class_names, lazy), class_names)
+    return _held_out(str(folder), str(folder), _read_class_folders(folder, class_names, lazy, size), class_names)
 
 
 def _is_hidden(path: Path) -> bool:
@@ -767,17 +773,17 @@ def _is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not _is_hidden(path) and path.is_file()
 
 
-def _load_flat_image_folder(folder: Path, lazy: bool) -> Dataset:
+def _load_flat_image_folder(folder: Path, lazy: bool, size=None) -> Dataset:
     """A folder of images without class subfolders: unlabelled, test-only as a ``.npy`` is, in
     the order of the files' names."""
-    return Dataset(str(folder), str(folder), None, _read_unlabelled_folder(folder, lazy))
+    return Dataset(str(folder), str(folder), None, _read_unlabelled_folder(folder, lazy, size))
 
 
-def _read_unlabelled_folder(folder: Path, lazy: bool) -> Split:
+def _read_unlabelled_folder(folder: Path, lazy: bool, size=None) -> Split:
     files = _image_files_in(folder)
     if not files:
         raise DataError(f"{folder}: no idx files, no class subfolders and no images ({IMAGE_FORMATS})")
-    return _read_image_files(files, None, lazy)
+    return _read_image_files(files, None, lazy, size)
 
 
 @contextlib.contextmanager
@@ -798,13 +804,28 @@ def _opened_image(file: Path):
         raise DataError(f"{file}: cannot read image ({exc})") from None
 
 
-def _read_image_file(file: Path, shape=None) -> np.ndarray:
-    """One image file as uint8 grayscale; with ``shape``, it must have that size."""
+def _read_image_file(file: Path, shape=None, *, resize: bool = False) -> np.ndarray:
+    """One image file as uint8 grayscale; with ``shape``, it must have that size, or is resized
+    to it (``resize``)."""
     with _opened_image(file) as img:
         pixels = _grey_levels(img)
+    if resize:
+        return resized(pixels, shape)
     if shape is not None:
         _check_same_size(file, pixels.shape, shape)
     return pixels
+
+
+def resized(pixels: np.ndarray, size) -> np.ndarray:
+    """uint8 grey levels of shape (h, w) resized to ``size`` (height, width): bilinear, averaging
+    over the pixels each output pixel covers when shrinking (Pillow's), and the aspect ratio not
+    kept, as Keras' ``image_dataset_from_directory`` resizes by default."""
+    from PIL import Image
+
+    if pixels.shape == tuple(size):
+        return pixels
+    image = Image.fromarray(pixels).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def _check_same_size(file: Path, found, shape) -> None:
@@ -814,8 +835,8 @@ def _check_same_size(file: Path, found, shape) -> None:
                         f"{shape[0]}x{shape[1]}; all images must have one size")
 
 
-def _check_image_headers(files, shape) -> None:
-    """Check that every file opens as an image of ``shape``, reading only its header (~25 us).
+def _check_image_headers(files, shape=None) -> None:
+    """Check that every file opens as an image (of ``shape``, if given), reading only its header (~25 us).
 
     Lazy image folders are decoded only when sliced, which for ``encode`` is after a model was
     fitted on the train split; checking the headers here makes a bad file fail before that work.
@@ -823,7 +844,8 @@ def _check_image_headers(files, shape) -> None:
     for file in files:
         with _opened_image(file) as img:
             width, height = img.size
-        _check_same_size(file, (height, width), shape)
+        if shape is not None:
+            _check_same_size(file, (height, width), shape)
 
 
 def _grey_levels(img) -> np.ndarray:
@@ -835,14 +857,14 @@ def _grey_levels(img) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.uint8)
 
 
-def _read_class_folders(folder: Path, class_names: list[str], lazy: bool = False) -> Split:
+def _read_class_folders(folder: Path, class_names: list[str], lazy: bool = False, size=None) -> Split:
     found = {name: _image_files_under(folder / name) for name in class_names}
     files = [file for name in class_names for file in found[name]]
     if not files:
         raise DataError(f"{folder}: class subfolders hold no images ({IMAGE_FORMATS})")
     _warn_of_empty_classes(folder, [name for name in class_names if not found[name]])
     labels = np.repeat(np.arange(len(class_names), dtype=np.int64), [len(found[name]) for name in class_names])
-    return _read_image_files(files, labels, lazy)
+    return _read_image_files(files, labels, lazy, size)
 
 
 def _warn_of_empty_classes(folder: Path, empty: list[str]) -> None:
@@ -853,13 +875,15 @@ def _warn_of_empty_classes(folder: Path, empty: list[str]) -> None:
             log.warning("%s: no images (%s), so class %r has none", folder / name, IMAGE_FORMATS, name)
 
 
-def _read_image_files(files: list[Path], labels: np.ndarray | None, lazy: bool) -> Split:
-    """Image files (all of one size) as a Split: read now, or when sliced (``lazy``)."""
-    shape = _read_image_file(files[0]).shape
+def _read_image_files(files: list[Path], labels: np.ndarray | None, lazy: bool, size=None) -> Split:
+    """Image files as a Split: read now, or when sliced (``lazy``). They must all be of one size,
+    unless ``size`` (height, width) is given: then each is resized to it."""
+    resize = size is not None
+    shape = tuple(size) if resize else _read_image_file(files[0]).shape
     if lazy:
-        _check_image_headers(files[1:], shape)
-        return Split(ImageFiles(files, shape), labels)
-    return Split(np.stack([_read_image_file(f, shape) for f in files]), labels)
+        _check_image_headers(files if resize else files[1:], None if resize else shape)
+        return Split(ImageFiles(files, shape, resize), labels)
+    return Split(np.stack([_read_image_file(f, shape, resize=resize) for f in files]), labels)
 
 
 def _held_out(name: str, location: str, everything: Split, class_names) -> Dataset:
@@ -1104,7 +1128,8 @@ def _named(dataset: Dataset, name: str, class_names: tuple[str, ...] | None = No
     return replace(dataset, name=name, class_names=class_names or dataset.class_names)
 
 
-def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None = None, *, lazy: bool = False) -> Dataset:
+def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None = None, *, lazy: bool = False,
+                 image_size=None) -> Dataset:
     """Load a named dataset or a dataset from a path.
 
     Parameters
@@ -1122,6 +1147,10 @@ def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None =
         (their pages do not stay resident, as a memory map's would) and image folders file by file,
         so a streaming extraction never holds the whole dataset. ``.npz`` archives and the small
         bundled datasets are always read whole.
+    image_size : (int, int), default=None
+        Resize every image file of an image folder to this (height, width), so that images of
+        any sizes can be mixed: bilinear, the aspect ratio not kept (:func:`resized`). Other
+        sources are arrays of one size already, and must be of this one.
 
     Returns
     -------
@@ -1130,8 +1159,49 @@ def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None =
     Raises
     ------
     DataError
-        If the source does not exist or its files are malformed.
+        If the source does not exist or its files are malformed, or it is not an image folder
+        and its images are not of ``image_size``.
     """
+    size = None if image_size is None else check_image_size(image_size)
+    dataset = _load_source(source, data_dir, lazy, size)
+    if size is not None:
+        _check_arrays_of_size(dataset, size)
+    return dataset
+
+
+#: The largest side --image-size resizes to: a 8192x8192 grey image is 64 MiB.
+IMAGE_SIZE_MAX = 8192
+
+
+def check_image_size(image_size) -> tuple[int, int]:
+    """``image_size`` as (height, width), two whole numbers from 1 to :data:`IMAGE_SIZE_MAX`.
+
+    Raises
+    ------
+    InputError
+        If it is not.
+    """
+    try:
+        height, width = image_size
+    except (TypeError, ValueError):
+        raise InputError(f"image_size must be (height, width), got {image_size!r}") from None
+    if not all(is_whole_number(side, 1) and side <= IMAGE_SIZE_MAX for side in (height, width)):
+        raise InputError(f"image_size must be two whole numbers from 1 to {IMAGE_SIZE_MAX}, got {image_size!r}")
+    return int(height), int(width)
+
+
+def _check_arrays_of_size(dataset: Dataset, size: tuple[int, int]) -> None:
+    """Refuse a source that ``image_size`` did not resize (arrays, idx files, the named datasets)
+    whose images are of another size: resizing is for image files, which come in any size."""
+    for split in (dataset.train, dataset.test):
+        if split is not None and tuple(split.images.shape[1:]) != size:
+            h, w = split.images.shape[1:]
+            raise DataError(f"{dataset.name}: its images are {h}x{w}, and the image size {size[0]}x{size[1]} "
+                            "(--image-size) resizes only the files of an image folder, not arrays or idx files")
+
+
+def _load_source(source, data_dir, lazy: bool, size) -> Dataset:
+    """:func:`load_dataset`'s source read, image folders resized to ``size``."""
     name = str(source)
     _check_data_dir(data_dir)  # also for the sources that search no folder: mistyped, it is a mistake either way
     if name == "mnist":
@@ -1149,7 +1219,7 @@ def load_dataset(source: str | os.PathLike, data_dir: str | os.PathLike | None =
     if path.is_dir():
         if _idx_files(path):
             return _load_idx_folder(path, name, lazy)
-        return _load_image_folder(path, lazy)
+        return _load_image_folder(path, lazy, size)
     if path.suffix == ".npz":
         return _load_npz(path)
     if path.suffix == ".npy":
@@ -1214,8 +1284,9 @@ def _describe_idx_folder(folder: Path) -> dict:
 # estimator inputs
 
 
-def check_fitted_size(image_shape, fitted_shape, model, where: str = "") -> None:
-    """Refuse images of another (h, w) than ``model`` (its name in the message) was fitted on.
+def check_fitted_size(image_shape, fitted_shape, model, where: str = "", *, files: bool = False) -> None:
+    """Refuse images of another (h, w) than ``model`` (its name in the message) was fitted on;
+    for image ``files``, say how to resize them.
 
     Raises
     ------
@@ -1223,7 +1294,8 @@ def check_fitted_size(image_shape, fitted_shape, model, where: str = "") -> None
     """
     if tuple(image_shape) != tuple(fitted_shape):
         (h, w), (fitted_h, fitted_w) = image_shape, fitted_shape
-        raise InputError(f"{where}images are {h}x{w}, but {model} was fitted on {fitted_h}x{fitted_w} images")
+        hint = f": --image-size {fitted_h}x{fitted_w} resizes them" if files else ""
+        raise InputError(f"{where}images are {h}x{w}, but {model} was fitted on {fitted_h}x{fitted_w} images{hint}")
 
 
 def image_encoder_tags(tags):

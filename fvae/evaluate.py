@@ -887,18 +887,19 @@ def run_name(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(stem).stem if "." in stem else stem) or "run"
 
 
-def load_splits(data, test_data=None, data_dir=None) -> tuple[Split, Split, dict]:
+def load_splits(data, test_data=None, data_dir=None, image_size=None) -> tuple[Split, Split, dict]:
     """Train and test splits for an evaluation, and their description for the report.
 
     Without ``test_data`` the source's own train and test splits are used. With it, every image
     of ``data`` trains (its train and test splits together), since none of them is tested on, and
     every image of ``test_data`` tests: its own test split where it has one, else all of it (not
     the 20% fvae holds out of an image folder or a one-set ``.npz``). Where both sources name
-    their classes, the test labels follow the train source's names.
+    their classes, the test labels follow the train source's names. ``image_size`` resizes the
+    files of image folders, both sources' (:func:`~fvae.data.load_dataset`).
     """
     from .data import labels_named_as, load_dataset
 
-    source = load_dataset(data, data_dir)
+    source = load_dataset(data, data_dir, image_size=image_size)
     if test_data is None:
         if source.train is None:
             raise DataError(f"{source.name} has only test images, and evaluate trains on --data: pass a source of "
@@ -909,7 +910,7 @@ def load_splits(data, test_data=None, data_dir=None) -> tuple[Split, Split, dict
         train, test = source.split("train"), source.split("test")
         test_source, test_split, train_split = source, "test", "train"
     else:
-        test_source = load_dataset(test_data, data_dir)
+        test_source = load_dataset(test_data, data_dir, image_size=image_size)
         if test_source.location == source.location:
             raise DataError(f"--test-data {test_data} is --data itself, whose every image trains: leave out "
                             f"--test-data to test on the test split of {source.name}")
@@ -921,6 +922,8 @@ def load_splits(data, test_data=None, data_dir=None) -> tuple[Split, Split, dict
         "test": {"source": test_source.name, "location": test_source.location, "split": test_split},
         "class_names": list(source.class_names),  # label i is class_names[i], as the train source names them
     }
+    if image_size is not None:
+        description["resized_to"] = list(image_size)
     return _labelled(train, "train", source.name), _labelled(test, "test", test_source.name), description
 
 

@@ -32,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 
-from .data import Split, check_fitted_size, class_names_of, kept_by_position, labels_named_as, only_numbered
+from .data import ImageFiles, Split, check_fitted_size, class_names_of, kept_by_position, labels_named_as, only_numbered
 from .errors import DataError, FvaeError, InputError, OutputExistsError
 from .persist import (
     ZIP_DATE, atomic_output, disk_full_error, fvae_version, is_disk_full, readable_size, refuse_overwrite,
@@ -392,7 +392,7 @@ def _check_image_size(encoder, split: Split, metadata: dict) -> None:
     """Refuse, before any output exists, images of another size than the model was fitted on."""
     if hasattr(encoder, "image_shape_"):
         check_fitted_size(split.images.shape[1:], encoder.image_shape_, metadata.get("model") or "the model",
-                          _where(metadata))
+                          _where(metadata), files=isinstance(split.images, ImageFiles))
 
 
 def labelled_for(encoder, split: Split, class_names, source: str, model: str) -> tuple[Split, tuple]:

@@ -174,6 +174,60 @@ def test_splits_of_two_image_sizes_are_refused_before_a_fit_or_a_join(tmp_path, 
             "read\n") in result.output and (tmp_path / "v.npz").exists()
 
 
+def test_image_size_lets_every_command_read_a_folder_of_images_of_many_sizes(tmp_path, digits):
+    """A folder of images of several sizes was refused by every command ("all images must have
+    one size"); --image-size resizes them as they are read, and the outputs say so."""
+    from PIL import Image
+
+    rows = np.flatnonzero(digits.train.labels < 3)[:60]
+    folder = tmp_path / "mixed"
+    for i, row in enumerate(rows):
+        side = (8, 16, 12)[i % 3]  # the digits drawn at three sizes
+        (folder / str(digits.train.labels[row])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(digits.train.images[row]).resize((side, side), Image.BILINEAR).save(folder / str(
+            digits.train.labels[row]) / f"{i}.png")
+    data = ["--data", str(folder)]
+    refused = runner.invoke(app, ["encode", *data, "-o", str(tmp_path / "f.npy"), "-q"])
+    assert refused.exit_code == 2 and "all images must have one size" in refused.output
+    fit = runner.invoke(app, ["fit", "fisher", *data, "--image-size", "8x8", "-o", str(tmp_path / "m.npz"), *SMALL_FIT])
+    assert fit.exit_code == 0, fit.output
+    encode = runner.invoke(app, ["encode", *data, "--image-size", "8", "--model", str(tmp_path / "m.npz"),
+                                 "--split", "all", "-o", str(tmp_path / "f.npy"), "-q"])
+    assert encode.exit_code == 0, encode.output
+    sidecar = json.loads((tmp_path / "f.json").read_text())
+    assert sidecar["resized_to"] == [8, 8] and sidecar["shape"][0] == 60
+    resized = fvae.load_dataset(folder, image_size=(8, 8)).split("all")
+    np.testing.assert_array_equal(np.load(tmp_path / "f.labels.npy"), resized.labels)
+    np.testing.assert_allclose(np.load(tmp_path / "f.npy"), fvae.load(tmp_path / "m.npz").transform(resized.images),
+                               atol=1e-6)
+    other = runner.invoke(app, ["encode", *data, "--image-size", "9x9", "--model", str(tmp_path / "m.npz"),
+                                "-o", str(tmp_path / "g.npy"), "-q"])
+    assert other.exit_code == 2
+    assert f"images are 9x9, but {tmp_path / 'm.npz'} was fitted on 8x8 images: --image-size 8x8 resizes them" \
+        in other.output
+    vae = runner.invoke(app, ["fit", "vae", *data, "--image-size", "12x10", "-o", str(tmp_path / "v.npz"), "--arch",
+                              "mlp", "--hidden", "8", "--latent-dim", "2", "--epochs", "1", "-q"])
+    assert vae.exit_code == 0, vae.output
+    assert fvae.load(tmp_path / "v.npz").image_shape_ == (12, 10)
+    run = runner.invoke(app, ["evaluate", *data, "--image-size", "8x8", "--methods", "raw,pca", "--quick",
+                              "--runs-dir", str(tmp_path / "runs"), "--name", "mixed", "-q"])
+    assert run.exit_code == 0, run.output
+    report = json.loads((tmp_path / "runs" / "mixed" / "report.json").read_text())
+    assert report["data"]["resized_to"] == report["data"]["image_shape"] == [8, 8]
+    for bad in ("0", "8x", "x8", "8x8x8", "8193", "eight"):
+        result = runner.invoke(app, ["encode", *data, "--image-size", bad, "-o", str(tmp_path / "h.npy")])
+        assert result.exit_code == 2
+        assert f"Invalid value for '--image-size': '{bad}': expected HEIGHTxWIDTH in pixels" in result.output
+    one_line = fvae_cli("encode", *data, "--image-size", "0", "-o", "h.npy", cwd=tmp_path)
+    assert one_line.returncode == 2 and one_line.stderr == (
+        "fvae: error: Invalid value for '--image-size': '0': expected HEIGHTxWIDTH in pixels, such as 28x28, or one "
+        "side for a square, each from 1 to 8192 (see 'fvae encode --help')\n")
+    assert not (tmp_path / "h.npy").exists()
+    arrays = runner.invoke(app, ["encode", "--data", "digits", "--image-size", "28x28", "-o", str(tmp_path / "h.npy")])
+    assert arrays.exit_code == 2
+    assert "digits: its images are 8x8, and the image size 28x28 (--image-size) resizes only" in arrays.output
+
+
 def test_a_conditional_vae_is_scored_on_the_test_images_of_its_classes(tmp_path, digits):
     """Before: trained and saved, then "evaluate: label 5 is not a class this model was fitted on
     (0..4)" with exit code 2."""

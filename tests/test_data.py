@@ -355,6 +355,40 @@ def test_image_folder_classes_split_and_grayscale(tmp_path, tiny):
             fvae.load_dataset(tmp_path / "imgs", lazy=lazy)
 
 
+def test_image_size_resizes_image_files_of_any_sizes_and_refuses_arrays_of_another(tmp_path, tiny):
+    """Image folders often hold images of many sizes, which were refused; image_size resizes
+    each file as Keras' image_dataset_from_directory does: bilinear, aspect ratio not kept."""
+    rng = np.random.default_rng(0)
+    shapes = [(5, 6), (10, 12), (7, 3), (30, 20)] * 3
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in shapes]
+    images[2] = np.full((7, 3), 77, np.uint8)  # a flat grey resizes to the same grey
+    for i, (image, label) in enumerate(zip(images, tiny[1])):
+        (tmp_path / "mixed" / f"c{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "mixed" / f"c{label}" / f"{i}.png")
+    with pytest.raises(DataError, match="all images must have one size"):
+        fvae.load_dataset(tmp_path / "mixed")
+    read = fvae.load_dataset(tmp_path / "mixed", image_size=(5, 6)).split("all")
+    lazy = fvae.load_dataset(tmp_path / "mixed", lazy=True, image_size=(5, 6)).split("all")
+    assert read.images.shape == lazy.images.shape == (12, 5, 6) and read.images.dtype == np.uint8
+    np.testing.assert_array_equal(lazy.images[:], read.images)
+    rows = [int(name.rsplit("/", 1)[1][:-4]) for name in image_file_names(lazy.images, tmp_path / "mixed")]
+    for row, image in zip(rows, read.images):
+        if shapes[row] == (5, 6):
+            np.testing.assert_array_equal(image, images[row])  # already of the size: unchanged
+        else:  # Pillow's bilinear resize, (width, height) as Pillow orders them
+            np.testing.assert_array_equal(image, np.asarray(Image.fromarray(images[row]).resize((6, 5), Image.BILINEAR)))
+    assert (read.images[rows.index(2)] == 77).all()
+    # a source of arrays has one size already: the same is no change, another is refused by name
+    np.save(tmp_path / "x.npy", tiny[0])
+    np.testing.assert_array_equal(fvae.load_dataset(tmp_path / "x.npy", image_size=(5, 6)).test.images, tiny[0])
+    with pytest.raises(DataError, match=r"x.npy: its images are 5x6, and the image size 10x10 \(--image-size\) "
+                                        "resizes only the files of an image folder, not arrays or idx files"):
+        fvae.load_dataset(tmp_path / "x.npy", image_size=(10, 10))
+    for bad in [(0, 5), (5,), "5x6", (5.0, 6), (True, 6), (8193, 5)]:
+        with pytest.raises(fvae.InputError, match="image_size must be"):
+            fvae.load_dataset(tmp_path / "mixed", image_size=bad)
+
+
 def test_an_alpha_channel_is_dropped_as_keras_drops_it(tmp_path, tiny):
     images, labels = tiny
     alpha = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)  # transparency varies
