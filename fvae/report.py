@@ -668,12 +668,13 @@ def markdown_report(report: dict) -> str:
     data, settings = report["data"], report["settings"]
     train, test = data.get("train", {}), data.get("test", {})
     h, w = data["image_shape"]
+    resized = " (image files resized to it)" if "resized_to" in data else ""
     lines = [
         f"# fvae evaluate: {report['name']}",
         "",
         f"Train: {train.get('source', '?')} ({data['n_train']:,} images; the probes use {data['n_probe_train']:,}), "
         f"test: {test.get('source', '?')} ({counted(data['n_test'], 'image')}{_also_trained_on(data)}"
-        f"{_of_untrained_classes(data)}), {h}x{w} pixels, "
+        f"{_of_untrained_classes(data)}), {h}x{w} pixels{resized}, "
         f"{len(data['classes'])} classes. Seed {settings['seed']}{', quick run' if settings['quick'] else ''}; "
         f"{report['seconds']:.0f} s in all; fvae {report['versions'].get('fvae')}, {report['created']}.",
         "",

@@ -214,6 +214,7 @@ def test_image_size_lets_every_command_read_a_folder_of_images_of_many_sizes(tmp
     assert run.exit_code == 0, run.output
     report = json.loads((tmp_path / "runs" / "mixed" / "report.json").read_text())
     assert report["data"]["resized_to"] == report["data"]["image_shape"] == [8, 8]
+    assert "8x8 pixels (image files resized to it), 3 classes" in (tmp_path / "runs" / "mixed" / "report.md").read_text()
     for bad in ("0", "8x", "x8", "8x8x8", "8193", "eight"):
         result = runner.invoke(app, ["encode", *data, "--image-size", bad, "-o", str(tmp_path / "h.npy")])
         assert result.exit_code == 2
