@@ -73,9 +73,6 @@ DataDirOpt = Annotated[Optional[Path], typer.Option(help="Extra folder searched 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or spinner.")]
 SeedOpt = Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed: same seed, same output.")]
-ImageSizeOpt = Annotated[Optional[str], typer.Option(
-    metavar="HxW", help="Resize an image folder's files to HxW pixels (28x28, or 28 for a square): "
-                        "then they may be of any sizes.")]
 FitSplitOpt = Annotated[SplitName, typer.Option(
     "--split", help="Split to fit on: test or all for a source without a train split, such as a .npy.")]
 
@@ -96,17 +93,24 @@ def _check_output_suffix(output: Path, suffix: str, what: str) -> None:
 
 
 def _image_size(text: str | None) -> tuple[int, int] | None:
-    """--image-size as (height, width): "28x28" (or "28X28", "28×28"), or "28" for a square."""
-    from .data import IMAGE_SIZE_MAX
+    """An option callback reading --image-size as (height, width): "28x28" (or "28X28", "28×28"),
+    or "28" for a square; its bounds are load_dataset's (:func:`~fvae.data.check_image_size`)."""
+    from .data import IMAGE_SIZE_MAX, check_image_size
 
     if text is None:
         return None
     match = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+)\s*)?", text)
-    size = match and (int(match[1]), int(match[2] or match[1]))
-    if not size or not all(1 <= side <= IMAGE_SIZE_MAX for side in size):
-        raise _bad_option("--image-size", f"{text!r}: expected HEIGHTxWIDTH in pixels, such as 28x28, or one "
-                                          f"side for a square, each from 1 to {IMAGE_SIZE_MAX}")
-    return size
+    try:
+        return check_image_size((int(match[1]), int(match[2] or match[1])) if match else None)
+    except InputError:
+        raise typer.BadParameter(f"{text!r}: expected HEIGHTxWIDTH in pixels, such as 28x28, or one side for a "
+                                 f"square, each from 1 to {IMAGE_SIZE_MAX}") from None
+
+
+# the callback turns the text into (height, width): the commands get a tuple or None
+ImageSizeOpt = Annotated[Optional[str], typer.Option(
+    callback=_image_size, metavar="HxW",
+    help="Resize an image folder's files to HxW pixels (28x28, or 28 for a square): then they may be of any sizes.")]
 
 
 def _folder_name(value: str | None) -> str | None:
@@ -394,11 +398,10 @@ def fit_fisher(
     if alpha is not None and not improved:
         raise _bad_option("--alpha", "applies to the improved Fisher Vector only, not with --no-improved")
     given = {} if alpha is None else {"alpha": alpha}  # otherwise FisherVectorEncoder's default
-    size = _image_size(image_size)
     _check_output_suffix(output, ".npz", "model file")
     refuse_replacing_inputs([output], {"--data": data})
     refuse_unwritable(output, force=force)  # before the fit, which may take minutes
-    dataset = load_dataset(data, data_dir, image_size=size)
+    dataset = load_dataset(data, data_dir, image_size=image_size)
     train = _fitting_split(dataset, split)
     encoder = _fisher_encoder(
         patch_size=patch_size, stride=stride, pca_components=pca, n_components=components,
@@ -487,7 +490,6 @@ def fit_vae(
         raise _bad_option("--binarization", "applies to --likelihood bernoulli only")
     if gaussian_variance is not None and likelihood != Likelihood.gaussian:
         raise _bad_option("--gaussian-variance", "applies to --likelihood gaussian only")
-    size = _image_size(image_size)
     _check_output_suffix(output, ".npz", "model file")
     given = {}  # the rest are VAEEncoder's defaults
     if hidden is not None:
@@ -497,7 +499,7 @@ def fit_vae(
     # before the data and TensorFlow load: a file in the way is refused at once
     refuse_replacing_inputs([output, *history_paths(output).values()], {"--data": data})
     refuse_vae_outputs(output, figures, latent_dim=latent_dim, force=force)
-    dataset = load_dataset(data, data_dir, image_size=size)
+    dataset = load_dataset(data, data_dir, image_size=image_size)
     train = _fitting_split(dataset, split)
     if conditional and train.labels is None:
         raise DataError(f"{dataset.name} has no labels, and a conditional VAE (--conditional) needs them")
@@ -698,7 +700,6 @@ def encode(
     from .persist import refuse_replacing_inputs, saved_method
 
     output_format(output)
-    size = _image_size(image_size)
     if scheduler is not None:
         check_scheduler_address(scheduler)
     elif dask and jobs > (cores := os.cpu_count() or 1):
@@ -722,7 +723,7 @@ def encode(
         # A run that failed after fitting leaves its model; say how to use it, not only --force.
         raise OutputExistsError(f"{paths['model']} exists (fitted by an earlier run): pass --model "
                                 f"{paths['model']} to encode with it, or --force to fit a new one")
-    dataset = load_dataset(data, data_dir, lazy=True, image_size=size)
+    dataset = load_dataset(data, data_dir, lazy=True, image_size=image_size)
     # A remote scheduler is reached before any fitting, so that a wrong address fails in seconds,
     # not after the fit; a local cluster starts after it, so that its workers wait for no fit.
     with (dask_client(scheduler) if scheduler else contextlib.nullcontext()) as client:
@@ -742,7 +743,7 @@ def encode(
                     client=client,
                     metadata={"method": method.value, "model": str(model), "model_checksum": checksum,
                               "source": dataset.name, "source_location": dataset.location, "split": split.value,
-                              "resized_to": None if size is None else list(size),
+                              "resized_to": None if image_size is None else list(image_size),
                               **_class_names(class_names, images), **_file_names(images, dataset.location)},
                 )
         except BaseException as exc:
@@ -841,7 +842,6 @@ def evaluate(
     from .report import write_run
 
     chosen = parse_methods(methods)
-    size = _image_size(image_size)
     given_models(chosen, fisher_model, vae_model)  # before the data loads: a wrong model file is refused at once
     run_dir = runs_dir / (run_name(data) if name is None else name)
     refuse_replacing_inputs([run_dir], {"--data": data, "--test-data": test_data, "--fisher-model": fisher_model,
@@ -852,7 +852,7 @@ def evaluate(
                           marks=("report.json",)) as tmp:
         if quiet:
             logging.getLogger("fvae").setLevel(logging.WARNING)
-        train, test, description = load_splits(data, test_data, data_dir, image_size=size)
+        train, test, description = load_splits(data, test_data, data_dir, image_size=image_size)
         settings = Settings(methods=chosen, quick=quick, seed=seed, vae_seconds=vae_seconds, max_train=max_train)
         named = _default_fisher_fit_errors(data, "--fisher-model", fits="fisher" in chosen and fisher_model is None)
         with _named_as_options({"max_train": "--max-train"}), named:
