@@ -1310,6 +1310,27 @@ def image_encoder_tags(tags):
     return tags
 
 
+def record_pixel_names(estimator, X) -> None:
+    """Set ``estimator.feature_names_in_`` to the column names of ``X`` (a DataFrame of flat
+    images, such as OpenML's ``mnist_784`` with its columns pixel1..pixel784), or remove it for
+    input without them, as scikit-learn's estimators do in ``fit``."""
+    from sklearn.utils.validation import validate_data
+
+    validate_data(estimator, X, reset=True, skip_check_array=True, ensure_2d=False)
+
+
+def check_pixel_names(estimator, X) -> None:
+    """Compare the column names of ``X`` with those ``estimator`` was fitted with, as
+    scikit-learn does: a ValueError where they differ (columns in another order would be encoded
+    as another image), a warning where only one of the two has names. Images of shape (n, h, w)
+    are not columns, and are not compared (``fvae encode`` with a model fitted on a DataFrame)."""
+    from sklearn.utils.validation import validate_data
+
+    if getattr(X, "ndim", 2) > 2:
+        return
+    validate_data(estimator, X, reset=False, skip_check_array=True, ensure_2d=False)
+
+
 def check_image_batch(X, image_shape=None, where: str = "input") -> np.ndarray:
     """Validate the shape of images passed to an encoder, without copying them.
 

@@ -57,10 +57,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import ThreadpoolController
 
-from .data import check_image_batch, image_encoder_tags, is_whole_number, to_unit_float
+from .data import (
+    check_image_batch, check_pixel_names, image_encoder_tags, is_whole_number, record_pixel_names, to_unit_float,
+)
 from .descriptors import PATCH_NORMALIZATIONS, PatchLayout, dense_patches, fit_pca, normalize_patches, patch_layout, project
 from .errors import InputError
-from .persist import forget_file, load_model, save_model
+from .persist import forget_file, load_model, pixel_names_member, restore_pixel_names, save_model
 from .report import counted
 
 log = logging.getLogger("fvae")
@@ -757,6 +759,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         self.weights_, self.means_, self.covariances_ = gmm
         self.image_shape_ = tuple(int(s) for s in images.shape[1:])
         self.n_features_in_ = int(np.prod(self.image_shape_))
+        record_pixel_names(self, X)
         forget_file(self)
         return self
 
@@ -773,6 +776,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
         ndarray of shape (n_images, n_features_out_), float32
         """
         check_is_fitted(self, "means_")
+        check_pixel_names(self, X)
         images = check_image_batch(X, self.image_shape_, "transform")
         layout = self._layout(self.image_shape_)
         gmm = gmm_terms(self.weights_, self.means_, self.covariances_, positions=layout.xy if self.xy else None)
@@ -817,6 +821,7 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
     def descriptors(self, X) -> np.ndarray:
         """The PCA-reduced (and xy-augmented) local descriptors, ``(n_images, n_patches, D)``."""
         check_is_fitted(self, "means_")
+        check_pixel_names(self, X)
         images = check_image_batch(X, self.image_shape_, "descriptors")
         layout = self._layout(self.image_shape_)
         descriptors = self._patch_descriptors(images, layout)
@@ -881,7 +886,8 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
             method="fisher",
             params=self.get_params(),
             arrays={name: getattr(self, name) for name in self._fitted_arrays}
-            | {f"{name}_": np.asarray(getattr(self, f"{name}_"), np.int64) for name in self._chosen_at_fit},
+            | {f"{name}_": np.asarray(getattr(self, f"{name}_"), np.int64) for name in self._chosen_at_fit}
+            | pixel_names_member(self),
             input_shape=self.image_shape_,
             force=force,
         )
@@ -899,5 +905,6 @@ class FisherVectorEncoder(TransformerMixin, BaseEstimator):
             setattr(encoder, f"{name}_", int(used))
         encoder.image_shape_ = tuple(header["input_shape"])
         encoder.n_features_in_ = int(np.prod(encoder.image_shape_))
+        restore_pixel_names(encoder, arrays)
         encoder.checksum_ = header["checksum"]
         return encoder

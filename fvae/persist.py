@@ -359,6 +359,25 @@ def forget_file(estimator) -> None:
         estimator.__dict__.pop(name, None)
 
 
+#: The member holding the column names an encoder was fitted with (``feature_names_in_``), in
+#: files of encoders fitted on a DataFrame; older fvae versions ignore it, encoding alike.
+PIXEL_NAMES = "feature_names_in_"
+
+
+def pixel_names_member(estimator) -> dict:
+    """``{PIXEL_NAMES: names}`` for an estimator fitted with column names, else ``{}``: the
+    names as a fixed-width string array, which ``.npy`` holds without pickle."""
+    names = getattr(estimator, PIXEL_NAMES, None)
+    return {} if names is None else {PIXEL_NAMES: np.asarray(names, dtype=str)}
+
+
+def restore_pixel_names(estimator, members: dict) -> None:
+    """Give a loaded estimator the column names its file holds, as scikit-learn keeps them (an
+    object array of str), so that it checks a DataFrame's columns as the saved one did."""
+    if PIXEL_NAMES in members:
+        setattr(estimator, PIXEL_NAMES, np.asarray(members[PIXEL_NAMES].tolist(), dtype=object))
+
+
 def save_model(path, *, method: str, params: dict, arrays: dict, input_shape, force: bool = False,
                files: dict[str, bytes] | None = None, format_version: int = 1) -> str:
     """Write a model file atomically and return its checksum.

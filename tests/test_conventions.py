@@ -10,6 +10,7 @@ public names, as tab completion and ``help`` find them.
 import copy
 import inspect
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -79,6 +80,40 @@ def test_a_pickled_encoder_gives_the_same_codes(fitted, digits):
     _, _, encoder, codes = fitted
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(encoder)).transform(digits.test.images[:50]), codes)
     assert clone(encoder).get_params() == encoder.get_params()
+
+
+def test_a_dataframe_s_pixel_columns_are_checked_by_name_as_scikit_learn_checks_columns(fitted, digits, tmp_path):
+    """A DataFrame of flat images names its columns (OpenML's mnist_784: pixel1..pixel784). The
+    same columns in another order were encoded silently, as another image; now, as in any
+    scikit-learn estimator, they are refused, and the names outlive saving and loading."""
+    import pandas as pd
+
+    _, make, _, _ = fitted
+    h, w = digits.train.images.shape[1:]
+    columns = [f"pixel{i + 1}" for i in range(h * w)]
+    train = pd.DataFrame(digits.train.images[:400].reshape(400, -1), columns=columns)
+    test = pd.DataFrame(digits.test.images[:50].reshape(50, -1), columns=columns)
+    encoder = make().set_params(image_shape=(h, w)).fit(train)
+    assert list(encoder.feature_names_in_) == columns
+    codes = encoder.transform(test)
+    with pytest.raises(ValueError, match="feature names should match those that were passed during fit"):
+        encoder.transform(test[columns[::-1]])
+    with pytest.warns(UserWarning, match="does not have valid feature names"):
+        encoder.transform(test.to_numpy())  # flat rows without names: their order cannot be checked
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # images of shape (n, h, w) are not columns: nothing to warn of
+        np.testing.assert_array_equal(encoder.transform(digits.test.images[:50]), codes)
+    encoder.save(tmp_path / "model.npz")
+    loaded = type(encoder).load(tmp_path / "model.npz")
+    assert list(loaded.feature_names_in_) == columns
+    np.testing.assert_array_equal(loaded.transform(test), codes)
+    with pytest.raises(ValueError, match="feature names should match"):
+        loaded.transform(test[columns[::-1]])
+    # a refit on unnamed images forgets the names, in the estimator and in its file
+    encoder.fit(digits.train.images[:400])
+    assert not hasattr(encoder, "feature_names_in_")
+    encoder.save(tmp_path / "model.npz", force=True)
+    assert not hasattr(type(encoder).load(tmp_path / "model.npz"), "feature_names_in_")
 
 
 def test_fisher_pipeline_cross_validates_in_worker_processes(digits):

@@ -16,12 +16,12 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ..data import (
-    Split, check_image_batch, class_names_of, image_encoder_tags, image_sizes_differ, integer_labels, is_whole_number,
-    to_unit_float, untrained_classes,
+    Split, check_image_batch, check_pixel_names, class_names_of, image_encoder_tags, image_sizes_differ, integer_labels,
+    is_whole_number, record_pixel_names, to_unit_float, untrained_classes,
 )
 from ..errors import InputError, ModelFileError, TrainingInterrupted
-from ..persist import (ZIP_DATE, atomic_output, forget_file, history_paths, load_model, refuse_overwrite,
-                       save_model, save_npy)
+from ..persist import (ZIP_DATE, atomic_output, forget_file, history_paths, load_model, pixel_names_member,
+                       refuse_overwrite, restore_pixel_names, save_model, save_npy)
 from .model import ARCHITECTURES, BINARIZATIONS, LIKELIHOODS
 
 KERAS_MEMBER = "model.keras"
@@ -181,6 +181,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         self.n_features_in_ = int(np.prod(image_shape))
         if classes is not None:
             self.classes_ = classes
+        record_pixel_names(self, X)
         forget_file(self)
         if self.history_["stopped_by"] == "interrupted":
             raise TrainingInterrupted(f"interrupted after {self.history_['epochs_run']} epochs")
@@ -259,6 +260,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
     def _checked_inputs(self, X, y, where):
         """Images as float32 in [0, 1] and the labels a conditional VAE needs (None otherwise)."""
         check_is_fitted(self, "model_")
+        check_pixel_names(self, X)
         images = to_unit_float(check_image_batch(X, self.image_shape_, where), where)
         return images, self._positions(y, len(images), where)
 
@@ -427,7 +429,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "model_")
         payload = keras_bytes(self.model_)
-        arrays = {"n_classes_": np.asarray(getattr(self, "n_classes_", 0))}
+        arrays = {"n_classes_": np.asarray(getattr(self, "n_classes_", 0))} | pixel_names_member(self)
         if class_names is None:
             class_names = getattr(self, "class_names_", None)
         if self.conditional:
@@ -461,6 +463,7 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
             encoder.classes_ = members.get("classes_", np.arange(n_classes, dtype=np.int64))  # format 1: 0..n-1
             names = members.get("class_names", ())
             encoder.class_names_ = {c: str(name) for c, name in zip(encoder.classes_.tolist(), names)}
+        restore_pixel_names(encoder, members)
         encoder.history_ = None
         encoder.checksum_ = header["checksum"]
         return encoder
