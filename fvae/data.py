@@ -477,6 +477,17 @@ def image_sizes_differ(train: Split, test: Split) -> str | None:
 # other file formats
 
 
+def _flat_rows_hint(images: np.ndarray) -> str:
+    """For a 2-D array (one flat image per row, as scikit-learn and OpenML keep them), how to give
+    it its images' shape: the side of a square where the row length is one, which it most often
+    is (784 = 28 x 28), else the shape left to name."""
+    if images.ndim != 2:
+        return ""
+    side = math.isqrt(images.shape[1])
+    shape = f"{side}, {side}" if side * side == images.shape[1] and side > 1 else "h, w"
+    return f": one flat image per row? reshape them first: x.reshape(-1, {shape})"
+
+
 def _as_uint8_images(images: np.ndarray, where) -> np.ndarray:
     """Validate pixel values and return uint8 ``(n, h, w)`` images (a view when already uint8)."""
     if isinstance(images, LazyImages):
@@ -487,7 +498,7 @@ def _as_uint8_images(images: np.ndarray, where) -> np.ndarray:
     if images.ndim == 4 and images.shape[-1] in (1, 3):
         images = images[..., 0] if images.shape[-1] == 1 else _luminance(images)
     if images.ndim != 3:
-        raise DataError(f"{where}: expected images of shape (n, h, w), found {images.shape}")
+        raise DataError(f"{where}: expected images of shape (n, h, w), found {images.shape}{_flat_rows_hint(images)}")
     if len(images) == 0:
         raise DataError(f"{where}: contains no images")
     _refuse_images_without_pixels(images.shape, where, DataError)

@@ -334,6 +334,27 @@ def test_npy_is_unlabelled_test_only(tmp_path, tiny):
         fvae.load_dataset(tmp_path / "complex.npy")
 
 
+def test_flat_rows_are_refused_with_the_reshape_that_gives_them_their_images_shape(tmp_path, tiny):
+    """scikit-learn and OpenML keep images as flat rows; such an array was refused without a word
+    on how to save it as images."""
+    square = np.zeros((4, 64), np.uint8)
+    np.save(tmp_path / "square.npy", square)
+    np.savez(tmp_path / "square.npz", x_train=square, y_train=np.arange(4))
+    np.save(tmp_path / "oblong.npy", tiny[0].reshape(12, -1))
+    hints = {"square.npy": "(4, 64): one flat image per row? reshape them first: x.reshape(-1, 8, 8)",
+             "square.npz[x_train]": "(4, 64): one flat image per row? reshape them first: x.reshape(-1, 8, 8)",
+             "oblong.npy": "(12, 30): one flat image per row? reshape them first: x.reshape(-1, h, w)"}
+    for name, hint in hints.items():
+        path = tmp_path / name.removesuffix("[x_train]")
+        for lazy in (False, True):
+            with pytest.raises(DataError) as raised:
+                fvae.load_dataset(path, lazy=lazy)
+            assert str(raised.value) == f"{tmp_path / name}: expected images of shape (n, h, w), found {hint}"
+    np.save(tmp_path / "ragged.npy", np.zeros(5, np.uint8))  # not rows of images: no reshape to offer
+    with pytest.raises(DataError, match=r"ragged.npy: expected images of shape \(n, h, w\), found \(5,\)$"):
+        fvae.load_dataset(tmp_path / "ragged.npy")
+
+
 def test_image_folder_classes_split_and_grayscale(tmp_path, tiny):
     images, labels = tiny
     write_image_folder(tmp_path / "imgs", np.stack([images] * 3, axis=-1), [f"class{lab}" for lab in labels])  # RGB

@@ -425,7 +425,8 @@ def test_library_evaluate_checks_splits_built_by_hand_as_the_loaders_check_files
     train, test = digits.train, digits.test
     refused = {
         "the train split: 1437 images but labels of shape (1436,)": Split(train.images, train.labels[:-1]),
-        "the train split: expected images of shape (n, h, w), found (1437, 64)":
+        "the train split: expected images of shape (n, h, w), found (1437, 64): one flat image per row? reshape "
+        "them first: x.reshape(-1, 8, 8)":
             Split(train.images.reshape(len(train), -1), train.labels),
         "the train split: labels must be integers, found dtype <U1 (class names? number them: "
         "np.unique(y, return_inverse=True)[1])": Split(train.images, np.array(list("abcdefghij"))[train.labels]),
