@@ -895,7 +895,8 @@ def load_splits(data, test_data=None, data_dir=None, image_size=None) -> tuple[S
     every image of ``test_data`` tests: its own test split where it has one, else all of it (not
     the 20% fvae holds out of an image folder or a one-set ``.npz``). Where both sources name
     their classes, the test labels follow the train source's names. ``image_size`` resizes the
-    files of image folders, both sources' (:func:`~fvae.data.load_dataset`).
+    files of image folders, both sources' (:func:`~fvae.data.load_dataset`). Whether the splits
+    are labelled and well formed is :func:`evaluate`'s to check, before any work.
     """
     from .data import labels_named_as, load_dataset
 
@@ -924,7 +925,7 @@ def load_splits(data, test_data=None, data_dir=None, image_size=None) -> tuple[S
     }
     if image_size is not None:
         description["resized_to"] = list(image_size)
-    return _labelled(train, "train", source.name), _labelled(test, "test", test_source.name), description
+    return train, test, description
 
 
 def versions() -> dict:
