@@ -7,7 +7,8 @@ only when a VAE is built or loaded.
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
-    DataError, FvaeError, InputError, ModelFileError, OutputExistsError, TrainingDiverged, TrainingInterrupted,
+    DataError, FvaeError, InputError, ModelFileError, OutputExistsError, OutputInUseError, TrainingDiverged,
+    TrainingInterrupted,
 )
 
 _LAZY = {
@@ -73,6 +74,7 @@ __all__ = [
     "InputError",
     "ModelFileError",
     "OutputExistsError",
+    "OutputInUseError",
     "TrainingDiverged",
     "TrainingInterrupted",
 ]

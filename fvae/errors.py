@@ -21,6 +21,10 @@ class OutputExistsError(FvaeError, FileExistsError):
     """An output file exists already and ``force`` was not given."""
 
 
+class OutputInUseError(FvaeError):
+    """Another process is writing the same output now (it holds the output's lock)."""
+
+
 class TrainingDiverged(FvaeError, ArithmeticError):
     """Training's loss became NaN or infinite before any epoch finished with finite numbers:
     there are no weights worth keeping. A lower learning rate usually cures it."""

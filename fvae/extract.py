@@ -35,7 +35,7 @@ import numpy as np
 from .data import ImageFiles, Split, check_fitted_size, class_names_of, kept_by_position, labels_named_as, only_numbered
 from .errors import DataError, FvaeError, InputError, OutputExistsError
 from .persist import (
-    ZIP_DATE, atomic_output, disk_full_error, fvae_version, is_disk_full, readable_size, refuse_overwrite,
+    ZIP_DATE, atomic_output, disk_full_error, fvae_version, is_disk_full, output_lock, readable_size, refuse_overwrite,
     refuse_replacing_foreign_folder, refuse_unwritable, save_npy,
 )
 
@@ -510,8 +510,17 @@ def extract_features(
     OutputExistsError
         If a finished output exists (without ``force``), or an interrupted run's partial output
         exists and neither ``resume`` nor ``force`` is given.
+    OutputInUseError
+        If another process is writing ``out`` now (see :func:`fvae.persist.output_lock`).
     """
-    out = Path(out)
+    with output_lock(out):
+        return _write_features(encoder, split, Path(out), metadata=metadata, batch_size=batch_size, force=force,
+                               resume=resume, progress=progress, client=client)
+
+
+def _write_features(encoder, split: Split, out: Path, *, metadata: dict, batch_size: int, force: bool, resume: bool,
+                    progress, client) -> dict:
+    """:func:`extract_features`, its output locked."""
     fmt = output_format(out)
     paths = output_paths(out)
     refuse_existing_outputs(out, force=force, resume=resume)

@@ -24,7 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelFileError, OutputExistsError
+from .errors import ModelFileError, OutputExistsError, OutputInUseError
+
+try:
+    import fcntl
+except ImportError:  # Windows: outputs are written without a lock
+    fcntl = None
 
 #: The newest model format this fvae reads and writes. 2: a conditional VAE's classes other than
 #: 0..n-1; 3: a conditional VAE's classes are strings. A file is written in the oldest format that
@@ -253,6 +258,92 @@ def atomic_directory(path, *, force: bool = False, otherwise: str | None = None,
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+#: The outputs whose lock this process holds (see :func:`output_lock`)
+_LOCKED_OUTPUTS: set[Path] = set()
+
+
+@contextlib.contextmanager
+def output_lock(path):
+    """Hold the lock of the output ``path`` (a file or folder) while a command writes it.
+
+    A second process that asks for the same lock is refused at once. Without it, a second
+    ``fvae encode`` to the same file would find the first one's partial output, take it for an
+    interrupted run's and, told to pass ``--force``, delete it under the running one, which would
+    then finish with the second run's half-written file as its output.
+
+    The lock is an exclusive ``flock`` on ``PATH.lock``, which holds the holder's process id for
+    the message and is removed when the block ends. The kernel releases the lock of a process
+    however it ends, so a lock file left by a killed process locks nothing. Asking again for a
+    lock this process holds is a no-op, so a command and the library function it calls may both
+    ask. Where no lock can be taken (Windows; a folder that takes no files, which the command's
+    own checks then refuse with a clearer message) the block runs without one.
+
+    Raises
+    ------
+    OutputInUseError
+        If another process holds the lock of ``path``.
+    """
+    path = Path(path)
+    key = path.absolute()
+    if fcntl is None or key in _LOCKED_OUTPUTS:
+        yield
+        return
+    lock = path.with_name(path.name + ".lock")
+    created = list(itertools.takewhile(lambda folder: not folder.exists(), lock.parents))
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = _locked_file(lock, path)
+    except OSError:
+        _remove_empty(created)
+        fd = None
+    if fd is not None:
+        _LOCKED_OUTPUTS.add(key)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            _LOCKED_OUTPUTS.discard(key)
+            lock.unlink(missing_ok=True)  # before the lock is let go, so that no other process holds a lock on it
+            os.close(fd)
+            _remove_empty(created)
+
+
+def _locked_file(lock: Path, path: Path) -> int:
+    """Open ``lock``, lock it, write this process's id into it, and return its descriptor.
+
+    Raises
+    ------
+    OutputInUseError
+        If another process holds the lock.
+    OSError
+        If ``lock`` cannot be created or locked at all.
+    """
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise OutputInUseError(f"{path}: another fvae command{f' (pid {holder})' if holder else ''} is writing it "
+                                   "now; wait for it to end, or stop it first") from None
+        except OSError:
+            os.close(fd)
+            raise
+        # The holder before this process removes the file once done, and may have done so after
+        # it was opened here: the lock counts only on the file that is at ``lock`` now.
+        try:
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        opened = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
 
 
 def refuse_overwrite(*paths, force: bool = False, otherwise: str | None = None) -> None:

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import signal
 import subprocess
@@ -57,6 +58,23 @@ def fvae_cli(*args, cwd, wait=True):
         return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 preexec_fn=as_from_a_terminal)
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+@contextlib.contextmanager
+def lock_held_by_another_process(output):
+    """``fvae.persist.output_lock(output)`` held by a child process, as a running fvae command
+    holds it, for the block; yields the child (``.pid``; a test may kill it)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom fvae.persist import output_lock\nwith output_lock(sys.argv[1]):\n"
+                               "    print('locked', flush=True)\n    sys.stdin.read()", str(output)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        yield holder
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+        holder.stdout.close()
 
 
 @pytest.fixture(autouse=True)

@@ -16,11 +16,11 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 import fvae
-from conftest import FVAE, ROOT, as_from_a_terminal, fvae_cli, write_image_folder
+from conftest import FVAE, ROOT, as_from_a_terminal, fvae_cli, lock_held_by_another_process, write_image_folder
 from fvae import cli
 from fvae.cli import app
 from fvae.extract import ZARR_MARKS
-from fvae.persist import atomic_directory, atomic_output, refuse_replacing_foreign_folder, save_model
+from fvae.persist import atomic_directory, atomic_output, fcntl, refuse_replacing_foreign_folder, save_model
 
 runner = CliRunner()
 SMALL_FIT = ["--patch-size", "3", "--stride", "1", "--components", "8", "--pca", "6", "--samples", "4000"]
@@ -105,6 +105,31 @@ def test_existing_outputs_are_not_overwritten_without_force(tmp_path):
     out.write_bytes(b"precious")
     result = runner.invoke(app, ["encode", "--data", "digits", "--model", str(model), "-o", str(out)])
     assert result.exit_code == 2 and out.read_bytes() == b"precious"
+
+
+@pytest.mark.skipif(fcntl is None, reason="Windows has no flock: there fvae writes its outputs without a lock")
+@pytest.mark.parametrize("command, output", [
+    (["encode", "--data", "digits", "-o", "f.npy", "--force"], "f.npy"),
+    (["encode", "--data", "digits", "-o", "f.npy", "--resume"], "f.npy"),
+    (["fit", "fisher", "--data", "digits", "-o", "m.npz", "--force"], "m.npz"),
+    (["fit", "vae", "--data", "digits", "-o", "v.npz", "--figures", "figs"], "v.npz"),
+    (["sample", "--model", "v.npz", "-o", "s.png"], "s.png"),
+    (["evaluate", "--data", "digits", "--quick", "--force"], "runs/digits"),
+])
+def test_an_output_another_command_is_writing_is_refused_even_with_force(tmp_path, command, output):
+    """Two commands writing one output at once: the second one waits for nothing and writes
+    nothing, and leaves the first one's partial output as it found it."""
+    partial = tmp_path / f"{output}.part"
+    partial.parent.mkdir(exist_ok=True)
+    partial.write_bytes(b"the first command's finished chunks")
+    with lock_held_by_another_process(tmp_path / output) as holder:
+        result = fvae_cli(*command, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == (f"fvae: error: {output}: another fvae command (pid {holder.pid}) is writing it now; "
+                                 "wait for it to end, or stop it first\n")
+        assert partial.read_bytes() == b"the first command's finished chunks"
+        assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == sorted(
+            {f"{output}.part", f"{output}.lock", *(["runs"] if output.startswith("runs/") else [])})
 
 
 def test_outputs_get_the_permissions_of_the_users_umask(tmp_path):

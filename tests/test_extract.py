@@ -16,11 +16,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import FVAE, as_from_a_terminal, fvae_cli
+from conftest import FVAE, as_from_a_terminal, fvae_cli, lock_held_by_another_process
 import fvae
 from fvae.data import GzipIdxImages
 from fvae.extract import extract_features, output_paths
 from fvae.fisher import FisherVectorEncoder
+from fvae.persist import fcntl, output_lock
 
 
 def _write_idx(folder, images, labels, prefix="t10k"):
@@ -346,6 +347,59 @@ def test_resume_refuses_other_settings(mnist_like, tmp_path):
         extract_features(encoder, split, paths["features"], metadata={"source": "t"}, batch_size=500)
     sidecar = extract_features(encoder, split, paths["features"], metadata={"source": "t"}, batch_size=500, resume=True)
     assert sidecar["resumed_chunks"] == 2
+
+
+NO_FLOCK = "Windows has no flock: there fvae writes its outputs without a lock"
+
+
+@pytest.mark.skipif(fcntl is None, reason=NO_FLOCK)
+def test_a_run_writing_an_output_keeps_every_other_process_off_it(digits_model, digits, tmp_path):
+    """A second encode to the same file took the running one's partial output for an interrupted
+    run's; with --force, as its message said, it deleted it under the running one, which then
+    finished with the second run's half-written file as its output."""
+    encoder = fvae.load(digits_model)
+    paths = output_paths(tmp_path / "f.npy")
+    lock = tmp_path / "f.npy.lock"
+    settings = {"metadata": {"source": "digits"}, "batch_size": 100}
+    _interrupted_after(1, encoder, digits.test, paths["features"], **settings)
+    written = {path: path.read_bytes() for path in (paths["partial"], paths["manifest"])}
+    with lock_held_by_another_process(paths["features"]) as holder:
+        assert lock.read_text() == f"{holder.pid}\n"
+        for how in ({"force": True}, {"resume": True}, {}):
+            with pytest.raises(fvae.OutputInUseError, match=rf"f\.npy: another fvae command \(pid {holder.pid}\) is "
+                                                             "writing it now; wait for it to end, or stop it first"):
+                extract_features(encoder, digits.test, paths["features"], **settings, **how)
+        assert {path: path.read_bytes() for path in written} == written
+    assert not lock.exists()  # the holder took its lock file away
+    sidecar = extract_features(encoder, digits.test, paths["features"], **settings, resume=True)
+    assert sidecar["resumed_chunks"] == 1 and not lock.exists()
+    images = digits.test.images  # chunk by chunk: a batch of another size is another matrix product
+    np.testing.assert_array_equal(np.load(paths["features"]),
+                                  np.concatenate([encoder.transform(images[s : s + 100]) for s in range(0, 360, 100)]))
+
+
+@pytest.mark.skipif(fcntl is None, reason=NO_FLOCK)
+def test_the_lock_file_of_a_killed_process_locks_nothing(digits_model, digits, tmp_path):
+    encoder = fvae.load(digits_model)
+    out = tmp_path / "f.npy"
+    with lock_held_by_another_process(out) as holder:
+        holder.kill()
+        holder.wait()
+        assert (tmp_path / "f.npy.lock").exists()  # a kill -9 leaves it, but the kernel let go of its lock
+        extract_features(encoder, digits.test, out, metadata={}, batch_size=200)
+    assert np.load(out).shape == (360, encoder.n_features_out_)
+    assert not (tmp_path / "f.npy.lock").exists()
+
+
+def test_a_command_and_the_library_function_it_calls_share_the_lock(digits_model, digits, tmp_path):
+    out = tmp_path / "new" / "f.npy"
+    with output_lock(out):
+        extract_features(fvae.load(digits_model), digits.test, out, metadata={}, batch_size=200)
+        assert (out.parent / "f.npy.lock").exists() == (fcntl is not None)  # the command's lock, still held
+    assert sorted(p.name for p in out.parent.iterdir()) == ["f.json", "f.labels.npy", "f.npy"]
+    with pytest.raises(fvae.OutputExistsError), output_lock(tmp_path / "none" / "f.npy"):
+        raise fvae.OutputExistsError("refused")
+    assert not (tmp_path / "none").exists()  # the folder made for a lock alone is taken away with it
 
 
 def test_the_manifest_identifies_an_image_folder_by_a_digest_of_its_file_names(mnist_like, tmp_path):
