@@ -269,9 +269,9 @@ def output_lock(path):
     """Hold the lock of the output ``path`` (a file or folder) while a command writes it.
 
     A second process that asks for the same lock is refused at once. Without it, a second
-    ``fvae encode`` to the same file would find the first one's partial output, take it for an
-    interrupted run's and, told to pass ``--force``, delete it under the running one, which would
-    then finish with the second run's half-written file as its output.
+    ``fvae encode`` to the same file took the first one's partial output for an interrupted
+    run's and, with ``--force`` as its message said, deleted it under the running one, which
+    then failed at its end after all its work.
 
     The lock is an exclusive ``flock`` on ``PATH.lock``, which holds the holder's process id for
     the message and is removed when the block ends. The kernel releases the lock of a process
@@ -287,27 +287,24 @@ def output_lock(path):
     """
     path = Path(path)
     key = path.absolute()
-    if fcntl is None or key in _LOCKED_OUTPUTS:
+    lock, created, fd = path.with_name(path.name + ".lock"), [], None
+    if fcntl is not None and key not in _LOCKED_OUTPUTS:
+        try:
+            lock, created = _writable(lock, force=True)
+            fd = _locked_file(lock, path)
+        except OSError:
+            _remove_empty(created)
+    if fd is None:
         yield
         return
-    lock = path.with_name(path.name + ".lock")
-    created = list(itertools.takewhile(lambda folder: not folder.exists(), lock.parents))
-    try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = _locked_file(lock, path)
-    except OSError:
-        _remove_empty(created)
-        fd = None
-    if fd is not None:
-        _LOCKED_OUTPUTS.add(key)
+    _LOCKED_OUTPUTS.add(key)
     try:
         yield
     finally:
-        if fd is not None:
-            _LOCKED_OUTPUTS.discard(key)
-            lock.unlink(missing_ok=True)  # before the lock is let go, so that no other process holds a lock on it
-            os.close(fd)
-            _remove_empty(created)
+        _LOCKED_OUTPUTS.discard(key)
+        lock.unlink(missing_ok=True)  # before the lock is let go, so that no other process holds a lock on it
+        os.close(fd)
+        _remove_empty(created)
 
 
 def _locked_file(lock: Path, path: Path) -> int:
@@ -334,15 +331,11 @@ def _locked_file(lock: Path, path: Path) -> int:
             raise
         # The holder before this process removes the file once done, and may have done so after
         # it was opened here: the lock counts only on the file that is at ``lock`` now.
-        try:
-            current = os.stat(lock)
-        except FileNotFoundError:
-            current = None
-        opened = os.fstat(fd)
-        if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            return fd
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return fd
         os.close(fd)
 
 

@@ -13,6 +13,9 @@ SHARED_MNIST_TEST = ROOT.parent / "shared" / "data" / "mnist-test"
 
 # Tests never touch the network: the real download path is exercised only with a stub.
 os.environ["FVAE_OFFLINE"] = "1"
+
+from fvae import persist  # noqa: E402  (after FVAE_OFFLINE is set)
+
 #: The installed console script, which the subprocess tests run as a user does.
 FVAE = str(Path(sys.executable).parent / "fvae")
 
@@ -58,6 +61,11 @@ def fvae_cli(*args, cwd, wait=True):
         return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 preexec_fn=as_from_a_terminal)
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+#: Tests of output_lock, which takes no lock where Python has no fcntl
+needs_flock = pytest.mark.skipif(persist.fcntl is None,
+                                 reason="Windows has no flock: there fvae writes its outputs without a lock")
 
 
 @contextlib.contextmanager

@@ -16,11 +16,13 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 import fvae
-from conftest import FVAE, ROOT, as_from_a_terminal, fvae_cli, lock_held_by_another_process, write_image_folder
+from conftest import (
+    FVAE, ROOT, as_from_a_terminal, fvae_cli, lock_held_by_another_process, needs_flock, write_image_folder,
+)
 from fvae import cli
 from fvae.cli import app
 from fvae.extract import ZARR_MARKS
-from fvae.persist import atomic_directory, atomic_output, fcntl, refuse_replacing_foreign_folder, save_model
+from fvae.persist import atomic_directory, atomic_output, refuse_replacing_foreign_folder, save_model
 
 runner = CliRunner()
 SMALL_FIT = ["--patch-size", "3", "--stride", "1", "--components", "8", "--pca", "6", "--samples", "4000"]
@@ -107,7 +109,7 @@ def test_existing_outputs_are_not_overwritten_without_force(tmp_path):
     assert result.exit_code == 2 and out.read_bytes() == b"precious"
 
 
-@pytest.mark.skipif(fcntl is None, reason="Windows has no flock: there fvae writes its outputs without a lock")
+@needs_flock
 @pytest.mark.parametrize("command, output", [
     (["encode", "--data", "digits", "-o", "f.npy", "--force"], "f.npy"),
     (["encode", "--data", "digits", "-o", "f.npy", "--resume"], "f.npy"),

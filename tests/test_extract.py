@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import FVAE, as_from_a_terminal, fvae_cli, lock_held_by_another_process
+from conftest import FVAE, as_from_a_terminal, fvae_cli, lock_held_by_another_process, needs_flock
 import fvae
 from fvae.data import GzipIdxImages
 from fvae.extract import extract_features, output_paths
@@ -349,14 +349,11 @@ def test_resume_refuses_other_settings(mnist_like, tmp_path):
     assert sidecar["resumed_chunks"] == 2
 
 
-NO_FLOCK = "Windows has no flock: there fvae writes its outputs without a lock"
-
-
-@pytest.mark.skipif(fcntl is None, reason=NO_FLOCK)
+@needs_flock
 def test_a_run_writing_an_output_keeps_every_other_process_off_it(digits_model, digits, tmp_path):
     """A second encode to the same file took the running one's partial output for an interrupted
     run's; with --force, as its message said, it deleted it under the running one, which then
-    finished with the second run's half-written file as its output."""
+    failed at its end after all its work."""
     encoder = fvae.load(digits_model)
     paths = output_paths(tmp_path / "f.npy")
     lock = tmp_path / "f.npy.lock"
@@ -378,7 +375,7 @@ def test_a_run_writing_an_output_keeps_every_other_process_off_it(digits_model, 
                                   np.concatenate([encoder.transform(images[s : s + 100]) for s in range(0, 360, 100)]))
 
 
-@pytest.mark.skipif(fcntl is None, reason=NO_FLOCK)
+@needs_flock
 def test_the_lock_file_of_a_killed_process_locks_nothing(digits_model, digits, tmp_path):
     encoder = fvae.load(digits_model)
     out = tmp_path / "f.npy"
