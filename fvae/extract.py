@@ -35,8 +35,9 @@ import numpy as np
 from .data import ImageFiles, Split, check_fitted_size, class_names_of, kept_by_position, labels_named_as, only_numbered
 from .errors import DataError, FvaeError, InputError, OutputExistsError
 from .persist import (
-    ZIP_DATE, atomic_output, disk_full_error, fvae_version, is_disk_full, output_lock, readable_size, refuse_overwrite,
-    refuse_replacing_foreign_folder, refuse_unwritable, save_npy,
+    ZIP_DATE, appeared_meanwhile_error, atomic_output, disk_full_error, fvae_version, is_disk_full,
+    move_folder_into_place, move_into_place, output_lock, readable_size, refuse_overwrite, refuse_replacing_foreign_folder,
+    refuse_unwritable, remove_path, save_npy,
 )
 
 FORMATS = (".npy", ".npz", ".zarr")
@@ -99,12 +100,12 @@ class _NpyWriter:
         target[:] = rows
         del target  # unmapped, not synced: a killed process's pages still reach the file
 
-    def finish(self, out: Path, labels) -> None:
+    def finish(self, out: Path, labels, *, force: bool) -> None:
         if out.suffix.lower() == ".npz":
-            _pack_npz(self.path, labels, out)
+            _pack_npz(self.path, labels, out, force=force)
             self.path.unlink()
         else:
-            os.replace(self.path, out)
+            move_into_place(self.path, out, force=force)
 
 
 def _allocate_on_disk(path: Path) -> None:
@@ -132,9 +133,9 @@ def _allocate_on_disk(path: Path) -> None:
         raise disk_full_error(path)
 
 
-def _pack_npz(features_npy: Path, labels, out: Path) -> None:
+def _pack_npz(features_npy: Path, labels, out: Path, *, force: bool) -> None:
     """Stream an .npy file (and the labels) into an uncompressed .npz, with fixed member dates."""
-    with atomic_output(out, force=True) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+    with atomic_output(out, force=force) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         member = zipfile.ZipInfo("features.npy", date_time=ZIP_DATE)
         with open(features_npy, "rb") as source, archive.open(member, "w", force_zip64=True) as target:
             shutil.copyfileobj(source, target, 1 << 24)
@@ -163,12 +164,12 @@ class _ZarrWriter:
     def write(self, start: int, rows: np.ndarray) -> None:
         self.array[start : start + len(rows)] = rows
 
-    def finish(self, out: Path, labels) -> None:
+    def finish(self, out: Path, labels, *, force: bool) -> None:
         if labels is not None:
             self.array.attrs["labels_file"] = output_paths(out)["labels"].name
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(self.path, out)
+        if force:
+            remove_path(out)
+        move_folder_into_place(self.path, out, force=force)
 
 
 def _import_zarr():
@@ -183,13 +184,6 @@ def _open_writer(fmt: str, path: Path, shape, chunk_rows: int, reopen: bool):
     if fmt == ".zarr":
         return _ZarrWriter(path, shape, chunk_rows, reopen=reopen)
     return _NpyWriter(path, shape, reopen=reopen)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -383,6 +377,20 @@ def refuse_existing_outputs(out, *, force: bool, resume: bool) -> None:
                                 "pass --resume to finish it or --force to start over")
 
 
+def _refuse_outputs_written_meanwhile(paths: dict) -> None:
+    """Refuse to finish a run over an output that something else wrote while it encoded (the
+    check before the run found none); the partial output stays for ``--resume``.
+
+    Raises
+    ------
+    OutputExistsError
+    """
+    for name in ("features", "labels", "sidecar"):
+        if os.path.lexists(paths[name]):
+            raise appeared_meanwhile_error(paths[name], what_now="the encoded features are kept: move it away, "
+                                                                 "then finish with --resume")
+
+
 def _where(metadata: dict) -> str:
     """'SOURCE (SPLIT split): ' for messages, when the metadata names them."""
     return f"{metadata['source']} ({metadata['split']} split): " if {"source", "split"} <= metadata.keys() else ""
@@ -526,8 +534,8 @@ def _write_features(encoder, split: Split, out: Path, *, metadata: dict, batch_s
     refuse_existing_outputs(out, force=force, resume=resume)
     partial, manifest_path = paths["partial"], paths["manifest"]
     if force:
-        _remove(partial)
-        _remove(manifest_path)
+        remove_path(partial)
+        remove_path(manifest_path)
     needs_labels = bool(getattr(encoder, "conditional", False))  # a conditional VAE encodes (image, label)
     _check_labels(encoder, split, metadata)
     _check_image_size(encoder, split, metadata)
@@ -542,7 +550,7 @@ def _write_features(encoder, split: Split, out: Path, *, metadata: dict, batch_s
         writer = _open_writer(fmt, partial, (n, dim), batch_size, reopen)
     except OSError as exc:
         if not reopen:
-            _remove(partial)
+            remove_path(partial)
         _explain_a_full_disk(exc, out, f"for {readable_size(4 * n * dim)} of features "
                                        f"({readable_size(shutil.disk_usage(partial.parent).free)} free there)")
         raise
@@ -563,8 +571,8 @@ def _write_features(encoder, split: Split, out: Path, *, metadata: dict, batch_s
     except FvaeError:
         # Bad input (a corrupt file found mid-way): no output, partial or not, is left behind.
         # Anything else (Ctrl-C, a kill, a crash, a full disk) keeps the finished chunks for --resume.
-        _remove(partial)
-        _remove(manifest_path)
+        remove_path(partial)
+        remove_path(manifest_path)
         raise
     except OSError as exc:
         _explain_a_full_disk(exc, out, f"after {len(manifest.done)} of {len(chunks)} chunks: free some space, "
@@ -576,13 +584,19 @@ def _write_features(encoder, split: Split, out: Path, *, metadata: dict, batch_s
     # The labels first: should the disk be full, the features are still the partial output that
     # --resume finishes (once renamed, a run is finished and there is nothing to resume).
     separate_labels = split.labels is not None and fmt != ".npz"
+    labels_written = False
     try:
+        if not force:
+            _refuse_outputs_written_meanwhile(paths)
         if separate_labels:
-            save_npy(paths["labels"], np.asarray(split.labels, dtype=np.int64), force=True)
-        writer.finish(out, split.labels)
+            save_npy(paths["labels"], np.asarray(split.labels, dtype=np.int64), force=force)
+            labels_written = True
+        writer.finish(out, split.labels, force=force)
     except OSError as exc:
-        if separate_labels and partial.exists():
-            _remove(paths["labels"])
+        if labels_written and partial.exists():
+            remove_path(paths["labels"])
+        if isinstance(exc, OutputExistsError):  # written in the instant between the check and the rename
+            _refuse_outputs_written_meanwhile(paths)
         _explain_a_full_disk(exc, out, "once every chunk was encoded: free some space, then finish with --resume")
         raise
     sidecar = {
@@ -600,9 +614,9 @@ def _write_features(encoder, split: Split, out: Path, *, metadata: dict, batch_s
         "fvae_version": fvae_version(),
     }
     # Written last: a sidecar beside the features means the whole set is complete.
-    with atomic_output(paths["sidecar"], force=True) as tmp:
+    with atomic_output(paths["sidecar"], force=force) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
-    _remove(manifest_path)
+    remove_path(manifest_path)
     return sidecar
 
 

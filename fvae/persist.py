@@ -19,6 +19,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -194,18 +195,88 @@ def atomic_output(path, *, force: bool = False):
     Raises
     ------
     OutputExistsError
-        If ``path`` exists and ``force`` is false (checked before any work).
+        If ``path`` exists and ``force`` is false: checked before any work, and again at its end
+        (see :func:`move_into_place`).
     """
     _refuse_folder(Path(path))
     path, tmp, created = _new_file_beside(path, force)
     try:
         yield tmp
-        os.replace(tmp, path)
+        move_into_place(tmp, path, force=force)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         _remove_empty(created)
         name_a_full_disk(exc, path, tmp)
         raise
+
+
+def move_into_place(source, path, *, force: bool) -> None:
+    """Rename the finished file ``source`` to ``path``; without ``force``, never over anything.
+
+    The check that ``path`` does not exist comes before the work that writes ``source``, which
+    may take hours, and something that takes no lock (an editor, ``cp``) may write ``path``
+    meanwhile: ``os.replace`` would replace it without a word. A hard link is made only where the
+    name is free, so it puts the file in place and refuses a taken name in one step. Where the
+    filesystem has no hard links (FAT, some network mounts) the check just before the rename
+    has to do.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``path`` exists now and ``force`` is false, or is a folder.
+    """
+    source, path = Path(source), Path(path)
+    if force:
+        _refuse_folder(path)
+        os.replace(source, path)
+        return
+    try:
+        os.link(source, path)
+    except FileExistsError:
+        raise appeared_meanwhile_error(path) from None
+    except OSError:
+        if os.path.lexists(path):
+            raise appeared_meanwhile_error(path) from None
+        os.replace(source, path)
+        return
+    source.unlink()
+
+
+def appeared_meanwhile_error(path, otherwise: str | None = None, *, what_now: str | None = None) -> OutputExistsError:
+    """The error for an output that was not at ``path`` when the command checked, and is now.
+
+    ``what_now`` says what became of the work and what the user can do; by default, that the
+    output is discarded and ``--force`` (or ``otherwise``, when given) is the way out.
+    """
+    if what_now is None:
+        what_now = "this command's output is discarded: pass --force to replace it" + (f", or {otherwise}"
+                                                                                        if otherwise else "")
+    return OutputExistsError(f"{path}: appeared while this command ran, and is left as it is; {what_now}")
+
+
+def remove_path(path) -> None:
+    """Remove the file or folder at ``path``, if any, as far as it can be (a link, not what it
+    points to)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def move_folder_into_place(source, path, *, force: bool, otherwise: str | None = None) -> None:
+    """Rename the finished folder ``source`` to ``path``; without ``force``, never over anything
+    that appeared at ``path`` during the work (see :func:`move_into_place`). A folder rename
+    fails by itself over a file or a folder that holds anything; the check before it keeps an
+    empty folder too."""
+    if not force and os.path.lexists(path):
+        raise appeared_meanwhile_error(path, otherwise)
+    try:
+        os.replace(source, path)
+    except OSError as exc:
+        if force or exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+            raise
+        raise appeared_meanwhile_error(path, otherwise) from None
 
 
 def save_npy(path, array, *, force: bool = False) -> Path:
@@ -230,11 +301,9 @@ def atomic_directory(path, *, force: bool = False, otherwise: str | None = None,
     Raises
     ------
     OutputExistsError
-        If ``path`` exists and ``force`` is false, or is not an earlier output (checked before
-        any work).
+        If ``path`` exists and ``force`` is false (checked before any work, and again at its
+        end: see :func:`move_folder_into_place`), or is not an earlier output.
     """
-    import shutil
-
     if marks:
         refuse_replacing_foreign_folder(path, what=what, marks=marks)
     path, created = _writable(path, force, otherwise)
@@ -243,10 +312,10 @@ def atomic_directory(path, *, force: bool = False, otherwise: str | None = None,
     old = None
     try:
         yield tmp
-        if path.exists():
+        if force and os.path.lexists(path):
             old = _fresh_name_beside(path, ".old")
             os.replace(path, old)
-        os.replace(tmp, path)
+        move_folder_into_place(tmp, path, force=force, otherwise=otherwise)
     except BaseException as exc:
         if old is not None and not path.exists():
             os.replace(old, path)
@@ -257,7 +326,7 @@ def atomic_directory(path, *, force: bool = False, otherwise: str | None = None,
         raise
     finally:
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_path(old)
 
 
 #: The outputs whose lock this process holds (see :func:`output_lock`)

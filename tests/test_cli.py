@@ -895,6 +895,96 @@ def test_a_failed_write_takes_away_the_empty_folders_it_made_and_only_those(tmp_
     assert (tmp_path / "yours" / "newer" / "out").exists()
 
 
+def _write_theirs(out: Path, kind: str) -> None:
+    """What a program that takes no lock (an editor, ``cp``) writes at ``out``: a file or a folder."""
+    if kind == "file":
+        out.write_text("theirs")
+    else:
+        out.mkdir()
+        (out / "theirs.txt").write_text("theirs")
+
+
+def _theirs(out: Path) -> str:
+    return out.read_text() if out.is_file() else (out / "theirs.txt").read_text()
+
+
+@pytest.mark.parametrize("link", ["hard links", "no hard links"])
+@pytest.mark.parametrize("theirs", ["file", "folder"])
+@pytest.mark.parametrize("atomic", [atomic_directory, atomic_output])
+def test_an_output_that_appears_while_the_block_runs_is_kept_without_force(tmp_path, monkeypatch, atomic, theirs,
+                                                                          link):
+    """The check that the output does not exist comes before the work, which may take hours;
+    os.replace at its end silently replaced whatever had been written there meanwhile."""
+    def no_hard_links(source, target):  # as on FAT and some network mounts
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(source), None, str(target))
+
+    if link == "no hard links":
+        monkeypatch.setattr(os, "link", no_hard_links)
+    out = tmp_path / "out"
+    with pytest.raises(fvae.OutputExistsError, match=r"^\S*out: appeared while .* left as it is.*--force"):
+        with atomic(out) as tmp:
+            (tmp / "report.md" if tmp.is_dir() else tmp).write_text("ours")
+            _write_theirs(out, theirs)
+    assert _theirs(out) == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no .part left beside it
+    if atomic is atomic_output and theirs == "folder":  # a folder is never replaced by a file
+        with pytest.raises(fvae.OutputExistsError, match="out: a folder, not a file$"):
+            with atomic(out, force=True) as tmp:
+                tmp.write_text("ours")
+        assert _theirs(out) == "theirs"
+    else:
+        with atomic(out, force=True) as tmp:  # --force replaces it, as the message says
+            (tmp / "report.md" if tmp.is_dir() else tmp).write_text("ours")
+        assert (out / "report.md" if out.is_dir() else out).read_text() == "ours"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no .part, and no .old of what was replaced
+
+
+def _theirs_appears_after(monkeypatch, owner, name: str, out: Path) -> None:
+    """Make ``owner.name`` write ``out`` as another program would, once the real one returns:
+    after fvae checked that ``out`` does not exist, before it puts its output there."""
+    real = getattr(owner, name)
+
+    def then_theirs_appears(*args, **kwargs):
+        result = real(*args, **kwargs)
+        _write_theirs(out, "folder" if out.name == "digits" else "file")
+        return result
+
+    monkeypatch.setattr(owner, name, then_theirs_appears)
+
+
+def test_an_output_written_by_another_program_during_a_command_is_left_as_it_is(tmp_path, monkeypatch):
+    """encode and evaluate check their outputs before the work, then put them in place at its
+    end: encode replaced what another program had written there meanwhile, and evaluate moved
+    such a folder aside and deleted it, as only --force should."""
+    import fvae.extract
+    import fvae.report
+
+    model, features, runs = tmp_path / "m.npz", tmp_path / "f.npy", tmp_path / "runs"
+    assert runner.invoke(app, ["fit", "fisher", "--data", "digits", "-o", str(model), *SMALL_FIT]).exit_code == 0
+    encode = ["encode", "--data", "digits", "--model", str(model), "-o", str(features), "--batch-size", "100"]
+    _theirs_appears_after(monkeypatch, fvae.extract, "_run_local", features)
+    result = runner.invoke(app, encode)
+    assert (result.exit_code, result.output) == (2, f"fvae: error: {features}: appeared while this command ran, and is "
+                                                    "left as it is; the encoded features are kept: move it away, then "
+                                                    "finish with --resume\n")
+    assert _theirs(features) == "theirs"
+    monkeypatch.undo()
+    features.rename(tmp_path / "theirs.npy")
+    result = runner.invoke(app, [*encode, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "f.json").read_text())["resumed_chunks"] == 4  # every chunk of the 360 test images
+    assert np.load(features).shape[0] == 360
+
+    _theirs_appears_after(monkeypatch, fvae.report, "write_run", runs / "digits")
+    evaluate = ["evaluate", "--data", "digits", "--quick", "--methods", "raw", "--runs-dir", str(runs)]
+    result = runner.invoke(app, evaluate)
+    assert result.exit_code == 2
+    assert result.output.endswith(f"fvae: error: {runs / 'digits'}: appeared while this command ran, and is left as "
+                                  "it is; this command's output is discarded: pass --force to replace it, or --name "
+                                  "to write another run beside it\n")
+    assert _theirs(runs / "digits") == "theirs" and [p.name for p in runs.iterdir()] == ["digits"]
+
+
 def refusing_temporaries(monkeypatch, within: str = ""):
     """Make creating fvae's hidden ``.part`` file or folder fail as in a read-only folder (the
     tests run as root here, whom file modes do not stop); only in folders named ``within``, if given."""

@@ -290,6 +290,45 @@ def test_a_disk_that_fills_while_the_run_finishes_leaves_it_to_resume(digits_mod
     np.testing.assert_array_equal(np.load(paths["labels"]), split.labels)
 
 
+@pytest.mark.parametrize("suffix, appears", [(".npy", "features"), (".npy", "labels"), (".npy", "sidecar"),
+                                             (".npz", "features"), (".zarr", "features")])
+def test_an_output_that_appears_during_the_run_is_kept_and_the_run_is_left_to_resume(digits_model, digits, tmp_path,
+                                                                                    suffix, appears):
+    """Whether the outputs exist is checked before the encoding, which may take hours; at its end
+    the features, labels and sidecar were renamed over whatever something else had written there
+    meanwhile (an editor, ``cp``: a program that takes no lock)."""
+    if suffix == ".zarr":
+        pytest.importorskip("zarr", reason="zarr is in the dask extra: pip install 'fvae[dask]'")
+    encoder, split = fvae.load(digits_model), digits.test
+    settings = dict(metadata={"source": "digits"}, batch_size=100)
+    out = tmp_path / f"x{suffix}"
+    paths = output_paths(out)
+    theirs = paths[appears]
+
+    def written_by_something_else_at_the_last_chunk(n_rows):
+        if n_rows == 60:  # 360 images in chunks of 100: the last chunk's rows
+            theirs.write_bytes(b"theirs")
+
+    with pytest.raises(fvae.OutputExistsError) as refused:
+        extract_features(encoder, split, out, progress=written_by_something_else_at_the_last_chunk, **settings)
+    assert str(refused.value) == (f"{theirs}: appeared while this command ran, and is left as it is; the encoded "
+                                  "features are kept: move it away, then finish with --resume")
+    assert theirs.read_bytes() == b"theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([theirs.name, paths["partial"].name,
+                                                                 paths["manifest"].name])
+    theirs.rename(tmp_path / "moved away")
+    assert extract_features(encoder, split, out, resume=True, **settings)["resumed_chunks"] == 4
+    whole = tmp_path / "whole" / "x.npy"
+    extract_features(encoder, split, whole, **settings)
+    if suffix == ".npy":
+        got = np.load(out)
+    elif suffix == ".npz":
+        got = np.load(out)["features"]
+    else:
+        got = pytest.importorskip("zarr").open_array(str(out), mode="r")[:]
+    np.testing.assert_array_equal(got, np.load(whole))
+
+
 def test_where_space_cannot_be_allocated_ahead_the_free_space_is_checked(tmp_path, monkeypatch):
     """macOS has no posix_fallocate, and some filesystems refuse it: a memory-mapped write that a
     full disk cannot back must still not be where the run finds out."""
