@@ -217,6 +217,20 @@ def _user_errors(command):
     return wrapper
 
 
+def _output_locked(command):
+    """Hold the lock of the command's ``output`` (:func:`fvae.persist.output_lock`) from before its
+    first check to after its last write, so that a second command writing it is refused at once."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from .persist import output_lock
+
+        with output_lock(kwargs["output"]):
+            return command(*args, **kwargs)
+
+    return wrapper
+
+
 # Exit code when stdout's reader went away: what click gives for `fvae --help | head -0`, and what
 # Python's documentation of SIGPIPE advises
 CLOSED_PIPE_EXIT_CODE = 1
@@ -354,6 +368,7 @@ def _fisher_encoder(**params):
 
 @fit_app.command("fisher")
 @_user_errors
+@_output_locked
 def fit_fisher(
     data: DataOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.npz).")],
@@ -393,23 +408,22 @@ def fit_fisher(
     import time
 
     from .data import load_dataset
-    from .persist import output_lock, refuse_replacing_inputs, refuse_unwritable
+    from .persist import refuse_replacing_inputs, refuse_unwritable
 
     if alpha is not None and not improved:
         raise _bad_option("--alpha", "applies to the improved Fisher Vector only, not with --no-improved")
     given = {} if alpha is None else {"alpha": alpha}  # otherwise FisherVectorEncoder's default
     _check_output_suffix(output, ".npz", "model file")
-    with output_lock(output):
-        refuse_replacing_inputs([output], {"--data": data})
-        refuse_unwritable(output, force=force)  # before the fit, which may take minutes
-        dataset = load_dataset(data, data_dir, image_size=image_size)
-        train = _fitting_split(dataset, split)
-        encoder = _fisher_encoder(
-            patch_size=patch_size, stride=stride, pca_components=pca, n_components=components,
-            patch_normalization=patch_norm.value, whiten=whiten, xy=xy, spatial_pyramid=pyramid,
-            improved=improved, weight_gradients=weight_gradients, intra_normalization=intra_norm,
-            n_descriptor_samples=samples, max_iter=em_iter, random_state=seed, **given,
-        )
+    refuse_replacing_inputs([output], {"--data": data})
+    refuse_unwritable(output, force=force)  # before the fit, which may take minutes
+    dataset = load_dataset(data, data_dir, image_size=image_size)
+    train = _fitting_split(dataset, split)
+    encoder = _fisher_encoder(
+        patch_size=patch_size, stride=stride, pca_components=pca, n_components=components,
+        patch_normalization=patch_norm.value, whiten=whiten, xy=xy, spatial_pyramid=pyramid,
+        improved=improved, weight_gradients=weight_gradients, intra_normalization=intra_norm,
+        n_descriptor_samples=samples, max_iter=em_iter, random_state=seed, **given,
+    )
     started = time.perf_counter()
     with _status(f"fitting fisher on {len(train):,} images: PCA, then a GMM of {components} components", quiet), \
             _named_as_options(FISHER_OPTIONS):
@@ -441,6 +455,7 @@ def _hidden_sizes(text: str) -> tuple:
 
 @fit_app.command("vae")
 @_user_errors
+@_output_locked
 def fit_vae(
     data: DataOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.npz).")],
@@ -481,7 +496,7 @@ def fit_vae(
     command exits with code 130 (143 for SIGTERM, which is taken as Ctrl-C is).
     """
     from .data import load_dataset
-    from .persist import history_paths, output_lock, refuse_replacing_inputs
+    from .persist import history_paths, refuse_replacing_inputs
     from .report import refuse_vae_outputs
 
     # Options of another architecture or likelihood would be ignored: refuse them instead.
@@ -497,53 +512,52 @@ def fit_vae(
         given["hidden"] = _hidden_sizes(hidden)
     if binarization is not None:
         given["binarization"] = binarization.value
-    with output_lock(output):
-        # before the data and TensorFlow load: a file in the way is refused at once
-        refuse_replacing_inputs([output, *history_paths(output).values()], {"--data": data})
-        refuse_vae_outputs(output, figures, latent_dim=latent_dim, force=force)
-        dataset = load_dataset(data, data_dir, image_size=image_size)
-        train = _fitting_split(dataset, split)
-        if conditional and train.labels is None:
-            raise DataError(f"{dataset.name} has no labels, and a conditional VAE (--conditional) needs them")
-        held_out = dataset.test if split == SplitName.train else None
-        from .vae.encoder import VAEEncoder, fit_and_save
+    # before the data and TensorFlow load: a file in the way is refused at once
+    refuse_replacing_inputs([output, *history_paths(output).values()], {"--data": data})
+    refuse_vae_outputs(output, figures, latent_dim=latent_dim, force=force)
+    dataset = load_dataset(data, data_dir, image_size=image_size)
+    train = _fitting_split(dataset, split)
+    if conditional and train.labels is None:
+        raise DataError(f"{dataset.name} has no labels, and a conditional VAE (--conditional) needs them")
+    held_out = dataset.test if split == SplitName.train else None
+    from .vae.encoder import VAEEncoder, fit_and_save
 
-        encoder = VAEEncoder(
-            latent_dim=latent_dim, arch=arch.value, likelihood=likelihood.value, gaussian_variance=gaussian_variance,
-            beta=beta, warmup_epochs=warmup, dropout=dropout, conditional=conditional, epochs=epochs,
-            batch_size=batch_size, learning_rate=learning_rate, patience=patience, max_seconds=max_seconds,
-            random_state=seed, verbose=_training_verbosity(quiet), **given,
-        )
-        result = fit_and_save(encoder, train, held_out, output, figures_dir=figures, force=force,
-                              class_names=dict(enumerate(dataset.class_names)))
-        history = encoder.history_
-        best = history["best_epoch"]
-        typer.echo(  # the training's own seconds, what --max-seconds limits (not the test scores' or figures')
-            f"trained vae on {_counted(len(train), f'{dataset.name} {split.value} image')} in {history['seconds'][-1]:.1f} s: "
-            f"{_counted(history['epochs_run'], 'epoch')} ({history['stopped_by']}), best epoch {best + 1}"
-            + (f", validation ELBO {history['val_elbo'][best]:.2f} nats" if "val_elbo" in history else "")
-        )
-        if held_out is None and dataset.test is not None:
-            typer.echo(f"test: no numbers, the test images were trained on (--split {split.value})")
-        elif result["not_scored"]:
-            typer.echo(f"test: no numbers, {result['not_scored']}")
-        if result["n_test_of_untrained_classes"]:
-            from .data import class_names_of
+    encoder = VAEEncoder(
+        latent_dim=latent_dim, arch=arch.value, likelihood=likelihood.value, gaussian_variance=gaussian_variance,
+        beta=beta, warmup_epochs=warmup, dropout=dropout, conditional=conditional, epochs=epochs,
+        batch_size=batch_size, learning_rate=learning_rate, patience=patience, max_seconds=max_seconds,
+        random_state=seed, verbose=_training_verbosity(quiet), **given,
+    )
+    result = fit_and_save(encoder, train, held_out, output, figures_dir=figures, force=force,
+                          class_names=dict(enumerate(dataset.class_names)))
+    history = encoder.history_
+    best = history["best_epoch"]
+    typer.echo(  # the training's own seconds, what --max-seconds limits (not the test scores' or figures')
+        f"trained vae on {_counted(len(train), f'{dataset.name} {split.value} image')} in {history['seconds'][-1]:.1f} s: "
+        f"{_counted(history['epochs_run'], 'epoch')} ({history['stopped_by']}), best epoch {best + 1}"
+        + (f", validation ELBO {history['val_elbo'][best]:.2f} nats" if "val_elbo" in history else "")
+    )
+    if held_out is None and dataset.test is not None:
+        typer.echo(f"test: no numbers, the test images were trained on (--split {split.value})")
+    elif result["not_scored"]:
+        typer.echo(f"test: no numbers, {result['not_scored']}")
+    if result["n_test_of_untrained_classes"]:
+        from .data import class_names_of
 
-            classes = ", ".join(class_names_of(result["untrained_classes"], dict(enumerate(dataset.class_names))))
-            typer.echo(f"test: {_counted(result['n_test_of_untrained_classes'], 'image')} of classes the VAE was not "
-                       f"trained on ({classes}) left out: a conditional VAE encodes only its own classes")
-        if result["test"]:
-            t = result["test"]
-            typer.echo(
-                f"test: ELBO {t['elbo']:.2f} nats (reconstruction {t['reconstruction']:.2f}, KL {t['kl']:.2f}), "
-                f"IWAE bound (k={t['iwae_k']}) {t['iwae_bound']:.2f}, active units {t['active_units']}/{t['latent_dim']}"
-            )
-        typer.echo(f"wrote {output} (checksum {result['checksum'][:12]}), {result['history']['json']}, {result['history']['csv']}")
-        if result["figures"]:
-            typer.echo(f"figures: {', '.join(str(p) for p in result['figures'])}")
-        if result["interrupted"]:  # everything above is complete, but the command did not run to its end
-            raise typer.Exit(130)
+        classes = ", ".join(class_names_of(result["untrained_classes"], dict(enumerate(dataset.class_names))))
+        typer.echo(f"test: {_counted(result['n_test_of_untrained_classes'], 'image')} of classes the VAE was not "
+                   f"trained on ({classes}) left out: a conditional VAE encodes only its own classes")
+    if result["test"]:
+        t = result["test"]
+        typer.echo(
+            f"test: ELBO {t['elbo']:.2f} nats (reconstruction {t['reconstruction']:.2f}, KL {t['kl']:.2f}), "
+            f"IWAE bound (k={t['iwae_k']}) {t['iwae_bound']:.2f}, active units {t['active_units']}/{t['latent_dim']}"
+        )
+    typer.echo(f"wrote {output} (checksum {result['checksum'][:12]}), {result['history']['json']}, {result['history']['csv']}")
+    if result["figures"]:
+        typer.echo(f"figures: {', '.join(str(p) for p in result['figures'])}")
+    if result["interrupted"]:  # everything above is complete, but the command did not run to its end
+        raise typer.Exit(130)
 
 
 def _fitting_split(dataset, split: SplitName):
@@ -569,6 +583,7 @@ MAX_GRID_SAMPLES, MAX_SAMPLES = 10_000, 1_000_000
 
 @app.command()
 @_user_errors
+@_output_locked
 def sample(
     model: Annotated[Path, typer.Option(help="A saved VAE model.")],
     output: Annotated[Path, typer.Option(
@@ -591,8 +606,7 @@ def sample(
     REAL" trains on the samples and tests on real images.
     """
     from .extract import output_paths
-    from .persist import (output_lock, read_header, refuse_overwrite, refuse_replacing_inputs, refuse_unwritable,
-                          saved_method)
+    from .persist import read_header, refuse_overwrite, refuse_replacing_inputs, refuse_unwritable, saved_method
 
     kind = next((suffix for suffix in SAMPLE_OUTPUTS if output.name.lower().endswith(suffix)), None)
     if kind is None:
@@ -603,34 +617,33 @@ def sample(
         raise _bad_option("-n", f"{n:,} samples are more than a .png grid shows ({MAX_GRID_SAMPLES:,}): "
                                 "write them as .npy or .npz")
     labels_path = output_paths(output)["labels"] if kind == ".npy" else None  # a conditional VAE's classes
-    with output_lock(output):
-        refuse_replacing_inputs(filter(None, (output, labels_path)), {"--model": model})
-        refuse_unwritable(output, force=force)
-        saved_method(model, "vae")  # a missing or wrong file is refused before TensorFlow loads
-        conditional = kind != ".png" and read_header(model).get("params", {}).get("conditional")
-        if kind == ".npz" and not conditional:
-            raise _bad_option("--output", f"{output}: a sample dataset labels each image with its class, and {model} "
-                                          "is not a conditional VAE: write its samples as .npy")
-        written = [output]
-        if labels_path is not None and conditional:
-            written.append(labels_path)
-            refuse_overwrite(labels_path, force=force)
-        with _status(f"loading {model} and drawing {n:,} samples", quiet):  # TensorFlow's import takes seconds
-            from .report import save_samples
-            from .vae.encoder import VAEEncoder, save_sample_arrays, save_sample_dataset
+    refuse_replacing_inputs(filter(None, (output, labels_path)), {"--model": model})
+    refuse_unwritable(output, force=force)
+    saved_method(model, "vae")  # a missing or wrong file is refused before TensorFlow loads
+    conditional = kind != ".png" and read_header(model).get("params", {}).get("conditional")
+    if kind == ".npz" and not conditional:
+        raise _bad_option("--output", f"{output}: a sample dataset labels each image with its class, and {model} "
+                                      "is not a conditional VAE: write its samples as .npy")
+    written = [output]
+    if labels_path is not None and conditional:
+        written.append(labels_path)
+        refuse_overwrite(labels_path, force=force)
+    with _status(f"loading {model} and drawing {n:,} samples", quiet):  # TensorFlow's import takes seconds
+        from .report import save_samples
+        from .vae.encoder import VAEEncoder, save_sample_arrays, save_sample_dataset
 
-            encoder = VAEEncoder.load(model)
-            chosen = _label_of(label, encoder)
-            if kind == ".npy":
-                drawn = save_sample_arrays(encoder, output, n, label=chosen, random_state=seed, force=force)
-            elif kind == ".npz":
-                drawn = save_sample_dataset(encoder, output, n, label=chosen, random_state=seed, force=force)
-            else:
-                drawn = save_samples(encoder, output, n=n, label=chosen, random_state=seed,
-                                     class_names=encoder.class_names_, force=force)
-        every_class = encoder.conditional and label is None and encoder.n_classes_ > 1
-        rows = f" ({drawn // encoder.n_classes_:,} of each of {encoder.n_classes_:,} classes)" if every_class else ""
-        typer.echo(f"wrote {_counted(drawn, 'sample')}{rows} to {' and '.join(map(str, written))}")
+        encoder = VAEEncoder.load(model)
+        chosen = _label_of(label, encoder)
+        if kind == ".npy":
+            drawn = save_sample_arrays(encoder, output, n, label=chosen, random_state=seed, force=force)
+        elif kind == ".npz":
+            drawn = save_sample_dataset(encoder, output, n, label=chosen, random_state=seed, force=force)
+        else:
+            drawn = save_samples(encoder, output, n=n, label=chosen, random_state=seed,
+                                 class_names=encoder.class_names_, force=force)
+    every_class = encoder.conditional and label is None and encoder.n_classes_ > 1
+    rows = f" ({drawn // encoder.n_classes_:,} of each of {encoder.n_classes_:,} classes)" if every_class else ""
+    typer.echo(f"wrote {_counted(drawn, 'sample')}{rows} to {' and '.join(map(str, written))}")
 
 
 def _is_integer_text(text: str) -> bool:
@@ -669,6 +682,7 @@ def _label_of(text: str | None, encoder) -> int | str | None:
 
 @app.command()
 @_user_errors
+@_output_locked
 def encode(
     data: DataOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Features file to write (.npy, .npz or .zarr).")],
@@ -701,7 +715,7 @@ def encode(
     from .data import load_dataset
     from .extract import (check_scheduler_address, dask_client, extract_features, output_format, output_paths,
                           refuse_existing_outputs)
-    from .persist import output_lock, refuse_replacing_inputs, saved_method
+    from .persist import refuse_replacing_inputs, saved_method
 
     output_format(output)
     if scheduler is not None:
@@ -709,58 +723,57 @@ def encode(
     elif dask and jobs > (cores := os.cpu_count() or 1):
         raise _bad_option("--jobs", f"{jobs} worker processes on {cores} cores would only compete for them: "
                                     f"at most {cores} with --dask (a cluster of more machines: --scheduler)")
-    with output_lock(output):
-        paths = output_paths(output)
-        reuse_fitted = model is None and resume and paths["model"].exists() and paths["manifest"].exists()
-        model = paths["model"] if reuse_fitted else model
-        if method is None:
-            method = Method(saved_method(model)) if model is not None else Method.fisher
-        if log_var is not None and method != Method.vae:
-            raise _bad_option("--log-var", "applies to --method vae only")
-        if jobs > 1 and method == Method.vae and not dask:  # it would be ignored
-            raise _bad_option("--jobs", "applies to Fisher encoding, or to --dask workers: the VAE encodes with "
-                                        "TensorFlow's threads, all cores already")
-        # Checked before loading or fitting anything, so a refusal costs nothing.
-        written = [paths[key] for key in ("features", "labels", "sidecar")] + ([paths["model"]] if model is None else [])
-        refuse_replacing_inputs(written, {"--data": data, "--model": model})
-        refuse_existing_outputs(output, force=force, resume=resume)
-        if model is None and paths["model"].exists() and not force:
-            # A run that failed after fitting leaves its model; say how to use it, not only --force.
-            raise OutputExistsError(f"{paths['model']} exists (fitted by an earlier run): pass --model "
-                                    f"{paths['model']} to encode with it, or --force to fit a new one")
-        dataset = load_dataset(data, data_dir, lazy=True, image_size=image_size)
-        # A remote scheduler is reached before any fitting, so that a wrong address fails in seconds,
-        # not after the fit; a local cluster starts after it, so that its workers wait for no fit.
-        with (dask_client(scheduler) if scheduler else contextlib.nullcontext()) as client:
-            encoder, model, checksum, images, class_names = _encoder_and_images(
-                dataset, split.value, model, method, data=data, output_model=paths["model"], seed=seed, force=force,
-                quiet=quiet)
-            if method == Method.fisher:
-                encoder.set_params(n_jobs=jobs)
-            elif log_var is not None:
-                encoder.set_params(return_log_var=log_var)
-            context, advance = _progress_bar(len(images), f"encoding {split.value}", quiet)
-            local = dask_client(workers=jobs) if dask and client is None else contextlib.nullcontext(client)
-            try:
-                with local as client, context:
-                    sidecar = extract_features(
-                        encoder, images, output, batch_size=batch_size, force=force, resume=resume, progress=advance,
-                        client=client,
-                        metadata={"method": method.value, "model": str(model), "model_checksum": checksum,
-                                  "source": dataset.name, "source_location": dataset.location, "split": split.value,
-                                  "resized_to": None if image_size is None else list(image_size),
-                                  **_class_names(class_names, images), **_file_names(images, dataset.location)},
-                    )
-            except BaseException as exc:
-                if not _is_interrupt(exc):
-                    raise
-                typer.echo(f"fvae: interrupted; the finished chunks are kept in {paths['partial']}: "
-                           "run the same command with --resume to finish", err=True)
-                raise typer.Exit(130) from None
-        speed = f" ({sidecar['images_per_second']:,.0f} img/s)" if sidecar["images_per_second"] else ""
-        resumed = f", {sidecar['resumed_chunks']} chunks kept from the interrupted run" if sidecar["resumed_chunks"] else ""
-        typer.echo(f"encoded {_counted(sidecar['n_images'], 'image')} -> {sidecar['shape'][1]:,} dims in "
-                   f"{sidecar['encode_seconds']:.1f} s{speed}{resumed}; wrote {output}")
+    paths = output_paths(output)
+    reuse_fitted = model is None and resume and paths["model"].exists() and paths["manifest"].exists()
+    model = paths["model"] if reuse_fitted else model
+    if method is None:
+        method = Method(saved_method(model)) if model is not None else Method.fisher
+    if log_var is not None and method != Method.vae:
+        raise _bad_option("--log-var", "applies to --method vae only")
+    if jobs > 1 and method == Method.vae and not dask:  # it would be ignored
+        raise _bad_option("--jobs", "applies to Fisher encoding, or to --dask workers: the VAE encodes with "
+                                    "TensorFlow's threads, all cores already")
+    # Checked before loading or fitting anything, so a refusal costs nothing.
+    written = [paths[key] for key in ("features", "labels", "sidecar")] + ([paths["model"]] if model is None else [])
+    refuse_replacing_inputs(written, {"--data": data, "--model": model})
+    refuse_existing_outputs(output, force=force, resume=resume)
+    if model is None and paths["model"].exists() and not force:
+        # A run that failed after fitting leaves its model; say how to use it, not only --force.
+        raise OutputExistsError(f"{paths['model']} exists (fitted by an earlier run): pass --model "
+                                f"{paths['model']} to encode with it, or --force to fit a new one")
+    dataset = load_dataset(data, data_dir, lazy=True, image_size=image_size)
+    # A remote scheduler is reached before any fitting, so that a wrong address fails in seconds,
+    # not after the fit; a local cluster starts after it, so that its workers wait for no fit.
+    with (dask_client(scheduler) if scheduler else contextlib.nullcontext()) as client:
+        encoder, model, checksum, images, class_names = _encoder_and_images(
+            dataset, split.value, model, method, data=data, output_model=paths["model"], seed=seed, force=force,
+            quiet=quiet)
+        if method == Method.fisher:
+            encoder.set_params(n_jobs=jobs)
+        elif log_var is not None:
+            encoder.set_params(return_log_var=log_var)
+        context, advance = _progress_bar(len(images), f"encoding {split.value}", quiet)
+        local = dask_client(workers=jobs) if dask and client is None else contextlib.nullcontext(client)
+        try:
+            with local as client, context:
+                sidecar = extract_features(
+                    encoder, images, output, batch_size=batch_size, force=force, resume=resume, progress=advance,
+                    client=client,
+                    metadata={"method": method.value, "model": str(model), "model_checksum": checksum,
+                              "source": dataset.name, "source_location": dataset.location, "split": split.value,
+                              "resized_to": None if image_size is None else list(image_size),
+                              **_class_names(class_names, images), **_file_names(images, dataset.location)},
+                )
+        except BaseException as exc:
+            if not _is_interrupt(exc):
+                raise
+            typer.echo(f"fvae: interrupted; the finished chunks are kept in {paths['partial']}: "
+                       "run the same command with --resume to finish", err=True)
+            raise typer.Exit(130) from None
+    speed = f" ({sidecar['images_per_second']:,.0f} img/s)" if sidecar["images_per_second"] else ""
+    resumed = f", {sidecar['resumed_chunks']} chunks kept from the interrupted run" if sidecar["resumed_chunks"] else ""
+    typer.echo(f"encoded {_counted(sidecar['n_images'], 'image')} -> {sidecar['shape'][1]:,} dims in "
+               f"{sidecar['encode_seconds']:.1f} s{speed}{resumed}; wrote {output}")
 
 
 def _encoder_and_images(dataset, split: str, model: Path | None, method: Method, *, data: str, output_model: Path,

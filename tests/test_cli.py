@@ -134,6 +134,57 @@ def test_an_output_another_command_is_writing_is_refused_even_with_force(tmp_pat
             {f"{output}.part", f"{output}.lock", *(["runs"] if output.startswith("runs/") else [])})
 
 
+def _another_process_could_take_the_lock(output: Path) -> bool:
+    """Whether the lock of ``output`` is free: ``flock`` locks of two open files conflict even
+    within one process, as a second fvae command's would."""
+    import fcntl
+
+    lock = output.with_name(output.name + ".lock")
+    if not lock.exists():
+        return True
+    with open(lock) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+    return True
+
+
+@needs_flock
+@pytest.mark.parametrize("command, output, patched", [
+    (["fit", "fisher", "--data", "digits", "-o", "m.npz", *SMALL_FIT], "m.npz",
+     ("fvae.fisher", "FisherVectorEncoder.save")),
+    (["encode", "--data", "digits", "-o", "f.npy", "-q"], "f.npy", ("fvae.fisher", "FisherVectorEncoder.fit")),
+    (["fit", "vae", "--data", "digits", "-o", "v.npz", "--arch", "mlp", "--hidden", "8", "--latent-dim", "2",
+      "--epochs", "1", "-q"], "v.npz", ("fvae.vae.encoder", "fit_and_save")),
+    (["evaluate", "--data", "digits", "--quick", "--methods", "raw", "-q"], "runs/digits",
+     ("fvae.report", "write_run")),
+])
+def test_a_command_holds_its_output_s_lock_through_its_work_to_its_last_write(tmp_path, monkeypatch, command, output,
+                                                                              patched):
+    """fit fisher let go of the lock once it had checked its output, before the fit and the save:
+    a second fit to the same file could start meanwhile and write it at the same time."""
+    import importlib
+
+    module, name = patched
+    owner = importlib.import_module(module)
+    *classes, function = name.split(".")
+    for part in classes:
+        owner = getattr(owner, part)
+    real, free = getattr(owner, function), []
+
+    def checking_the_lock(*args, **kwargs):
+        free.append(_another_process_could_take_the_lock(tmp_path / output))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, function, checking_the_lock)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert free == [False]
+    assert _another_process_could_take_the_lock(tmp_path / output)
+
+
 def test_outputs_get_the_permissions_of_the_users_umask(tmp_path):
     # Outputs are written under a temporary name and renamed; mkstemp's private 0600 once
     # survived the rename, so no one else could read a model, features or a report.
