@@ -892,7 +892,7 @@ def _read_image_files(files: list[Path], labels: np.ndarray | None, lazy: bool, 
     resize = size is not None
     shape = tuple(size) if resize else _read_image_file(files[0]).shape
     if lazy:
-        _check_image_headers(files if resize else files[1:], None if resize else shape)
+        _check_image_headers(files, None if resize else shape)
         return Split(ImageFiles(files, shape, resize), labels)
     return Split(np.stack([_read_image_file(f, shape, resize=resize) for f in files]), labels)
 
