@@ -68,12 +68,17 @@ class PatchNorm(str, Enum):
     l2 = "l2"
 
 
+def _choice(*names: str, **kwargs):
+    """An option whose value is one of an Enum's, matched in any case (``--split TEST``)."""
+    return typer.Option(*names, case_sensitive=False, **kwargs)
+
+
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="mnist, mnist-5k, fashion-mnist, digits, or a path.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option(help="Extra folder searched for named datasets.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or spinner.")]
 SeedOpt = Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed: same seed, same output.")]
-FitSplitOpt = Annotated[SplitName, typer.Option(
+FitSplitOpt = Annotated[SplitName, _choice(
     "--split", help="Split to fit on: test or all for a source without a train split, such as a .npy.")]
 
 
@@ -383,7 +388,7 @@ def fit_fisher(
     stride: Annotated[Optional[int], typer.Option(
         min=1,
         help="Step between patches in pixels (default: 2; 1 on images under 14 pixels a side).")] = None,
-    patch_norm: Annotated[PatchNorm, typer.Option(help="Per-patch normalization.")] = PatchNorm.none,
+    patch_norm: Annotated[PatchNorm, _choice(help="Per-patch normalization.")] = PatchNorm.none,
     whiten: Annotated[bool, typer.Option(help="Whiten the PCA output.")] = False,
     xy: Annotated[bool, typer.Option(help="Append patch positions to descriptors.")] = True,
     pyramid: Annotated[bool, typer.Option(help="Spatial pyramid 1x1 + 2x2.")] = True,
@@ -459,11 +464,11 @@ def _hidden_sizes(text: str) -> tuple:
 def fit_vae(
     data: DataOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.npz).")],
-    arch: Annotated[Arch, typer.Option(help="Encoder/decoder architecture.")] = Arch.conv,
+    arch: Annotated[Arch, _choice(help="Encoder/decoder architecture.")] = Arch.conv,
     latent_dim: Annotated[int, typer.Option(min=1, max=TENSOR_SIZE_MAX, help="Latent dimensions.")] = 32,
     hidden: Annotated[Optional[str], typer.Option(help="MLP hidden sizes, e.g. 1024,512 or 1024-512 (default: 512,256).")] = None,
-    likelihood: Annotated[Likelihood, typer.Option(help="Decoder likelihood.")] = Likelihood.bernoulli,
-    binarization: Annotated[Optional[Binarization], typer.Option(
+    likelihood: Annotated[Likelihood, _choice(help="Decoder likelihood.")] = Likelihood.bernoulli,
+    binarization: Annotated[Optional[Binarization], _choice(
         help="Bernoulli targets: threshold 0.5, dynamic, or grey (default: threshold).")] = None,
     gaussian_variance: Annotated[Optional[float], typer.Option(
         callback=_positive, help="Fixed Gaussian variance (default: learned).")] = None,
@@ -686,10 +691,10 @@ def _label_of(text: str | None, encoder) -> int | str | None:
 def encode(
     data: DataOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Features file to write (.npy, .npz or .zarr).")],
-    method: Annotated[Optional[Method], typer.Option(
+    method: Annotated[Optional[Method], _choice(
         help="Encoding method (default: the saved model's; fisher when fitting one).")] = None,
     model: Annotated[Optional[Path], typer.Option(help="Saved model; without it, fit on the train split first.")] = None,
-    split: Annotated[SplitName, typer.Option(help="Which split to encode.")] = SplitName.test,
+    split: Annotated[SplitName, _choice(help="Which split to encode.")] = SplitName.test,
     image_size: ImageSizeOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per chunk: the unit of encoding, writing and resuming.")] = 1024,
     jobs: Annotated[int, typer.Option(min=1, help="Fisher: threads encoding in parallel; with --dask, its workers (the VAE uses TensorFlow's threads).")] = 1,

@@ -126,9 +126,11 @@ class Settings:
 
 
 def parse_methods(text: str) -> tuple:
-    """``"fisher,pca"`` -> ``("fisher", "pca")``, in the canonical order; unknown names refused."""
+    """``"fisher,pca"`` -> ``("fisher", "pca")``, in the canonical order and any case; unknown
+    names refused."""
     names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [name for name in names if name not in METHODS]
+    unknown = [name for name in names if name.lower() not in METHODS]
+    names = [name.lower() for name in names]
     if not names or unknown:
         which = ""
         if unknown:

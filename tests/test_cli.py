@@ -491,6 +491,28 @@ def test_out_of_range_options_are_refused_by_the_option_name_not_the_library_par
     assert not list(tmp_path.iterdir())
 
 
+def test_choices_are_taken_in_any_case_and_recorded_as_named(tmp_path):
+    # "--split TEST" was refused ("'TEST' is not one of 'train', 'test', 'all'"); --label already took any case
+    encode = runner.invoke(app, ["encode", "--data", "digits", "--method", "FISHER", "--split", "Test",
+                                 "-o", str(tmp_path / "f.npy"), "-q"])
+    assert encode.exit_code == 0, encode.output
+    assert json.loads((tmp_path / "f.json").read_text())["split"] == "test"
+    fit = runner.invoke(app, ["fit", "fisher", "--data", "digits", "--patch-norm", "L2", "--split", "ALL",
+                              *SMALL_FIT, "-o", str(tmp_path / "m.npz")])
+    assert fit.exit_code == 0, fit.output
+    assert fvae.load(tmp_path / "m.npz").patch_normalization == "l2"
+    vae = runner.invoke(app, ["fit", "vae", "--data", "digits", "--arch", "MLP", "--hidden", "16", "--likelihood",
+                              "Gaussian", "--epochs", "1", "-o", str(tmp_path / "v.npz"), "-q"])
+    assert vae.exit_code == 0, vae.output
+    model = fvae.load(tmp_path / "v.npz").model_
+    assert (model.arch, model.likelihood) == ("mlp", "gaussian")
+    evaluate = runner.invoke(app, ["evaluate", "--data", "digits", "--methods", "RAW,Pca", "--quick", "-q",
+                                   "--runs-dir", str(tmp_path / "runs")])
+    assert evaluate.exit_code == 0, evaluate.output
+    report = json.loads((tmp_path / "runs" / "digits" / "report.json").read_text())
+    assert report["settings"]["methods"] == ["pca", "raw"]
+
+
 @pytest.mark.parametrize("command, output, message", [
     # fit wrote its zip under any name: "-o model" gave a file "model", "-o m.txt" a zip named .txt
     (["fit", "fisher"], "model", "model: the model file is written as .npz"),

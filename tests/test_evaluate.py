@@ -365,11 +365,14 @@ def test_vae_reconstruction_bce_is_the_models_own_reconstruction_term(digits):
 
 def test_methods_are_parsed_and_checked():
     assert parse_methods("raw, fisher") == ("fisher", "raw")
+    assert parse_methods("RAW,Pca,raw") == ("pca", "raw")
     with pytest.raises(InputError, match="^--methods 'fisher,sift': 'sift' is not an encoding; choose from fisher, "
                                          r"vae, pca, raw \(comma-separated\)$"):
         parse_methods("fisher,sift")
-    with pytest.raises(InputError, match="^--methods 'PCA, hog': 'PCA', 'hog' are not encodings; choose from"):
+    with pytest.raises(InputError, match="^--methods 'PCA, hog': 'hog' is not an encoding; choose from"):
         parse_methods("PCA, hog")
+    with pytest.raises(InputError, match="^--methods 'Sift, HOG': 'Sift', 'HOG' are not encodings; choose from"):
+        parse_methods("Sift, HOG")
     with pytest.raises(InputError, match="^--methods ' , ': choose from fisher, vae, pca, raw"):
         parse_methods(" , ")
 
