@@ -483,6 +483,10 @@ def fit_vae(
     max_seconds: Annotated[Optional[float], typer.Option(
         callback=_positive,
         help="Stop training after this many seconds (within one step; the cut epoch is validated).")] = None,
+    iwae_k: Annotated[int, typer.Option(
+        "--iwae-k", min=0, max=TENSOR_SIZE_MAX,
+        help="Importance samples per test image for the IWAE bound on log p(x) (0: none; papers report "
+             "k=5000).")] = 16,
     figures: Annotated[Optional[Path], typer.Option(help="Folder for samples, reconstructions, latent plots, GIF.")] = None,
     split: FitSplitOpt = SplitName.train,
     image_size: ImageSizeOpt = None,
@@ -533,7 +537,7 @@ def fit_vae(
         batch_size=batch_size, learning_rate=learning_rate, patience=patience, max_seconds=max_seconds,
         random_state=seed, verbose=_training_verbosity(quiet), **given,
     )
-    result = fit_and_save(encoder, train, held_out, output, figures_dir=figures, force=force,
+    result = fit_and_save(encoder, train, held_out, output, figures_dir=figures, force=force, iwae_k=iwae_k,
                           class_names=dict(enumerate(dataset.class_names)))
     history = encoder.history_
     best = history["best_epoch"]
@@ -554,9 +558,10 @@ def fit_vae(
                    f"trained on ({classes}) left out: a conditional VAE encodes only its own classes")
     if result["test"]:
         t = result["test"]
+        iwae = f"IWAE bound (k={t['iwae_k']}) {t['iwae_bound']:.2f}, " if "iwae_bound" in t else ""
         typer.echo(
             f"test: ELBO {t['elbo']:.2f} nats (reconstruction {t['reconstruction']:.2f}, KL {t['kl']:.2f}), "
-            f"IWAE bound (k={t['iwae_k']}) {t['iwae_bound']:.2f}, active units {t['active_units']}/{t['latent_dim']}"
+            f"{iwae}active units {t['active_units']}/{t['latent_dim']}"
         )
     typer.echo(f"wrote {output} (checksum {result['checksum'][:12]}), {result['history']['json']}, {result['history']['csv']}")
     if result["figures"]:

@@ -460,6 +460,7 @@ def test_images_smaller_than_the_default_patches_ask_for_a_patch_size_the_user_n
     (["fit", "vae", "--likelihood", "gaussian", "--gaussian-variance", "-1"], "'--gaussian-variance': must be positive, "
      "got -1.0", "gaussian_variance"),
     (["fit", "vae", "--max-seconds", "inf"], "'--max-seconds': must be positive, got inf", "max_seconds"),
+    (["fit", "vae", "--iwae-k", "-1"], "'--iwae-k': must be >= 0, got -1", "iwae_k"),
     (["fit", "vae", "--beta", "nan"], "'--beta': must be >= 0, got nan", "beta must"),
     (["fit", "vae", "--dropout", "1"], "'--dropout': must be in [0, 1), got 1.0", "dropout must"),
     (["evaluate", "--vae-seconds", "0.5"], "'--vae-seconds': must be >= 1, got 0.5", "vae_seconds"),

@@ -146,6 +146,37 @@ def test_iwae_bound_is_above_the_elbo_and_grows_with_k(trained, digits):
     assert elbo < bounds[8] < bounds[64]
 
 
+def _iwae_reference(model, images, k, seed):
+    """The IWAE bound of a thresholding Bernoulli VAE written out per image from its formula,
+    log (1/k) sum_i p(x, z_i) / q(z_i|x), in float64, with the draws iwae_bound makes: eps of
+    shape (k, n, L) from fvae's seeded stream. The encoder sees the grey pixels, the likelihood
+    scores them thresholded at 0.5."""
+    from scipy.special import logsumexp
+
+    assert model.target_binarization == "threshold"
+    eps = np.random.default_rng([seed, 2]).standard_normal((k, len(images), model.latent_dim), dtype=np.float32)
+    mean, log_var = (np.asarray(a, dtype=np.float64) for a in model.encode(images))
+    bounds = []
+    for i, x in enumerate((images.reshape(len(images), -1) > 0.5).astype(np.float64)):
+        z = mean[i] + np.exp(0.5 * log_var[i]) * eps[:, i]  # (k, L)
+        logits = np.asarray(model.decode(z.astype(np.float32)), dtype=np.float64).reshape(k, -1)
+        log_px = np.sum(x * logits - np.logaddexp(0, logits), axis=1)
+        log_pz = np.sum(-0.5 * (np.log(2 * np.pi) + z**2), axis=1)
+        log_qz = np.sum(-0.5 * (np.log(2 * np.pi) + log_var[i] + (z - mean[i]) ** 2 / np.exp(log_var[i])), axis=1)
+        bounds.append(logsumexp(log_px + log_pz - log_qz) - np.log(k))
+    return np.array(bounds)
+
+
+def test_iwae_bound_equals_its_formula_however_its_samples_are_sliced(trained, digits):
+    images = digits.test.images[:6].astype(np.float32) / 255
+    model = trained.model_
+    whole = iwae_bound(model, images, k=50, seed=3)  # all 300 samples in one call
+    np.testing.assert_allclose(whole, _iwae_reference(model, images, k=50, seed=3), rtol=1e-5)
+    # 1 and 7 samples of each image per call: 50 and 8 slices, the last one short; same draws
+    for per_call in (6, 42):
+        np.testing.assert_allclose(iwae_bound(model, images, k=50, seed=3, samples_per_call=per_call), whole, rtol=1e-6)
+
+
 def test_short_training_lowers_the_validation_loss(trained):
     history = trained.history_
     assert len(history["val_loss"]) == 8
@@ -838,6 +869,20 @@ def test_an_out_of_memory_error_is_told_in_one_line_and_others_are_not():
     graph_error = tf.errors.ResourceExhaustedError(None, None, "Graph execution error:\n\n  File ...\n\nOOM when "
                                                    "allocating tensor with shape[128,5000000] and type float on ...")
     assert _failed_allocation(graph_error) == "Unable to allocate a tensor of shape (128, 5000000) and type float"
+
+
+@pytest.mark.parametrize("k, shown", [("0", None), ("40", "IWAE bound (k=40) -")])
+def test_fit_vae_scores_the_iwae_bound_with_the_samples_it_is_given(tmp_path, k, shown):
+    from typer.testing import CliRunner
+
+    from fvae.cli import app
+
+    fit = CliRunner().invoke(app, ["fit", "vae", "--data", "digits", "-o", str(tmp_path / "v.npz"), "--arch", "mlp",
+                                   "--hidden", "16", "--epochs", "1", "--iwae-k", k, "-q"])
+    assert fit.exit_code == 0, fit.output
+    scores, = [line for line in fit.output.splitlines() if line.startswith("test: ELBO -")]
+    assert re.search(r"\(reconstruction -[\d.]+, KL [\d.]+\), .*active units \d+/32$", scores), scores
+    assert (shown in scores) if shown else ("IWAE" not in scores)
 
 
 def test_cli_fit_encode_sample_and_figures_in_a_subprocess(tmp_path):

@@ -431,12 +431,19 @@ def _elbo_terms_of_prepared(model, images, labels, *, seed, batch_size):
     return np.concatenate(reconstruction), np.concatenate(kl)
 
 
-def iwae_bound(model, images, labels=None, *, k: int = 64, seed: int = 0, batch_size: int = 128) -> np.ndarray:
+#: Latent samples decoded per call by :func:`iwae_bound`: 8,192 28x28 images through the conv
+#: decoder took 2.4 GB; a larger k is decoded in slices (k = 512 took 21 GB in one call).
+IWAE_SAMPLES_PER_CALL = 8192
+
+
+def iwae_bound(model, images, labels=None, *, k: int = 64, seed: int = 0, batch_size: int = 128,
+               samples_per_call: int = IWAE_SAMPLES_PER_CALL) -> np.ndarray:
     """Importance-weighted lower bound on log p(x) per image (Burda et al. 2016), k samples.
 
     ``log (1/k) sum_i p(x, z_i) / q(z_i | x)`` with z_i ~ q(z|x); k = 1 is the ELBO, and the
-    bound tightens as k grows. The k samples of a batch are decoded in one call; ``seed``
-    draws them.
+    bound tightens as k grows. A batch's samples are decoded at most ``samples_per_call`` at a
+    time, so memory does not grow with k (the literature's k = 5,000 included); ``seed`` draws
+    them, and the same seed gives the same samples however they are sliced.
     """
     rng = _noise(seed, 2)
     out = []
@@ -444,19 +451,27 @@ def iwae_bound(model, images, labels=None, *, k: int = 64, seed: int = 0, batch_
         x = images[s]
         y = None if labels is None else labels[s]
         mean, log_var = model.encode(x, y)
-        n = ops.shape(mean)[0]
-        eps = rng.standard_normal((k, n, model.latent_dim), dtype=np.float32)
-        z = mean[None] + ops.exp(0.5 * log_var)[None] * eps  # (k, n, L)
-        flat_z = ops.reshape(z, (k * n, model.latent_dim))
-        flat_y = None if y is None else ops.tile(ops.convert_to_tensor(y), (k,))
-        decoded = model.decode(flat_z, flat_y)
-        targets = ops.tile(model.targets(ops.convert_to_tensor(x)), (k, 1, 1))
-        log_px = ops.reshape(model.log_likelihood(targets, decoded), (k, n))
-        log_pz = gaussian_log_density(z, ops.zeros_like(z), ops.zeros_like(z))
-        log_qz = gaussian_log_density(z, mean[None], log_var[None])
-        log_w = log_px + log_pz - log_qz
-        out.append(ops.convert_to_numpy(ops.logsumexp(log_w, axis=0)) - math.log(k))
+        targets = model.targets(ops.convert_to_tensor(x))
+        per_slice = max(1, samples_per_call // len(x))
+        log_sums = [_log_sum_of_weights(model, mean, log_var, targets, y, rng, s_k.stop - s_k.start)
+                    for s_k in _batches(k, per_slice)]
+        out.append(ops.convert_to_numpy(ops.logsumexp(ops.stack(log_sums), axis=0)) - math.log(k))
     return np.concatenate(out)
+
+
+def _log_sum_of_weights(model, mean, log_var, targets, labels, rng, k):
+    """``log sum_i p(x, z_i) / q(z_i | x)`` per image over ``k`` fresh samples z_i ~ q(z|x),
+    decoded in one call."""
+    n = ops.shape(mean)[0]
+    eps = rng.standard_normal((k, n, model.latent_dim), dtype=np.float32)
+    z = mean[None] + ops.exp(0.5 * log_var)[None] * eps  # (k, n, L)
+    flat_z = ops.reshape(z, (k * n, model.latent_dim))
+    flat_y = None if labels is None else ops.tile(ops.convert_to_tensor(labels), (k,))
+    decoded = model.decode(flat_z, flat_y)
+    log_px = ops.reshape(model.log_likelihood(ops.tile(targets, (k, 1, 1)), decoded), (k, n))
+    log_pz = gaussian_log_density(z, ops.zeros_like(z), ops.zeros_like(z))
+    log_qz = gaussian_log_density(z, mean[None], log_var[None])
+    return ops.logsumexp(log_px + log_pz - log_qz, axis=0)
 
 
 def evaluate(model, images, labels=None, *, iwae_k: int = 64, seed: int = 0, batch_size: int = 1024) -> dict:
