@@ -1295,9 +1295,10 @@ def _describe_idx_folder(folder: Path) -> dict:
 # estimator inputs
 
 
-def check_fitted_size(image_shape, fitted_shape, model, where: str = "", *, files: bool = False) -> None:
+def check_fitted_size(image_shape, fitted_shape, model, where: str = "", *, files: bool | None = False) -> None:
     """Refuse images of another (h, w) than ``model`` (its name in the message) was fitted on;
-    for image ``files``, say how to resize them.
+    for image ``files``, say how to resize them, and where it is not known whether they are
+    files (``None``), say how to resize an image folder's.
 
     Raises
     ------
@@ -1305,7 +1306,8 @@ def check_fitted_size(image_shape, fitted_shape, model, where: str = "", *, file
     """
     if tuple(image_shape) != tuple(fitted_shape):
         (h, w), (fitted_h, fitted_w) = image_shape, fitted_shape
-        hint = f": --image-size {fitted_h}x{fitted_w} resizes them" if files else ""
+        hint = {True: f": --image-size {fitted_h}x{fitted_w} resizes them",
+                None: f" (--image-size {fitted_h}x{fitted_w} resizes an image folder's files)"}.get(files, "")
         raise InputError(f"{where}images are {h}x{w}, but {model} was fitted on {fitted_h}x{fitted_w} images{hint}")
 
 

@@ -265,7 +265,8 @@ def _load_given(method, model_path, image_shape):
     from . import load
 
     encoder = load(model_path, method=method)
-    check_fitted_size(image_shape, encoder.image_shape_, model_path)
+    # the splits no longer know whether they were read from image files
+    check_fitted_size(image_shape, encoder.image_shape_, model_path, files=None)
     if method == "vae" and encoder.conditional:
         raise InputError(f"{model_path}: a conditional VAE needs the labels to encode, which would leak "
                          "the test labels into the codes; evaluate an unconditional VAE")

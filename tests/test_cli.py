@@ -283,6 +283,13 @@ def test_image_size_lets_every_command_read_a_folder_of_images_of_many_sizes(tmp
     assert other.exit_code == 2
     assert f"images are 9x9, but {tmp_path / 'm.npz'} was fitted on 8x8 images: --image-size 8x8 resizes them" \
         in other.output
+    # evaluate says it too: it had no hint (its splits no longer know they were read from files)
+    reused = runner.invoke(app, ["evaluate", *data, "--image-size", "9x9", "--fisher-model", str(tmp_path / "m.npz"),
+                                 "--methods", "fisher", "--quick", "--runs-dir", str(tmp_path / "runs"), "-q"])
+    assert reused.exit_code == 2
+    assert (f"images are 9x9, but {tmp_path / 'm.npz'} was fitted on 8x8 images (--image-size 8x8 resizes an image "
+            "folder's files)") in reused.output
+    assert not (tmp_path / "runs").exists()
     vae = runner.invoke(app, ["fit", "vae", *data, "--image-size", "12x10", "-o", str(tmp_path / "v.npz"), "--arch",
                               "mlp", "--hidden", "8", "--latent-dim", "2", "--epochs", "1", "-q"])
     assert vae.exit_code == 0, vae.output

@@ -869,7 +869,8 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
                              random_state=0).fit(bigger).save(tmp_path / "f12.npz")
     cases = [
         (["--data", "digits", "--methods", "fisher", "--fisher-model", "f12.npz"],
-         "fvae: error: images are 8x8, but f12.npz was fitted on 12x12 images\n"),
+         "fvae: error: images are 8x8, but f12.npz was fitted on 12x12 images (--image-size 12x12 resizes an image "
+         "folder's files)\n"),
         (["--data", "unlabelled.npz", "--methods", "raw"],
          "fvae: error: unlabelled.npz has no labels, and evaluate needs labelled train images"),
         # was "has no test split, only train images; this needs a test split", with no way round it
