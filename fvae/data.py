@@ -1306,8 +1306,12 @@ def check_fitted_size(image_shape, fitted_shape, model, where: str = "", *, file
     """
     if tuple(image_shape) != tuple(fitted_shape):
         (h, w), (fitted_h, fitted_w) = image_shape, fitted_shape
-        hint = {True: f": --image-size {fitted_h}x{fitted_w} resizes them",
-                None: f" (--image-size {fitted_h}x{fitted_w} resizes an image folder's files)"}.get(files, "")
+        if files:
+            hint = f": --image-size {fitted_h}x{fitted_w} resizes them"
+        elif files is None:
+            hint = f" (--image-size {fitted_h}x{fitted_w} resizes an image folder's files)"
+        else:
+            hint = ""
         raise InputError(f"{where}images are {h}x{w}, but {model} was fitted on {fitted_h}x{fitted_w} images{hint}")
 
 

@@ -130,13 +130,13 @@ def parse_methods(text: str) -> tuple:
     names refused."""
     names = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [name for name in names if name.lower() not in METHODS]
-    names = [name.lower() for name in names]
     if not names or unknown:
         which = ""
         if unknown:
             which = ", ".join(map(repr, unknown)) + (" is not an encoding; " if len(unknown) == 1 else " are not encodings; ")
         raise InputError(f"--methods {text!r}: {which}choose from {', '.join(METHODS)} (comma-separated)")
-    return tuple(m for m in METHODS if m in names)
+    chosen = {name.lower() for name in names}
+    return tuple(m for m in METHODS if m in chosen)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -320,7 +320,7 @@ def atomic_directory(path, *, force: bool = False, otherwise: str | None = None,
         if old is not None and not path.exists():
             os.replace(old, path)
             old = None
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_path(tmp)
         _remove_empty(created)
         name_a_full_disk(exc, path, tmp)
         raise
