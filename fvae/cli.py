@@ -479,7 +479,12 @@ def fit_vae(
     warmup: Annotated[int, typer.Option(min=0, help="KL warm-up epochs.")] = 0,
     dropout: Annotated[float, typer.Option(callback=_number_in(0, 1, high_open=True), help="Dropout after each hidden layer (training only).")] = 0.0,
     conditional: Annotated[bool, typer.Option(help="Condition on the labels (conditional VAE).")] = False,
-    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.")] = 10,
+    patience: Annotated[Optional[int], typer.Option(
+        min=1, help="Early-stopping patience in epochs (default: 10).")] = None,
+    validation_fraction: Annotated[float, typer.Option(
+        callback=_number_in(0, 1, high_open=True),
+        help="Share of the training images held out to judge epochs for early stopping (0: none held out, "
+             "all epochs run and the last is kept).")] = 0.1,
     max_seconds: Annotated[Optional[float], typer.Option(
         callback=_positive,
         help="Stop training after this many seconds (within one step; the cut epoch is validated).")] = None,
@@ -508,15 +513,19 @@ def fit_vae(
     from .persist import history_paths, refuse_replacing_inputs
     from .report import refuse_vae_outputs
 
-    # Options of another architecture or likelihood would be ignored: refuse them instead.
+    # Options of another architecture or likelihood, or without a validation split, would be ignored: refuse them.
     if hidden is not None and arch != Arch.mlp:
         raise _bad_option("--hidden", "applies to --arch mlp only")
     if binarization is not None and likelihood != Likelihood.bernoulli:
         raise _bad_option("--binarization", "applies to --likelihood bernoulli only")
     if gaussian_variance is not None and likelihood != Likelihood.gaussian:
         raise _bad_option("--gaussian-variance", "applies to --likelihood gaussian only")
+    if patience is not None and not validation_fraction:
+        raise _bad_option("--patience", "applies only with a validation split (--validation-fraction above 0)")
     _check_output_suffix(output, ".npz", "model file")
     given = {}  # the rest are VAEEncoder's defaults
+    if patience is not None:
+        given["patience"] = patience
     if hidden is not None:
         given["hidden"] = _hidden_sizes(hidden)
     if binarization is not None:
@@ -534,17 +543,21 @@ def fit_vae(
     encoder = VAEEncoder(
         latent_dim=latent_dim, arch=arch.value, likelihood=likelihood.value, gaussian_variance=gaussian_variance,
         beta=beta, warmup_epochs=warmup, dropout=dropout, conditional=conditional, epochs=epochs,
-        batch_size=batch_size, learning_rate=learning_rate, patience=patience, max_seconds=max_seconds,
-        random_state=seed, verbose=_training_verbosity(quiet), **given,
+        batch_size=batch_size, learning_rate=learning_rate, validation_fraction=validation_fraction,
+        max_seconds=max_seconds, random_state=seed, verbose=_training_verbosity(quiet), **given,
     )
     result = fit_and_save(encoder, train, held_out, output, figures_dir=figures, force=force, iwae_k=iwae_k,
                           class_names=dict(enumerate(dataset.class_names)))
     history = encoder.history_
     best = history["best_epoch"]
     typer.echo(  # the training's own seconds, what --max-seconds limits (not the test scores' or figures')
-        f"trained vae on {_counted(len(train), f'{dataset.name} {split.value} image')} in {history['seconds'][-1]:.1f} s: "
-        f"{_counted(history['epochs_run'], 'epoch')} ({history['stopped_by']}), best epoch {best + 1}"
-        + (f", validation ELBO {history['val_elbo'][best]:.2f} nats" if "val_elbo" in history else "")
+        f"trained vae on {_counted(len(train), f'{dataset.name} {split.value} image')}"
+        + (f", {history['validation_images']:,} of them held out for validation,"
+           if history["validation_images"] else "")
+        + f" in {history['seconds'][-1]:.1f} s: "
+        f"{_counted(history['epochs_run'], 'epoch')} ({history['stopped_by']}), "
+        + (f"best epoch {best + 1}, validation ELBO {history['val_elbo'][best]:.2f} nats" if "val_elbo" in history
+           else f"kept epoch {best + 1} (no validation split)")
     )
     if held_out is None and dataset.test is not None:
         typer.echo(f"test: no numbers, the test images were trained on (--split {split.value})")

@@ -470,6 +470,8 @@ def test_images_smaller_than_the_default_patches_ask_for_a_patch_size_the_user_n
     (["fit", "vae", "--iwae-k", "-1"], "'--iwae-k': must be >= 0, got -1", "iwae_k"),
     (["fit", "vae", "--beta", "nan"], "'--beta': must be >= 0, got nan", "beta must"),
     (["fit", "vae", "--dropout", "1"], "'--dropout': must be in [0, 1), got 1.0", "dropout must"),
+    (["fit", "vae", "--validation-fraction", "1"], "'--validation-fraction': must be in [0, 1), got 1.0",
+     "validation_fraction must"),
     (["evaluate", "--vae-seconds", "0.5"], "'--vae-seconds': must be >= 1, got 0.5", "vae_seconds"),
     (["evaluate", "--max-train", "1"], "'--max-train': must be >= 2, got 1 (", "max_train"),
     (["fit", "vae", "--epochs", "1.5"], "'--epochs': must be a whole number, got 1.5 (", "epochs must"),
@@ -608,8 +610,10 @@ def test_encode_refuses_a_model_of_a_method_it_does_not_know(tmp_path):
     (["--likelihood", "gaussian", "--binarization", "dynamic"],
      "Invalid value for '--binarization': applies to --likelihood bernoulli only"),
     (["--gaussian-variance", "0.1"], "Invalid value for '--gaussian-variance': applies to --likelihood gaussian only"),
+    (["--validation-fraction", "0", "--patience", "5"],
+     "Invalid value for '--patience': applies only with a validation split (--validation-fraction above 0)"),
 ])
-def test_fit_vae_refuses_options_its_architecture_or_likelihood_would_ignore(tmp_path, args, message):
+def test_fit_vae_refuses_options_its_other_settings_would_ignore(tmp_path, args, message):
     result = fvae_cli("fit", "vae", "--data", "digits", "-o", "v.npz", *args, cwd=tmp_path)
     assert result.returncode == 2 and result.stderr == f"fvae: error: {message} (see 'fvae fit vae --help')\n"
     assert not (tmp_path / "v.npz").exists()

@@ -1291,7 +1291,7 @@ def test_cli_fit_vae_on_every_image_reports_no_test_numbers(tmp_path):
     fit = fvae_cli("fit", "vae", "--data", "digits", "--split", "all", "-o", "vae.npz", "--arch", "mlp",
                    "--hidden", "16", "--epochs", "1", "--quiet", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
-    assert fit.stdout.startswith("trained vae on 1,797 digits all images in ")
+    assert fit.stdout.startswith("trained vae on 1,797 digits all images, 180 of them held out for validation, in ")
     assert "test: no numbers, the test images were trained on (--split all)" in fit.stdout
     assert "test: ELBO" not in fit.stdout
     np.save(tmp_path / "mine.npy", np.zeros((30, 8, 8), np.uint8))
@@ -1311,6 +1311,32 @@ def test_cli_marks_warm_up_epochs_and_warns_when_the_warm_up_cannot_finish(tmp_p
     assert warning == ("fvae: WARNING: the KL warm-up did not finish (2 of 5 epochs): the KL weight reached 0.4, "
                        "not beta = 1; the last epoch's weights are kept")
     assert "2 epochs (epoch limit), best epoch 2," in fit.stdout
+
+
+@pytest.mark.parametrize("fraction", ["0", "0.5"])
+def test_fit_vae_holds_out_the_validation_fraction_it_is_given(tmp_path, fraction):
+    from typer.testing import CliRunner
+
+    from fvae.cli import app
+
+    fit = CliRunner().invoke(app, ["fit", "vae", "--data", "digits", "-o", str(tmp_path / "v.npz"), "--arch", "mlp",
+                                   "--hidden", "16", "--epochs", "3", "--validation-fraction", fraction, "-q"])
+    assert fit.exit_code == 0, fit.output
+    history = json.loads((tmp_path / "v.history.json").read_text())
+    assert fvae.load(tmp_path / "v.npz").validation_fraction == float(fraction)
+    n_train = len(fvae.load_dataset("digits").train)
+    if fraction == "0":  # nothing judged: every epoch runs and the last is kept
+        assert (history["train_images"], history["validation_images"]) == (n_train, 0)
+        assert "val_elbo" not in history and history["best_epoch"] == 2
+        assert fit.output.startswith(f"trained vae on {n_train:,} digits train images in ")
+        assert ": 3 epochs (epoch limit), kept epoch 3 (no validation split)\n" in fit.output
+    else:
+        held_out = round(n_train / 2)
+        assert (history["train_images"], history["validation_images"]) == (n_train - held_out, held_out)
+        assert len(history["val_elbo"]) == 3
+        assert fit.output.startswith(f"trained vae on {n_train:,} digits train images, {held_out:,} of them held "
+                                     "out for validation, in ")
+        assert f"best epoch {history['best_epoch'] + 1}, validation ELBO -" in fit.output
 
 
 class _CtrlC(keras.callbacks.Callback):

@@ -282,8 +282,9 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
     dict
         Per-epoch lists (``loss``, ``elbo``, ``reconstruction``, ``kl`` and their ``val_``
         versions, ``seconds``), plus ``best_epoch`` (0-based), ``stopped_by`` (``"epoch limit"``,
-        ``"early stopping"``, ``"time limit"``, ``"interrupted"`` or ``"diverged"``) and
-        ``epochs_run``.
+        ``"early stopping"``, ``"time limit"``, ``"interrupted"`` or ``"diverged"``),
+        ``epochs_run``, and ``train_images`` and ``validation_images`` (the images trained on
+        and those held out).
 
     Raises
     ------
@@ -338,6 +339,7 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
     result["best_epoch"] = stopper.best_epoch  # the last epoch when nothing was validated
     result["stopped_by"] = stopper.stop_reason
     result["epochs_run"] = len(record.seconds)
+    result["train_images"], result["validation_images"] = len(train_idx), n_val
     if result["epochs_run"] < warmup_epochs:
         log.warning("the KL warm-up did not finish (%d of %d epochs): the KL weight reached %.3g, not beta = %g; "
                     "the last epoch's weights are kept", result["epochs_run"], warmup_epochs,
