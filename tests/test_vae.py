@@ -192,8 +192,8 @@ def test_too_few_images_for_a_validation_split_say_there_is_no_early_stopping(di
         vae = VAEEncoder(arch="mlp", hidden=(8,), latent_dim=2, epochs=2, random_state=0).fit(digits.train.images[:n])
     assert vae.history_["stopped_by"] == "epoch limit" and "val_elbo" not in vae.history_
     assert [r.getMessage() for r in caplog.records] == [
-        f"{too_few} too few to hold out a validation split (validation_fraction 0.1): no early stopping, "
-        "the last epoch's weights are kept"]
+        f"{too_few} too few to hold out 10% of them for validation: no early stopping, the last epoch's weights "
+        "are kept"]
 
 
 def test_transform_is_deterministic_and_sklearn_shaped(trained, digits):

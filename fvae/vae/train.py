@@ -297,8 +297,8 @@ def train(model, images, labels=None, *, epochs: int, batch_size: int, learning_
     val_idx, train_idx = order[:n_val], order[n_val:]
     if validation_fraction and not n_val:
         too_few = "1 image is" if len(images) == 1 else f"{len(images):,} images are"
-        log.warning("%s too few to hold out a validation split (validation_fraction %g): no early "
-                    "stopping, the last epoch's weights are kept", too_few, validation_fraction)
+        log.warning("%s too few to hold out %g%% of them for validation: no early stopping, the last "
+                    "epoch's weights are kept", too_few, 100 * validation_fraction)
     train_data = make_dataset(images[train_idx], None if labels is None else labels[train_idx], batch_size,
                               shuffle=True, seed=seed)
     val_data = None
