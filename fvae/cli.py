@@ -548,17 +548,7 @@ def fit_vae(
     )
     result = fit_and_save(encoder, train, held_out, output, figures_dir=figures, force=force, iwae_k=iwae_k,
                           class_names=dict(enumerate(dataset.class_names)))
-    history = encoder.history_
-    best = history["best_epoch"]
-    typer.echo(  # the training's own seconds, what --max-seconds limits (not the test scores' or figures')
-        f"trained vae on {_counted(len(train), f'{dataset.name} {split.value} image')}"
-        + (f", {history['validation_images']:,} of them held out for validation,"
-           if history["validation_images"] else "")
-        + f" in {history['seconds'][-1]:.1f} s: "
-        f"{_counted(history['epochs_run'], 'epoch')} ({history['stopped_by']}), "
-        + (f"best epoch {best + 1}, validation ELBO {history['val_elbo'][best]:.2f} nats" if "val_elbo" in history
-           else f"kept epoch {best + 1} (no validation split)")
-    )
+    typer.echo(_training_summary(encoder.history_, _counted(len(train), f"{dataset.name} {split.value} image")))
     if held_out is None and dataset.test is not None:
         typer.echo(f"test: no numbers, the test images were trained on (--split {split.value})")
     elif result["not_scored"]:
@@ -588,6 +578,22 @@ def _fitting_split(dataset, split: SplitName):
     if split == SplitName.train and dataset.train is None:
         raise DataError(f"{dataset.name} has no train split, only test images: fit on them with --split test")
     return dataset.split(split.value)
+
+
+def _training_summary(history: dict, images: str) -> str:
+    """'trained vae on IMAGES, N of them held out for validation, in S s: E epochs (REASON), best
+    epoch B, validation ELBO V nats', from a VAE's training history; the seconds are the
+    training's own, what --max-seconds limits (not the test scores' or figures')."""
+    n_held_out = history["validation_images"]
+    held_out = f", {n_held_out:,} of them held out for validation," if n_held_out else ""
+    best = history["best_epoch"]
+    if "val_elbo" in history:
+        kept = f"best epoch {best + 1}, validation ELBO {history['val_elbo'][best]:.2f} nats"
+    else:
+        kept = f"kept epoch {best + 1} (no validation split)"
+    epochs = _counted(history["epochs_run"], "epoch")
+    return (f"trained vae on {images}{held_out} in {history['seconds'][-1]:.1f} s: {epochs} ({history['stopped_by']}), "
+            f"{kept}")
 
 
 def _counted(n: int, noun: str) -> str:
