@@ -871,14 +871,20 @@ def test_an_out_of_memory_error_is_told_in_one_line_and_others_are_not():
     assert _failed_allocation(graph_error) == "Unable to allocate a tensor of shape (128, 5000000) and type float"
 
 
-@pytest.mark.parametrize("k, shown", [("0", None), ("40", "IWAE bound (k=40) -")])
-def test_fit_vae_scores_the_iwae_bound_with_the_samples_it_is_given(tmp_path, k, shown):
+def _fit_small_vae_in_process(model_path, *options):
+    """``fvae fit vae`` on digits with a one-layer MLP of 16 units, quiet, through typer's
+    CliRunner (in this process: no interpreter and TensorFlow start per call)."""
     from typer.testing import CliRunner
 
     from fvae.cli import app
 
-    fit = CliRunner().invoke(app, ["fit", "vae", "--data", "digits", "-o", str(tmp_path / "v.npz"), "--arch", "mlp",
-                                   "--hidden", "16", "--epochs", "1", "--iwae-k", k, "-q"])
+    return CliRunner().invoke(app, ["fit", "vae", "--data", "digits", "-o", str(model_path), "--arch", "mlp",
+                                    "--hidden", "16", *options, "-q"])
+
+
+@pytest.mark.parametrize("k, shown", [("0", None), ("40", "IWAE bound (k=40) -")])
+def test_fit_vae_scores_the_iwae_bound_with_the_samples_it_is_given(tmp_path, k, shown):
+    fit = _fit_small_vae_in_process(tmp_path / "v.npz", "--epochs", "1", "--iwae-k", k)
     assert fit.exit_code == 0, fit.output
     scores, = [line for line in fit.output.splitlines() if line.startswith("test: ELBO -")]
     assert re.search(r"\(reconstruction -[\d.]+, KL [\d.]+\), .*active units \d+/32$", scores), scores
@@ -1315,12 +1321,7 @@ def test_cli_marks_warm_up_epochs_and_warns_when_the_warm_up_cannot_finish(tmp_p
 
 @pytest.mark.parametrize("fraction", ["0", "0.5"])
 def test_fit_vae_holds_out_the_validation_fraction_it_is_given(tmp_path, fraction):
-    from typer.testing import CliRunner
-
-    from fvae.cli import app
-
-    fit = CliRunner().invoke(app, ["fit", "vae", "--data", "digits", "-o", str(tmp_path / "v.npz"), "--arch", "mlp",
-                                   "--hidden", "16", "--epochs", "3", "--validation-fraction", fraction, "-q"])
+    fit = _fit_small_vae_in_process(tmp_path / "v.npz", "--epochs", "3", "--validation-fraction", fraction)
     assert fit.exit_code == 0, fit.output
     history = json.loads((tmp_path / "v.history.json").read_text())
     assert fvae.load(tmp_path / "v.npz").validation_fraction == float(fraction)
