@@ -219,6 +219,10 @@ def test_transform_is_deterministic_and_sklearn_shaped(trained, digits):
         with pytest.raises(InputError, match=rf"^sample: z must have shape \(n, 4\), got \(3, {z.shape[1]}\)$"):
             trained.sample(3, z=z)
     np.testing.assert_array_equal(trained.sample(5, z=codes[:5]), trained.inverse_transform(codes[:5]))
+    # before: "must have shape (n, 4)", though the (n, 8) of transform with return_log_var is taken too
+    with pytest.raises(InputError, match=r"^inverse_transform: codes must have shape \(n, 4\) or \(n, 8\) "
+                                         r"\(means, then log-variances\), got \(3, 5\)$"):
+        trained.inverse_transform(np.zeros((3, 5)))
     for method, argument in (("transform", digits.test.images[:3]), ("inverse_transform", codes[:3])):
         for bad in (0, 2.5):  # before: range() arg 3 must not be zero, and a TypeError for 2.5
             with pytest.raises(InputError, match=rf"^{method}: batch_size must be a whole number >= 1, got {bad}$"):

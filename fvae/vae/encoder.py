@@ -311,7 +311,9 @@ class VAEEncoder(TransformerMixin, BaseEstimator):
         Z = np.asarray(Z, dtype=np.float32)
         widths = (self.latent_dim, 2 * self.latent_dim) if with_log_var else (self.latent_dim,)
         if Z.ndim != 2 or Z.shape[1] not in widths:
-            raise InputError(f"{where}: {what} must have shape (n, {self.latent_dim}), got {Z.shape}")
+            shapes = " or ".join(f"(n, {width})" for width in widths)
+            also = " (means, then log-variances)" if with_log_var else ""
+            raise InputError(f"{where}: {what} must have shape {shapes}{also}, got {Z.shape}")
         if not np.isfinite(Z).all():
             raise InputError(f"{where}: {what} contain NaN or infinite values")
         return Z
