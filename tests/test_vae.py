@@ -133,6 +133,37 @@ def test_closed_form_kl_equals_monte_carlo():
     assert abs(closed - monte_carlo) < 4 * standard_error + 1e-6
 
 
+def test_the_keras_model_fits_with_validation_data_evaluates_predicts_and_reloads_through_keras(digits, tmp_path):
+    images = digits.train.images.astype(np.float32) / 255
+    train, held_out = images[:1000], images[1000:]
+    model = VAE((8, 8), latent_dim=4, arch="conv", seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    history = model.fit(train, epochs=3, batch_size=100, validation_data=(held_out,), verbose=0).history
+    terms = ("loss", "elbo", "reconstruction", "kl")
+    assert set(history) == {f"{prefix}{name}" for prefix in ("", "val_") for name in terms}
+    assert history["val_loss"][-1] < history["val_loss"][0] - 1.0
+    np.testing.assert_allclose(history["val_loss"], -np.asarray(history["val_elbo"]), rtol=1e-5)  # beta 1
+    scores = model.evaluate(held_out, batch_size=100, return_dict=True, verbose=0)
+    assert scores["elbo"] == pytest.approx(scores["reconstruction"] - scores["kl"], rel=1e-5)
+    assert scores["kl"] > 0
+    reconstructions = model.predict(held_out[:5], verbose=0)  # call: the posterior mean, decoded
+    assert reconstructions.shape == (5, 8, 8) and 0 <= reconstructions.min() and reconstructions.max() <= 1
+    model.save(tmp_path / "vae.keras")
+    reloaded = keras.saving.load_model(tmp_path / "vae.keras", safe_mode=True)  # registered: no custom_objects
+    assert isinstance(reloaded, VAE) and reloaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(reloaded.predict(held_out[:5], verbose=0), reconstructions)
+
+    conditional = VAE((8, 8), latent_dim=2, arch="mlp", hidden=(16,), n_classes=10, seed=0)
+    conditional.compile(optimizer="adam")
+    labels = digits.train.labels
+    history = conditional.fit(train, labels[:1000], epochs=1, batch_size=100,
+                              validation_data=(held_out, labels[1000:]), verbose=0).history
+    assert np.isfinite(history["val_elbo"]).all()
+    assert conditional.predict((held_out[:3], labels[1000:1003]), verbose=0).shape == (3, 8, 8)
+    with pytest.raises(ValueError, match="a conditional VAE needs labels with its images"):
+        conditional.evaluate(held_out, verbose=0)
+
+
 def test_iwae_bound_is_above_the_elbo_and_grows_with_k(trained, digits):
     images = digits.test.images[:300].astype(np.float32) / 255
     from fvae.vae.train import fixed_binarization
