@@ -167,8 +167,6 @@ class _ZarrWriter:
     def finish(self, out: Path, labels, *, force: bool) -> None:
         if labels is not None:
             self.array.attrs["labels_file"] = output_paths(out)["labels"].name
-        if force:
-            remove_path(out)
         move_folder_into_place(self.path, out, force=force)
 
 

@@ -265,18 +265,44 @@ def remove_path(path) -> None:
 
 
 def move_folder_into_place(source, path, *, force: bool, otherwise: str | None = None) -> None:
-    """Rename the finished folder ``source`` to ``path``; without ``force``, never over anything
-    that appeared at ``path`` during the work (see :func:`move_into_place`). A folder rename
-    fails by itself over a file or a folder that holds anything; the check before it keeps an
-    empty folder too."""
-    if not force and os.path.lexists(path):
-        raise appeared_meanwhile_error(path, otherwise)
+    """Rename the finished folder ``source`` to ``path``.
+
+    Without ``force``, never over anything that appeared at ``path`` during the work (see
+    :func:`move_into_place`): a folder rename fails by itself over a file or a folder that holds
+    anything, and the check before it keeps an empty folder too. With ``force`` what is at
+    ``path`` is replaced, and removed only once ``source`` is in place; should that rename fail,
+    it is put back.
+
+    Raises
+    ------
+    OutputExistsError
+        If something is at ``path`` and ``force`` is false.
+    """
+    path = Path(path)
+    if not force:
+        if os.path.lexists(path):
+            raise appeared_meanwhile_error(path, otherwise)
+        try:
+            os.replace(source, path)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                raise
+            raise appeared_meanwhile_error(path, otherwise) from None
+        return
+    old = None
+    if os.path.lexists(path):  # a folder is not renamed over one that holds anything: move it aside
+        old = _fresh_name_beside(path, ".old")
+        os.replace(path, old)
     try:
         os.replace(source, path)
-    except OSError as exc:
-        if force or exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
-            raise
-        raise appeared_meanwhile_error(path, otherwise) from None
+    except BaseException:
+        if old is not None and not os.path.lexists(path):
+            os.replace(old, path)
+            old = None
+        raise
+    finally:
+        if old is not None:
+            remove_path(old)
 
 
 def save_npy(path, array, *, force: bool = False) -> Path:
@@ -293,7 +319,7 @@ def atomic_directory(path, *, force: bool = False, otherwise: str | None = None,
 
     A run folder therefore appears complete or not at all. With ``force`` an existing ``path`` is
     replaced, and removed only once the new folder is in place; should that last step fail, the
-    old folder is put back. ``otherwise``, when given, is named in the refusal of an existing
+    old folder is put back (:func:`move_folder_into_place`). ``otherwise``, when given, is named in the refusal of an existing
     ``path`` as the way out that keeps it (evaluate's "--name to write another run beside it").
     Where ``marks`` are given, ``path`` is replaced only if it is an earlier output of the kind
     ``what`` names (see :func:`refuse_replacing_foreign_folder`).
@@ -309,24 +335,14 @@ def atomic_directory(path, *, force: bool = False, otherwise: str | None = None,
     path, created = _writable(path, force, otherwise)
     tmp = _fresh_name_beside(path, ".part")
     _make_temporary(path, created, tmp.mkdir)  # not mkdtemp, whose 0700 the run folder would keep; the umask decides
-    old = None
     try:
         yield tmp
-        if force and os.path.lexists(path):
-            old = _fresh_name_beside(path, ".old")
-            os.replace(path, old)
         move_folder_into_place(tmp, path, force=force, otherwise=otherwise)
     except BaseException as exc:
-        if old is not None and not path.exists():
-            os.replace(old, path)
-            old = None
         remove_path(tmp)
         _remove_empty(created)
         name_a_full_disk(exc, path, tmp)
         raise
-    finally:
-        if old is not None:
-            remove_path(old)
 
 
 #: The outputs whose lock this process holds (see :func:`output_lock`)

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,6 +251,30 @@ def test_a_zarr_store_that_fills_the_disk_keeps_its_chunks_for_resume(small_disk
     assert fvae_cli(*encode, "-o", "x.zarr", "--resume", cwd=disk).returncode == 0
     assert fvae_cli(*encode, "-o", "whole.npy", cwd=tmp_path).returncode == 0
     np.testing.assert_array_equal(zarr.open_array(str(disk / "x.zarr"), mode="r")[:], np.load(tmp_path / "whole.npy"))
+
+
+def test_a_forced_zarr_store_that_cannot_be_put_in_place_gives_back_the_earlier_one(digits_model, digits, tmp_path,
+                                                                                    monkeypatch):
+    """--force removed the earlier store before renaming the new one into place: should that
+    rename fail, neither was left, only the partial output."""
+    zarr = pytest.importorskip("zarr", reason="zarr is in the dask extra: pip install 'fvae[dask]'")
+    encoder, split = fvae.load(digits_model), digits.test
+    out, paths = tmp_path / "x.zarr", output_paths(tmp_path / "x.zarr")
+    extract_features(encoder, split, out, metadata={"source": "digits"}, batch_size=100)
+    earlier = zarr.open_array(str(out), mode="r")[:]
+    real_replace = os.replace
+
+    def replace_failing_into_place(source, target):
+        if Path(source) == paths["partial"]:  # the new store's move into place; not the earlier one's
+            raise OSError(errno.EIO, "Input/output error")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_failing_into_place)
+    with pytest.raises(OSError, match="Input/output error"):
+        extract_features(encoder, fvae.Split(split.images[:150], split.labels[:150]), out, metadata={"source": "digits"}, batch_size=100, force=True)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], earlier)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".old")]  # no hidden copy left
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".zarr"])
