@@ -471,7 +471,7 @@ def _log_sum_of_weights(model, mean, log_var, targets, labels, rng, k):
     flat_y = None if labels is None else ops.tile(ops.convert_to_tensor(labels), (k,))
     decoded = model.decode(flat_z, flat_y)
     log_px = ops.reshape(model.log_likelihood(ops.tile(targets, (k, 1, 1)), decoded), (k, n))
-    log_pz = gaussian_log_density(z, ops.zeros_like(z), ops.zeros_like(z))
+    log_pz = gaussian_log_density(z, 0.0, 0.0)  # the prior N(0, I)
     log_qz = gaussian_log_density(z, mean[None], log_var[None])
     return ops.logsumexp(log_px + log_pz - log_qz, axis=0)
 
