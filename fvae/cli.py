@@ -546,8 +546,9 @@ def fit_vae(
         batch_size=batch_size, learning_rate=learning_rate, validation_fraction=validation_fraction,
         max_seconds=max_seconds, random_state=seed, verbose=_training_verbosity(quiet), **given,
     )
+    class_names = dict(enumerate(dataset.class_names))
     result = fit_and_save(encoder, train, held_out, output, figures_dir=figures, force=force, iwae_k=iwae_k,
-                          class_names=dict(enumerate(dataset.class_names)))
+                          class_names=class_names)
     typer.echo(_training_summary(encoder.history_, _counted(len(train), f"{dataset.name} {split.value} image")))
     if held_out is None and dataset.test is not None:
         typer.echo(f"test: no numbers, the test images were trained on (--split {split.value})")
@@ -556,7 +557,7 @@ def fit_vae(
     if result["n_test_of_untrained_classes"]:
         from .data import class_names_of
 
-        classes = ", ".join(class_names_of(result["untrained_classes"], dict(enumerate(dataset.class_names))))
+        classes = ", ".join(class_names_of(result["untrained_classes"], class_names))
         typer.echo(f"test: {_counted(result['n_test_of_untrained_classes'], 'image')} of classes the VAE was not "
                    f"trained on ({classes}) left out: a conditional VAE encodes only its own classes")
     if result["test"]:
