@@ -36,8 +36,8 @@ from .data import ImageFiles, Split, check_fitted_size, class_names_of, kept_by_
 from .errors import DataError, FvaeError, InputError, OutputExistsError
 from .persist import (
     ZIP_DATE, appeared_meanwhile_error, atomic_output, disk_full_error, fvae_version, is_disk_full,
-    move_folder_into_place, move_into_place, output_lock, readable_size, refuse_overwrite, refuse_replacing_foreign_folder,
-    refuse_unwritable, remove_path, save_npy,
+    move_folder_into_place, move_into_place, output_lock, readable_size, refuse_overwrite,
+    refuse_replacing_foreign_folder, refuse_unwritable, remove_path, save_npy,
 )
 
 FORMATS = (".npy", ".npz", ".zarr")

@@ -271,7 +271,8 @@ def test_a_forced_zarr_store_that_cannot_be_put_in_place_gives_back_the_earlier_
 
     monkeypatch.setattr(os, "replace", replace_failing_into_place)
     with pytest.raises(OSError, match="Input/output error"):
-        extract_features(encoder, fvae.Split(split.images[:150], split.labels[:150]), out, metadata={"source": "digits"}, batch_size=100, force=True)
+        fewer = fvae.Split(split.images[:150], split.labels[:150])
+        extract_features(encoder, fewer, out, metadata={"source": "digits"}, batch_size=100, force=True)
     monkeypatch.undo()
     np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], earlier)
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".old")]  # no hidden copy left
