@@ -320,9 +320,9 @@ def atomic_directory(path, *, force: bool = False, otherwise: str | None = None,
     A run folder therefore appears complete or not at all. With ``force`` an existing ``path`` is
     replaced, and removed only once the new folder is in place; should that last step fail, the
     old folder is put back (:func:`move_folder_into_place`). ``otherwise``, when given, is named
-    in the refusal of an existing ``path`` as the way out that keeps it (evaluate's "--name to write another run beside it").
-    Where ``marks`` are given, ``path`` is replaced only if it is an earlier output of the kind
-    ``what`` names (see :func:`refuse_replacing_foreign_folder`).
+    in the refusal of an existing ``path`` as the way out that keeps it (evaluate's "--name to
+    write another run beside it"). Where ``marks`` are given, ``path`` is replaced only if it is
+    an earlier output of the kind ``what`` names (see :func:`refuse_replacing_foreign_folder`).
 
     Raises
     ------
