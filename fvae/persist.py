@@ -279,30 +279,22 @@ def move_folder_into_place(source, path, *, force: bool, otherwise: str | None =
         If something is at ``path`` and ``force`` is false.
     """
     path = Path(path)
-    if not force:
-        if os.path.lexists(path):
-            raise appeared_meanwhile_error(path, otherwise)
-        try:
-            os.replace(source, path)
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
-                raise
-            raise appeared_meanwhile_error(path, otherwise) from None
-        return
     old = None
-    if os.path.lexists(path):  # a folder is not renamed over one that holds anything: move it aside
-        old = _fresh_name_beside(path, ".old")
-        os.replace(path, old)
     try:
+        if os.path.lexists(path):
+            if not force:
+                raise appeared_meanwhile_error(path, otherwise)
+            old = _fresh_name_beside(path, ".old")  # a folder is not renamed over one that holds anything
+            os.replace(path, old)
         os.replace(source, path)
-    except BaseException:
+    except BaseException as exc:
         if old is not None and not os.path.lexists(path):
-            os.replace(old, path)
-            old = None
+            os.replace(old, path)  # should this fail too, the earlier folder is kept under its hidden name
+        if not force and getattr(exc, "errno", None) in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+            raise appeared_meanwhile_error(path, otherwise) from None  # it appeared after the check
         raise
-    finally:
-        if old is not None:
-            remove_path(old)
+    if old is not None:
+        remove_path(old)
 
 
 def save_npy(path, array, *, force: bool = False) -> Path:

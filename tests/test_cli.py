@@ -1330,24 +1330,33 @@ def test_a_forced_run_folder_replaces_the_old_one_and_leaves_nothing_beside_it(t
     assert [p.name for p in run.parent.iterdir()] == ["demo"]  # no .part or .old folder left
 
 
-def test_a_forced_run_folder_that_cannot_be_put_in_place_gives_back_the_old_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failing", ["into place", "into place and back"])
+def test_a_forced_run_folder_that_cannot_be_put_in_place_keeps_the_old_one(tmp_path, monkeypatch, failing):
+    """The old run is put back; should that fail too, it is kept under its hidden name (before,
+    it was then deleted, and neither run was left)."""
     run = tmp_path / "runs" / "demo"
     with atomic_directory(run) as folder:
         (folder / "report.md").write_text("first")
     real_replace = os.replace
 
-    def replace_failing_into_place(src, dst):
-        if Path(src).name.endswith(".part"):  # the new run's move into place; not the old one's
+    def replace_failing(src, dst):
+        into_place = Path(src).name.endswith(".part")  # the new run's move; not the old one's aside or back
+        back = Path(src).name.endswith(".old")
+        if into_place or (back and failing == "into place and back"):
             raise OSError("the disk went away")
         real_replace(src, dst)
 
-    monkeypatch.setattr(os, "replace", replace_failing_into_place)
+    monkeypatch.setattr(os, "replace", replace_failing)
     with pytest.raises(OSError, match="disk went away"):
         with atomic_directory(run, force=True) as folder:
             (folder / "report.md").write_text("second")
     monkeypatch.undo()
-    assert (run / "report.md").read_text() == "first"
-    assert [p.name for p in run.parent.iterdir()] == ["demo"]
+    kept, = run.parent.iterdir()
+    if failing == "into place":
+        assert kept.name == "demo"
+    else:
+        assert kept.name.startswith(".demo.") and kept.name.endswith(".old")
+    assert (kept / "report.md").read_text() == "first"
 
 
 def readme_sessions():
