@@ -271,7 +271,7 @@ def move_folder_into_place(source, path, *, force: bool, otherwise: str | None =
     :func:`move_into_place`): a folder rename fails by itself over a file or a folder that holds
     anything, and the check before it keeps an empty folder too. With ``force`` what is at
     ``path`` is replaced, and removed only once ``source`` is in place; should that rename fail,
-    it is put back.
+    it is put back, or where it cannot be, kept under a hidden name that the error gives.
 
     Raises
     ------
@@ -289,7 +289,11 @@ def move_folder_into_place(source, path, *, force: bool, otherwise: str | None =
         os.replace(source, path)
     except BaseException as exc:
         if old is not None and not os.path.lexists(path):
-            os.replace(old, path)  # should this fail too, the earlier folder is kept under its hidden name
+            with contextlib.suppress(OSError):  # should this fail too, the earlier folder stays where it is
+                os.replace(old, path)
+                old = None
+        if old is not None and isinstance(exc, OSError):
+            raise OSError(exc.errno, f"{exc.strerror or exc}; the earlier folder is kept as {old}", str(path)) from exc
         if not force and getattr(exc, "errno", None) in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
             raise appeared_meanwhile_error(path, otherwise) from None  # it appeared after the check
         raise

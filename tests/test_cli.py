@@ -1332,8 +1332,8 @@ def test_a_forced_run_folder_replaces_the_old_one_and_leaves_nothing_beside_it(t
 
 @pytest.mark.parametrize("failing", ["into place", "into place and back"])
 def test_a_forced_run_folder_that_cannot_be_put_in_place_keeps_the_old_one(tmp_path, monkeypatch, failing):
-    """The old run is put back; should that fail too, it is kept under its hidden name (before,
-    it was then deleted, and neither run was left)."""
+    """The old run is put back; should that fail too, it is kept under its hidden name, which the
+    error gives (before, it was then deleted, and neither run was left)."""
     run = tmp_path / "runs" / "demo"
     with atomic_directory(run) as folder:
         (folder / "report.md").write_text("first")
@@ -1347,7 +1347,7 @@ def test_a_forced_run_folder_that_cannot_be_put_in_place_keeps_the_old_one(tmp_p
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace_failing)
-    with pytest.raises(OSError, match="disk went away"):
+    with pytest.raises(OSError, match="disk went away") as raised:
         with atomic_directory(run, force=True) as folder:
             (folder / "report.md").write_text("second")
     monkeypatch.undo()
@@ -1356,6 +1356,8 @@ def test_a_forced_run_folder_that_cannot_be_put_in_place_keeps_the_old_one(tmp_p
         assert kept.name == "demo"
     else:
         assert kept.name.startswith(".demo.") and kept.name.endswith(".old")
+        assert f"the earlier folder is kept as {kept}" in raised.value.strerror  # the user is told where
+        assert raised.value.filename == str(run)
     assert (kept / "report.md").read_text() == "first"
 
 
